@@ -1,0 +1,95 @@
+//! Registered devices.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::ids::{AppId, DeviceId, UserId};
+use crate::token::{DeviceToken, Platform};
+
+/// A device as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub id: DeviceId,
+    pub app: AppId,
+    #[serde(flatten)]
+    pub token: DeviceToken,
+    pub name: Option<String>,
+    pub active: bool,
+    pub user_id: Option<UserId>,
+    /// A client-chosen id (a UUID in django-push-notifications), opaque to Clarion.
+    pub device_id: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub deactivated_at: Option<OffsetDateTime>,
+    pub deactivation_reason: Option<String>,
+}
+
+impl Device {
+    #[must_use]
+    pub fn platform(&self) -> Platform {
+        self.token.platform()
+    }
+}
+
+/// A registration request, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDevice {
+    pub app: AppId,
+    pub token: DeviceToken,
+    pub name: Option<String>,
+    pub user_id: Option<UserId>,
+    pub device_id: Option<String>,
+}
+
+/// Why a device field was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceFieldError {
+    #[error("device name is {0} characters long; at most 255 are allowed")]
+    NameTooLong(usize),
+    #[error("device_id is {0} characters long; at most 255 are allowed")]
+    DeviceIdTooLong(usize),
+}
+
+impl NewDevice {
+    /// Checks the free-text fields.
+    ///
+    /// # Errors
+    /// A [`DeviceFieldError`] naming the field.
+    pub fn validate(&self) -> Result<(), DeviceFieldError> {
+        if let Some(name) = &self.name {
+            let len = name.chars().count();
+            if len > 255 {
+                return Err(DeviceFieldError::NameTooLong(len));
+            }
+        }
+        if let Some(id) = &self.device_id {
+            let len = id.chars().count();
+            if len > 255 {
+                return Err(DeviceFieldError::DeviceIdTooLong(len));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a registration created a device or updated the one that had the same token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    Created,
+    Updated,
+}
+
+/// Filters for listing devices.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceFilter {
+    pub user_id: Option<UserId>,
+    pub platform: Option<Platform>,
+    pub active: Option<bool>,
+    /// Only devices with an id greater than this (cursor pagination).
+    pub after: Option<DeviceId>,
+    pub limit: Option<u32>,
+}

@@ -1,0 +1,889 @@
+//! Messages, their deliveries and the message state machine.
+//!
+//! A message's state changes only through [`Message::transition`], which refuses every
+//! transition DESIGN.md does not list, and through the methods built on it
+//! ([`Message::finish_attempt`], [`Message::expire`], [`Message::cancel`], [`Message::requeue`]).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::app::SenderKind;
+use crate::ids::{AppId, DeliveryId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
+use crate::retry::{RetryPolicy, jitter_for};
+use crate::token::Platform;
+
+/// The state of a message (pymess's states).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum MessageState {
+    Waiting,
+    Sent,
+    Error,
+    ErrorRetry,
+    Debug,
+}
+
+impl MessageState {
+    pub const ALL: [MessageState; 5] = [
+        MessageState::Waiting,
+        MessageState::Sent,
+        MessageState::Error,
+        MessageState::ErrorRetry,
+        MessageState::Debug,
+    ];
+
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageState::Waiting => "WAITING",
+            MessageState::Sent => "SENT",
+            MessageState::Error => "ERROR",
+            MessageState::ErrorRetry => "ERROR_RETRY",
+            MessageState::Debug => "DEBUG",
+        }
+    }
+
+    /// Whether DESIGN.md lists `self -> to` as a transition.
+    #[must_use]
+    pub fn can_become(self, to: MessageState) -> bool {
+        use MessageState::{Debug, Error, ErrorRetry, Sent, Waiting};
+        matches!(
+            (self, to),
+            (Waiting, Sent | Error | ErrorRetry | Debug)
+                | (ErrorRetry, Sent | Error | ErrorRetry)
+                | (Error, Waiting)
+        )
+    }
+}
+
+impl fmt::Display for MessageState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown state name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown message state {0:?}: expected WAITING, SENT, ERROR, ERROR_RETRY or DEBUG")]
+pub struct UnknownState(pub String);
+
+impl FromStr for MessageState {
+    type Err = UnknownState;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let upper = raw.to_ascii_uppercase();
+        MessageState::ALL
+            .into_iter()
+            .find(|s| s.as_str() == upper)
+            .ok_or_else(|| UnknownState(raw.to_owned()))
+    }
+}
+
+/// A transition the state machine does not allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("a message in state {from} cannot become {to}")]
+pub struct IllegalTransition {
+    pub from: MessageState,
+    pub to: MessageState,
+}
+
+/// Who a message is for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Target {
+    /// Every active device of one user (or, with OneSignal, the external user id).
+    User { user_id: UserId },
+    /// An explicit list of devices of the application.
+    Devices { device_ids: Vec<DeviceId> },
+    /// Every active device of the application, optionally on one platform only.
+    Broadcast { platform: Option<Platform> },
+}
+
+impl Target {
+    /// The user id a message is addressed to, if it is addressed to one.
+    #[must_use]
+    pub fn recipient(&self) -> Option<&UserId> {
+        match self {
+            Target::User { user_id } => Some(user_id),
+            _ => None,
+        }
+    }
+}
+
+/// How urgently a message should be delivered (APNs priority 10 / 5, FCM HIGH / NORMAL,
+/// Web Push Urgency high / normal).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    #[default]
+    High,
+    Normal,
+}
+
+impl FromStr for Priority {
+    type Err = OptionError;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw {
+            "high" => Ok(Priority::High),
+            "normal" => Ok(Priority::Normal),
+            other => Err(OptionError::Priority(other.to_owned())),
+        }
+    }
+}
+
+impl Priority {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::High => "high",
+            Priority::Normal => "normal",
+        }
+    }
+}
+
+/// The longest time-to-live any provider accepts (FCM: 28 days).
+pub const MAX_TIME_TO_LIVE_SECS: u32 = 2_419_200;
+/// The longest APNs collapse id, in bytes.
+pub const MAX_COLLAPSE_KEY_BYTES: usize = 64;
+
+/// Platform options of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub badge: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sound: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub category: Option<String>,
+    /// APNs `apns-collapse-id`, FCM `collapse_key`, Web Push `Topic`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collapse_key: Option<String>,
+    /// Seconds the provider keeps the message for an offline device.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub time_to_live: Option<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub content_available: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub mutable_content: bool,
+}
+
+/// Why a message option was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    #[error("priority must be high or normal; got {0:?}")]
+    Priority(String),
+    #[error("collapse_key is {0} bytes long; APNs allows at most {MAX_COLLAPSE_KEY_BYTES} bytes")]
+    CollapseKeyTooLong(usize),
+    #[error(
+        "collapse_key must be 1 to 32 characters of letters, digits, '-' and '_' for Web Push Topic; got {0:?}"
+    )]
+    CollapseKeyCharacters(String),
+    #[error("time_to_live is {0} seconds; at most {MAX_TIME_TO_LIVE_SECS} (28 days) are allowed")]
+    TimeToLive(u32),
+    #[error("{0} must not be empty")]
+    Empty(&'static str),
+    #[error("a message needs a body, a heading or content_available")]
+    NothingToSend,
+    #[error("url is not a valid absolute URL: {0}")]
+    Url(String),
+    #[error("extra_data must be a JSON object; got {0}")]
+    ExtraData(&'static str),
+    #[error("a message to device ids needs at least one device id")]
+    NoDevices,
+}
+
+impl PushOptions {
+    /// Checks every option against the limits the providers publish.
+    ///
+    /// # Errors
+    /// An [`OptionError`] naming the option.
+    pub fn validate(&self) -> Result<(), OptionError> {
+        if let Some(key) = &self.collapse_key {
+            if key.len() > MAX_COLLAPSE_KEY_BYTES {
+                return Err(OptionError::CollapseKeyTooLong(key.len()));
+            }
+            // RFC 8030 restricts the Topic header to 32 characters of the URL-safe base64
+            // alphabet; one collapse key serves every provider, so it follows the strictest rule.
+            if key.is_empty()
+                || key.len() > 32
+                || !key
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(OptionError::CollapseKeyCharacters(key.clone()));
+            }
+        }
+        if let Some(ttl) = self.time_to_live
+            && ttl > MAX_TIME_TO_LIVE_SECS
+        {
+            return Err(OptionError::TimeToLive(ttl));
+        }
+        for (name, value) in [
+            ("sound", &self.sound),
+            ("thread_id", &self.thread_id),
+            ("category", &self.category),
+        ] {
+            if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(OptionError::Empty(name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a message says.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Content {
+    /// The title (pymess `heading`).
+    pub heading: Option<String>,
+    /// The body text (pymess `content`).
+    pub body: String,
+    pub url: Option<String>,
+    /// Custom data delivered with the notification (a JSON object).
+    pub extra_data: Option<Map<String, Value>>,
+}
+
+impl Content {
+    /// Checks the content: something to show or a silent push, and an absolute URL.
+    ///
+    /// # Errors
+    /// An [`OptionError`] naming what is wrong.
+    pub fn validate(&self, options: &PushOptions) -> Result<(), OptionError> {
+        let has_heading = self.heading.as_deref().is_some_and(|h| !h.is_empty());
+        if self.body.is_empty() && !has_heading && !options.content_available {
+            return Err(OptionError::NothingToSend);
+        }
+        if let Some(url) = &self.url {
+            url::Url::parse(url).map_err(|e| OptionError::Url(format!("{url:?}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Parses extra data given as JSON text.
+    ///
+    /// # Errors
+    /// [`OptionError::ExtraData`] when the text is JSON but not an object; the JSON parse error
+    /// is returned by the caller's parser.
+    pub fn extra_data_from_value(value: Value) -> Result<Map<String, Value>, OptionError> {
+        match value {
+            Value::Object(map) => Ok(map),
+            Value::Array(_) => Err(OptionError::ExtraData("an array")),
+            Value::String(_) => Err(OptionError::ExtraData("a string")),
+            Value::Number(_) => Err(OptionError::ExtraData("a number")),
+            Value::Bool(_) => Err(OptionError::ExtraData("a boolean")),
+            Value::Null => Err(OptionError::ExtraData("null")),
+        }
+    }
+}
+
+/// Everything a caller decides about a message before it is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageSpec {
+    pub app: AppId,
+    pub target: Target,
+    pub content: Content,
+    pub template_slug: Option<Slug>,
+    pub tag: Option<Tag>,
+    pub priority: Priority,
+    pub options: PushOptions,
+    pub related_objects: Vec<RelatedObject>,
+    /// Whether a transient failure may be retried (pymess `retry_sending`).
+    pub retry_sending: bool,
+}
+
+/// Where one delivery goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    Apns,
+    Fcm,
+    Webpush,
+    Onesignal,
+    Debug,
+}
+
+impl Channel {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Apns => "apns",
+            Channel::Fcm => "fcm",
+            Channel::Webpush => "webpush",
+            Channel::Onesignal => "onesignal",
+            Channel::Debug => "debug",
+        }
+    }
+}
+
+impl From<Platform> for Channel {
+    fn from(platform: Platform) -> Self {
+        match platform {
+            Platform::Apns => Channel::Apns,
+            Platform::Fcm => Channel::Fcm,
+            Platform::Webpush => Channel::Webpush,
+        }
+    }
+}
+
+impl FromStr for Channel {
+    type Err = UnknownState;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        match raw {
+            "apns" => Ok(Channel::Apns),
+            "fcm" => Ok(Channel::Fcm),
+            "webpush" => Ok(Channel::Webpush),
+            "onesignal" => Ok(Channel::Onesignal),
+            "debug" => Ok(Channel::Debug),
+            other => Err(UnknownState(other.to_owned())),
+        }
+    }
+}
+
+/// The state of one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Not tried yet.
+    Pending,
+    /// The provider accepted it; it is never sent again.
+    Accepted,
+    /// It failed for a transient reason and will be tried again.
+    Retrying,
+    /// It failed for good (permanent error, configuration error or retries used up).
+    Failed,
+    /// The provider said the token is dead; the device was deactivated.
+    DeadToken,
+    /// The debug sender took it; nothing left the process.
+    Debug,
+}
+
+impl DeliveryState {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryState::Pending => "pending",
+            DeliveryState::Accepted => "accepted",
+            DeliveryState::Retrying => "retrying",
+            DeliveryState::Failed => "failed",
+            DeliveryState::DeadToken => "dead_token",
+            DeliveryState::Debug => "debug",
+        }
+    }
+
+    /// Whether the delivery still has to be sent.
+    #[must_use]
+    pub fn is_due(self) -> bool {
+        matches!(self, DeliveryState::Pending | DeliveryState::Retrying)
+    }
+}
+
+impl FromStr for DeliveryState {
+    type Err = UnknownState;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        [
+            DeliveryState::Pending,
+            DeliveryState::Accepted,
+            DeliveryState::Retrying,
+            DeliveryState::Failed,
+            DeliveryState::DeadToken,
+            DeliveryState::Debug,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == raw)
+        .ok_or_else(|| UnknownState(raw.to_owned()))
+    }
+}
+
+/// What a provider said about one delivery attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum SendOutcome {
+    /// Accepted; `provider_id` is the `apns-id`, the FCM message name, the OneSignal id...
+    Accepted {
+        provider_id: Option<String>,
+        details: Option<Value>,
+    },
+    /// Taken by the debug sender.
+    Debug,
+    /// The device's token is dead: deactivate the device.
+    DeadToken { code: String, reason: String },
+    /// This message can never be delivered to this device.
+    Permanent {
+        code: String,
+        reason: String,
+        details: Option<Value>,
+    },
+    /// The credentials or settings are wrong; an operator must act.
+    Misconfigured { code: String, reason: String },
+    /// Try again later, no sooner than `retry_after`.
+    Transient {
+        code: String,
+        reason: String,
+        #[serde(with = "opt_seconds", default)]
+        retry_after: Option<Duration>,
+    },
+}
+
+mod opt_seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => serializer.serialize_some(&d.as_secs()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<u64>::deserialize(deserializer).map(|v| v.map(Duration::from_secs))
+    }
+}
+
+/// One targeted device (or OneSignal user) of one message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: DeliveryId,
+    pub message_id: MessageId,
+    /// The device, for direct and debug deliveries; `None` for OneSignal.
+    pub device_id: Option<DeviceId>,
+    pub channel: Channel,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    pub provider_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_text: Option<String>,
+    pub details: Option<Value>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+}
+
+impl Delivery {
+    /// Records one attempt's outcome. An accepted delivery stays accepted whatever is
+    /// reported later, so that it is never sent again.
+    pub fn record(&mut self, outcome: &SendOutcome, now: OffsetDateTime) {
+        if !self.state.is_due() {
+            return;
+        }
+        self.attempts = self.attempts.saturating_add(1);
+        self.updated_at = now;
+        let (state, provider_id, code, text, details) = match outcome {
+            SendOutcome::Accepted {
+                provider_id,
+                details,
+            } => (
+                DeliveryState::Accepted,
+                provider_id.clone(),
+                None,
+                None,
+                details.clone(),
+            ),
+            SendOutcome::Debug => (DeliveryState::Debug, None, None, None, None),
+            SendOutcome::DeadToken { code, reason } => (
+                DeliveryState::DeadToken,
+                None,
+                Some(code.clone()),
+                Some(reason.clone()),
+                None,
+            ),
+            SendOutcome::Permanent {
+                code,
+                reason,
+                details,
+            } => (
+                DeliveryState::Failed,
+                None,
+                Some(code.clone()),
+                Some(reason.clone()),
+                details.clone(),
+            ),
+            SendOutcome::Misconfigured { code, reason } => (
+                DeliveryState::Failed,
+                None,
+                Some(code.clone()),
+                Some(reason.clone()),
+                None,
+            ),
+            SendOutcome::Transient { code, reason, .. } => (
+                DeliveryState::Retrying,
+                None,
+                Some(code.clone()),
+                Some(reason.clone()),
+                None,
+            ),
+        };
+        self.state = state;
+        if provider_id.is_some() {
+            self.provider_id = provider_id;
+        }
+        self.error_code = code;
+        self.error_text = text;
+        if details.is_some() {
+            self.details = details;
+        }
+    }
+
+    fn give_up(&mut self, code: &str, reason: &str, now: OffsetDateTime) {
+        if self.state.is_due() {
+            self.state = DeliveryState::Failed;
+            self.error_code = Some(code.to_owned());
+            self.error_text = Some(match &self.error_text {
+                Some(last) => format!("{reason} (last error: {last})"),
+                None => reason.to_owned(),
+            });
+            self.updated_at = now;
+        }
+    }
+}
+
+/// The parts of a message that only the state machine changes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub state: MessageState,
+    pub error: Option<String>,
+    pub number_of_send_attempts: u32,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub next_attempt_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub sent_at: Option<OffsetDateTime>,
+    /// When the message was queued (created, or re-queued by an operator); `max_age` counts
+    /// from here.
+    #[serde(with = "time::serde::rfc3339")]
+    pub queued_at: OffsetDateTime,
+}
+
+/// A stored message with its deliveries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub id: MessageId,
+    #[serde(flatten)]
+    pub spec: MessageSpec,
+    pub sender: SenderKind,
+    #[serde(flatten)]
+    progress: Progress,
+    pub extra_sender_data: Option<Value>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub changed_at: OffsetDateTime,
+    pub deliveries: Vec<Delivery>,
+}
+
+/// What an attempt did, for reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AttemptSummary {
+    pub accepted: usize,
+    pub failed: usize,
+    pub retrying: usize,
+    pub dead_tokens: usize,
+}
+
+impl Message {
+    /// A message as the store keeps it. Its progress was reached through the state machine
+    /// before it was stored.
+    #[must_use]
+    pub fn from_storage(
+        id: MessageId,
+        spec: MessageSpec,
+        sender: SenderKind,
+        progress: Progress,
+        created_at: OffsetDateTime,
+        changed_at: OffsetDateTime,
+    ) -> Self {
+        Self {
+            id,
+            spec,
+            sender,
+            progress,
+            extra_sender_data: None,
+            created_at,
+            changed_at,
+            deliveries: Vec::new(),
+        }
+    }
+
+    /// The progress of a message that was just created: WAITING, no attempt made.
+    #[must_use]
+    pub fn initial_progress(now: OffsetDateTime) -> Progress {
+        Progress {
+            state: MessageState::Waiting,
+            error: None,
+            number_of_send_attempts: 0,
+            next_attempt_at: None,
+            sent_at: None,
+            queued_at: now,
+        }
+    }
+
+    #[must_use]
+    pub fn state(&self) -> MessageState {
+        self.progress.state
+    }
+
+    #[must_use]
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    #[must_use]
+    pub fn error(&self) -> Option<&str> {
+        self.progress.error.as_deref()
+    }
+
+    #[must_use]
+    pub fn number_of_send_attempts(&self) -> u32 {
+        self.progress.number_of_send_attempts
+    }
+
+    #[must_use]
+    pub fn next_attempt_at(&self) -> Option<OffsetDateTime> {
+        self.progress.next_attempt_at
+    }
+
+    /// The one way to change the state. `error` replaces the message's error text.
+    ///
+    /// # Errors
+    /// [`IllegalTransition`] when DESIGN.md does not list the transition; nothing changes.
+    pub fn transition(
+        &mut self,
+        to: MessageState,
+        error: Option<String>,
+        now: OffsetDateTime,
+    ) -> Result<(), IllegalTransition> {
+        let from = self.progress.state;
+        if !from.can_become(to) {
+            return Err(IllegalTransition { from, to });
+        }
+        self.progress.state = to;
+        self.progress.error = error;
+        self.changed_at = now;
+        if to != MessageState::ErrorRetry {
+            self.progress.next_attempt_at = None;
+        }
+        if matches!(to, MessageState::Sent | MessageState::Debug) {
+            self.progress.sent_at = Some(now);
+        }
+        Ok(())
+    }
+
+    /// Whether the message may be sent now: WAITING, or ERROR_RETRY whose time has come.
+    #[must_use]
+    pub fn is_due(&self, now: OffsetDateTime) -> bool {
+        match self.progress.state {
+            MessageState::Waiting => true,
+            MessageState::ErrorRetry => self.progress.next_attempt_at.is_none_or(|at| at <= now),
+            _ => false,
+        }
+    }
+
+    /// Whether the message is older than the policy's `max_age`.
+    #[must_use]
+    pub fn is_expired(&self, policy: &RetryPolicy, now: OffsetDateTime) -> bool {
+        now - self.progress.queued_at >= policy.max_age
+    }
+
+    /// The deliveries an attempt must send: pending ones and those waiting for a retry.
+    pub fn due_deliveries(&self) -> impl Iterator<Item = &Delivery> {
+        self.deliveries.iter().filter(|d| d.state.is_due())
+    }
+
+    /// Records one delivery's outcome. Unknown ids and deliveries that are no longer due are
+    /// left alone.
+    pub fn record_outcome(
+        &mut self,
+        delivery: DeliveryId,
+        outcome: &SendOutcome,
+        now: OffsetDateTime,
+    ) {
+        if let Some(d) = self.deliveries.iter_mut().find(|d| d.id == delivery) {
+            d.record(outcome, now);
+        }
+    }
+
+    /// Gives the message up without another attempt because it is older than `max_age`.
+    ///
+    /// # Errors
+    /// [`IllegalTransition`] when the message is not WAITING or ERROR_RETRY.
+    pub fn expire(&mut self, now: OffsetDateTime) -> Result<(), IllegalTransition> {
+        self.conclude_without_retry("expired", "message is older than max_age", now)
+    }
+
+    /// An operator's cancel of a WAITING message.
+    ///
+    /// # Errors
+    /// [`IllegalTransition`] unless the message is WAITING.
+    pub fn cancel(&mut self, now: OffsetDateTime) -> Result<(), IllegalTransition> {
+        if self.progress.state != MessageState::Waiting {
+            return Err(IllegalTransition {
+                from: self.progress.state,
+                to: MessageState::Error,
+            });
+        }
+        for d in &mut self.deliveries {
+            d.give_up("cancelled", "cancelled by an operator", now);
+        }
+        self.transition(MessageState::Error, Some("cancelled".to_owned()), now)
+    }
+
+    /// An operator's retry of an ERROR message: the deliveries that were not accepted and whose
+    /// token is not dead are sent again, with a fresh attempt budget and age.
+    ///
+    /// # Errors
+    /// [`IllegalTransition`] unless the message is ERROR.
+    pub fn requeue(&mut self, now: OffsetDateTime) -> Result<(), IllegalTransition> {
+        self.transition(MessageState::Waiting, None, now)?;
+        self.progress.number_of_send_attempts = 0;
+        self.progress.queued_at = now;
+        for d in &mut self.deliveries {
+            if d.state == DeliveryState::Failed {
+                d.state = DeliveryState::Pending;
+                d.updated_at = now;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks a message that has no delivery to make as ERROR (for instance a recipient with no
+    /// active device).
+    ///
+    /// # Errors
+    /// [`IllegalTransition`] when the message is not WAITING or ERROR_RETRY.
+    pub fn fail(&mut self, error: &str, now: OffsetDateTime) -> Result<(), IllegalTransition> {
+        for d in &mut self.deliveries {
+            d.give_up("failed", error, now);
+        }
+        self.transition(MessageState::Error, Some(error.to_owned()), now)
+    }
+
+    /// Concludes an attempt once every due delivery's outcome is recorded: counts the attempt and
+    /// moves the message to DEBUG, SENT, ERROR_RETRY or ERROR as DESIGN.md says.
+    ///
+    /// # Errors
+    /// [`IllegalTransition`] when the message was not WAITING or ERROR_RETRY.
+    pub fn finish_attempt(
+        &mut self,
+        policy: &RetryPolicy,
+        retry_after: Option<Duration>,
+        now: OffsetDateTime,
+    ) -> Result<AttemptSummary, IllegalTransition> {
+        let from = self.progress.state;
+        if !matches!(from, MessageState::Waiting | MessageState::ErrorRetry) {
+            return Err(IllegalTransition {
+                from,
+                to: MessageState::Sent,
+            });
+        }
+        self.progress.number_of_send_attempts =
+            self.progress.number_of_send_attempts.saturating_add(1);
+        let attempts = self.progress.number_of_send_attempts;
+        let count = |state| self.deliveries.iter().filter(|d| d.state == state).count();
+        let summary = AttemptSummary {
+            accepted: count(DeliveryState::Accepted) + count(DeliveryState::Debug),
+            failed: count(DeliveryState::Failed),
+            retrying: count(DeliveryState::Retrying) + count(DeliveryState::Pending),
+            dead_tokens: count(DeliveryState::DeadToken),
+        };
+
+        if count(DeliveryState::Debug) > 0 && from == MessageState::Waiting {
+            self.transition(MessageState::Debug, None, now)?;
+            return Ok(summary);
+        }
+        if summary.retrying > 0 {
+            let can_retry = self.spec.retry_sending
+                && policy.attempts_left(attempts)
+                && !self.is_expired(policy, now);
+            if can_retry {
+                let jitter = jitter_for(self.id.0, attempts);
+                let wait = policy.delay(attempts, jitter, retry_after);
+                let error = self.summarise_errors();
+                self.transition(MessageState::ErrorRetry, error, now)?;
+                self.progress.next_attempt_at = Some(now + wait);
+                return Ok(summary);
+            }
+            let reason = if self.spec.retry_sending {
+                format!("gave up after {attempts} attempts")
+            } else {
+                "retry_sending is off".to_owned()
+            };
+            for d in &mut self.deliveries {
+                d.give_up("retries_exhausted", &reason, now);
+            }
+        }
+        self.conclude(now)?;
+        Ok(summary)
+    }
+
+    fn conclude_without_retry(
+        &mut self,
+        code: &str,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), IllegalTransition> {
+        let from = self.progress.state;
+        if !matches!(from, MessageState::Waiting | MessageState::ErrorRetry) {
+            return Err(IllegalTransition {
+                from,
+                to: MessageState::Error,
+            });
+        }
+        for d in &mut self.deliveries {
+            d.give_up(code, reason, now);
+        }
+        if self.any_accepted() {
+            return self.transition(MessageState::Sent, Some(reason.to_owned()), now);
+        }
+        self.transition(MessageState::Error, Some(reason.to_owned()), now)
+    }
+
+    /// SENT when any delivery was accepted (the failures stay on the deliveries), else ERROR.
+    fn conclude(&mut self, now: OffsetDateTime) -> Result<(), IllegalTransition> {
+        let error = self.summarise_errors();
+        if self.any_accepted() {
+            return self.transition(MessageState::Sent, error, now);
+        }
+        let error = error.or_else(|| Some("no delivery could be made".to_owned()));
+        self.transition(MessageState::Error, error, now)
+    }
+
+    fn any_accepted(&self) -> bool {
+        self.deliveries
+            .iter()
+            .any(|d| matches!(d.state, DeliveryState::Accepted | DeliveryState::Debug))
+    }
+
+    /// One line that sums up the deliveries' errors, such as `2 of 3 deliveries failed: ...`.
+    fn summarise_errors(&self) -> Option<String> {
+        let failed: Vec<&Delivery> = self
+            .deliveries
+            .iter()
+            .filter(|d| d.error_code.is_some())
+            .collect();
+        let first = failed.first()?;
+        let detail = match (&first.error_code, &first.error_text) {
+            (Some(code), Some(text)) => format!("{code}: {text}"),
+            (Some(code), None) => code.clone(),
+            _ => String::new(),
+        };
+        Some(format!(
+            "{} of {} deliveries failed; first: {detail}",
+            failed.len(),
+            self.deliveries.len()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,84 @@
+//! Provider payloads, built from a message before anything is sent, with the providers' size
+//! limits checked here. The adapters add only transport concerns (authentication, encryption,
+//! HTTP).
+
+pub mod apns;
+pub mod fcm;
+pub mod onesignal;
+pub mod webpush;
+
+use time::OffsetDateTime;
+
+use crate::app::Application;
+use crate::ids::UserId;
+use crate::message::MessageSpec;
+use crate::token::DeviceToken;
+
+pub use apns::{ApnsHeaders, ApnsPushType, ApnsRequest};
+pub use fcm::FcmRequest;
+pub use onesignal::OneSignalRequest;
+pub use webpush::{Urgency, WebPushRequest};
+
+/// One provider request, ready for the wire.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    Apns(ApnsRequest),
+    Fcm(FcmRequest),
+    Webpush(WebPushRequest),
+    Onesignal(OneSignalRequest),
+}
+
+/// Who one payload is for.
+#[derive(Debug, Clone, Copy)]
+pub enum PayloadTarget<'a> {
+    /// A registered device: the payload follows its platform.
+    Device(&'a DeviceToken),
+    /// A OneSignal external user id.
+    ExternalUser(&'a UserId),
+}
+
+/// Why a payload could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// The payload is over the provider's limit.
+    #[error("{provider} payload is {size} bytes, over the {provider} limit of {limit} bytes")]
+    TooLarge {
+        provider: &'static str,
+        limit: usize,
+        size: usize,
+    },
+    /// The application lacks a setting the provider needs.
+    #[error("application {app} has no {setting} setting, which {provider} needs")]
+    MissingSetting {
+        app: String,
+        provider: &'static str,
+        setting: &'static str,
+    },
+}
+
+/// Builds the payload for one target of a message.
+///
+/// # Errors
+/// [`PayloadError::TooLarge`] when the payload is over the provider's limit, or
+/// [`PayloadError::MissingSetting`] when the application lacks the provider's settings.
+pub fn build(
+    app: &Application,
+    spec: &MessageSpec,
+    target: PayloadTarget<'_>,
+    now: OffsetDateTime,
+) -> Result<Payload, PayloadError> {
+    match target {
+        PayloadTarget::Device(DeviceToken::Apns { token }) => {
+            apns::build(app, spec, token, now).map(Payload::Apns)
+        }
+        PayloadTarget::Device(DeviceToken::Fcm { token }) => {
+            fcm::build(spec, token).map(Payload::Fcm)
+        }
+        PayloadTarget::Device(DeviceToken::Webpush { subscription }) => {
+            webpush::build(spec, subscription).map(Payload::Webpush)
+        }
+        PayloadTarget::ExternalUser(user) => {
+            onesignal::build(app, spec, user).map(Payload::Onesignal)
+        }
+    }
+}

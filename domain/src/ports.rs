@@ -1,0 +1,308 @@
+//! Ports: the traits the domain needs from the outside world. The adapters crate implements
+//! them; tests use the mockall mocks (`Mock*`, with the `mocks` feature or in this crate's
+//! tests).
+//!
+//! Every port is held as `Arc<dyn Port>` and uses `async-trait`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::app::SenderKind;
+use crate::device::{Device, DeviceFilter, NewDevice, Registration};
+use crate::ids::{AppId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
+use crate::message::SendOutcome;
+use crate::message::{Channel, Delivery, Message, MessageSpec, MessageState, Progress};
+use crate::payload::Payload;
+use crate::template::{Template, TemplateSpec};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The write would break a uniqueness rule; the text names it.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A stored row could not be read back into the domain (corrupt or foreign data); the text
+    /// names the table, the row and the field.
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Unknown(#[from] anyhow::Error),
+}
+
+/// A claim on a message held by one worker until `until`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: String,
+    pub until: OffsetDateTime,
+}
+
+/// A message to store: its spec, sender and first progress, and the deliveries to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMessage {
+    pub spec: MessageSpec,
+    pub sender: SenderKind,
+    pub progress: Progress,
+    /// One delivery per targeted device (`Some`) or per OneSignal user (`None`).
+    pub deliveries: Vec<(Channel, Option<DeviceId>)>,
+    /// Held by the creating process when it sends the message at once, so that no batch
+    /// worker takes it meanwhile.
+    pub lease: Option<Lease>,
+    pub now: OffsetDateTime,
+}
+
+/// Filters for listing messages. Results are newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MessageFilter {
+    pub app: Option<AppId>,
+    pub state: Option<MessageState>,
+    pub tag: Option<Tag>,
+    pub recipient: Option<UserId>,
+    pub related: Option<RelatedObject>,
+    pub created_after: Option<OffsetDateTime>,
+    pub created_before: Option<OffsetDateTime>,
+    /// Only messages with an id lower than this (cursor pagination, newest first).
+    pub before: Option<MessageId>,
+    pub limit: Option<u32>,
+}
+
+/// Devices: registration, look-up, deactivation.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait DeviceStore: Send + Sync + 'static {
+    /// Registers a device, or updates the device of the same application, platform and token
+    /// (owner, name, client device id, `active = true`).
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn register_device(
+        &self,
+        device: &NewDevice,
+        now: OffsetDateTime,
+    ) -> Result<(Device, Registration), StoreError>;
+
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure; [`StoreError::Corrupt`] for a row that
+    /// cannot be read.
+    async fn get_device(&self, app: &AppId, id: DeviceId) -> Result<Option<Device>, StoreError>;
+
+    /// The devices among `ids` that belong to `app`, in id order.
+    ///
+    /// # Errors
+    /// As [`DeviceStore::get_device`].
+    async fn get_devices(&self, app: &AppId, ids: &[DeviceId]) -> Result<Vec<Device>, StoreError>;
+
+    /// Devices of `app` matching the filter, in id order.
+    ///
+    /// # Errors
+    /// As [`DeviceStore::get_device`].
+    async fn list_devices(
+        &self,
+        app: &AppId,
+        filter: &DeviceFilter,
+    ) -> Result<Vec<Device>, StoreError>;
+
+    /// Sets `active = false` with the time and reason. Returns whether the device exists.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn deactivate_device(
+        &self,
+        app: &AppId,
+        id: DeviceId,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Deletes a device; its past deliveries keep their records with no device. Returns
+    /// whether it existed.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn delete_device(&self, app: &AppId, id: DeviceId) -> Result<bool, StoreError>;
+
+    /// Deactivates the active devices of `app` whose latest delivery ended with a dead token.
+    /// Returns how many were deactivated.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn deactivate_dead_devices(
+        &self,
+        app: &AppId,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError>;
+
+    /// Deletes the inactive devices of `app` deactivated before `before`. Returns how many.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn delete_inactive_devices(
+        &self,
+        app: &AppId,
+        before: OffsetDateTime,
+    ) -> Result<u64, StoreError>;
+}
+
+/// Messages, their deliveries and related objects, and the claim of due messages.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Stores a message with its related objects and deliveries (all `pending`) in one
+    /// transaction, and returns it as stored.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure; nothing is stored then.
+    async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError>;
+
+    /// A message of `app` with its deliveries and related objects.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
+    async fn get_message(&self, app: &AppId, id: MessageId) -> Result<Option<Message>, StoreError>;
+
+    /// Messages matching the filter, newest first, each with its deliveries and related
+    /// objects.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
+    async fn list_messages(&self, filter: &MessageFilter) -> Result<Vec<Message>, StoreError>;
+
+    /// Claims up to `limit` due messages (WAITING, or ERROR_RETRY whose `next_attempt_at` has
+    /// passed) whose lease is free or expired, oldest first, in one atomic step, and returns
+    /// them with their deliveries. A claimed message is not returned to another caller until
+    /// its lease expires or is released.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
+    async fn claim_due(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        lease: &Lease,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// Records one delivery's state as soon as it is known. Idempotent, and a delivery already
+    /// recorded as accepted or debug is never changed again.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn record_delivery(&self, delivery: &Delivery) -> Result<(), StoreError>;
+
+    /// Writes a message's progress, `extra_sender_data`, `changed_at` and every delivery, and
+    /// releases its lease.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn save_progress(&self, message: &Message) -> Result<(), StoreError>;
+
+    /// The newest message of `app` sent from template `slug` that is linked to every one of
+    /// `related` (to every message when `related` is empty).
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn find_template_message(
+        &self,
+        app: &AppId,
+        slug: &Slug,
+        related: &[RelatedObject],
+    ) -> Result<Option<MessageId>, StoreError>;
+
+    /// How many messages are due at `now` (the backlog).
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn count_due(&self, now: OffsetDateTime) -> Result<u64, StoreError>;
+}
+
+/// Templates per application.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait TemplateStore: Send + Sync + 'static {
+    /// Creates the template, or replaces the one with the same application and slug.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn put_template(
+        &self,
+        template: &TemplateSpec,
+        now: OffsetDateTime,
+    ) -> Result<(Template, Registration), StoreError>;
+
+    /// # Errors
+    /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
+    async fn get_template(&self, app: &AppId, slug: &Slug) -> Result<Option<Template>, StoreError>;
+
+    /// Templates of `app` in slug order.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
+    async fn list_templates(&self, app: &AppId) -> Result<Vec<Template>, StoreError>;
+
+    /// Deletes a template; messages sent from it keep its slug. Returns whether it existed.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn delete_template(&self, app: &AppId, slug: &Slug) -> Result<bool, StoreError>;
+}
+
+/// One push service (APNs, FCM, Web Push, OneSignal, or the debug sender).
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait PushProvider: Send + Sync + 'static {
+    /// Sends one notification. Every failure is an outcome, never an error: timeouts and
+    /// connection errors are [`SendOutcome::Transient`], bad credentials
+    /// [`SendOutcome::Misconfigured`].
+    async fn send(&self, app: &AppId, payload: &Payload) -> SendOutcome;
+}
+
+/// A template failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("template syntax error in {field}: {detail}")]
+    Syntax { field: String, detail: String },
+    #[error("undefined variable in {field}: {detail}")]
+    Undefined { field: String, detail: String },
+    #[error("template {field} used more than its fuel (too much work or output)")]
+    OutOfFuel { field: String },
+    #[error("template {field} failed to render: {detail}")]
+    Other { field: String, detail: String },
+}
+
+/// Renders template source with a context. Plain text, no HTML escaping, bounded work, and an
+/// undefined variable is an error.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait TemplateRenderer: Send + Sync + 'static {
+    /// Renders `source`; `field` names it in errors (`body`, `heading`, `url`).
+    ///
+    /// # Errors
+    /// A [`RenderError`] naming the field.
+    fn render(
+        &self,
+        field: &str,
+        source: &str,
+        context: &Map<String, Value>,
+    ) -> Result<String, RenderError>;
+
+    /// Checks that `source` parses.
+    ///
+    /// # Errors
+    /// [`RenderError::Syntax`] naming the field.
+    fn check(&self, field: &str, source: &str) -> Result<(), RenderError>;
+}
+
+/// The time.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The lease a worker takes on claimed messages.
+#[must_use]
+pub fn lease_for(owner: &str, now: OffsetDateTime, length: Duration) -> Lease {
+    Lease {
+        owner: owner.to_owned(),
+        until: now + length,
+    }
+}
