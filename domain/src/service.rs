@@ -1,1 +1,972 @@
+//! The services: register devices, send messages (directly or from templates), process a batch
+//! of due messages, prune dead devices, and let an operator retry or cancel. The CLI and the
+//! HTTP server call these and nothing below them.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::app::{Application, Applications, SenderKind, UnknownApplication};
+use crate::device::{Device, DeviceFieldError, DeviceFilter, NewDevice, Registration};
+use crate::ids::{DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
+use crate::message::{
+    Channel, Content, Delivery, IllegalTransition, Message, MessageSpec, MessageState, OptionError,
+    Priority, PushOptions, SendOutcome, Target,
+};
+use crate::payload::{self, Payload, PayloadError, PayloadTarget};
+use crate::ports::{
+    Clock, DeviceStore, Lease, MessageFilter, MessageStore, NewMessage, PushProvider, RenderError,
+    StoreError, TemplateRenderer, TemplateStore,
+};
+use crate::template::{CannotSend, Rendered, Template, TemplateSpec};
+use crate::token::{DeviceToken, Platform, TokenError};
+
+/// The ports the services use.
+#[derive(Clone)]
+pub struct Ports {
+    pub devices: Arc<dyn DeviceStore>,
+    pub messages: Arc<dyn MessageStore>,
+    pub templates: Arc<dyn TemplateStore>,
+    pub renderer: Arc<dyn TemplateRenderer>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for Ports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ports").finish_non_exhaustive()
+    }
+}
+
+/// The push providers, by the channel they serve.
+#[derive(Clone, Default)]
+pub struct Providers {
+    by_channel: BTreeMap<&'static str, Arc<dyn PushProvider>>,
+}
+
+impl fmt::Debug for Providers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.by_channel.keys()).finish()
+    }
+}
+
+impl Providers {
+    /// Registers the provider that serves `channel`.
+    #[must_use]
+    pub fn with(mut self, channel: Channel, provider: Arc<dyn PushProvider>) -> Self {
+        self.by_channel.insert(channel.as_str(), provider);
+        self
+    }
+
+    fn get(&self, channel: Channel) -> Option<&Arc<dyn PushProvider>> {
+        self.by_channel.get(channel.as_str())
+    }
+}
+
+/// Settings of the services.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// Who claims messages (a host name and process id, say); shown in leases.
+    pub worker_id: String,
+    /// How long a claim on a message lasts before another worker may take it over.
+    pub lease: Duration,
+    /// How many messages one claim takes.
+    pub claim_size: u32,
+    /// The page size when walking the devices of a broadcast.
+    pub device_page: u32,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        Self {
+            worker_id: "clarion".to_owned(),
+            lease: Duration::from_secs(60),
+            claim_size: 100,
+            device_page: 1000,
+        }
+    }
+}
+
+/// Whether a new message is sent at once or left to the batch worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dispatch {
+    #[default]
+    Now,
+    Queue,
+}
+
+/// A device registration as received at the edge; the token is parsed here because a Web
+/// Push endpoint's policy depends on the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisterDevice {
+    pub platform: Platform,
+    /// The APNs or FCM token, or the Web Push endpoint.
+    pub token: String,
+    pub p256dh: Option<String>,
+    pub auth: Option<String>,
+    pub name: Option<String>,
+    pub user_id: Option<UserId>,
+    pub device_id: Option<String>,
+}
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRequest {
+    pub target: Target,
+    pub content: Content,
+    pub tag: Option<Tag>,
+    pub priority: Priority,
+    pub options: PushOptions,
+    pub related_objects: Vec<RelatedObject>,
+    pub retry_sending: bool,
+}
+
+/// A message to send from a template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateSendRequest {
+    pub slug: Slug,
+    pub context: Map<String, Value>,
+    pub target: Target,
+    pub extra_data: Option<Map<String, Value>>,
+    pub tag: Option<Tag>,
+    pub priority: Priority,
+    pub options: PushOptions,
+    pub related_objects: Vec<RelatedObject>,
+    pub retry_sending: bool,
+}
+
+/// What `send_template` did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TemplateSend {
+    Sent(Box<Message>),
+    /// The template may not send; nothing was stored.
+    NotSent(CannotSend),
+}
+
+/// Why a device operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error(transparent)]
+    UnknownApplication(#[from] UnknownApplication),
+    #[error("invalid token: {0}")]
+    InvalidToken(#[from] TokenError),
+    #[error(transparent)]
+    InvalidField(#[from] DeviceFieldError),
+    #[error("device {0} not found")]
+    NotFound(DeviceId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a message could not be sent. Nothing is stored when one of these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    UnknownApplication(#[from] UnknownApplication),
+    #[error("invalid message: {0}")]
+    Invalid(#[from] OptionError),
+    #[error("unknown device ids for this application: {}", join_ids(.0))]
+    UnknownDevices(Vec<DeviceId>),
+    #[error("{0}")]
+    Unsupported(String),
+    #[error(transparent)]
+    Payload(#[from] PayloadError),
+    #[error("template {0} not found")]
+    TemplateNotFound(Slug),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn join_ids(ids: &[DeviceId]) -> String {
+    ids.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why an operation on a stored message failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error(transparent)]
+    UnknownApplication(#[from] UnknownApplication),
+    #[error("message {0} not found")]
+    NotFound(MessageId),
+    #[error(transparent)]
+    Illegal(#[from] IllegalTransition),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Why a template operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error(transparent)]
+    UnknownApplication(#[from] UnknownApplication),
+    #[error("template {0} not found")]
+    NotFound(Slug),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What one batch run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BatchReport {
+    pub processed: u64,
+    pub sent: u64,
+    pub debug: u64,
+    pub retrying: u64,
+    pub failed: u64,
+}
+
+impl BatchReport {
+    fn count(&mut self, message: &Message) {
+        self.processed += 1;
+        match message.state() {
+            MessageState::Sent => self.sent += 1,
+            MessageState::Debug => self.debug += 1,
+            MessageState::ErrorRetry => self.retrying += 1,
+            MessageState::Error | MessageState::Waiting => self.failed += 1,
+        }
+    }
+}
+
+/// What a prune did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct PruneReport {
+    pub deactivated: u64,
+    pub deleted: u64,
+}
+
+/// Clarion's services.
+#[derive(Debug, Clone)]
+pub struct PushService {
+    apps: Arc<Applications>,
+    ports: Ports,
+    providers: Providers,
+    settings: ServiceSettings,
+}
+
+impl PushService {
+    #[must_use]
+    pub fn new(
+        apps: Arc<Applications>,
+        ports: Ports,
+        providers: Providers,
+        settings: ServiceSettings,
+    ) -> Self {
+        Self {
+            apps,
+            ports,
+            providers,
+            settings,
+        }
+    }
+
+    #[must_use]
+    pub fn applications(&self) -> &Applications {
+        &self.apps
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.ports.clock.now()
+    }
+
+    fn lease(&self, now: OffsetDateTime) -> Lease {
+        Lease {
+            owner: self.settings.worker_id.clone(),
+            until: now + self.settings.lease,
+        }
+    }
+
+    // ----- devices -----
+
+    /// Registers a device, or updates the device with the same token.
+    ///
+    /// # Errors
+    /// [`DeviceError::UnknownApplication`], [`DeviceError::InvalidToken`] naming the field,
+    /// [`DeviceError::InvalidField`], or [`DeviceError::Store`].
+    pub async fn register_device(
+        &self,
+        app: &str,
+        request: RegisterDevice,
+    ) -> Result<(Device, Registration), DeviceError> {
+        let app = self.apps.get(app)?;
+        let token = DeviceToken::parse(
+            request.platform,
+            &request.token,
+            request.p256dh.as_deref(),
+            request.auth.as_deref(),
+            app.endpoint_policy,
+        )?;
+        let device = NewDevice {
+            app: app.id.clone(),
+            token,
+            name: request.name,
+            user_id: request.user_id,
+            device_id: request.device_id,
+        };
+        device.validate()?;
+        Ok(self
+            .ports
+            .devices
+            .register_device(&device, self.now())
+            .await?)
+    }
+
+    /// # Errors
+    /// [`DeviceError::UnknownApplication`], [`DeviceError::NotFound`] or [`DeviceError::Store`].
+    pub async fn get_device(&self, app: &str, id: DeviceId) -> Result<Device, DeviceError> {
+        let app = self.apps.get(app)?;
+        self.ports
+            .devices
+            .get_device(&app.id, id)
+            .await?
+            .ok_or(DeviceError::NotFound(id))
+    }
+
+    /// # Errors
+    /// [`DeviceError::UnknownApplication`] or [`DeviceError::Store`].
+    pub async fn list_devices(
+        &self,
+        app: &str,
+        filter: &DeviceFilter,
+    ) -> Result<Vec<Device>, DeviceError> {
+        let app = self.apps.get(app)?;
+        Ok(self.ports.devices.list_devices(&app.id, filter).await?)
+    }
+
+    /// Deactivates a device with the operator's reason.
+    ///
+    /// # Errors
+    /// [`DeviceError::UnknownApplication`], [`DeviceError::NotFound`] or [`DeviceError::Store`].
+    pub async fn deactivate_device(
+        &self,
+        app: &str,
+        id: DeviceId,
+        reason: &str,
+    ) -> Result<Device, DeviceError> {
+        let app = self.apps.get(app)?;
+        if !self
+            .ports
+            .devices
+            .deactivate_device(&app.id, id, reason, self.now())
+            .await?
+        {
+            return Err(DeviceError::NotFound(id));
+        }
+        self.ports
+            .devices
+            .get_device(&app.id, id)
+            .await?
+            .ok_or(DeviceError::NotFound(id))
+    }
+
+    /// # Errors
+    /// [`DeviceError::UnknownApplication`], [`DeviceError::NotFound`] or [`DeviceError::Store`].
+    pub async fn delete_device(&self, app: &str, id: DeviceId) -> Result<(), DeviceError> {
+        let app = self.apps.get(app)?;
+        if self.ports.devices.delete_device(&app.id, id).await? {
+            Ok(())
+        } else {
+            Err(DeviceError::NotFound(id))
+        }
+    }
+
+    /// Deactivates the devices whose latest delivery hit a dead token and, when
+    /// `delete_inactive_older_than` is given, deletes inactive devices deactivated longer ago.
+    ///
+    /// # Errors
+    /// [`DeviceError::UnknownApplication`] or [`DeviceError::Store`].
+    pub async fn prune(
+        &self,
+        app: &str,
+        delete_inactive_older_than: Option<Duration>,
+    ) -> Result<PruneReport, DeviceError> {
+        let app = self.apps.get(app)?;
+        let now = self.now();
+        let deactivated = self
+            .ports
+            .devices
+            .deactivate_dead_devices(&app.id, now)
+            .await?;
+        let deleted = match delete_inactive_older_than {
+            Some(age) => {
+                self.ports
+                    .devices
+                    .delete_inactive_devices(&app.id, now - age)
+                    .await?
+            }
+            None => 0,
+        };
+        Ok(PruneReport {
+            deactivated,
+            deleted,
+        })
+    }
+
+    // ----- sending -----
+
+    /// Stores a message with one delivery per targeted device and, with [`Dispatch::Now`],
+    /// sends it at once. A recipient with no active device gives a stored ERROR message.
+    ///
+    /// # Errors
+    /// A [`SendError`]; nothing is stored then, except on [`SendError::Store`] after the
+    /// message was stored (the batch worker then takes it over when its lease expires).
+    pub async fn send(
+        &self,
+        app: &str,
+        request: SendRequest,
+        dispatch: Dispatch,
+    ) -> Result<Message, SendError> {
+        let app = self.apps.get(app)?;
+        let spec = MessageSpec {
+            app: app.id.clone(),
+            target: request.target,
+            content: request.content,
+            template_slug: None,
+            tag: request.tag,
+            priority: request.priority,
+            options: request.options,
+            related_objects: dedup(request.related_objects),
+            retry_sending: request.retry_sending,
+        };
+        self.store_and_dispatch(app, spec, dispatch).await
+    }
+
+    /// Renders a template and sends the result, unless the template may not send
+    /// ([`TemplateSend::NotSent`], nothing stored).
+    ///
+    /// # Errors
+    /// [`SendError::TemplateNotFound`] for an unknown slug, [`SendError::Render`] when
+    /// rendering fails, and the errors of [`PushService::send`]. Nothing is stored then.
+    pub async fn send_template(
+        &self,
+        app: &str,
+        request: TemplateSendRequest,
+        dispatch: Dispatch,
+    ) -> Result<TemplateSend, SendError> {
+        let app = self.apps.get(app)?;
+        let template = self
+            .ports
+            .templates
+            .get_template(&app.id, &request.slug)
+            .await?
+            .ok_or_else(|| SendError::TemplateNotFound(request.slug.clone()))?;
+        let related = dedup(request.related_objects);
+        if let Some(reason) = self.cannot_send(&template, &related).await? {
+            return Ok(TemplateSend::NotSent(reason));
+        }
+        let rendered = self.render(&template, &request.context)?;
+        let spec = MessageSpec {
+            app: app.id.clone(),
+            target: request.target,
+            content: Content {
+                heading: rendered.heading,
+                body: rendered.body,
+                url: rendered.url,
+                extra_data: request.extra_data,
+            },
+            template_slug: Some(template.slug.clone()),
+            tag: request.tag,
+            priority: request.priority,
+            options: request.options,
+            related_objects: related,
+            retry_sending: request.retry_sending,
+        };
+        let message = self.store_and_dispatch(app, spec, dispatch).await?;
+        Ok(TemplateSend::Sent(Box::new(message)))
+    }
+
+    /// pymess's `can_send`: `None` when the template may send for these related objects.
+    async fn cannot_send(
+        &self,
+        template: &Template,
+        related: &[RelatedObject],
+    ) -> Result<Option<CannotSend>, StoreError> {
+        if !template.is_active {
+            return Ok(Some(CannotSend::Inactive {
+                slug: template.slug.to_string(),
+            }));
+        }
+        if template.allow_duplicates {
+            return Ok(None);
+        }
+        let earlier = self
+            .ports
+            .messages
+            .find_template_message(&template.app, &template.slug, related)
+            .await?;
+        Ok(earlier.map(|id| CannotSend::Duplicate {
+            slug: template.slug.to_string(),
+            message_id: id.0,
+        }))
+    }
+
+    fn render(
+        &self,
+        template: &Template,
+        context: &Map<String, Value>,
+    ) -> Result<Rendered, RenderError> {
+        let renderer = &self.ports.renderer;
+        let optional = |field: &str, source: &Option<String>| {
+            source
+                .as_deref()
+                .map(|s| renderer.render(field, s, context))
+                .transpose()
+        };
+        Ok(Rendered {
+            body: renderer.render("body", &template.body, context)?,
+            heading: optional("heading", &template.heading)?,
+            url: optional("url", &template.url)?,
+        })
+    }
+
+    async fn store_and_dispatch(
+        &self,
+        app: &Application,
+        spec: MessageSpec,
+        dispatch: Dispatch,
+    ) -> Result<Message, SendError> {
+        spec.options.validate()?;
+        spec.content.validate(&spec.options)?;
+        if let Target::Devices { device_ids } = &spec.target
+            && device_ids.is_empty()
+        {
+            return Err(OptionError::NoDevices.into());
+        }
+        let deliveries = self.plan_deliveries(app, &spec).await?;
+        let now = self.now();
+        let lease = (dispatch == Dispatch::Now || deliveries.is_empty()).then(|| self.lease(now));
+        let new = NewMessage {
+            progress: Message::initial_progress(now),
+            sender: app.sender,
+            deliveries,
+            lease,
+            spec,
+            now,
+        };
+        let message = self.ports.messages.insert_message(&new).await?;
+        if message.deliveries.is_empty() {
+            return Ok(self.fail_undeliverable(message).await?);
+        }
+        if dispatch == Dispatch::Queue {
+            return Ok(message);
+        }
+        Ok(self.attempt(app, message).await?)
+    }
+
+    async fn fail_undeliverable(&self, mut message: Message) -> Result<Message, StoreError> {
+        let reason = match &message.spec.target {
+            Target::User { user_id } => format!("recipient {user_id} has no active device"),
+            Target::Devices { .. } => "none of the given devices is active".to_owned(),
+            Target::Broadcast { .. } => "the application has no matching active device".to_owned(),
+        };
+        let now = self.now();
+        if message.fail(&reason, now).is_ok() {
+            self.ports.messages.save_progress(&message).await?;
+        }
+        Ok(message)
+    }
+
+    /// Finds the deliveries a message needs and checks each payload against its provider's
+    /// limits before anything is stored.
+    async fn plan_deliveries(
+        &self,
+        app: &Application,
+        spec: &MessageSpec,
+    ) -> Result<Vec<(Channel, Option<DeviceId>)>, SendError> {
+        let now = self.now();
+        if app.sender == SenderKind::Onesignal {
+            let Target::User { user_id } = &spec.target else {
+                return Err(SendError::Unsupported(format!(
+                    "application {} uses the onesignal sender, which sends to a user id only; \
+                     device ids and broadcasts need the direct sender",
+                    app.id
+                )));
+            };
+            payload::build(app, spec, PayloadTarget::ExternalUser(user_id), now)?;
+            return Ok(vec![(Channel::Onesignal, None)]);
+        }
+        let devices = self.target_devices(app, &spec.target).await?;
+        let mut checked: BTreeSet<Platform> = BTreeSet::new();
+        for device in &devices {
+            if checked.insert(device.platform()) {
+                payload::build(app, spec, PayloadTarget::Device(&device.token), now)?;
+            }
+        }
+        let channel_of = |device: &Device| match app.sender {
+            SenderKind::Debug => Channel::Debug,
+            _ => Channel::from(device.platform()),
+        };
+        Ok(devices
+            .iter()
+            .map(|d| (channel_of(d), Some(d.id)))
+            .collect())
+    }
+
+    /// The active devices a target names.
+    async fn target_devices(
+        &self,
+        app: &Application,
+        target: &Target,
+    ) -> Result<Vec<Device>, SendError> {
+        let store = &self.ports.devices;
+        match target {
+            Target::Devices { device_ids } => {
+                let found = store.get_devices(&app.id, device_ids).await?;
+                let known: BTreeSet<DeviceId> = found.iter().map(|d| d.id).collect();
+                let unknown: Vec<DeviceId> = device_ids
+                    .iter()
+                    .filter(|id| !known.contains(id))
+                    .copied()
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                if !unknown.is_empty() {
+                    return Err(SendError::UnknownDevices(unknown));
+                }
+                Ok(found.into_iter().filter(|d| d.active).collect())
+            }
+            Target::User { user_id } => {
+                let filter = DeviceFilter {
+                    user_id: Some(user_id.clone()),
+                    active: Some(true),
+                    ..DeviceFilter::default()
+                };
+                self.all_pages(app, filter).await
+            }
+            Target::Broadcast { platform } => {
+                let filter = DeviceFilter {
+                    platform: *platform,
+                    active: Some(true),
+                    ..DeviceFilter::default()
+                };
+                self.all_pages(app, filter).await
+            }
+        }
+    }
+
+    async fn all_pages(
+        &self,
+        app: &Application,
+        mut filter: DeviceFilter,
+    ) -> Result<Vec<Device>, SendError> {
+        let page = self.settings.device_page.max(1);
+        filter.limit = Some(page);
+        let mut all = Vec::new();
+        loop {
+            let batch = self.ports.devices.list_devices(&app.id, &filter).await?;
+            let full = batch.len() >= page as usize;
+            filter.after = batch.last().map(|d| d.id);
+            all.extend(batch);
+            if !full {
+                return Ok(all);
+            }
+        }
+    }
+
+    /// Makes one attempt at a claimed message: sends each due delivery, records each outcome
+    /// as soon as it is known, deactivates dead devices, concludes the attempt and releases the
+    /// claim.
+    async fn attempt(&self, app: &Application, mut message: Message) -> Result<Message, StoreError> {
+        let started = self.now();
+        if message.is_expired(&app.retry, started) {
+            if message.expire(started).is_ok() {
+                self.ports.messages.save_progress(&message).await?;
+            }
+            return Ok(message);
+        }
+        let due: Vec<Delivery> = message.due_deliveries().cloned().collect();
+        let device_ids: Vec<DeviceId> = due.iter().filter_map(|d| d.device_id).collect();
+        let devices: BTreeMap<DeviceId, Device> = if device_ids.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.ports
+                .devices
+                .get_devices(&app.id, &device_ids)
+                .await?
+                .into_iter()
+                .map(|d| (d.id, d))
+                .collect()
+        };
+        let mut retry_after: Option<Duration> = None;
+        for delivery in due {
+            let outcome = self
+                .send_one(app, &message, &delivery, &devices, started)
+                .await;
+            if let SendOutcome::Transient {
+                retry_after: Some(wait),
+                ..
+            } = &outcome
+            {
+                retry_after = Some(retry_after.map_or(*wait, |w| w.max(*wait)));
+            }
+            if delivery.channel == Channel::Onesignal
+                && let SendOutcome::Accepted { details, .. } = &outcome
+            {
+                message.extra_sender_data.clone_from(details);
+            }
+            let now = self.now();
+            message.record_outcome(delivery.id, &outcome, now);
+            if let Some(recorded) = message.deliveries.iter().find(|d| d.id == delivery.id) {
+                self.ports.messages.record_delivery(recorded).await?;
+            }
+            if let (SendOutcome::DeadToken { reason, .. }, Some(device)) =
+                (&outcome, delivery.device_id)
+            {
+                self.ports
+                    .devices
+                    .deactivate_device(&app.id, device, &format!("dead token: {reason}"), now)
+                    .await?;
+            }
+        }
+        let now = self.now();
+        if message.finish_attempt(&app.retry, retry_after, now).is_ok() {
+            self.ports.messages.save_progress(&message).await?;
+        }
+        Ok(message)
+    }
+
+    async fn send_one(
+        &self,
+        app: &Application,
+        message: &Message,
+        delivery: &Delivery,
+        devices: &BTreeMap<DeviceId, Device>,
+        now: OffsetDateTime,
+    ) -> SendOutcome {
+        let payload = match delivery.device_id {
+            Some(id) => match devices.get(&id) {
+                None => {
+                    return permanent("device_deleted", &format!("device {id} no longer exists"));
+                }
+                Some(device) if !device.active => {
+                    let why = device.deactivation_reason.as_deref().unwrap_or("deactivated");
+                    return permanent("device_inactive", &format!("device {id} is inactive: {why}"));
+                }
+                Some(device) => {
+                    payload::build(app, &message.spec, PayloadTarget::Device(&device.token), now)
+                }
+            },
+            None => match message.spec.target.recipient() {
+                Some(user) => {
+                    payload::build(app, &message.spec, PayloadTarget::ExternalUser(user), now)
+                }
+                None => return permanent("no_recipient", "a OneSignal delivery needs a user id"),
+            },
+        };
+        let payload: Payload = match payload {
+            Ok(p) => p,
+            Err(e) => return permanent("payload", &e.to_string()),
+        };
+        let Some(provider) = self.providers.get(delivery.channel) else {
+            return SendOutcome::Misconfigured {
+                code: "no_provider".to_owned(),
+                reason: format!(
+                    "no {} provider is configured for application {}",
+                    delivery.channel.as_str(),
+                    app.id
+                ),
+            };
+        };
+        provider.send(&app.id, &payload).await
+    }
+
+    /// Claims due messages and sends them, up to `limit` messages, calling `on_message` after
+    /// each one.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store fails; messages already processed keep their results and
+    /// claimed ones are taken over when their lease expires.
+    pub async fn process_batch(
+        &self,
+        limit: u64,
+        on_message: &(dyn Fn(&Message) + Send + Sync),
+    ) -> Result<BatchReport, StoreError> {
+        let mut report = BatchReport::default();
+        while report.processed < limit {
+            let room = u32::try_from(limit - report.processed).unwrap_or(u32::MAX);
+            let now = self.now();
+            let claimed = self
+                .ports
+                .messages
+                .claim_due(now, room.min(self.settings.claim_size.max(1)), &self.lease(now))
+                .await?;
+            if claimed.is_empty() {
+                break;
+            }
+            for message in claimed {
+                let done = self.process_claimed(message).await?;
+                report.count(&done);
+                on_message(&done);
+            }
+        }
+        Ok(report)
+    }
+
+    async fn process_claimed(&self, mut message: Message) -> Result<Message, StoreError> {
+        match self.apps.get(message.spec.app.as_str()) {
+            Ok(app) => self.attempt(app, message).await,
+            Err(_) => {
+                let reason = format!("application {} is no longer configured", message.spec.app);
+                if message.fail(&reason, self.now()).is_ok() {
+                    self.ports.messages.save_progress(&message).await?;
+                }
+                Ok(message)
+            }
+        }
+    }
+
+    /// How many messages are due now.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store fails.
+    pub async fn backlog(&self) -> Result<u64, StoreError> {
+        self.ports.messages.count_due(self.now()).await
+    }
+
+    // ----- stored messages -----
+
+    /// # Errors
+    /// [`MessageError::UnknownApplication`], [`MessageError::NotFound`] or
+    /// [`MessageError::Store`].
+    pub async fn get_message(&self, app: &str, id: MessageId) -> Result<Message, MessageError> {
+        let app = self.apps.get(app)?;
+        self.ports
+            .messages
+            .get_message(&app.id, id)
+            .await?
+            .ok_or(MessageError::NotFound(id))
+    }
+
+    /// Messages matching the filter; the filter's application, when set, must be configured.
+    ///
+    /// # Errors
+    /// [`MessageError::UnknownApplication`] or [`MessageError::Store`].
+    pub async fn list_messages(&self, filter: &MessageFilter) -> Result<Vec<Message>, MessageError> {
+        if let Some(app) = &filter.app {
+            self.apps.get(app.as_str())?;
+        }
+        Ok(self.ports.messages.list_messages(filter).await?)
+    }
+
+    /// An operator's retry of an ERROR message: it goes back to WAITING for the batch worker.
+    ///
+    /// # Errors
+    /// [`MessageError::Illegal`] unless the message is ERROR, and the errors of
+    /// [`PushService::get_message`].
+    pub async fn retry_message(&self, app: &str, id: MessageId) -> Result<Message, MessageError> {
+        let mut message = self.get_message(app, id).await?;
+        message.requeue(self.now())?;
+        self.ports.messages.save_progress(&message).await?;
+        Ok(message)
+    }
+
+    /// An operator's cancel of a WAITING message: it becomes ERROR `cancelled`.
+    ///
+    /// # Errors
+    /// [`MessageError::Illegal`] unless the message is WAITING, and the errors of
+    /// [`PushService::get_message`].
+    pub async fn cancel_message(&self, app: &str, id: MessageId) -> Result<Message, MessageError> {
+        let mut message = self.get_message(app, id).await?;
+        message.cancel(self.now())?;
+        self.ports.messages.save_progress(&message).await?;
+        Ok(message)
+    }
+
+    // ----- templates -----
+
+    /// Creates or replaces a template after checking that each field parses.
+    ///
+    /// # Errors
+    /// [`TemplateError::Render`] (a syntax error naming the field),
+    /// [`TemplateError::UnknownApplication`] or [`TemplateError::Store`].
+    pub async fn put_template(
+        &self,
+        spec: TemplateSpec,
+    ) -> Result<(Template, Registration), TemplateError> {
+        self.apps.get(spec.app.as_str())?;
+        let renderer = &self.ports.renderer;
+        renderer.check("body", &spec.body)?;
+        if let Some(heading) = &spec.heading {
+            renderer.check("heading", heading)?;
+        }
+        if let Some(url) = &spec.url {
+            renderer.check("url", url)?;
+        }
+        Ok(self.ports.templates.put_template(&spec, self.now()).await?)
+    }
+
+    /// # Errors
+    /// [`TemplateError::UnknownApplication`], [`TemplateError::NotFound`] or
+    /// [`TemplateError::Store`].
+    pub async fn get_template(&self, app: &str, slug: &Slug) -> Result<Template, TemplateError> {
+        let app = self.apps.get(app)?;
+        self.ports
+            .templates
+            .get_template(&app.id, slug)
+            .await?
+            .ok_or_else(|| TemplateError::NotFound(slug.clone()))
+    }
+
+    /// # Errors
+    /// [`TemplateError::UnknownApplication`] or [`TemplateError::Store`].
+    pub async fn list_templates(&self, app: &str) -> Result<Vec<Template>, TemplateError> {
+        let app = self.apps.get(app)?;
+        Ok(self.ports.templates.list_templates(&app.id).await?)
+    }
+
+    /// # Errors
+    /// [`TemplateError::UnknownApplication`], [`TemplateError::NotFound`] or
+    /// [`TemplateError::Store`].
+    pub async fn delete_template(&self, app: &str, slug: &Slug) -> Result<(), TemplateError> {
+        let app = self.apps.get(app)?;
+        if self.ports.templates.delete_template(&app.id, slug).await? {
+            Ok(())
+        } else {
+            Err(TemplateError::NotFound(slug.clone()))
+        }
+    }
+
+    /// Renders a stored template with a context and sends nothing (a preview).
+    ///
+    /// # Errors
+    /// [`TemplateError::Render`] and the errors of [`PushService::get_template`].
+    pub async fn render_template(
+        &self,
+        app: &str,
+        slug: &Slug,
+        context: &Map<String, Value>,
+    ) -> Result<Rendered, TemplateError> {
+        let template = self.get_template(app, slug).await?;
+        Ok(self.render(&template, context)?)
+    }
+}
+
+fn permanent(code: &str, reason: &str) -> SendOutcome {
+    SendOutcome::Permanent {
+        code: code.to_owned(),
+        reason: reason.to_owned(),
+        details: None,
+    }
+}
+
+fn dedup(related: Vec<RelatedObject>) -> Vec<RelatedObject> {
+    let mut seen = BTreeSet::new();
+    related
+        .into_iter()
+        .filter(|r| seen.insert(r.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,9 +1,10 @@
 //! APNs payloads: the `aps` dictionary, custom data and the request headers.
 
+use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
 use crate::app::Application;
-use crate::message::MessageSpec;
+use crate::message::{MessageSpec, Priority};
 use crate::payload::PayloadError;
 use crate::token::ApnsToken;
 
@@ -11,6 +12,8 @@ use crate::token::ApnsToken;
 pub const LIMIT: usize = 4096;
 /// The APNs payload limit for VoIP pushes in bytes.
 pub const VOIP_LIMIT: usize = 5120;
+
+const PROVIDER: &str = "APNs";
 
 /// The `apns-push-type` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,18 +56,430 @@ pub struct ApnsRequest {
 
 /// Builds the APNs request for one device.
 ///
+/// The body is `{"aps": {...}, <custom data>}`: the message's `extra_data` keys sit at the top
+/// level next to `aps`, and the message's `url` is added as the custom key `url` unless
+/// `extra_data` already has one.
+///
+/// A message with `content_available` and nothing the user would notice (no heading, body,
+/// badge or sound) is a background push: no `alert`, push type `background` and priority 5,
+/// which Apple requires for background pushes. Every other message is an `alert` push.
+///
 /// # Errors
 /// [`PayloadError::MissingSetting`] without `apns.topic`, [`PayloadError::TooLarge`] over the
 /// limit.
 pub fn build(
-    _app: &Application,
-    _spec: &MessageSpec,
-    _token: &ApnsToken,
-    _now: OffsetDateTime,
+    app: &Application,
+    spec: &MessageSpec,
+    token: &ApnsToken,
+    now: OffsetDateTime,
 ) -> Result<ApnsRequest, PayloadError> {
-    Err(PayloadError::MissingSetting {
-        app: String::new(),
-        provider: "APNs",
-        setting: "(payload builder not written yet)",
+    let Some(topic) = app
+        .apns
+        .as_ref()
+        .map(|s| s.topic.as_str())
+        .filter(|t| !t.is_empty())
+    else {
+        return Err(PayloadError::MissingSetting {
+            app: app.id.to_string(),
+            provider: PROVIDER,
+            setting: "apns.topic",
+        });
+    };
+
+    let content = &spec.content;
+    let options = &spec.options;
+    let heading = content.heading.as_deref().filter(|h| !h.is_empty());
+    let has_alert = heading.is_some() || !content.body.is_empty();
+    // Apple's `background` push type is for pushes that only wake the app; a badge or a sound
+    // is user-visible and needs the `alert` push type.
+    let background = options.content_available
+        && !has_alert
+        && options.badge.is_none()
+        && options.sound.is_none();
+
+    let mut aps = Map::new();
+    if has_alert {
+        let mut alert = Map::new();
+        if let Some(heading) = heading {
+            alert.insert("title".into(), json!(heading));
+        }
+        if !content.body.is_empty() {
+            alert.insert("body".into(), json!(content.body));
+        }
+        aps.insert("alert".into(), Value::Object(alert));
+    }
+    if let Some(badge) = options.badge {
+        aps.insert("badge".into(), json!(badge));
+    }
+    if let Some(sound) = &options.sound {
+        aps.insert("sound".into(), json!(sound));
+    }
+    if let Some(thread_id) = &options.thread_id {
+        aps.insert("thread-id".into(), json!(thread_id));
+    }
+    if let Some(category) = &options.category {
+        aps.insert("category".into(), json!(category));
+    }
+    if options.content_available {
+        aps.insert("content-available".into(), json!(1));
+    }
+    if options.mutable_content {
+        aps.insert("mutable-content".into(), json!(1));
+    }
+
+    let mut root = Map::new();
+    if let Some(extra) = &content.extra_data {
+        // Apple reserves `aps` for its own dictionary, so a custom `aps` key can never reach
+        // the app; it is left out rather than allowed to replace the real one.
+        for (key, value) in extra.iter().filter(|(key, _)| key.as_str() != "aps") {
+            root.insert(key.clone(), value.clone());
+        }
+    }
+    if let Some(url) = &content.url
+        && !root.contains_key("url")
+    {
+        root.insert("url".into(), json!(url));
+    }
+    root.insert("aps".into(), Value::Object(aps));
+
+    let body =
+        serde_json::to_vec(&Value::Object(root)).expect("a JSON value always serialises to bytes");
+    if body.len() > LIMIT {
+        return Err(PayloadError::TooLarge {
+            provider: PROVIDER,
+            limit: LIMIT,
+            size: body.len(),
+        });
+    }
+
+    let (push_type, priority) = if background {
+        (ApnsPushType::Background, 5)
+    } else {
+        let priority = match spec.priority {
+            Priority::High => 10,
+            Priority::Normal => 5,
+        };
+        (ApnsPushType::Alert, priority)
+    };
+    // An expiration of 0 tells APNs to try once and not store the notification.
+    let expiration = options.time_to_live.map(|ttl| match ttl {
+        0 => 0,
+        ttl => now.unix_timestamp() + i64::from(ttl),
+    });
+
+    Ok(ApnsRequest {
+        device_token: token.as_str().to_owned(),
+        headers: ApnsHeaders {
+            topic: topic.to_owned(),
+            push_type,
+            priority,
+            expiration,
+            collapse_id: options.collapse_key.clone(),
+        },
+        body,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{Map, Value, json};
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::app::{ApnsSettings, Application, SenderKind};
+    use crate::ids::{AppId, UserId};
+    use crate::message::{Content, MessageSpec, Priority, PushOptions, Target};
+    use crate::token::ApnsToken;
+
+    fn app() -> Application {
+        let mut app = Application::new(AppId::parse("shop").unwrap(), SenderKind::Direct);
+        app.apns = Some(ApnsSettings {
+            topic: "com.example.shop".into(),
+        });
+        app
+    }
+
+    fn token() -> ApnsToken {
+        ApnsToken::parse(&"ab".repeat(32)).unwrap()
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap()
+    }
+
+    fn spec(content: Content, options: PushOptions) -> MessageSpec {
+        MessageSpec {
+            app: AppId::parse("shop").unwrap(),
+            target: Target::User {
+                user_id: UserId::parse("alice").unwrap(),
+            },
+            content,
+            template_slug: None,
+            tag: None,
+            priority: Priority::High,
+            options,
+            related_objects: Vec::new(),
+            retry_sending: true,
+        }
+    }
+
+    fn text(body: &str) -> Content {
+        Content {
+            body: body.into(),
+            ..Content::default()
+        }
+    }
+
+    fn body_json(request: &ApnsRequest) -> Value {
+        serde_json::from_slice(&request.body).expect("the body is JSON")
+    }
+
+    #[test]
+    fn a_full_message_fills_aps_custom_data_and_headers() {
+        let extra = json!({"order": 42, "nested": {"a": [1, 2]}});
+        let content = Content {
+            heading: Some("Order shipped".into()),
+            body: "Your parcel is on its way".into(),
+            url: Some("https://example.com/orders/42".into()),
+            extra_data: extra.as_object().cloned(),
+        };
+        let options = PushOptions {
+            badge: Some(3),
+            sound: Some("default".into()),
+            thread_id: Some("orders".into()),
+            category: Some("ORDER".into()),
+            collapse_key: Some("order-42".into()),
+            time_to_live: Some(3600),
+            content_available: true,
+            mutable_content: true,
+        };
+
+        let request = build(&app(), &spec(content, options), &token(), now()).unwrap();
+
+        assert_eq!(
+            body_json(&request),
+            json!({
+                "aps": {
+                    "alert": {"title": "Order shipped", "body": "Your parcel is on its way"},
+                    "badge": 3,
+                    "sound": "default",
+                    "thread-id": "orders",
+                    "category": "ORDER",
+                    "content-available": 1,
+                    "mutable-content": 1,
+                },
+                "order": 42,
+                "nested": {"a": [1, 2]},
+                "url": "https://example.com/orders/42",
+            })
+        );
+        assert_eq!(request.device_token, "ab".repeat(32));
+        assert_eq!(
+            request.headers,
+            ApnsHeaders {
+                topic: "com.example.shop".into(),
+                push_type: ApnsPushType::Alert,
+                priority: 10,
+                expiration: Some(1_700_003_600),
+                collapse_id: Some("order-42".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn a_minimal_message_has_only_the_alert_body() {
+        let request = build(
+            &app(),
+            &spec(text("Hello"), PushOptions::default()),
+            &token(),
+            now(),
+        )
+        .unwrap();
+
+        assert_eq!(
+            body_json(&request),
+            json!({"aps": {"alert": {"body": "Hello"}}})
+        );
+        assert_eq!(
+            request.headers,
+            ApnsHeaders {
+                topic: "com.example.shop".into(),
+                push_type: ApnsPushType::Alert,
+                priority: 10,
+                expiration: None,
+                collapse_id: None,
+            }
+        );
+    }
+
+    #[test]
+    fn normal_priority_becomes_apns_priority_five() {
+        let mut spec = spec(text("Hello"), PushOptions::default());
+        spec.priority = Priority::Normal;
+
+        let request = build(&app(), &spec, &token(), now()).unwrap();
+
+        assert_eq!(request.headers.priority, 5);
+        assert_eq!(request.headers.push_type, ApnsPushType::Alert);
+    }
+
+    #[test]
+    fn a_content_available_message_without_text_is_a_background_push_at_priority_five() {
+        let options = PushOptions {
+            content_available: true,
+            ..PushOptions::default()
+        };
+        let content = Content {
+            extra_data: json!({"sync": true}).as_object().cloned(),
+            ..Content::default()
+        };
+
+        let request = build(&app(), &spec(content, options), &token(), now()).unwrap();
+
+        assert_eq!(
+            body_json(&request),
+            json!({"aps": {"content-available": 1}, "sync": true})
+        );
+        assert_eq!(request.headers.push_type, ApnsPushType::Background);
+        assert_eq!(request.headers.priority, 5);
+    }
+
+    #[test]
+    fn a_content_available_message_with_a_badge_is_an_alert_push() {
+        let options = PushOptions {
+            content_available: true,
+            badge: Some(0),
+            ..PushOptions::default()
+        };
+
+        let request = build(&app(), &spec(text(""), options), &token(), now()).unwrap();
+
+        assert_eq!(
+            body_json(&request),
+            json!({"aps": {"badge": 0, "content-available": 1}})
+        );
+        assert_eq!(request.headers.push_type, ApnsPushType::Alert);
+    }
+
+    #[test]
+    fn a_time_to_live_of_zero_becomes_expiration_zero() {
+        let options = PushOptions {
+            time_to_live: Some(0),
+            ..PushOptions::default()
+        };
+
+        let request = build(&app(), &spec(text("Hi"), options), &token(), now()).unwrap();
+
+        assert_eq!(request.headers.expiration, Some(0));
+    }
+
+    #[test]
+    fn custom_data_cannot_replace_aps_or_a_custom_url() {
+        let content = Content {
+            body: "Hi".into(),
+            url: Some("https://example.com/ignored".into()),
+            extra_data: json!({"aps": {"badge": 99}, "url": "app://mine"})
+                .as_object()
+                .cloned(),
+            ..Content::default()
+        };
+
+        let request = build(
+            &app(),
+            &spec(content, PushOptions::default()),
+            &token(),
+            now(),
+        )
+        .unwrap();
+
+        assert_eq!(
+            body_json(&request),
+            json!({"aps": {"alert": {"body": "Hi"}}, "url": "app://mine"})
+        );
+    }
+
+    #[test]
+    fn an_application_without_a_topic_is_missing_a_setting() {
+        let mut app = app();
+        app.apns = None;
+
+        let result = build(
+            &app,
+            &spec(text("Hi"), PushOptions::default()),
+            &token(),
+            now(),
+        );
+
+        assert_eq!(
+            result,
+            Err(PayloadError::MissingSetting {
+                app: "shop".into(),
+                provider: "APNs",
+                setting: "apns.topic",
+            })
+        );
+    }
+
+    #[test]
+    fn the_too_large_error_names_provider_limit_and_size() {
+        let error = PayloadError::TooLarge {
+            provider: PROVIDER,
+            limit: LIMIT,
+            size: 4100,
+        };
+
+        assert_eq!(
+            error.to_string(),
+            "APNs payload is 4100 bytes, over the APNs limit of 4096 bytes"
+        );
+    }
+
+    /// A message whose body is padded with ASCII letters so that the payload is `target` bytes
+    /// long. The rest of the body is `prefix`, whose JSON encoding may be longer than its UTF-8
+    /// bytes; the padding adds exactly one byte per letter.
+    fn padded_spec(
+        heading: Option<String>,
+        prefix: &str,
+        extra: Map<String, Value>,
+        target: usize,
+    ) -> MessageSpec {
+        let content = |body: String| Content {
+            heading: heading.clone(),
+            body,
+            url: Some("https://example.com/x".into()),
+            extra_data: Some(extra.clone()),
+        };
+        let base = spec(content(prefix.to_owned()), PushOptions::default());
+        let overhead = build(&app(), &base, &token(), now()).unwrap().body.len();
+        let body = format!("{prefix}{}", "x".repeat(target - overhead));
+        spec(content(body), PushOptions::default())
+    }
+
+    fn extra_data() -> impl Strategy<Value = Map<String, Value>> {
+        proptest::collection::btree_map("[a-z]{1,8}", "\\PC{0,20}", 0..5)
+            .prop_map(|m| m.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
+    }
+
+    proptest! {
+        #[test]
+        fn a_payload_at_the_limit_passes_and_one_byte_over_fails(
+            heading in proptest::option::of("\\PC{1,40}"),
+            prefix in "\\PC{1,40}",
+            extra in extra_data(),
+        ) {
+            let at_limit = padded_spec(heading.clone(), &prefix, extra.clone(), LIMIT);
+            let over = padded_spec(heading, &prefix, extra, LIMIT + 1);
+
+            let ok = build(&app(), &at_limit, &token(), now());
+            let too_large = build(&app(), &over, &token(), now());
+
+            prop_assert_eq!(ok.map(|r| r.body.len()), Ok(LIMIT));
+            prop_assert_eq!(too_large, Err(PayloadError::TooLarge {
+                provider: "APNs",
+                limit: LIMIT,
+                size: LIMIT + 1,
+            }));
+        }
+    }
 }

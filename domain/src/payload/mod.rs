@@ -47,6 +47,9 @@ pub enum PayloadError {
         limit: usize,
         size: usize,
     },
+    /// The message's custom data uses a key the provider reserves for itself.
+    #[error("{provider} reserves the custom data key {key:?}; rename it in extra_data")]
+    ReservedKey { provider: &'static str, key: String },
     /// The application lacks a setting the provider needs.
     #[error("application {app} has no {setting} setting, which {provider} needs")]
     MissingSetting {
@@ -60,7 +63,8 @@ pub enum PayloadError {
 ///
 /// # Errors
 /// [`PayloadError::TooLarge`] when the payload is over the provider's limit, or
-/// [`PayloadError::MissingSetting`] when the application lacks the provider's settings.
+/// [`PayloadError::MissingSetting`] when the application lacks the provider's settings, or
+/// [`PayloadError::ReservedKey`] when the custom data uses a key the provider reserves.
 pub fn build(
     app: &Application,
     spec: &MessageSpec,
