@@ -677,7 +677,11 @@ impl PushService {
     /// Makes one attempt at a claimed message: sends each due delivery, records each outcome
     /// as soon as it is known, deactivates dead devices, concludes the attempt and releases the
     /// claim.
-    async fn attempt(&self, app: &Application, mut message: Message) -> Result<Message, StoreError> {
+    async fn attempt(
+        &self,
+        app: &Application,
+        mut message: Message,
+    ) -> Result<Message, StoreError> {
         let started = self.now();
         if message.is_expired(&app.retry, started) {
             if message.expire(started).is_ok() {
@@ -750,12 +754,21 @@ impl PushService {
                     return permanent("device_deleted", &format!("device {id} no longer exists"));
                 }
                 Some(device) if !device.active => {
-                    let why = device.deactivation_reason.as_deref().unwrap_or("deactivated");
-                    return permanent("device_inactive", &format!("device {id} is inactive: {why}"));
+                    let why = device
+                        .deactivation_reason
+                        .as_deref()
+                        .unwrap_or("deactivated");
+                    return permanent(
+                        "device_inactive",
+                        &format!("device {id} is inactive: {why}"),
+                    );
                 }
-                Some(device) => {
-                    payload::build(app, &message.spec, PayloadTarget::Device(&device.token), now)
-                }
+                Some(device) => payload::build(
+                    app,
+                    &message.spec,
+                    PayloadTarget::Device(&device.token),
+                    now,
+                ),
             },
             None => match message.spec.target.recipient() {
                 Some(user) => {
@@ -799,7 +812,11 @@ impl PushService {
             let claimed = self
                 .ports
                 .messages
-                .claim_due(now, room.min(self.settings.claim_size.max(1)), &self.lease(now))
+                .claim_due(
+                    now,
+                    room.min(self.settings.claim_size.max(1)),
+                    &self.lease(now),
+                )
                 .await?;
             if claimed.is_empty() {
                 break;
@@ -852,7 +869,10 @@ impl PushService {
     ///
     /// # Errors
     /// [`MessageError::UnknownApplication`] or [`MessageError::Store`].
-    pub async fn list_messages(&self, filter: &MessageFilter) -> Result<Vec<Message>, MessageError> {
+    pub async fn list_messages(
+        &self,
+        filter: &MessageFilter,
+    ) -> Result<Vec<Message>, MessageError> {
         if let Some(app) = &filter.app {
             self.apps.get(app.as_str())?;
         }

@@ -112,7 +112,7 @@ impl ApnsToken {
         if !(64..=200).contains(&len) {
             return Err(TokenError::ApnsLength(len));
         }
-        if len % 2 != 0 {
+        if !len.is_multiple_of(2) {
             return Err(TokenError::ApnsOddLength(len));
         }
         Ok(Self(raw.to_ascii_lowercase()))

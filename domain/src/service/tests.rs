@@ -1,0 +1,937 @@
+//! Unit tests of the services with mockall mocks of every port.
+
+use std::sync::Mutex;
+
+use mockall::predicate::eq;
+use time::macros::datetime;
+
+use super::*;
+use crate::app::{ApnsSettings, OneSignalSettings};
+use crate::ids::{AppId, DeliveryId};
+use crate::message::{DeliveryState, Progress};
+use crate::ports::{
+    MockClock, MockDeviceStore, MockMessageStore, MockPushProvider, MockTemplateRenderer,
+    MockTemplateStore,
+};
+use crate::token::EndpointPolicy;
+
+const NOW: OffsetDateTime = datetime!(2026-03-01 10:00 UTC);
+const APNS_TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+struct Mocks {
+    devices: MockDeviceStore,
+    messages: MockMessageStore,
+    templates: MockTemplateStore,
+    renderer: MockTemplateRenderer,
+    providers: Vec<(Channel, MockPushProvider)>,
+    sender: SenderKind,
+}
+
+impl Mocks {
+    fn new(sender: SenderKind) -> Self {
+        Self {
+            devices: MockDeviceStore::new(),
+            messages: MockMessageStore::new(),
+            templates: MockTemplateStore::new(),
+            renderer: MockTemplateRenderer::new(),
+            providers: Vec::new(),
+            sender,
+        }
+    }
+
+    fn service(self) -> PushService {
+        let mut app = Application::new(AppId::parse("shop").unwrap(), self.sender);
+        app.apns = Some(ApnsSettings {
+            topic: "com.example.shop".into(),
+        });
+        app.onesignal = Some(OneSignalSettings {
+            app_id: "os-app".into(),
+            language: "en".into(),
+        });
+        let mut clock = MockClock::new();
+        clock.expect_now().return_const(NOW);
+        let ports = Ports {
+            devices: Arc::new(self.devices),
+            messages: Arc::new(self.messages),
+            templates: Arc::new(self.templates),
+            renderer: Arc::new(self.renderer),
+            clock: Arc::new(clock),
+        };
+        let providers = self
+            .providers
+            .into_iter()
+            .fold(Providers::default(), |p, (channel, provider)| {
+                p.with(channel, Arc::new(provider))
+            });
+        PushService::new(
+            Arc::new(Applications::new([app])),
+            ports,
+            providers,
+            ServiceSettings::default(),
+        )
+    }
+}
+
+fn device(id: i64, token: DeviceToken) -> Device {
+    Device {
+        id: DeviceId(id),
+        app: AppId::parse("shop").unwrap(),
+        token,
+        name: None,
+        active: true,
+        user_id: Some(UserId::parse("alice").unwrap()),
+        device_id: None,
+        created_at: NOW,
+        updated_at: NOW,
+        deactivated_at: None,
+        deactivation_reason: None,
+    }
+}
+
+fn apns_device(id: i64) -> Device {
+    device(
+        id,
+        DeviceToken::Apns {
+            token: crate::token::ApnsToken::parse(APNS_TOKEN).unwrap(),
+        },
+    )
+}
+
+fn fcm_device(id: i64) -> Device {
+    device(
+        id,
+        DeviceToken::Fcm {
+            token: crate::token::FcmToken::parse(&format!("fcm-token-{id}")).unwrap(),
+        },
+    )
+}
+
+/// What the store returns for an inserted message: ids assigned, deliveries pending.
+fn stored(new: &NewMessage) -> Message {
+    let mut m = Message::from_storage(
+        MessageId(1),
+        new.spec.clone(),
+        new.sender,
+        new.progress.clone(),
+        new.now,
+        new.now,
+    );
+    m.deliveries = new
+        .deliveries
+        .iter()
+        .enumerate()
+        .map(|(i, (channel, device))| Delivery {
+            id: DeliveryId(i as i64 + 1),
+            message_id: MessageId(1),
+            device_id: *device,
+            channel: *channel,
+            state: DeliveryState::Pending,
+            attempts: 0,
+            provider_id: None,
+            error_code: None,
+            error_text: None,
+            details: None,
+            updated_at: new.now,
+        })
+        .collect();
+    m
+}
+
+fn to_alice(body: &str) -> SendRequest {
+    SendRequest {
+        target: Target::User {
+            user_id: UserId::parse("alice").unwrap(),
+        },
+        content: Content {
+            heading: Some("Hi".into()),
+            body: body.into(),
+            url: None,
+            extra_data: None,
+        },
+        tag: None,
+        priority: Priority::High,
+        options: PushOptions::default(),
+        related_objects: vec![],
+        retry_sending: true,
+    }
+}
+
+fn expect_user_devices(mocks: &mut Mocks, devices: Vec<Device>) {
+    mocks
+        .devices
+        .expect_list_devices()
+        .returning(move |_, filter| {
+            assert_eq!(filter.active, Some(true));
+            assert_eq!(filter.user_id.as_ref().map(UserId::as_str), Some("alice"));
+            Ok(devices.clone())
+        });
+}
+
+fn provider(outcome: SendOutcome, times: usize) -> MockPushProvider {
+    let mut p = MockPushProvider::new();
+    p.expect_send().times(times).return_const(outcome);
+    p
+}
+
+/// Captures the last progress saved.
+fn capture_saves(mocks: &mut Mocks) -> Arc<Mutex<Vec<Message>>> {
+    let saved = Arc::new(Mutex::new(Vec::new()));
+    let sink = saved.clone();
+    mocks.messages.expect_save_progress().returning(move |m| {
+        sink.lock().unwrap().push(m.clone());
+        Ok(())
+    });
+    saved
+}
+
+#[tokio::test]
+async fn registering_a_private_web_push_endpoint_is_refused_before_the_store() {
+    let mocks = Mocks::new(SenderKind::Direct);
+    let service = mocks.service();
+    let result = service
+        .register_device(
+            "shop",
+            RegisterDevice {
+                platform: Platform::Webpush,
+                token: "https://10.0.0.1/push".into(),
+                p256dh: Some(format!("B{}", "A".repeat(86))),
+                auth: Some("AAAAAAAAAAAAAAAAAAAAAA".into()),
+                name: None,
+                user_id: None,
+                device_id: None,
+            },
+        )
+        .await;
+    assert!(matches!(
+        result,
+        Err(DeviceError::InvalidToken(TokenError::EndpointNotPublic(_)))
+    ));
+}
+
+#[tokio::test]
+async fn registering_for_an_unknown_application_names_it() {
+    let service = Mocks::new(SenderKind::Direct).service();
+    let err = service
+        .register_device(
+            "nope",
+            RegisterDevice {
+                platform: Platform::Apns,
+                token: APNS_TOKEN.into(),
+                p256dh: None,
+                auth: None,
+                name: None,
+                user_id: None,
+                device_id: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "unknown application \"nope\"");
+}
+
+#[tokio::test]
+async fn registering_a_valid_token_stores_it_lower_case() {
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    mocks
+        .devices
+        .expect_register_device()
+        .withf(|d, now| d.token.key() == APNS_TOKEN && *now == NOW)
+        .times(1)
+        .returning(|_, _| Ok((apns_device(1), Registration::Created)));
+    let service = mocks.service();
+    let (device, registration) = service
+        .register_device(
+            "shop",
+            RegisterDevice {
+                platform: Platform::Apns,
+                token: APNS_TOKEN.to_ascii_uppercase(),
+                p256dh: None,
+                auth: None,
+                name: None,
+                user_id: None,
+                device_id: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(registration, Registration::Created);
+    assert_eq!(device.id, DeviceId(1));
+}
+
+#[tokio::test]
+async fn a_user_with_devices_on_two_platforms_gets_one_delivery_each_with_its_own_outcome() {
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    expect_user_devices(&mut mocks, vec![apns_device(1), fcm_device(2)]);
+    mocks
+        .devices
+        .expect_get_devices()
+        .returning(|_, _| Ok(vec![apns_device(1), fcm_device(2)]));
+    mocks
+        .messages
+        .expect_insert_message()
+        .withf(|new| {
+            new.lease.is_some()
+                && new.deliveries
+                    == vec![
+                        (Channel::Apns, Some(DeviceId(1))),
+                        (Channel::Fcm, Some(DeviceId(2))),
+                    ]
+        })
+        .times(1)
+        .returning(|new| Ok(stored(new)));
+    mocks
+        .messages
+        .expect_record_delivery()
+        .times(2)
+        .returning(|_| Ok(()));
+    mocks
+        .devices
+        .expect_deactivate_device()
+        .with(
+            mockall::predicate::always(),
+            eq(DeviceId(2)),
+            eq("dead token: UNREGISTERED"),
+            eq(NOW),
+        )
+        .times(1)
+        .returning(|_, _, _, _| Ok(true));
+    let saved = capture_saves(&mut mocks);
+    mocks.providers.push((
+        Channel::Apns,
+        provider(
+            SendOutcome::Accepted {
+                provider_id: Some("apns-id-1".into()),
+                details: None,
+            },
+            1,
+        ),
+    ));
+    mocks.providers.push((
+        Channel::Fcm,
+        provider(
+            SendOutcome::DeadToken {
+                code: "404".into(),
+                reason: "UNREGISTERED".into(),
+            },
+            1,
+        ),
+    ));
+    let service = mocks.service();
+
+    let message = service
+        .send("shop", to_alice("hello"), Dispatch::Now)
+        .await
+        .unwrap();
+
+    assert_eq!(message.state(), MessageState::Sent);
+    assert_eq!(message.deliveries[0].state, DeliveryState::Accepted);
+    assert_eq!(
+        message.deliveries[0].provider_id.as_deref(),
+        Some("apns-id-1")
+    );
+    assert_eq!(message.deliveries[1].state, DeliveryState::DeadToken);
+    assert_eq!(
+        saved.lock().unwrap().last().map(Message::state),
+        Some(MessageState::Sent)
+    );
+}
+
+#[tokio::test]
+async fn a_user_without_active_devices_gets_an_error_message() {
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    expect_user_devices(&mut mocks, vec![]);
+    mocks
+        .messages
+        .expect_insert_message()
+        .times(1)
+        .returning(|new| Ok(stored(new)));
+    let saved = capture_saves(&mut mocks);
+    let service = mocks.service();
+
+    let message = service
+        .send("shop", to_alice("hello"), Dispatch::Now)
+        .await
+        .unwrap();
+
+    assert_eq!(message.state(), MessageState::Error);
+    assert_eq!(
+        message.error(),
+        Some("recipient alice has no active device")
+    );
+    assert_eq!(saved.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn an_oversized_payload_is_refused_and_nothing_is_stored() {
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    expect_user_devices(&mut mocks, vec![apns_device(1)]);
+    mocks.messages.expect_insert_message().never();
+    let service = mocks.service();
+
+    let err = service
+        .send("shop", to_alice(&"x".repeat(5000)), Dispatch::Now)
+        .await
+        .unwrap_err();
+
+    let SendError::Payload(PayloadError::TooLarge {
+        provider,
+        limit,
+        size,
+    }) = err
+    else {
+        panic!("expected TooLarge, got {err:?}");
+    };
+    assert_eq!((provider, limit), ("APNs", 4096));
+    assert!(size > 5000);
+}
+
+#[tokio::test]
+async fn unknown_device_ids_are_named_and_nothing_is_stored() {
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    mocks
+        .devices
+        .expect_get_devices()
+        .returning(|_, _| Ok(vec![apns_device(1)]));
+    mocks.messages.expect_insert_message().never();
+    let service = mocks.service();
+    let mut request = to_alice("hello");
+    request.target = Target::Devices {
+        device_ids: vec![DeviceId(1), DeviceId(9), DeviceId(7)],
+    };
+
+    let err = service
+        .send("shop", request, Dispatch::Now)
+        .await
+        .unwrap_err();
+
+    assert_eq!(
+        err.to_string(),
+        "unknown device ids for this application: 7, 9"
+    );
+}
+
+#[tokio::test]
+async fn illegal_options_are_refused_before_the_store() {
+    let service = Mocks::new(SenderKind::Direct).service();
+    let mut request = to_alice("hello");
+    request.options.time_to_live = Some(MAX_TTL_PLUS_ONE);
+    let err = service
+        .send("shop", request, Dispatch::Now)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        SendError::Invalid(OptionError::TimeToLive(_))
+    ));
+}
+
+const MAX_TTL_PLUS_ONE: u32 = crate::message::MAX_TIME_TO_LIVE_SECS + 1;
+
+#[tokio::test]
+async fn the_onesignal_sender_refuses_device_targets() {
+    let service = Mocks::new(SenderKind::Onesignal).service();
+    let mut request = to_alice("hello");
+    request.target = Target::Broadcast { platform: None };
+    let err = service
+        .send("shop", request, Dispatch::Now)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SendError::Unsupported(_)));
+}
+
+#[tokio::test]
+async fn the_onesignal_sender_makes_one_delivery_and_keeps_the_response() {
+    let mut mocks = Mocks::new(SenderKind::Onesignal);
+    mocks
+        .messages
+        .expect_insert_message()
+        .withf(|new| new.deliveries == vec![(Channel::Onesignal, None)])
+        .returning(|new| Ok(stored(new)));
+    mocks
+        .messages
+        .expect_record_delivery()
+        .times(1)
+        .returning(|_| Ok(()));
+    let saved = capture_saves(&mut mocks);
+    mocks.providers.push((
+        Channel::Onesignal,
+        provider(
+            SendOutcome::Accepted {
+                provider_id: Some("os-1".into()),
+                details: Some(serde_json::json!({"id": "os-1"})),
+            },
+            1,
+        ),
+    ));
+    let service = mocks.service();
+
+    let message = service
+        .send("shop", to_alice("hello"), Dispatch::Now)
+        .await
+        .unwrap();
+
+    assert_eq!(message.state(), MessageState::Sent);
+    assert_eq!(
+        message.extra_sender_data,
+        Some(serde_json::json!({"id": "os-1"}))
+    );
+    assert_eq!(saved.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_debug_sender_ends_in_debug_and_sends_nothing_else() {
+    let mut mocks = Mocks::new(SenderKind::Debug);
+    expect_user_devices(&mut mocks, vec![apns_device(1)]);
+    mocks
+        .devices
+        .expect_get_devices()
+        .returning(|_, _| Ok(vec![apns_device(1)]));
+    mocks
+        .messages
+        .expect_insert_message()
+        .withf(|new| new.deliveries == vec![(Channel::Debug, Some(DeviceId(1)))])
+        .returning(|new| Ok(stored(new)));
+    mocks
+        .messages
+        .expect_record_delivery()
+        .returning(|_| Ok(()));
+    capture_saves(&mut mocks);
+    mocks
+        .providers
+        .push((Channel::Debug, provider(SendOutcome::Debug, 1)));
+    mocks
+        .providers
+        .push((Channel::Apns, provider(SendOutcome::Debug, 0)));
+    let service = mocks.service();
+
+    let message = service
+        .send("shop", to_alice("hello"), Dispatch::Now)
+        .await
+        .unwrap();
+
+    assert_eq!(message.state(), MessageState::Debug);
+}
+
+#[tokio::test]
+async fn a_queued_message_is_stored_waiting_without_a_lease() {
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    expect_user_devices(&mut mocks, vec![apns_device(1)]);
+    mocks
+        .messages
+        .expect_insert_message()
+        .withf(|new| new.lease.is_none())
+        .times(1)
+        .returning(|new| Ok(stored(new)));
+    mocks
+        .providers
+        .push((Channel::Apns, provider(SendOutcome::Debug, 0)));
+    let service = mocks.service();
+
+    let message = service
+        .send("shop", to_alice("hello"), Dispatch::Queue)
+        .await
+        .unwrap();
+
+    assert_eq!(message.state(), MessageState::Waiting);
+}
+
+fn template(is_active: bool, allow_duplicates: bool) -> Template {
+    Template {
+        app: AppId::parse("shop").unwrap(),
+        slug: Slug::parse("order-shipped").unwrap(),
+        body: "Order {{ id }} shipped".into(),
+        heading: Some("Order {{ id }}".into()),
+        url: None,
+        is_active,
+        allow_duplicates,
+        created_at: NOW,
+        updated_at: NOW,
+    }
+}
+
+fn template_request() -> TemplateSendRequest {
+    TemplateSendRequest {
+        slug: Slug::parse("order-shipped").unwrap(),
+        context: serde_json::json!({"id": "42"})
+            .as_object()
+            .cloned()
+            .unwrap(),
+        target: Target::User {
+            user_id: UserId::parse("alice").unwrap(),
+        },
+        extra_data: None,
+        tag: None,
+        priority: Priority::High,
+        options: PushOptions::default(),
+        related_objects: vec![RelatedObject::new("order", "42").unwrap()],
+        retry_sending: true,
+    }
+}
+
+#[tokio::test]
+async fn an_inactive_template_does_not_send_and_stores_nothing() {
+    let mut mocks = Mocks::new(SenderKind::Debug);
+    mocks
+        .templates
+        .expect_get_template()
+        .returning(|_, _| Ok(Some(template(false, true))));
+    mocks.messages.expect_insert_message().never();
+    let service = mocks.service();
+
+    let result = service
+        .send_template("shop", template_request(), Dispatch::Now)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        result,
+        TemplateSend::NotSent(CannotSend::Inactive {
+            slug: "order-shipped".into()
+        })
+    );
+}
+
+#[tokio::test]
+async fn a_duplicate_for_the_same_related_objects_is_blocked() {
+    let mut mocks = Mocks::new(SenderKind::Debug);
+    mocks
+        .templates
+        .expect_get_template()
+        .returning(|_, _| Ok(Some(template(true, false))));
+    mocks
+        .messages
+        .expect_find_template_message()
+        .withf(|_, slug, related| {
+            slug.as_str() == "order-shipped"
+                && related == [RelatedObject::new("order", "42").unwrap()]
+        })
+        .returning(|_, _, _| Ok(Some(MessageId(5))));
+    mocks.messages.expect_insert_message().never();
+    let service = mocks.service();
+
+    let result = service
+        .send_template("shop", template_request(), Dispatch::Now)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        result,
+        TemplateSend::NotSent(CannotSend::Duplicate {
+            slug: "order-shipped".into(),
+            message_id: 5
+        })
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_template_slug_is_not_found() {
+    let mut mocks = Mocks::new(SenderKind::Debug);
+    mocks
+        .templates
+        .expect_get_template()
+        .returning(|_, _| Ok(None));
+    let service = mocks.service();
+    let err = service
+        .send_template("shop", template_request(), Dispatch::Now)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "template order-shipped not found");
+}
+
+#[tokio::test]
+async fn a_render_failure_stores_nothing() {
+    let mut mocks = Mocks::new(SenderKind::Debug);
+    mocks
+        .templates
+        .expect_get_template()
+        .returning(|_, _| Ok(Some(template(true, true))));
+    mocks.renderer.expect_render().returning(|field, _, _| {
+        Err(RenderError::Undefined {
+            field: field.to_owned(),
+            detail: "id is undefined".into(),
+        })
+    });
+    mocks.messages.expect_insert_message().never();
+    let service = mocks.service();
+
+    let err = service
+        .send_template("shop", template_request(), Dispatch::Now)
+        .await
+        .unwrap_err();
+
+    assert_eq!(
+        err.to_string(),
+        "undefined variable in body: id is undefined"
+    );
+}
+
+#[tokio::test]
+async fn a_template_message_keeps_its_slug_and_related_objects() {
+    let mut mocks = Mocks::new(SenderKind::Debug);
+    mocks
+        .templates
+        .expect_get_template()
+        .returning(|_, _| Ok(Some(template(true, true))));
+    mocks
+        .renderer
+        .expect_render()
+        .returning(|_, source, _| Ok(source.replace("{{ id }}", "42")));
+    expect_user_devices(&mut mocks, vec![apns_device(1)]);
+    mocks
+        .devices
+        .expect_get_devices()
+        .returning(|_, _| Ok(vec![apns_device(1)]));
+    mocks
+        .messages
+        .expect_insert_message()
+        .withf(|new| {
+            new.spec.template_slug.as_ref().map(Slug::as_str) == Some("order-shipped")
+                && new.spec.content.body == "Order 42 shipped"
+                && new.spec.content.heading.as_deref() == Some("Order 42")
+                && new.spec.related_objects.len() == 1
+        })
+        .returning(|new| Ok(stored(new)));
+    mocks
+        .messages
+        .expect_record_delivery()
+        .returning(|_| Ok(()));
+    capture_saves(&mut mocks);
+    mocks
+        .providers
+        .push((Channel::Debug, provider(SendOutcome::Debug, 1)));
+    let service = mocks.service();
+
+    let result = service
+        .send_template("shop", template_request(), Dispatch::Now)
+        .await
+        .unwrap();
+
+    let TemplateSend::Sent(message) = result else {
+        panic!("expected a sent message");
+    };
+    assert_eq!(message.state(), MessageState::Debug);
+}
+
+fn claimed_message(deliveries: Vec<(Channel, i64)>, progress: Progress) -> Message {
+    let new = NewMessage {
+        spec: MessageSpec {
+            app: AppId::parse("shop").unwrap(),
+            target: Target::User {
+                user_id: UserId::parse("alice").unwrap(),
+            },
+            content: Content {
+                body: "hi".into(),
+                ..Content::default()
+            },
+            template_slug: None,
+            tag: None,
+            priority: Priority::High,
+            options: PushOptions::default(),
+            related_objects: vec![],
+            retry_sending: true,
+        },
+        sender: SenderKind::Direct,
+        progress,
+        deliveries: deliveries
+            .into_iter()
+            .map(|(c, d)| (c, Some(DeviceId(d))))
+            .collect(),
+        lease: None,
+        now: NOW,
+    };
+    stored(&new)
+}
+
+#[tokio::test]
+async fn a_batch_retries_transient_failures_later_and_honours_retry_after() {
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    let mut claims = vec![
+        vec![],
+        vec![claimed_message(
+            vec![(Channel::Apns, 1)],
+            Message::initial_progress(NOW),
+        )],
+    ];
+    mocks
+        .messages
+        .expect_claim_due()
+        .times(2)
+        .returning(move |_, limit, lease| {
+            assert!(limit >= 1);
+            assert_eq!(lease.until, NOW + Duration::from_secs(60));
+            Ok(claims.pop().unwrap())
+        });
+    mocks
+        .devices
+        .expect_get_devices()
+        .returning(|_, _| Ok(vec![apns_device(1)]));
+    mocks
+        .messages
+        .expect_record_delivery()
+        .returning(|_| Ok(()));
+    let saved = capture_saves(&mut mocks);
+    mocks.providers.push((
+        Channel::Apns,
+        provider(
+            SendOutcome::Transient {
+                code: "429".into(),
+                reason: "TooManyRequests".into(),
+                retry_after: Some(Duration::from_secs(1800)),
+            },
+            1,
+        ),
+    ));
+    let service = mocks.service();
+    let seen = Mutex::new(0);
+
+    let report = service
+        .process_batch(10, &|_| *seen.lock().unwrap() += 1)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        report,
+        BatchReport {
+            processed: 1,
+            retrying: 1,
+            ..BatchReport::default()
+        }
+    );
+    assert_eq!(*seen.lock().unwrap(), 1);
+    let saved = saved.lock().unwrap();
+    let message = saved.last().unwrap();
+    assert_eq!(message.state(), MessageState::ErrorRetry);
+    assert_eq!(
+        message.next_attempt_at(),
+        Some(NOW + Duration::from_secs(1800))
+    );
+}
+
+#[tokio::test]
+async fn a_batch_gives_up_an_expired_message_without_sending() {
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    let old = Message::initial_progress(NOW - Duration::from_secs(7200));
+    let mut claims = vec![vec![], vec![claimed_message(vec![(Channel::Apns, 1)], old)]];
+    mocks
+        .messages
+        .expect_claim_due()
+        .returning(move |_, _, _| Ok(claims.pop().unwrap_or_default()));
+    let saved = capture_saves(&mut mocks);
+    mocks
+        .providers
+        .push((Channel::Apns, provider(SendOutcome::Debug, 0)));
+    let service = mocks.service();
+
+    let report = service.process_batch(10, &|_| {}).await.unwrap();
+
+    assert_eq!(report.failed, 1);
+    let saved = saved.lock().unwrap();
+    assert_eq!(saved[0].state(), MessageState::Error);
+    assert_eq!(saved[0].error(), Some("message is older than max_age"));
+}
+
+#[tokio::test]
+async fn a_missing_provider_fails_the_delivery_with_a_clear_reason() {
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    expect_user_devices(&mut mocks, vec![fcm_device(2)]);
+    mocks
+        .devices
+        .expect_get_devices()
+        .returning(|_, _| Ok(vec![fcm_device(2)]));
+    mocks
+        .messages
+        .expect_insert_message()
+        .returning(|new| Ok(stored(new)));
+    mocks
+        .messages
+        .expect_record_delivery()
+        .returning(|_| Ok(()));
+    capture_saves(&mut mocks);
+    let service = mocks.service();
+
+    let message = service
+        .send("shop", to_alice("hello"), Dispatch::Now)
+        .await
+        .unwrap();
+
+    assert_eq!(message.state(), MessageState::Error);
+    assert_eq!(
+        message.deliveries[0].error_text.as_deref(),
+        Some("no fcm provider is configured for application shop")
+    );
+}
+
+#[tokio::test]
+async fn an_operator_can_retry_an_error_message_but_not_a_sent_one() {
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    let mut failed = claimed_message(vec![(Channel::Apns, 1)], Message::initial_progress(NOW));
+    failed.fail("boom", NOW).unwrap();
+    let mut sent = claimed_message(vec![(Channel::Apns, 1)], Message::initial_progress(NOW));
+    sent.record_outcome(
+        DeliveryId(1),
+        &SendOutcome::Accepted {
+            provider_id: None,
+            details: None,
+        },
+        NOW,
+    );
+    sent.finish_attempt(&crate::retry::RetryPolicy::default(), None, NOW)
+        .unwrap();
+    mocks
+        .messages
+        .expect_get_message()
+        .with(mockall::predicate::always(), eq(MessageId(1)))
+        .returning(move |_, _| Ok(Some(failed.clone())));
+    mocks
+        .messages
+        .expect_get_message()
+        .with(mockall::predicate::always(), eq(MessageId(2)))
+        .returning(move |_, _| Ok(Some(sent.clone())));
+    let saved = capture_saves(&mut mocks);
+    let service = mocks.service();
+
+    let retried = service.retry_message("shop", MessageId(1)).await.unwrap();
+    let refused = service.retry_message("shop", MessageId(2)).await;
+
+    assert_eq!(retried.state(), MessageState::Waiting);
+    assert_eq!(retried.due_deliveries().count(), 1);
+    assert!(matches!(refused, Err(MessageError::Illegal(_))));
+    assert_eq!(saved.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn prune_deactivates_dead_devices_and_deletes_old_inactive_ones() {
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    mocks
+        .devices
+        .expect_deactivate_dead_devices()
+        .returning(|_, _| Ok(2));
+    mocks
+        .devices
+        .expect_delete_inactive_devices()
+        .with(
+            mockall::predicate::always(),
+            eq(NOW - Duration::from_secs(86400)),
+        )
+        .returning(|_, _| Ok(3));
+    let service = mocks.service();
+
+    let report = service
+        .prune("shop", Some(Duration::from_secs(86400)))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        report,
+        PruneReport {
+            deactivated: 2,
+            deleted: 3
+        }
+    );
+}
+
+#[test]
+fn the_endpoint_policy_of_an_application_defaults_to_public_only() {
+    let app = Application::new(AppId::parse("x").unwrap(), SenderKind::Debug);
+    assert_eq!(app.endpoint_policy, EndpointPolicy::PublicOnly);
+}
