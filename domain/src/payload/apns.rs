@@ -142,8 +142,7 @@ pub fn build(
     }
     root.insert("aps".into(), Value::Object(aps));
 
-    let body =
-        serde_json::to_vec(&Value::Object(root)).expect("a JSON value always serialises to bytes");
+    let body = Value::Object(root).to_string().into_bytes();
     if body.len() > LIMIT {
         return Err(PayloadError::TooLarge {
             provider: PROVIDER,

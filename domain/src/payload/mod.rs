@@ -76,7 +76,7 @@ pub fn build(
             apns::build(app, spec, token, now).map(Payload::Apns)
         }
         PayloadTarget::Device(DeviceToken::Fcm { token }) => {
-            fcm::build(spec, token).map(Payload::Fcm)
+            fcm::build(spec, token, now).map(Payload::Fcm)
         }
         PayloadTarget::Device(DeviceToken::Webpush { subscription }) => {
             webpush::build(spec, subscription).map(Payload::Webpush)
