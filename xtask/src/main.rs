@@ -1,1 +1,105 @@
-fn main() {}
+//! Clarion's project tasks, run as `cargo xtask <task>`. Standard library only, so that it
+//! compiles in a moment.
+
+use std::env;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+const USAGE: &str = "\
+Usage: cargo xtask <task>
+
+Tasks:
+  ci      check formatting, run clippy with warnings as errors, then run every test
+          (cargo nextest, or cargo test when nextest is not installed)
+  help    print this message
+";
+
+fn main() -> ExitCode {
+    let task = env::args().nth(1);
+    match task.as_deref() {
+        Some("ci") => ci(),
+        Some("help" | "-h" | "--help") => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        None => {
+            eprint!("{USAGE}");
+            ExitCode::from(2)
+        }
+        Some(other) => {
+            eprintln!("xtask: unknown task `{other}`\n");
+            eprint!("{USAGE}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The checks CI runs, in order, stopping at the first failure.
+fn ci() -> ExitCode {
+    let test: &[&str] = if nextest_available() {
+        &["nextest", "run", "--workspace", "--no-fail-fast"]
+    } else {
+        eprintln!("xtask: cargo nextest is not installed; running cargo test instead");
+        &["test", "--workspace"]
+    };
+    let steps: [(&str, &[&str]); 3] = [
+        ("formatting", &["fmt", "--all", "--", "--check"]),
+        (
+            "clippy",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+        ("tests", test),
+    ];
+    for (name, args) in steps {
+        eprintln!("xtask: {name}: cargo {}", args.join(" "));
+        if let Err(failure) = run_cargo(args) {
+            eprintln!("xtask: ci failed at step `{name}`: {failure}");
+            return ExitCode::FAILURE;
+        }
+    }
+    eprintln!("xtask: ci passed");
+    ExitCode::SUCCESS
+}
+
+fn cargo() -> OsString {
+    env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"))
+}
+
+/// The workspace root, so that the tasks work from any folder.
+fn workspace_root() -> PathBuf {
+    let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map_or_else(|| manifest_dir.clone(), PathBuf::from)
+}
+
+fn nextest_available() -> bool {
+    Command::new(cargo())
+        .args(["nextest", "--version"])
+        .current_dir(workspace_root())
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+fn run_cargo(args: &[&str]) -> Result<(), String> {
+    let status = Command::new(cargo())
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|err| format!("could not start cargo: {err}"))?;
+    if status.success() {
+        return Ok(());
+    }
+    match status.code() {
+        Some(code) => Err(format!("`cargo {}` exited with {code}", args.join(" "))),
+        None => Err(format!("`cargo {}` was killed by a signal", args.join(" "))),
+    }
+}
