@@ -61,7 +61,9 @@ pub struct MessageFilter {
     pub tag: Option<Tag>,
     pub recipient: Option<UserId>,
     pub related: Option<RelatedObject>,
+    /// Only messages created at or after this time (inclusive).
     pub created_after: Option<OffsetDateTime>,
+    /// Only messages created before this time (exclusive).
     pub created_before: Option<OffsetDateTime>,
     /// Only messages with an id lower than this (cursor pagination, newest first).
     pub before: Option<MessageId>,
@@ -123,7 +125,8 @@ pub trait DeviceStore: Send + Sync + 'static {
     /// [`StoreError::Unknown`] on a database failure.
     async fn delete_device(&self, app: &AppId, id: DeviceId) -> Result<bool, StoreError>;
 
-    /// Deactivates the active devices of `app` whose latest delivery ended with a dead token.
+    /// Deactivates the active devices of `app` whose latest delivery ended with a dead token
+    /// after the device was last registered (a device registered again since is left alone).
     /// Returns how many were deactivated.
     ///
     /// # Errors
@@ -150,7 +153,7 @@ pub trait DeviceStore: Send + Sync + 'static {
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
     /// Stores a message with its related objects and deliveries (all `pending`) in one
-    /// transaction, and returns it as stored.
+    /// transaction, and returns it as stored. Every delivery's device must exist.
     ///
     /// # Errors
     /// [`StoreError::Unknown`] on a database failure; nothing is stored then.
@@ -191,7 +194,7 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn record_delivery(&self, delivery: &Delivery) -> Result<(), StoreError>;
 
     /// Writes a message's progress, `extra_sender_data`, `changed_at` and every delivery, and
-    /// releases its lease.
+    /// releases its lease, whoever holds it. An unknown id is ignored.
     ///
     /// # Errors
     /// [`StoreError::Unknown`] on a database failure.
@@ -209,7 +212,8 @@ pub trait MessageStore: Send + Sync + 'static {
         related: &[RelatedObject],
     ) -> Result<Option<MessageId>, StoreError>;
 
-    /// How many messages are due at `now` (the backlog).
+    /// How many messages are due at `now` (the backlog), leased ones included: they are not
+    /// sent yet.
     ///
     /// # Errors
     /// [`StoreError::Unknown`] on a database failure.

@@ -36,7 +36,9 @@ impl ApnsPushType {
 /// sets).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApnsHeaders {
-    pub topic: String,
+    /// The bundle id. Required with token authentication; with certificate authentication
+    /// APNs takes the certificate's topic when it is absent. The debug sender needs none.
+    pub topic: Option<String>,
     pub push_type: ApnsPushType,
     /// 10 (send at once) or 5 (consider power).
     pub priority: u8,
@@ -65,26 +67,18 @@ pub struct ApnsRequest {
 /// which Apple requires for background pushes. Every other message is an `alert` push.
 ///
 /// # Errors
-/// [`PayloadError::MissingSetting`] without `apns.topic`, [`PayloadError::TooLarge`] over the
-/// limit.
+/// [`PayloadError::TooLarge`] over the limit.
 pub fn build(
     app: &Application,
     spec: &MessageSpec,
     token: &ApnsToken,
     now: OffsetDateTime,
 ) -> Result<ApnsRequest, PayloadError> {
-    let Some(topic) = app
+    let topic = app
         .apns
         .as_ref()
-        .map(|s| s.topic.as_str())
-        .filter(|t| !t.is_empty())
-    else {
-        return Err(PayloadError::MissingSetting {
-            app: app.id.to_string(),
-            provider: PROVIDER,
-            setting: "apns.topic",
-        });
-    };
+        .map(|s| s.topic.clone())
+        .filter(|t| !t.is_empty());
 
     let content = &spec.content;
     let options = &spec.options;
@@ -169,7 +163,7 @@ pub fn build(
     Ok(ApnsRequest {
         device_token: token.as_str().to_owned(),
         headers: ApnsHeaders {
-            topic: topic.to_owned(),
+            topic,
             push_type,
             priority,
             expiration,
@@ -277,7 +271,7 @@ mod tests {
         assert_eq!(
             request.headers,
             ApnsHeaders {
-                topic: "com.example.shop".into(),
+                topic: Some("com.example.shop".into()),
                 push_type: ApnsPushType::Alert,
                 priority: 10,
                 expiration: Some(1_700_003_600),
@@ -303,7 +297,7 @@ mod tests {
         assert_eq!(
             request.headers,
             ApnsHeaders {
-                topic: "com.example.shop".into(),
+                topic: Some("com.example.shop".into()),
                 push_type: ApnsPushType::Alert,
                 priority: 10,
                 expiration: None,
@@ -399,7 +393,7 @@ mod tests {
     }
 
     #[test]
-    fn an_application_without_a_topic_is_missing_a_setting() {
+    fn an_application_without_a_topic_leaves_the_header_out() {
         let mut app = app();
         app.apns = None;
 
@@ -410,14 +404,7 @@ mod tests {
             now(),
         );
 
-        assert_eq!(
-            result,
-            Err(PayloadError::MissingSetting {
-                app: "shop".into(),
-                provider: "APNs",
-                setting: "apns.topic",
-            })
-        );
+        assert_eq!(result.map(|r| r.headers.topic), Ok(None));
     }
 
     #[test]

@@ -1,0 +1,1351 @@
+//! Clarion's one typed configuration: read from a TOML file, overridden by `CLARION_*`
+//! environment variables, validated once, and turned into the domain's applications.
+//!
+//! Sources, later ones winning:
+//! 1. the defaults below;
+//! 2. the file given to [`Config::load`], else the one named by `CLARION_CONFIG`, else
+//!    `./clarion.toml` when it exists;
+//! 3. `CLARION_LISTEN`, `CLARION_DEBUG`, `CLARION_DATABASE_URL` (for `database.url`), and
+//!    `CLARION_<SECTION>__<KEY>` for any nested key, such as
+//!    `CLARION_WORKER__POLL_INTERVAL_SECS` or `CLARION_APPS__SHOP__SENDER`. Other
+//!    `CLARION_*` variables with no `__` (`CLARION_CONFIG`, the CLI's own variables) are not
+//!    configuration keys and are ignored.
+//!
+//! Secrets are [`Secret`]s: given inline, as `{ file = "path" }` or as `{ env = "NAME" }`,
+//! and never printed.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clarion_domain::app::{ApnsSettings, Application, Applications, OneSignalSettings, SenderKind};
+use clarion_domain::ids::AppId;
+use clarion_domain::retry::RetryPolicy;
+use clarion_domain::token::EndpointPolicy;
+use figment::Figment;
+use figment::providers::{Env, Format as _, Toml};
+use figment::value::{Uncased, UncasedStr};
+use serde::de::{self, MapAccess, Visitor};
+use serde::ser::SerializeMap as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The environment variable that names the configuration file.
+pub const CONFIG_ENV: &str = "CLARION_CONFIG";
+/// The prefix of every configuration environment variable.
+const ENV_PREFIX: &str = "CLARION_";
+/// The file read when no other is named and it exists.
+const DEFAULT_FILE: &str = "clarion.toml";
+/// The application that exists when none is configured.
+pub const DEFAULT_APP: &str = "default";
+/// What a redacted value prints as.
+const REDACTED: &str = "[redacted]";
+
+/// The whole configuration of a Clarion process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Turns every application's sender into `debug`: nothing leaves the process.
+    pub debug: bool,
+    /// The HTTP server's address, such as `127.0.0.1:8080`.
+    pub listen: String,
+    pub database: DatabaseConfig,
+    pub worker: WorkerConfig,
+    pub tls: TlsConfig,
+    /// The applications (tenants), by id.
+    pub apps: BTreeMap<String, AppConfig>,
+    /// The file this configuration was read from, if any.
+    #[serde(skip)]
+    pub file: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut config = Self {
+            debug: false,
+            listen: "127.0.0.1:8080".to_owned(),
+            database: DatabaseConfig::default(),
+            worker: WorkerConfig::default(),
+            tls: TlsConfig::default(),
+            apps: BTreeMap::new(),
+            file: None,
+        };
+        config.add_default_app();
+        config
+    }
+}
+
+/// Where the data lives.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` (created on first start) or, later, `postgres://...`.
+    pub url: String,
+}
+
+// A PostgreSQL URL may hold a password.
+impl fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &self.redacted_url())
+            .finish()
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://clarion.db".to_owned(),
+        }
+    }
+}
+
+/// The database engines a URL can select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
+impl DatabaseConfig {
+    /// The engine the URL selects, from its scheme.
+    ///
+    /// # Errors
+    /// A message (to follow the key's name) naming the scheme when it is neither `sqlite:` nor `postgres:` /
+    /// `postgresql:`.
+    pub fn kind(&self) -> Result<DatabaseKind, String> {
+        let url = self.url.trim();
+        if url.starts_with("sqlite:") {
+            return Ok(DatabaseKind::Sqlite);
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Ok(DatabaseKind::Postgres);
+        }
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        Err(format!(
+            "must start with sqlite:// or postgres://; got scheme {scheme:?}"
+        ))
+    }
+
+    /// The URL with any password replaced, for logs and output.
+    #[must_use]
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+/// Replaces the password of a URL, if it has one, with `[redacted]`.
+#[must_use]
+pub fn redact_url(raw: &str) -> String {
+    let Some((scheme, rest)) = raw.split_once("://") else {
+        return raw.to_owned();
+    };
+    // The user information ends at the last `@`: a password that was not percent-encoded may
+    // itself hold `@` or `/`.
+    let Some(at) = rest.rfind('@') else {
+        return raw.to_owned();
+    };
+    let (userinfo, host_and_path) = rest.split_at(at);
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:{REDACTED}{host_and_path}"),
+        None => raw.to_owned(),
+    }
+}
+
+/// The background worker that sends queued messages and retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Whether `clarion-server` runs the worker.
+    pub enabled: bool,
+    /// The wait between two polls when there was nothing (more) to do.
+    pub poll_interval_secs: u64,
+    /// The most messages one batch takes.
+    pub batch_size: u32,
+    /// How long a claim on a message lasts before another worker may take it over.
+    pub lease_secs: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            poll_interval_secs: 5,
+            batch_size: 100,
+            lease_secs: 60,
+        }
+    }
+}
+
+/// Outbound TLS.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM files of root certificates trusted in addition to the system's.
+    pub extra_ca_certs: Vec<PathBuf>,
+}
+
+/// One application (tenant).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AppConfig {
+    pub sender: SenderKind,
+    pub retry: RetryPolicy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apns: Option<ApnsConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fcm: Option<FcmConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webpush: Option<WebPushConfig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub onesignal: Option<OneSignalConfig>,
+    /// The HS256 secret of the client tokens (JWT) of this application's apps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_token_secret: Option<Secret>,
+}
+
+impl Default for AppConfig {
+    fn default() -> Self {
+        Self {
+            sender: SenderKind::Direct,
+            retry: RetryPolicy::default(),
+            apns: None,
+            fcm: None,
+            webpush: None,
+            onesignal: None,
+            client_token_secret: None,
+        }
+    }
+}
+
+/// Apple Push Notification service credentials: token auth (`team_id`, `key_id`, `key`) or
+/// certificate auth (`certificate`, `certificate_key`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApnsConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    /// The `.p8` signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Secret>,
+    /// The client certificate, PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<Secret>,
+    /// The client certificate's private key, PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_key: Option<Secret>,
+    /// The bundle id.
+    pub topic: String,
+    #[serde(default)]
+    pub environment: ApnsEnvironment,
+    /// Overrides the APNs host (tests, proxies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Which APNs host serves an application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApnsEnvironment {
+    #[default]
+    Production,
+    Sandbox,
+}
+
+/// Firebase Cloud Messaging (HTTP v1) credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FcmConfig {
+    /// The service-account JSON (its `project_id`, `client_email`, `private_key` and
+    /// `token_uri` are used).
+    pub service_account: Secret,
+    /// Overrides the FCM endpoint (tests, proxies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Web Push (VAPID) credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebPushConfig {
+    pub vapid_private_key: Secret,
+    /// `mailto:` or `https:` contact of the sender.
+    pub subject: String,
+    /// Accepts subscription endpoints on private addresses (tests only).
+    #[serde(default)]
+    pub allow_private_endpoints: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// OneSignal credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OneSignalConfig {
+    pub app_id: String,
+    /// The REST API key.
+    pub api_key: Secret,
+    /// The language key of `contents` and `headings`.
+    #[serde(default = "default_language")]
+    pub language: String,
+    /// Overrides the OneSignal endpoint (tests, proxies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+fn default_language() -> String {
+    "en".to_owned()
+}
+
+// ----- secrets -----
+
+/// A secret value: inline, in a file, or in an environment variable. Its `Debug` and
+/// `Serialize` show where it comes from, never the value.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    Inline(String),
+    File(PathBuf),
+    Env(String),
+}
+
+impl Secret {
+    /// Reads the secret. A file's trailing line break is dropped.
+    ///
+    /// # Errors
+    /// When the file cannot be read or the variable is not set; the message names the file
+    /// or variable and never holds the value.
+    pub fn expose(&self) -> anyhow::Result<String> {
+        match self {
+            Secret::Inline(value) => Ok(value.clone()),
+            Secret::File(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("failed to read secret file {}", path.display()))?;
+                Ok(text.trim_end_matches(['\n', '\r']).to_owned())
+            }
+            Secret::Env(name) => std::env::var(name).map_err(|error| match error {
+                std::env::VarError::NotPresent => {
+                    anyhow::anyhow!("environment variable {name} is not set")
+                }
+                std::env::VarError::NotUnicode(_) => {
+                    anyhow::anyhow!("environment variable {name} is not valid UTF-8")
+                }
+            }),
+        }
+    }
+
+    /// Where the secret comes from, for messages: `inline value`, `file PATH`,
+    /// `environment variable NAME`.
+    #[must_use]
+    pub fn origin(&self) -> String {
+        match self {
+            Secret::Inline(_) => "inline value".to_owned(),
+            Secret::File(path) => format!("file {}", path.display()),
+            Secret::Env(name) => format!("environment variable {name}"),
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Inline(_) => f.write_str(&format!("{REDACTED:?}")),
+            Secret::File(path) => write!(f, "{{file = {:?}}}", path.display().to_string()),
+            Secret::Env(name) => write!(f, "{{env = {name:?}}}"),
+        }
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Secret::Inline(_) => serializer.serialize_str(REDACTED),
+            Secret::File(path) => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("file", path)?;
+                map.end()
+            }
+            Secret::Env(name) => {
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry("env", name)?;
+                map.end()
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(SecretVisitor)
+    }
+}
+
+struct SecretVisitor;
+
+impl<'de> Visitor<'de> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(r#"a string, { file = "path" } or { env = "VARIABLE" }"#)
+    }
+
+    fn visit_str<E: de::Error>(self, value: &str) -> Result<Secret, E> {
+        Ok(Secret::Inline(value.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, value: String) -> Result<Secret, E> {
+        Ok(Secret::Inline(value))
+    }
+
+    // Environment variables holding only digits reach here as numbers; a secret is text.
+    fn visit_u64<E: de::Error>(self, value: u64) -> Result<Secret, E> {
+        Ok(Secret::Inline(value.to_string()))
+    }
+
+    fn visit_i64<E: de::Error>(self, value: i64) -> Result<Secret, E> {
+        Ok(Secret::Inline(value.to_string()))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Secret, A::Error> {
+        let mut found: Option<Secret> = None;
+        while let Some(key) = map.next_key::<String>()? {
+            let secret = match key.as_str() {
+                "file" => Secret::File(map.next_value()?),
+                "env" => Secret::Env(map.next_value()?),
+                other => return Err(de::Error::unknown_field(other, &["file", "env"])),
+            };
+            if found.is_some() {
+                return Err(de::Error::custom(
+                    "a secret takes exactly one of `file` and `env`",
+                ));
+            }
+            found = Some(secret);
+        }
+        found.ok_or_else(|| de::Error::custom("a secret needs `file` or `env`"))
+    }
+}
+
+// ----- loading -----
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The named configuration file does not exist.
+    #[error("configuration file {} not found", .0.display())]
+    FileNotFound(PathBuf),
+    /// A value is malformed, unknown or refused; `origin` is the file or environment variable
+    /// it came from, `key` its dotted path.
+    #[error("{origin}: {key}: {detail}")]
+    Invalid {
+        origin: String,
+        key: String,
+        detail: String,
+    },
+    /// A source could not be read at all, such as a file with a TOML syntax error.
+    #[error("{origin}: {detail}")]
+    Unreadable { origin: String, detail: String },
+}
+
+impl Config {
+    /// Loads the configuration: defaults, then the file (`path`, else `$CLARION_CONFIG`, else
+    /// `./clarion.toml` if it exists), then `CLARION_*` environment variables; then validates
+    /// it.
+    ///
+    /// # Errors
+    /// [`ConfigError::FileNotFound`] when the named file is missing, and
+    /// [`ConfigError::Invalid`] naming the source and key of the first bad value, and
+    /// [`ConfigError::Unreadable`] for a file that is not TOML.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let file = match path {
+            Some(path) => Some(path.to_path_buf()),
+            None => match std::env::var_os(CONFIG_ENV) {
+                Some(named) if !named.is_empty() => Some(PathBuf::from(named)),
+                _ => {
+                    let default = PathBuf::from(DEFAULT_FILE);
+                    default.is_file().then_some(default)
+                }
+            },
+        };
+        let mut figment = Figment::new();
+        if let Some(file) = &file {
+            if !file.is_file() {
+                return Err(ConfigError::FileNotFound(file.clone()));
+            }
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(env_provider());
+        let mut config: Config = figment.extract().map_err(|error| from_figment(&error))?;
+        config.file = file;
+        config.add_default_app();
+        config.validate_with(&figment)?;
+        Ok(config)
+    }
+
+    fn add_default_app(&mut self) {
+        if self.apps.is_empty() {
+            self.apps.insert(
+                DEFAULT_APP.to_owned(),
+                AppConfig {
+                    sender: SenderKind::Debug,
+                    ..AppConfig::default()
+                },
+            );
+        }
+    }
+
+    /// Checks the values serde cannot: application ids, retry policies, the listen address,
+    /// the database scheme, worker numbers and sender sections.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_with(&Figment::new())
+    }
+
+    fn validate_with(&self, figment: &Figment) -> Result<(), ConfigError> {
+        let invalid = |key: &str, detail: String| ConfigError::Invalid {
+            origin: origin_of(figment, key, self.file.as_deref()),
+            key: key.to_owned(),
+            detail,
+        };
+        self.listen.parse::<SocketAddr>().map_err(|error| {
+            invalid(
+                "listen",
+                format!("{error}: expected an address such as 127.0.0.1:8080"),
+            )
+        })?;
+        self.database
+            .kind()
+            .map_err(|detail| invalid("database.url", detail))?;
+        if self.worker.poll_interval_secs == 0 {
+            return Err(invalid(
+                "worker.poll_interval_secs",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.worker.batch_size == 0 {
+            return Err(invalid(
+                "worker.batch_size",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.worker.lease_secs == 0 {
+            return Err(invalid(
+                "worker.lease_secs",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        for (id, app) in &self.apps {
+            let key = format!("apps.{id}");
+            AppId::parse(id)
+                .map_err(|error| invalid(&key, format!("invalid application id: {error}")))?;
+            app.retry
+                .validate()
+                .map_err(|error| invalid(&format!("{key}.retry"), error.to_string()))?;
+            if app.sender == SenderKind::Onesignal && app.onesignal.is_none() {
+                return Err(invalid(
+                    &format!("{key}.sender"),
+                    "sender \"onesignal\" needs an [apps.<id>.onesignal] section".to_owned(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The applications as the domain sees them. With `debug = true` every sender is
+    /// `debug`. Applications whose id does not parse are left out ([`Config::load`] refuses
+    /// them).
+    #[must_use]
+    pub fn applications(&self) -> Applications {
+        Applications::new(self.apps.iter().filter_map(|(id, app)| {
+            let id = AppId::parse(id).ok()?;
+            let sender = if self.debug {
+                SenderKind::Debug
+            } else {
+                app.sender
+            };
+            let endpoint_policy = match &app.webpush {
+                Some(webpush) if webpush.allow_private_endpoints => EndpointPolicy::AllowPrivate,
+                _ => EndpointPolicy::PublicOnly,
+            };
+            Some(Application {
+                id,
+                sender,
+                endpoint_policy,
+                retry: app.retry,
+                apns: app.apns.as_ref().map(|apns| ApnsSettings {
+                    topic: apns.topic.clone(),
+                }),
+                onesignal: app.onesignal.as_ref().map(|onesignal| OneSignalSettings {
+                    app_id: onesignal.app_id.clone(),
+                    language: onesignal.language.clone(),
+                }),
+            })
+        }))
+    }
+
+    /// The configuration as TOML, with every secret and the database password redacted.
+    #[must_use]
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        shown.database.url = self.database.redacted_url();
+        match toml::to_string_pretty(&shown) {
+            Ok(text) => text,
+            // Every type here serialises to TOML; say so rather than panic if one stops.
+            Err(error) => format!("# the configuration cannot be shown as TOML: {error}\n"),
+        }
+    }
+
+    /// Checks what can be checked without contacting anyone: the database scheme, that every
+    /// secret and extra CA certificate can be read, and that service-account files look like
+    /// one. No detail holds a secret's value.
+    #[must_use]
+    pub fn check(&self) -> Vec<CheckItem> {
+        let mut items = Vec::new();
+        items.push(CheckItem {
+            subject: "config file".to_owned(),
+            ok: true,
+            detail: match &self.file {
+                Some(file) => format!("read {}", file.display()),
+                None => "none: defaults and environment variables".to_owned(),
+            },
+        });
+        items.push(self.check_database());
+        for (id, app) in &self.apps {
+            items.push(self.check_sender(id, app));
+            for (subject, secret) in app.secrets(id) {
+                items.push(check_secret(subject, secret));
+            }
+            if let Some(fcm) = &app.fcm {
+                items.push(check_service_account(
+                    format!("apps.{id}.fcm.service_account (content)"),
+                    &fcm.service_account,
+                ));
+            }
+        }
+        for (index, path) in self.tls.extra_ca_certs.iter().enumerate() {
+            let subject = format!("tls.extra_ca_certs[{index}]");
+            items.push(match std::fs::read(path) {
+                Ok(bytes) if !bytes.is_empty() => {
+                    CheckItem::ok(subject, format!("{} is readable", path.display()))
+                }
+                Ok(_) => CheckItem::failed(subject, format!("{} is empty", path.display())),
+                Err(error) => CheckItem::failed(
+                    subject,
+                    format!("{} cannot be read: {error}", path.display()),
+                ),
+            });
+        }
+        items
+    }
+
+    fn check_database(&self) -> CheckItem {
+        let subject = "database.url".to_owned();
+        match self.database.kind() {
+            Ok(DatabaseKind::Sqlite) => CheckItem::ok(
+                subject,
+                format!("SQLite at {}", self.database.redacted_url()),
+            ),
+            Ok(DatabaseKind::Postgres) => CheckItem::failed(
+                subject,
+                "PostgreSQL support arrives with the PostgreSQL store".to_owned(),
+            ),
+            Err(detail) => CheckItem::failed(subject, detail),
+        }
+    }
+
+    fn check_sender(&self, id: &str, app: &AppConfig) -> CheckItem {
+        let subject = format!("apps.{id}");
+        if self.debug {
+            return CheckItem::ok(subject, "sender debug (debug = true)".to_owned());
+        }
+        match app.sender {
+            SenderKind::Debug => CheckItem::ok(subject, "sender debug".to_owned()),
+            SenderKind::Onesignal if app.onesignal.is_some() => {
+                CheckItem::ok(subject, "sender onesignal".to_owned())
+            }
+            SenderKind::Onesignal => CheckItem::failed(
+                subject,
+                "sender onesignal without an onesignal section".to_owned(),
+            ),
+            SenderKind::Direct => {
+                let providers: Vec<&str> = [
+                    app.apns.as_ref().map(|_| "apns"),
+                    app.fcm.as_ref().map(|_| "fcm"),
+                    app.webpush.as_ref().map(|_| "webpush"),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                if providers.is_empty() {
+                    CheckItem::failed(
+                        subject,
+                        "sender direct but no apns, fcm or webpush section".to_owned(),
+                    )
+                } else {
+                    CheckItem::ok(
+                        subject,
+                        format!("sender direct via {}", providers.join(", ")),
+                    )
+                }
+            }
+        }
+    }
+}
+
+impl AppConfig {
+    /// Every secret of this application with its dotted key.
+    fn secrets(&self, id: &str) -> Vec<(String, &Secret)> {
+        let apns = self.apns.as_ref();
+        let candidates: [(&str, Option<&Secret>); 7] = [
+            ("apns.key", apns.and_then(|apns| apns.key.as_ref())),
+            (
+                "apns.certificate",
+                apns.and_then(|apns| apns.certificate.as_ref()),
+            ),
+            (
+                "apns.certificate_key",
+                apns.and_then(|apns| apns.certificate_key.as_ref()),
+            ),
+            (
+                "fcm.service_account",
+                self.fcm.as_ref().map(|fcm| &fcm.service_account),
+            ),
+            (
+                "webpush.vapid_private_key",
+                self.webpush
+                    .as_ref()
+                    .map(|webpush| &webpush.vapid_private_key),
+            ),
+            (
+                "onesignal.api_key",
+                self.onesignal.as_ref().map(|onesignal| &onesignal.api_key),
+            ),
+            ("client_token_secret", self.client_token_secret.as_ref()),
+        ];
+        candidates
+            .into_iter()
+            .filter_map(|(key, secret)| Some((format!("apps.{id}.{key}"), secret?)))
+            .collect()
+    }
+}
+
+/// One line of `clarion config check`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckItem {
+    /// The key or thing checked, such as `apps.shop.fcm.service_account`.
+    pub subject: String,
+    pub ok: bool,
+    /// What was found; never a secret's value.
+    pub detail: String,
+}
+
+impl CheckItem {
+    fn ok(subject: String, detail: String) -> Self {
+        Self {
+            subject,
+            ok: true,
+            detail,
+        }
+    }
+
+    fn failed(subject: String, detail: String) -> Self {
+        Self {
+            subject,
+            ok: false,
+            detail,
+        }
+    }
+}
+
+fn check_secret(subject: String, secret: &Secret) -> CheckItem {
+    match secret.expose() {
+        Ok(value) if value.trim().is_empty() => {
+            CheckItem::failed(subject, format!("{} is empty", secret.origin()))
+        }
+        Ok(_) => CheckItem::ok(subject, format!("{} is readable", secret.origin())),
+        Err(error) => CheckItem::failed(subject, format!("{error:#}")),
+    }
+}
+
+fn check_service_account(subject: String, secret: &Secret) -> CheckItem {
+    let Ok(text) = secret.expose() else {
+        return CheckItem::failed(subject, format!("{} cannot be read", secret.origin()));
+    };
+    // Parse into a generic value: serde_json's syntax errors give a position only, whereas
+    // typed errors could quote the content.
+    let json: serde_json::Value = match serde_json::from_str(&text) {
+        Ok(json) => json,
+        Err(error) => {
+            return CheckItem::failed(
+                subject,
+                format!(
+                    "{} is not JSON (line {}, column {})",
+                    secret.origin(),
+                    error.line(),
+                    error.column()
+                ),
+            );
+        }
+    };
+    let missing: Vec<&str> = ["project_id", "client_email"]
+        .into_iter()
+        .filter(|field| !json.get(field).is_some_and(serde_json::Value::is_string))
+        .collect();
+    if missing.is_empty() {
+        CheckItem::ok(
+            subject,
+            "a service account with project_id and client_email".to_owned(),
+        )
+    } else {
+        CheckItem::failed(
+            subject,
+            format!(
+                "{} is not a service account: no string {}",
+                secret.origin(),
+                missing.join(" or ")
+            ),
+        )
+    }
+}
+
+/// The environment provider: the explicit top-level variables, and `__` as the nesting
+/// separator for the rest.
+fn env_provider() -> Env {
+    Env::prefixed(ENV_PREFIX)
+        .filter_map(|key: &UncasedStr| env_key(key.as_str()).map(Uncased::from))
+}
+
+/// The configuration key of an environment variable without its prefix, if it is one.
+fn env_key(raw: &str) -> Option<String> {
+    let key = raw.to_ascii_lowercase();
+    match key.as_str() {
+        "listen" | "debug" => Some(key),
+        "database_url" => Some("database.url".to_owned()),
+        _ if key.contains("__") => Some(key.replace("__", ".")),
+        _ => None,
+    }
+}
+
+/// The environment variable that sets `key`.
+fn env_name(key: &str) -> String {
+    if key == "database.url" {
+        return "CLARION_DATABASE_URL".to_owned();
+    }
+    format!(
+        "{ENV_PREFIX}{}",
+        key.replace('.', "__").to_ascii_uppercase()
+    )
+}
+
+/// Where the value of `key` came from: the environment variable, the file, or the defaults.
+fn origin_of(figment: &Figment, key: &str, file: Option<&Path>) -> String {
+    let metadata = figment.find_metadata(key);
+    describe_origin(metadata, key, file)
+}
+
+fn describe_origin(metadata: Option<&figment::Metadata>, key: &str, file: Option<&Path>) -> String {
+    if let Some(metadata) = metadata {
+        if let Some(figment::Source::File(path)) = &metadata.source {
+            return path.display().to_string();
+        }
+        if metadata.name.contains("environment") {
+            return format!("environment variable {}", env_name(key));
+        }
+    }
+    match file {
+        Some(file) => file.display().to_string(),
+        None => "configuration".to_owned(),
+    }
+}
+
+/// The first figment error as a [`ConfigError::Invalid`] naming its source and key.
+fn from_figment(error: &figment::Error) -> ConfigError {
+    use figment::error::Kind;
+
+    let mut path = error.path.clone();
+    let detail = match &error.kind {
+        // Figment's path already ends with an unknown field, but not with a missing one.
+        Kind::UnknownField(field, expected) => {
+            if expected.is_empty() {
+                format!("unknown key {field:?}")
+            } else {
+                format!(
+                    "unknown key {field:?}; expected one of {}",
+                    expected.join(", ")
+                )
+            }
+        }
+        Kind::MissingField(field) => {
+            path.push(field.to_string());
+            format!("missing key {field:?}")
+        }
+        // A file's syntax error quotes the offending line, which may hold a secret: keep the
+        // position and the message only.
+        Kind::Message(message) => strip_snippets(message),
+        other => other.to_string(),
+    };
+    let key = path.join(".");
+    let origin = describe_origin(error.metadata.as_ref(), &key, None);
+    if key.is_empty() {
+        return ConfigError::Unreadable { origin, detail };
+    }
+    ConfigError::Invalid {
+        origin,
+        key,
+        detail,
+    }
+}
+
+/// Drops the source lines that TOML parse errors quote (`12 | key = "..."`).
+fn strip_snippets(message: &str) -> String {
+    message
+        .lines()
+        .map(str::trim)
+        .filter(|line| {
+            !line.is_empty()
+                && !line.starts_with('|')
+                && !line
+                    .split_once('|')
+                    .is_some_and(|(before, _)| before.trim().chars().all(|c| c.is_ascii_digit()))
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use figment::Jail;
+
+    use super::*;
+
+    /// Runs `test` in a jail (its own working folder and environment), turning our errors
+    /// into figment's so that `?` works.
+    // The size of figment's error is figment's choice; `Jail` requires it.
+    #[allow(clippy::result_large_err)]
+    fn jailed(test: impl FnOnce(&mut Jail) -> Result<(), String>) {
+        Jail::expect_with(|jail| test(jail).map_err(figment::Error::from));
+    }
+
+    fn load(path: Option<&Path>) -> Result<Config, String> {
+        Config::load(path).map_err(|error| error.to_string())
+    }
+
+    #[test]
+    fn with_no_file_there_is_one_debug_application_on_a_local_sqlite_file() {
+        jailed(|_| {
+            let config = load(None)?;
+
+            assert_eq!(config, Config::default());
+            assert_eq!(config.listen, "127.0.0.1:8080");
+            assert_eq!(config.database.url, "sqlite://clarion.db");
+            assert_eq!(config.worker, WorkerConfig::default());
+            assert_eq!(config.file, None);
+            let apps: Vec<(String, SenderKind)> = config
+                .applications()
+                .iter()
+                .map(|app| (app.id.to_string(), app.sender))
+                .collect();
+            assert_eq!(apps, [("default".to_owned(), SenderKind::Debug)]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_toml_file_sets_every_section() {
+        jailed(|jail| {
+            jail.create_file(
+                "clarion.toml",
+                r#"
+                listen = "0.0.0.0:9000"
+                [database]
+                url = "sqlite:///var/lib/clarion/clarion.db"
+                [worker]
+                enabled = false
+                poll_interval_secs = 2
+                batch_size = 10
+                lease_secs = 30
+                [tls]
+                extra_ca_certs = ["ca.pem"]
+                [apps.shop]
+                sender = "direct"
+                retry = { max_attempts = 2, base_delay = 10 }
+                [apps.shop.apns]
+                team_id = "TEAM123456"
+                key_id = "KEY1234567"
+                key = { file = "apns.p8" }
+                topic = "com.example.shop"
+                environment = "sandbox"
+                [apps.shop.webpush]
+                vapid_private_key = { env = "SHOP_VAPID" }
+                subject = "mailto:ops@example.com"
+                allow_private_endpoints = true
+                [apps.news]
+                sender = "onesignal"
+                [apps.news.onesignal]
+                app_id = "b2f7f966-d8cc-11e4-bed1-df8f05be55ba"
+                api_key = "inline-api-key"
+                "#,
+            )
+            .map_err(|e| e.to_string())?;
+
+            let config = load(None)?;
+
+            assert_eq!(config.file, Some(PathBuf::from("clarion.toml")));
+            assert_eq!(config.listen, "0.0.0.0:9000");
+            assert!(!config.worker.enabled);
+            assert_eq!(config.worker.batch_size, 10);
+            assert_eq!(config.tls.extra_ca_certs, [PathBuf::from("ca.pem")]);
+            let shop = &config.apps["shop"];
+            assert_eq!(shop.retry.max_attempts, 2);
+            let apns = shop.apns.as_ref().unwrap();
+            assert_eq!(apns.environment, ApnsEnvironment::Sandbox);
+            assert_eq!(apns.key, Some(Secret::File("apns.p8".into())));
+            let news = &config.apps["news"];
+            assert_eq!(news.onesignal.as_ref().unwrap().language, "en");
+            let apps = config.applications();
+            let shop = apps.get("shop").unwrap();
+            assert_eq!(shop.endpoint_policy, EndpointPolicy::AllowPrivate);
+            assert_eq!(shop.apns.as_ref().unwrap().topic, "com.example.shop");
+            let news = apps.get("news").unwrap();
+            assert_eq!(news.sender, SenderKind::Onesignal);
+            assert_eq!(news.onesignal.as_ref().unwrap().language, "en");
+            assert!(apps.get("default").is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_variables_override_the_file() {
+        jailed(|jail| {
+            jail.create_file(
+                "custom.toml",
+                "listen = \"127.0.0.1:1\"\n[apps.shop]\nsender = \"direct\"\n",
+            )
+            .map_err(|e| e.to_string())?;
+            jail.set_env("CLARION_CONFIG", "custom.toml");
+            jail.set_env("CLARION_LISTEN", "127.0.0.1:2");
+            jail.set_env("CLARION_DEBUG", "true");
+            jail.set_env("CLARION_WORKER__POLL_INTERVAL_SECS", "7");
+            jail.set_env("CLARION_APPS__SHOP__SENDER", "debug");
+            jail.set_env("CLARION_APPS__SHOP__RETRY__MAX_ATTEMPTS", "9");
+            // Not configuration keys: the CLI's own variables must not be refused.
+            jail.set_env("CLARION_API_KEY", "not-a-config-key");
+
+            let config = load(None)?;
+
+            assert_eq!(config.file, Some(PathBuf::from("custom.toml")));
+            assert_eq!(config.listen, "127.0.0.1:2");
+            assert!(config.debug);
+            assert_eq!(config.worker.poll_interval_secs, 7);
+            assert_eq!(config.apps["shop"].sender, SenderKind::Debug);
+            assert_eq!(config.apps["shop"].retry.max_attempts, 9);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn clarion_database_url_sets_the_database_url() {
+        jailed(|jail| {
+            jail.set_env("CLARION_DATABASE_URL", "sqlite:///tmp/other.db");
+
+            let config = load(None)?;
+
+            assert_eq!(config.database.url, "sqlite:///tmp/other.db");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_named_file_that_does_not_exist_is_an_error() {
+        jailed(|_| {
+            let error = load(Some(Path::new("missing.toml"))).unwrap_err();
+
+            assert_eq!(error, "configuration file missing.toml not found");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_naming_the_file_and_the_key() {
+        jailed(|jail| {
+            jail.create_file("clarion.toml", "[worker]\npoll_interval = 3\n")
+                .map_err(|e| e.to_string())?;
+
+            let error = load(None).unwrap_err();
+
+            assert!(error.contains("clarion.toml"), "{error}");
+            assert!(error.contains("worker.poll_interval"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn an_unknown_environment_key_names_the_variable() {
+        jailed(|jail| {
+            jail.set_env("CLARION_WORKER__SPEED", "3");
+
+            let error = load(None).unwrap_err();
+
+            assert!(error.contains("worker.speed"), "{error}");
+            assert!(error.contains("environment variable"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn invalid_values_are_refused_by_key() {
+        let cases = [
+            ("listen = \"localhost\"\n", "listen"),
+            ("[database]\nurl = \"mysql://db\"\n", "database.url"),
+            (
+                "[worker]\npoll_interval_secs = 0\n",
+                "worker.poll_interval_secs",
+            ),
+            ("[apps.Shop]\nsender = \"debug\"\n", "apps.Shop"),
+            (
+                "[apps.shop.retry]\nmax_attempts = 0\n",
+                "retry.max_attempts must be at least 1",
+            ),
+            ("[apps.shop]\nsender = \"onesignal\"\n", "apps.shop.sender"),
+            (
+                "[apps.shop]\nsender = \"carrier-pigeon\"\n",
+                "apps.shop.sender",
+            ),
+            (
+                "[apps.shop.apns]\nteam_id = \"T\"\n",
+                "apps.shop.apns.topic",
+            ),
+        ];
+        for (file, expected) in cases {
+            jailed(|jail| {
+                jail.create_file("clarion.toml", file)
+                    .map_err(|e| e.to_string())?;
+
+                let error = load(None).unwrap_err();
+
+                assert!(error.contains(expected), "{file}: {error}");
+                assert!(error.contains("clarion.toml"), "{file}: {error}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_does_not_quote_the_line() {
+        jailed(|jail| {
+            jail.create_file(
+                "clarion.toml",
+                "[apps.shop.onesignal]\napi_key = \"top-secret-key\" oops\n",
+            )
+            .map_err(|e| e.to_string())?;
+
+            let error = load(None).unwrap_err();
+
+            assert!(error.contains("line 2"), "{error}");
+            assert!(!error.contains("top-secret-key"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn debug_true_turns_every_sender_into_debug() {
+        jailed(|jail| {
+            jail.create_file(
+                "clarion.toml",
+                r#"
+                debug = true
+                [apps.shop]
+                sender = "direct"
+                [apps.news]
+                sender = "onesignal"
+                onesignal = { app_id = "x", api_key = "k" }
+                "#,
+            )
+            .map_err(|e| e.to_string())?;
+
+            let config = load(None)?;
+
+            let senders: Vec<SenderKind> =
+                config.applications().iter().map(|app| app.sender).collect();
+            assert_eq!(senders, [SenderKind::Debug, SenderKind::Debug]);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_come_inline_from_a_file_or_from_the_environment() {
+        jailed(|jail| {
+            jail.create_file("key.txt", "from-file\n")
+                .map_err(|e| e.to_string())?;
+            jail.set_env("SHOP_KEY", "from-env");
+
+            let inline = Secret::Inline("inline".to_owned());
+            let file = Secret::File("key.txt".into());
+            let env = Secret::Env("SHOP_KEY".to_owned());
+
+            assert_eq!(inline.expose().unwrap(), "inline");
+            assert_eq!(file.expose().unwrap(), "from-file");
+            assert_eq!(env.expose().unwrap(), "from-env");
+            let missing = Secret::Env("CLARION_TEST_UNSET".to_owned())
+                .expose()
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                missing,
+                "environment variable CLARION_TEST_UNSET is not set"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_secret_takes_exactly_one_source() {
+        jailed(|jail| {
+            jail.create_file(
+                "clarion.toml",
+                "[apps.shop]\nclient_token_secret = { file = \"a\", env = \"B\" }\n",
+            )
+            .map_err(|e| e.to_string())?;
+
+            let error = load(None).unwrap_err();
+
+            assert!(error.contains("exactly one"), "{error}");
+            assert!(error.contains("apps.shop.client_token_secret"), "{error}");
+            Ok(())
+        });
+    }
+
+    fn config_with_secrets() -> Config {
+        let mut config = Config::default();
+        config.database.url = "postgres://clarion:db-password@db/clarion".to_owned();
+        config.apps.insert(
+            "shop".to_owned(),
+            AppConfig {
+                onesignal: Some(OneSignalConfig {
+                    app_id: "app".to_owned(),
+                    api_key: Secret::Inline("inline-api-key".to_owned()),
+                    language: "en".to_owned(),
+                    endpoint: None,
+                    timeout_secs: None,
+                }),
+                fcm: Some(FcmConfig {
+                    service_account: Secret::File("sa.json".into()),
+                    endpoint: None,
+                    timeout_secs: Some(5),
+                }),
+                client_token_secret: Some(Secret::Env("SHOP_JWT".to_owned())),
+                ..AppConfig::default()
+            },
+        );
+        config
+    }
+
+    #[test]
+    fn secrets_are_never_printed_by_debug_or_redacted_toml() {
+        let config = config_with_secrets();
+
+        let debug = format!("{config:?}");
+        let toml = config.redacted_toml();
+
+        for shown in [&debug, &toml] {
+            assert!(!shown.contains("inline-api-key"), "{shown}");
+            assert!(!shown.contains("db-password"), "{shown}");
+            assert!(shown.contains("[redacted]"), "{shown}");
+            assert!(shown.contains("sa.json"), "{shown}");
+            assert!(shown.contains("SHOP_JWT"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn redacted_toml_reads_back_as_the_same_configuration_but_for_secrets() {
+        let config = Config::default();
+
+        let toml = config.redacted_toml();
+        let back: Config = toml::from_str(&toml).unwrap();
+
+        assert_eq!(back, config, "{toml}");
+    }
+
+    #[test]
+    fn check_reports_each_secret_without_its_value() {
+        jailed(|jail| {
+            jail.create_file(
+                "sa.json",
+                r#"{"project_id": "p", "client_email": "e@p.iam.gserviceaccount.com", "private_key": "pk-secret"}"#,
+            )
+            .map_err(|e| e.to_string())?;
+            let mut config = config_with_secrets();
+            config.tls.extra_ca_certs = vec!["missing-ca.pem".into()];
+
+            let items = config.check();
+
+            let find = |subject: &str| {
+                items
+                    .iter()
+                    .find(|item| item.subject == subject)
+                    .unwrap_or_else(|| panic!("no {subject} in {items:?}"))
+                    .clone()
+            };
+            let database = find("database.url");
+            assert!(!database.ok);
+            assert!(database.detail.contains("PostgreSQL support arrives"));
+            assert!(find("apps.shop.onesignal.api_key").ok);
+            assert!(find("apps.shop.fcm.service_account").ok);
+            assert!(find("apps.shop.fcm.service_account (content)").ok);
+            let jwt = find("apps.shop.client_token_secret");
+            assert!(!jwt.ok);
+            assert!(jwt.detail.contains("SHOP_JWT"));
+            assert!(!find("tls.extra_ca_certs[0]").ok);
+            let all = format!("{items:?}");
+            assert!(
+                !all.contains("inline-api-key") && !all.contains("pk-secret"),
+                "{all}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn check_refuses_a_service_account_without_its_fields() {
+        jailed(|jail| {
+            jail.create_file("sa.json", r#"{"type": "service_account"}"#)
+                .map_err(|e| e.to_string())?;
+
+            let items = config_with_secrets().check();
+
+            let content = items
+                .iter()
+                .find(|item| item.subject == "apps.shop.fcm.service_account (content)")
+                .unwrap();
+            assert!(!content.ok);
+            assert!(
+                content.detail.contains("project_id or client_email"),
+                "{content:?}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_password_in_a_database_url_is_redacted() {
+        assert_eq!(
+            redact_url("postgres://clarion:p@ss/word@db:5432/clarion"),
+            "postgres://clarion:[redacted]@db:5432/clarion"
+        );
+        assert_eq!(redact_url("sqlite://clarion.db"), "sqlite://clarion.db");
+        assert_eq!(
+            redact_url("postgres://clarion@db/x"),
+            "postgres://clarion@db/x"
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! [`DeviceStore`] on SQLite.
+
+use async_trait::async_trait;
+use clarion_domain::device::{Device, DeviceFilter, NewDevice, Registration};
+use clarion_domain::ids::{AppId, DeviceId};
+use clarion_domain::ports::{DeviceStore, StoreError};
+use clarion_domain::token::DeviceToken;
+use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
+use time::OffsetDateTime;
+
+use crate::sqlite::rows::{DEVICE_COLUMNS, DeviceRow, millis};
+use crate::sqlite::{SqliteStore, db_error};
+
+/// The default and the largest page of `list_devices`.
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
+
+/// How often a registration retries after losing a race with another registration of the
+/// same token (the update found nothing, then the insert found the row).
+const REGISTER_ROUNDS: usize = 3;
+
+fn keys(token: &DeviceToken) -> (Option<&str>, Option<&str>) {
+    match token {
+        DeviceToken::Webpush { subscription } => {
+            (Some(subscription.p256dh()), Some(subscription.auth()))
+        }
+        DeviceToken::Apns { .. } | DeviceToken::Fcm { .. } => (None, None),
+    }
+}
+
+impl SqliteStore {
+    /// Updates the device with the same application, platform and token, if there is one.
+    async fn reregister(
+        &self,
+        device: &NewDevice,
+        now: i64,
+    ) -> Result<Option<DeviceRow>, StoreError> {
+        let (p256dh, auth) = keys(&device.token);
+        let sql = format!(
+            "UPDATE devices SET user_id = ?, name = ?, device_id = ?, p256dh = ?, auth = ?, \
+             active = 1, deactivated_at = NULL, deactivation_reason = NULL, updated_at = ? \
+             WHERE app = ? AND platform = ? AND token_key = ? RETURNING {DEVICE_COLUMNS}"
+        );
+        sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
+            .bind(device.user_id.as_ref().map(|u| u.as_str().to_owned()))
+            .bind(device.name.clone())
+            .bind(device.device_id.clone())
+            .bind(p256dh.map(str::to_owned))
+            .bind(auth.map(str::to_owned))
+            .bind(now)
+            .bind(device.app.as_str().to_owned())
+            .bind(device.token.platform().as_str())
+            .bind(device.token.key().to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("failed to update a registered device"))
+    }
+
+    /// Inserts the device unless one with the same token appeared meanwhile.
+    async fn insert_device(
+        &self,
+        device: &NewDevice,
+        now: i64,
+    ) -> Result<Option<DeviceRow>, StoreError> {
+        let (p256dh, auth) = keys(&device.token);
+        let sql = format!(
+            "INSERT INTO devices (app, platform, token_key, p256dh, auth, name, active, \
+             user_id, device_id, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?) \
+             ON CONFLICT (app, platform, token_key) DO NOTHING RETURNING {DEVICE_COLUMNS}"
+        );
+        sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
+            .bind(device.app.as_str().to_owned())
+            .bind(device.token.platform().as_str())
+            .bind(device.token.key().to_owned())
+            .bind(p256dh.map(str::to_owned))
+            .bind(auth.map(str::to_owned))
+            .bind(device.name.clone())
+            .bind(device.user_id.as_ref().map(|u| u.as_str().to_owned()))
+            .bind(device.device_id.clone())
+            .bind(now)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("failed to insert a device"))
+    }
+}
+
+#[async_trait]
+impl DeviceStore for SqliteStore {
+    async fn register_device(
+        &self,
+        device: &NewDevice,
+        now: OffsetDateTime,
+    ) -> Result<(Device, Registration), StoreError> {
+        let now = millis(now);
+        // Each statement is atomic on its own: an update of the existing row, else an insert
+        // that does nothing if a concurrent registration inserted the row first, in which
+        // case the next round updates it.
+        for _ in 0..REGISTER_ROUNDS {
+            if let Some(row) = self.reregister(device, now).await? {
+                return Ok((row.into_domain()?, Registration::Updated));
+            }
+            if let Some(row) = self.insert_device(device, now).await? {
+                return Ok((row.into_domain()?, Registration::Created));
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "the {} token of application {} is being registered concurrently",
+            device.token.platform(),
+            device.app
+        )))
+    }
+
+    async fn get_device(&self, app: &AppId, id: DeviceId) -> Result<Option<Device>, StoreError> {
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE app = ? AND id = ?");
+        sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
+            .bind(app.as_str().to_owned())
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("failed to read a device"))?
+            .map(DeviceRow::into_domain)
+            .transpose()
+    }
+
+    async fn get_devices(&self, app: &AppId, ids: &[DeviceId]) -> Result<Vec<Device>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut query = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE app = "
+        ));
+        query.push_bind(app.as_str().to_owned());
+        query.push(" AND id IN (");
+        let mut list = query.separated(", ");
+        for id in ids {
+            list.push_bind(id.0);
+        }
+        query.push(") ORDER BY id");
+        query
+            .build_query_as::<DeviceRow>()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("failed to read devices"))?
+            .into_iter()
+            .map(DeviceRow::into_domain)
+            .collect()
+    }
+
+    async fn list_devices(
+        &self,
+        app: &AppId,
+        filter: &DeviceFilter,
+    ) -> Result<Vec<Device>, StoreError> {
+        let mut query = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE app = "
+        ));
+        query.push_bind(app.as_str().to_owned());
+        if let Some(user) = &filter.user_id {
+            query
+                .push(" AND user_id = ")
+                .push_bind(user.as_str().to_owned());
+        }
+        if let Some(platform) = filter.platform {
+            query.push(" AND platform = ").push_bind(platform.as_str());
+        }
+        if let Some(active) = filter.active {
+            query.push(" AND active = ").push_bind(active);
+        }
+        if let Some(after) = filter.after {
+            query.push(" AND id > ").push_bind(after.0);
+        }
+        let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+        query
+            .push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(limit));
+        query
+            .build_query_as::<DeviceRow>()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("failed to list devices"))?
+            .into_iter()
+            .map(DeviceRow::into_domain)
+            .collect()
+    }
+
+    async fn deactivate_device(
+        &self,
+        app: &AppId,
+        id: DeviceId,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let now = millis(now);
+        let done = sqlx::query(
+            "UPDATE devices SET active = 0, deactivated_at = ?, deactivation_reason = ?, \
+             updated_at = ? WHERE app = ? AND id = ?",
+        )
+        .bind(now)
+        .bind(reason.to_owned())
+        .bind(now)
+        .bind(app.as_str().to_owned())
+        .bind(id.0)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("failed to deactivate a device"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn delete_device(&self, app: &AppId, id: DeviceId) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM devices WHERE app = ? AND id = ?")
+            .bind(app.as_str().to_owned())
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("failed to delete a device"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn deactivate_dead_devices(
+        &self,
+        app: &AppId,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let now = millis(now);
+        // The latest delivery must also be newer than the device's last update, so that a
+        // device registered again after its token was reported dead stays active.
+        let done = sqlx::query(
+            "UPDATE devices SET active = 0, deactivated_at = ?, \
+             deactivation_reason = 'dead token', updated_at = ? \
+             WHERE app = ? AND active = 1 AND EXISTS ( \
+                 SELECT 1 FROM deliveries d WHERE d.id = ( \
+                     SELECT MAX(l.id) FROM deliveries l WHERE l.device_id = devices.id) \
+                 AND d.state = 'dead_token' AND d.updated_at > devices.updated_at)",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(app.as_str().to_owned())
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("failed to deactivate dead devices"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn delete_inactive_devices(
+        &self,
+        app: &AppId,
+        before: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM devices WHERE app = ? AND active = 0 AND deactivated_at < ?")
+                .bind(app.as_str().to_owned())
+                .bind(millis(before))
+                .execute(&self.pool)
+                .await
+                .map_err(db_error("failed to delete inactive devices"))?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,396 @@
+//! [`MessageStore`] on SQLite: messages, their related objects and deliveries, and the claim
+//! of due messages with a lease.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use clarion_domain::ids::{AppId, MessageId, RelatedObject, Slug};
+use clarion_domain::message::{Delivery, DeliveryState, Message};
+use clarion_domain::ports::{Lease, MessageFilter, MessageStore, NewMessage, StoreError};
+use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection};
+use time::OffsetDateTime;
+
+use crate::sqlite::rows::{
+    DELIVERY_COLUMNS, DeliveryRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text, millis,
+    opt_json_text, opt_millis, target_columns,
+};
+use crate::sqlite::{SqliteStore, db_error};
+
+/// The default and the largest page of `list_messages`.
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 1000;
+
+/// The condition that makes a message due at the time bound to its one parameter.
+const DUE: &str = "(state = 'WAITING' OR (state = 'ERROR_RETRY' \
+    AND (next_attempt_at IS NULL OR next_attempt_at <= ?)))";
+
+impl SqliteStore {
+    /// Loads the messages with the given ids, each with its related objects and deliveries,
+    /// in three queries. The result follows `ids`' order; missing ids are skipped.
+    async fn load_messages(&self, ids: &[i64]) -> Result<Vec<Message>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<MessageRow> = select_in(
+            &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN ("),
+            ids,
+            ")",
+        )
+        .build_query_as()
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("failed to read messages"))?;
+
+        let related_rows: Vec<RelatedRow> = select_in(
+            "SELECT id, message_id, kind, object_id FROM message_related_objects \
+             WHERE message_id IN (",
+            ids,
+            ") ORDER BY id",
+        )
+        .build_query_as()
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("failed to read related objects"))?;
+        let mut related: HashMap<MessageId, Vec<RelatedObject>> = HashMap::new();
+        for row in related_rows {
+            let (message, object) = row.into_domain()?;
+            related.entry(message).or_default().push(object);
+        }
+
+        let delivery_rows: Vec<DeliveryRow> = select_in(
+            &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id IN ("),
+            ids,
+            ") ORDER BY id",
+        )
+        .build_query_as()
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("failed to read deliveries"))?;
+        let mut deliveries: HashMap<MessageId, Vec<Delivery>> = HashMap::new();
+        for row in delivery_rows {
+            let delivery = row.into_domain()?;
+            deliveries
+                .entry(delivery.message_id)
+                .or_default()
+                .push(delivery);
+        }
+
+        let mut by_id = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id = MessageId(row.id);
+            let mut message = row.into_domain(related.remove(&id).unwrap_or_default())?;
+            message.deliveries = deliveries.remove(&id).unwrap_or_default();
+            by_id.insert(id, message);
+        }
+        Ok(ids
+            .iter()
+            .filter_map(|id| by_id.remove(&MessageId(*id)))
+            .collect())
+    }
+}
+
+/// `head` followed by the bound ids separated by commas, then `tail`.
+fn select_in(head: &str, ids: &[i64], tail: &str) -> QueryBuilder<Sqlite> {
+    let mut query = QueryBuilder::<Sqlite>::new(head);
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    query.push(tail);
+    query
+}
+
+/// Writes one delivery unless it is already accepted or debug, which are final.
+async fn write_delivery(
+    conn: &mut SqliteConnection,
+    delivery: &Delivery,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE deliveries SET state = ?, attempts = ?, provider_id = ?, error_code = ?, \
+         error_text = ?, details = ?, updated_at = ? \
+         WHERE id = ? AND state NOT IN ('accepted', 'debug')",
+    )
+    .bind(delivery.state.as_str())
+    .bind(i64::from(delivery.attempts))
+    .bind(delivery.provider_id.clone())
+    .bind(delivery.error_code.clone())
+    .bind(delivery.error_text.clone())
+    .bind(opt_json_text(delivery.details.as_ref())?)
+    .bind(millis(delivery.updated_at))
+    .bind(delivery.id.0)
+    .execute(conn)
+    .await
+    .map_err(db_error("failed to record a delivery"))?;
+    Ok(())
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError> {
+        let spec = &message.spec;
+        let (target_kind, recipient, target_json) = target_columns(&spec.target)?;
+        let now = millis(message.now);
+        let progress = &message.progress;
+
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error("failed to begin a transaction"))?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO messages (app, target_kind, recipient, target_json, heading, body, url, \
+             extra_data, template_slug, tag, priority, options, retry_sending, sender, state, \
+             error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
+             extra_sender_data, created_at, changed_at, lease_owner, lease_until) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?) \
+             RETURNING id",
+        )
+        .bind(spec.app.as_str().to_owned())
+        .bind(target_kind)
+        .bind(recipient)
+        .bind(target_json)
+        .bind(spec.content.heading.clone())
+        .bind(spec.content.body.clone())
+        .bind(spec.content.url.clone())
+        .bind(opt_json_text(spec.content.extra_data.as_ref())?)
+        .bind(spec.template_slug.as_ref().map(|s| s.as_str().to_owned()))
+        .bind(spec.tag.as_ref().map(|t| t.as_str().to_owned()))
+        .bind(spec.priority.as_str())
+        .bind(json_text(&spec.options)?)
+        .bind(spec.retry_sending)
+        .bind(message.sender.as_str())
+        .bind(progress.state.as_str())
+        .bind(progress.error.clone())
+        .bind(i64::from(progress.number_of_send_attempts))
+        .bind(opt_millis(progress.next_attempt_at))
+        .bind(opt_millis(progress.sent_at))
+        .bind(millis(progress.queued_at))
+        .bind(now)
+        .bind(now)
+        .bind(message.lease.as_ref().map(|l| l.owner.clone()))
+        .bind(message.lease.as_ref().map(|l| millis(l.until)))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error("failed to insert a message"))?;
+
+        for object in &spec.related_objects {
+            sqlx::query(
+                "INSERT INTO message_related_objects (message_id, kind, object_id) \
+                 VALUES (?, ?, ?)",
+            )
+            .bind(id)
+            .bind(object.kind().to_owned())
+            .bind(object.object_id().to_owned())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("failed to insert a related object"))?;
+        }
+        for (channel, device) in &message.deliveries {
+            sqlx::query(
+                "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, \
+                 updated_at) VALUES (?, ?, ?, ?, 0, ?)",
+            )
+            .bind(id)
+            .bind(device.map(|d| d.0))
+            .bind(channel.as_str())
+            .bind(DeliveryState::Pending.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("failed to insert a delivery"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(db_error("failed to commit a message"))?;
+
+        self.load_messages(&[id]).await?.pop().ok_or_else(|| {
+            StoreError::Unknown(anyhow::anyhow!("message {id} vanished after insert"))
+        })
+    }
+
+    async fn get_message(&self, app: &AppId, id: MessageId) -> Result<Option<Message>, StoreError> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM messages WHERE app = ? AND id = ?")
+                .bind(app.as_str().to_owned())
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error("failed to read a message"))?;
+        let Some(id) = found else {
+            return Ok(None);
+        };
+        Ok(self.load_messages(&[id]).await?.pop())
+    }
+
+    async fn list_messages(&self, filter: &MessageFilter) -> Result<Vec<Message>, StoreError> {
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT id FROM messages WHERE 1 = 1");
+        if let Some(app) = &filter.app {
+            query.push(" AND app = ").push_bind(app.as_str().to_owned());
+        }
+        if let Some(state) = filter.state {
+            query.push(" AND state = ").push_bind(state.as_str());
+        }
+        if let Some(tag) = &filter.tag {
+            query.push(" AND tag = ").push_bind(tag.as_str().to_owned());
+        }
+        if let Some(recipient) = &filter.recipient {
+            query
+                .push(" AND recipient = ")
+                .push_bind(recipient.as_str().to_owned());
+        }
+        if let Some(related) = &filter.related {
+            query
+                .push(
+                    " AND EXISTS (SELECT 1 FROM message_related_objects r \
+                     WHERE r.message_id = messages.id AND r.kind = ",
+                )
+                .push_bind(related.kind().to_owned())
+                .push(" AND r.object_id = ")
+                .push_bind(related.object_id().to_owned())
+                .push(")");
+        }
+        if let Some(after) = filter.created_after {
+            query.push(" AND created_at >= ").push_bind(millis(after));
+        }
+        if let Some(before) = filter.created_before {
+            query.push(" AND created_at < ").push_bind(millis(before));
+        }
+        if let Some(before) = filter.before {
+            query.push(" AND id < ").push_bind(before.0);
+        }
+        let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit));
+        let ids: Vec<i64> = query
+            .build_query_scalar()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("failed to list messages"))?;
+        self.load_messages(&ids).await
+    }
+
+    async fn claim_due(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        lease: &Lease,
+    ) -> Result<Vec<Message>, StoreError> {
+        let now = millis(now);
+        // One statement, so SQLite's write lock makes the choice and the claim atomic: no
+        // other connection can claim the same rows in between.
+        let sql = format!(
+            "UPDATE messages SET lease_owner = ?, lease_until = ? WHERE id IN ( \
+                 SELECT id FROM messages WHERE {DUE} \
+                 AND (lease_until IS NULL OR lease_until <= ?) ORDER BY id LIMIT ?) \
+             RETURNING id"
+        );
+        let mut ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(lease.owner.clone())
+            .bind(millis(lease.until))
+            .bind(now)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("failed to claim due messages"))?;
+        ids.sort_unstable();
+        self.load_messages(&ids).await
+    }
+
+    async fn record_delivery(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_error("failed to get a database connection"))?;
+        write_delivery(&mut conn, delivery).await
+    }
+
+    async fn save_progress(&self, message: &Message) -> Result<(), StoreError> {
+        let progress = message.progress();
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error("failed to begin a transaction"))?;
+        sqlx::query(
+            "UPDATE messages SET state = ?, error = ?, number_of_send_attempts = ?, \
+             next_attempt_at = ?, sent_at = ?, queued_at = ?, extra_sender_data = ?, \
+             changed_at = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
+        )
+        .bind(progress.state.as_str())
+        .bind(progress.error.clone())
+        .bind(i64::from(progress.number_of_send_attempts))
+        .bind(opt_millis(progress.next_attempt_at))
+        .bind(opt_millis(progress.sent_at))
+        .bind(millis(progress.queued_at))
+        .bind(opt_json_text(message.extra_sender_data.as_ref())?)
+        .bind(millis(message.changed_at))
+        .bind(message.id.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error("failed to save a message's progress"))?;
+        for delivery in &message.deliveries {
+            write_delivery(&mut tx, delivery).await?;
+        }
+        tx.commit()
+            .await
+            .map_err(db_error("failed to commit a message's progress"))
+    }
+
+    async fn find_template_message(
+        &self,
+        app: &AppId,
+        slug: &Slug,
+        related: &[RelatedObject],
+    ) -> Result<Option<MessageId>, StoreError> {
+        let mut query = QueryBuilder::<Sqlite>::new("SELECT id FROM messages WHERE app = ");
+        query.push_bind(app.as_str().to_owned());
+        query
+            .push(" AND template_slug = ")
+            .push_bind(slug.as_str().to_owned());
+        for object in related {
+            query
+                .push(
+                    " AND EXISTS (SELECT 1 FROM message_related_objects r \
+                     WHERE r.message_id = messages.id AND r.kind = ",
+                )
+                .push_bind(object.kind().to_owned())
+                .push(" AND r.object_id = ")
+                .push_bind(object.object_id().to_owned())
+                .push(")");
+        }
+        query.push(" ORDER BY id DESC LIMIT 1");
+        let id: Option<i64> = query
+            .build_query_scalar()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("failed to look for a template's message"))?;
+        Ok(id.map(MessageId))
+    }
+
+    async fn count_due(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let sql = format!("SELECT COUNT(*) FROM messages WHERE {DUE}");
+        let count: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(millis(now))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error("failed to count due messages"))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clarion_domain::message::MessageState;
+
+    use super::DUE;
+
+    #[test]
+    fn the_due_condition_spells_the_domain_state_names() {
+        for state in [MessageState::Waiting, MessageState::ErrorRetry] {
+            assert!(DUE.contains(&format!("'{state}'")), "{state}");
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The SQLite store: devices, messages with their deliveries and related objects, and
+//! templates, in one file (WAL mode) that is created and migrated on connect.
+
+mod devices;
+mod messages;
+mod rows;
+mod templates;
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clarion_domain::ports::StoreError;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Row as _};
+
+/// How long a statement waits for another connection's write lock before it fails.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections of a file database; SQLite serialises writers, so a few suffice.
+const FILE_POOL_SIZE: u32 = 8;
+
+/// The SQLite implementation of the storage ports. Cloning it shares the connection pool.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating it if missing) and migrates the database named by `url_or_path`:
+    /// `sqlite://path`, `sqlite:path`, a plain path, or `sqlite::memory:`.
+    ///
+    /// # Errors
+    /// When the URL is malformed, the file cannot be opened or a migration fails.
+    pub async fn connect(url_or_path: &str) -> anyhow::Result<SqliteStore> {
+        let (options, in_memory) = connect_options(url_or_path)?;
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT)
+            .synchronous(SqliteSynchronous::Normal);
+        // An in-memory database lives as long as its connections: one connection that is
+        // never closed keeps every query on the same database.
+        let pool_options = if in_memory {
+            SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+        } else {
+            SqlitePoolOptions::new().max_connections(FILE_POOL_SIZE)
+        };
+        let pool = pool_options
+            .connect_with(options)
+            .await
+            .with_context(|| format!("failed to open the SQLite database {url_or_path}"))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&pool)
+            .await
+            .context("failed to migrate the SQLite database")?;
+        Ok(SqliteStore { pool })
+    }
+
+    /// The connection pool, for tests and maintenance.
+    #[must_use]
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// The number of rows of every table of Clarion's schema, by table name.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn table_counts(&self) -> anyhow::Result<BTreeMap<String, i64>> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT name FROM sqlite_master WHERE type = 'table' \
+             AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx_%' ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .context("failed to list the tables")?;
+        let mut counts = BTreeMap::new();
+        for name in names {
+            // The name comes from sqlite_master, not from a caller; quoting it is enough.
+            let sql = format!("SELECT COUNT(*) FROM \"{}\"", name.replace('"', "\"\""));
+            let row = sqlx::query(AssertSqlSafe(sql))
+                .fetch_one(&self.pool)
+                .await
+                .with_context(|| format!("failed to count the rows of {name}"))?;
+            let count: i64 = row
+                .try_get(0)
+                .with_context(|| format!("failed to count the rows of {name}"))?;
+            counts.insert(name, count);
+        }
+        Ok(counts)
+    }
+}
+
+/// Parses the accepted spellings of a database location; the flag says whether it is in
+/// memory.
+fn connect_options(url_or_path: &str) -> anyhow::Result<(SqliteConnectOptions, bool)> {
+    let trimmed = url_or_path.trim();
+    if trimmed.starts_with("sqlite:") {
+        let options = SqliteConnectOptions::from_str(trimmed)
+            .with_context(|| format!("invalid SQLite URL {trimmed:?}"))?;
+        let in_memory = trimmed == "sqlite::memory:"
+            || trimmed.starts_with("sqlite::memory:?")
+            || trimmed.contains("mode=memory");
+        return Ok((options, in_memory));
+    }
+    if trimmed == ":memory:" {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")
+            .context("invalid SQLite URL sqlite::memory:")?;
+        return Ok((options, true));
+    }
+    Ok((SqliteConnectOptions::new().filename(trimmed), false))
+}
+
+/// Turns a driver error into a store error: a unique violation is a conflict, a value that
+/// cannot be decoded is corrupt data, and the rest is unknown with `doing` as context.
+fn db_error(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |error| {
+        if let Some(db) = error.as_database_error()
+            && db.is_unique_violation()
+        {
+            return StoreError::Conflict(db.message().to_owned());
+        }
+        if let sqlx::Error::ColumnDecode { index, source } = &error {
+            return StoreError::Corrupt(format!("{doing}: column {index}: {source}"));
+        }
+        StoreError::Unknown(anyhow::Error::new(error).context(doing))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spelling_of_a_location_is_accepted() {
+        for (raw, memory) in [
+            ("sqlite://data/clarion.db", false),
+            ("sqlite:clarion.db", false),
+            ("clarion.db", false),
+            ("/var/lib/clarion/clarion.db", false),
+            ("sqlite::memory:", true),
+        ] {
+            let parsed = connect_options(raw).map(|(_, m)| m);
+            assert_eq!(parsed.ok(), Some(memory), "{raw}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_database_is_one_database_for_every_query() {
+        let store = SqliteStore::connect("sqlite::memory:")
+            .await
+            .expect("in-memory database");
+        sqlx::query("CREATE TABLE probe (x INTEGER)")
+            .execute(store.pool())
+            .await
+            .expect("create");
+        let counts = store.table_counts().await.expect("counts");
+        assert_eq!(counts.get("probe"), Some(&0));
+        assert_eq!(counts.get("devices"), Some(&0));
+    }
+}

@@ -1,0 +1,446 @@
+//! Rows as SQLite returns them, and their conversion into domain values. A row that does not
+//! parse is [`StoreError::Corrupt`] naming the table, the row id and the field.
+
+use std::fmt::Display;
+
+use clarion_domain::app::SenderKind;
+use clarion_domain::device::Device;
+use clarion_domain::ids::{
+    AppId, DeliveryId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId,
+};
+use clarion_domain::message::{
+    Channel, Content, Delivery, DeliveryState, Message, MessageSpec, MessageState, Priority,
+    Progress, PushOptions, Target,
+};
+use clarion_domain::ports::StoreError;
+use clarion_domain::template::Template;
+use clarion_domain::token::{DeviceToken, EndpointPolicy, Platform};
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+/// The columns of `devices` every device query selects, in [`DeviceRow`] order.
+pub(super) const DEVICE_COLUMNS: &str = "id, app, platform, token_key, p256dh, auth, name, \
+    active, user_id, device_id, created_at, updated_at, deactivated_at, deactivation_reason";
+
+/// The columns of `messages` every message query selects, in [`MessageRow`] order.
+pub(super) const MESSAGE_COLUMNS: &str = "id, app, target_kind, recipient, target_json, \
+    heading, body, url, extra_data, template_slug, tag, priority, options, retry_sending, \
+    sender, state, error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
+    extra_sender_data, created_at, changed_at";
+
+/// The columns of `deliveries` every delivery query selects, in [`DeliveryRow`] order.
+pub(super) const DELIVERY_COLUMNS: &str = "id, message_id, device_id, channel, state, attempts, \
+    provider_id, error_code, error_text, details, updated_at";
+
+/// The columns of `templates` every template query selects, in [`TemplateRow`] order.
+pub(super) const TEMPLATE_COLUMNS: &str =
+    "app, slug, body, heading, url, is_active, allow_duplicates, created_at, updated_at";
+
+/// A time as stored: unix milliseconds, UTC. Sub-millisecond precision is dropped.
+pub(super) fn millis(at: OffsetDateTime) -> i64 {
+    let ms = at.unix_timestamp_nanos().div_euclid(1_000_000);
+    i64::try_from(ms).unwrap_or(if ms < 0 { i64::MIN } else { i64::MAX })
+}
+
+pub(super) fn opt_millis(at: Option<OffsetDateTime>) -> Option<i64> {
+    at.map(millis)
+}
+
+/// JSON text of a value that serialises infallibly (maps and JSON values).
+pub(super) fn json_text(value: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(value)
+        .map_err(|e| StoreError::Unknown(anyhow::Error::new(e).context("failed to encode JSON")))
+}
+
+pub(super) fn opt_json_text<T: serde::Serialize>(
+    value: Option<&T>,
+) -> Result<Option<String>, StoreError> {
+    value.map(json_text).transpose()
+}
+
+/// Builds the corrupt-row error of one field.
+struct Field<'a> {
+    table: &'static str,
+    id: &'a dyn Display,
+}
+
+impl Field<'_> {
+    fn err(&self, field: &str, problem: impl Display) -> StoreError {
+        StoreError::Corrupt(format!(
+            "{} row {}: {field}: {problem}",
+            self.table, self.id
+        ))
+    }
+
+    fn time(&self, field: &str, ms: i64) -> Result<OffsetDateTime, StoreError> {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+            .map_err(|e| self.err(field, e))
+    }
+
+    fn opt_time(&self, field: &str, ms: Option<i64>) -> Result<Option<OffsetDateTime>, StoreError> {
+        ms.map(|ms| self.time(field, ms)).transpose()
+    }
+
+    fn json(&self, field: &str, raw: Option<&str>) -> Result<Option<Value>, StoreError> {
+        raw.map(|text| serde_json::from_str(text).map_err(|e| self.err(field, e)))
+            .transpose()
+    }
+
+    fn object(
+        &self,
+        field: &str,
+        raw: Option<&str>,
+    ) -> Result<Option<Map<String, Value>>, StoreError> {
+        match self.json(field, raw)? {
+            None => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(map)),
+            Some(_) => Err(self.err(field, "not a JSON object")),
+        }
+    }
+
+    fn count(&self, field: &str, raw: i64) -> Result<u32, StoreError> {
+        u32::try_from(raw).map_err(|e| self.err(field, e))
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct DeviceRow {
+    pub id: i64,
+    pub app: String,
+    pub platform: String,
+    pub token_key: String,
+    pub p256dh: Option<String>,
+    pub auth: Option<String>,
+    pub name: Option<String>,
+    pub active: bool,
+    pub user_id: Option<String>,
+    pub device_id: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub deactivated_at: Option<i64>,
+    pub deactivation_reason: Option<String>,
+}
+
+impl DeviceRow {
+    pub(super) fn into_domain(self) -> Result<Device, StoreError> {
+        let f = Field {
+            table: "devices",
+            id: &self.id,
+        };
+        let platform: Platform = self.platform.parse().map_err(|e| f.err("platform", e))?;
+        // Stored tokens were validated on the way in; the endpoint policy was applied then.
+        let token = DeviceToken::parse(
+            platform,
+            &self.token_key,
+            self.p256dh.as_deref(),
+            self.auth.as_deref(),
+            EndpointPolicy::AllowPrivate,
+        )
+        .map_err(|e| f.err("token", e))?;
+        Ok(Device {
+            id: DeviceId(self.id),
+            app: AppId::parse(&self.app).map_err(|e| f.err("app", e))?,
+            token,
+            name: self.name,
+            active: self.active,
+            user_id: self
+                .user_id
+                .as_deref()
+                .map(UserId::parse)
+                .transpose()
+                .map_err(|e| f.err("user_id", e))?,
+            device_id: self.device_id,
+            created_at: f.time("created_at", self.created_at)?,
+            updated_at: f.time("updated_at", self.updated_at)?,
+            deactivated_at: f.opt_time("deactivated_at", self.deactivated_at)?,
+            deactivation_reason: self.deactivation_reason,
+        })
+    }
+}
+
+/// How a target is stored: its kind, the recipient column and the JSON column.
+pub(super) fn target_columns(
+    target: &Target,
+) -> Result<(&'static str, Option<String>, Option<String>), StoreError> {
+    match target {
+        Target::User { user_id } => Ok(("user", Some(user_id.as_str().to_owned()), None)),
+        Target::Devices { device_ids } => {
+            let ids: Vec<i64> = device_ids.iter().map(|d| d.0).collect();
+            Ok(("devices", None, Some(json_text(&ids)?)))
+        }
+        Target::Broadcast { platform } => {
+            let body = serde_json::json!({ "platform": platform.map(Platform::as_str) });
+            Ok(("broadcast", None, Some(json_text(&body)?)))
+        }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct MessageRow {
+    pub id: i64,
+    pub app: String,
+    pub target_kind: String,
+    pub recipient: Option<String>,
+    pub target_json: Option<String>,
+    pub heading: Option<String>,
+    pub body: String,
+    pub url: Option<String>,
+    pub extra_data: Option<String>,
+    pub template_slug: Option<String>,
+    pub tag: Option<String>,
+    pub priority: String,
+    pub options: String,
+    pub retry_sending: bool,
+    pub sender: String,
+    pub state: String,
+    pub error: Option<String>,
+    pub number_of_send_attempts: i64,
+    pub next_attempt_at: Option<i64>,
+    pub sent_at: Option<i64>,
+    pub queued_at: i64,
+    pub extra_sender_data: Option<String>,
+    pub created_at: i64,
+    pub changed_at: i64,
+}
+
+impl MessageRow {
+    /// The message without its deliveries; `related` are its related objects in order.
+    pub(super) fn into_domain(self, related: Vec<RelatedObject>) -> Result<Message, StoreError> {
+        let f = Field {
+            table: "messages",
+            id: &self.id,
+        };
+        let target = self.target(&f)?;
+        let spec = MessageSpec {
+            app: AppId::parse(&self.app).map_err(|e| f.err("app", e))?,
+            target,
+            content: Content {
+                heading: self.heading,
+                body: self.body,
+                url: self.url,
+                extra_data: f.object("extra_data", self.extra_data.as_deref())?,
+            },
+            template_slug: self
+                .template_slug
+                .as_deref()
+                .map(Slug::parse)
+                .transpose()
+                .map_err(|e| f.err("template_slug", e))?,
+            tag: self
+                .tag
+                .as_deref()
+                .map(Tag::parse)
+                .transpose()
+                .map_err(|e| f.err("tag", e))?,
+            priority: self
+                .priority
+                .parse::<Priority>()
+                .map_err(|e| f.err("priority", e))?,
+            options: serde_json::from_str::<PushOptions>(&self.options)
+                .map_err(|e| f.err("options", e))?,
+            related_objects: related,
+            retry_sending: self.retry_sending,
+        };
+        let sender: SenderKind = self.sender.parse().map_err(|e| f.err("sender", e))?;
+        let state: MessageState = self.state.parse().map_err(|e| f.err("state", e))?;
+        let progress = Progress {
+            state,
+            error: self.error,
+            number_of_send_attempts: f
+                .count("number_of_send_attempts", self.number_of_send_attempts)?,
+            next_attempt_at: f.opt_time("next_attempt_at", self.next_attempt_at)?,
+            sent_at: f.opt_time("sent_at", self.sent_at)?,
+            queued_at: f.time("queued_at", self.queued_at)?,
+        };
+        let mut message = Message::from_storage(
+            MessageId(self.id),
+            spec,
+            sender,
+            progress,
+            f.time("created_at", self.created_at)?,
+            f.time("changed_at", self.changed_at)?,
+        );
+        message.extra_sender_data =
+            f.json("extra_sender_data", self.extra_sender_data.as_deref())?;
+        Ok(message)
+    }
+
+    fn target(&self, f: &Field<'_>) -> Result<Target, StoreError> {
+        match self.target_kind.as_str() {
+            "user" => {
+                let raw = self
+                    .recipient
+                    .as_deref()
+                    .ok_or_else(|| f.err("recipient", "missing for a message to a user"))?;
+                let user_id = UserId::parse(raw).map_err(|e| f.err("recipient", e))?;
+                Ok(Target::User { user_id })
+            }
+            "devices" => {
+                let raw = self.target_json.as_deref().unwrap_or("null");
+                let ids: Vec<i64> =
+                    serde_json::from_str(raw).map_err(|e| f.err("target_json", e))?;
+                Ok(Target::Devices {
+                    device_ids: ids.into_iter().map(DeviceId).collect(),
+                })
+            }
+            "broadcast" => {
+                let value = f
+                    .json("target_json", self.target_json.as_deref())?
+                    .unwrap_or(Value::Null);
+                let platform = match value.get("platform") {
+                    None | Some(Value::Null) => None,
+                    Some(Value::String(name)) => Some(
+                        name.parse::<Platform>()
+                            .map_err(|e| f.err("target_json", e))?,
+                    ),
+                    Some(other) => {
+                        return Err(f.err("target_json", format!("platform is {other}")));
+                    }
+                };
+                Ok(Target::Broadcast { platform })
+            }
+            other => Err(f.err("target_kind", format!("unknown kind {other:?}"))),
+        }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct RelatedRow {
+    pub id: i64,
+    pub message_id: i64,
+    pub kind: String,
+    pub object_id: String,
+}
+
+impl RelatedRow {
+    pub(super) fn into_domain(self) -> Result<(MessageId, RelatedObject), StoreError> {
+        let f = Field {
+            table: "message_related_objects",
+            id: &self.id,
+        };
+        let object = RelatedObject::new(&self.kind, &self.object_id)
+            .map_err(|e| f.err("kind/object_id", e))?;
+        Ok((MessageId(self.message_id), object))
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct DeliveryRow {
+    pub id: i64,
+    pub message_id: i64,
+    pub device_id: Option<i64>,
+    pub channel: String,
+    pub state: String,
+    pub attempts: i64,
+    pub provider_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_text: Option<String>,
+    pub details: Option<String>,
+    pub updated_at: i64,
+}
+
+impl DeliveryRow {
+    pub(super) fn into_domain(self) -> Result<Delivery, StoreError> {
+        let f = Field {
+            table: "deliveries",
+            id: &self.id,
+        };
+        Ok(Delivery {
+            id: DeliveryId(self.id),
+            message_id: MessageId(self.message_id),
+            device_id: self.device_id.map(DeviceId),
+            channel: self
+                .channel
+                .parse::<Channel>()
+                .map_err(|e| f.err("channel", e))?,
+            state: self
+                .state
+                .parse::<DeliveryState>()
+                .map_err(|e| f.err("state", e))?,
+            attempts: f.count("attempts", self.attempts)?,
+            provider_id: self.provider_id,
+            error_code: self.error_code,
+            error_text: self.error_text,
+            details: f.json("details", self.details.as_deref())?,
+            updated_at: f.time("updated_at", self.updated_at)?,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct TemplateRow {
+    pub app: String,
+    pub slug: String,
+    pub body: String,
+    pub heading: Option<String>,
+    pub url: Option<String>,
+    pub is_active: bool,
+    pub allow_duplicates: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl TemplateRow {
+    pub(super) fn into_domain(self) -> Result<Template, StoreError> {
+        let key = format!("{}/{}", self.app, self.slug);
+        let f = Field {
+            table: "templates",
+            id: &key,
+        };
+        Ok(Template {
+            app: AppId::parse(&self.app).map_err(|e| f.err("app", e))?,
+            slug: Slug::parse(&self.slug).map_err(|e| f.err("slug", e))?,
+            body: self.body,
+            heading: self.heading,
+            url: self.url,
+            is_active: self.is_active,
+            allow_duplicates: self.allow_duplicates,
+            created_at: f.time("created_at", self.created_at)?,
+            updated_at: f.time("updated_at", self.updated_at)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn times_are_stored_as_milliseconds() {
+        let at = datetime!(2024-05-06 07:08:09.123456 UTC);
+        assert_eq!(millis(at), 1_714_979_289_123);
+        let f = Field { table: "t", id: &1 };
+        assert_eq!(
+            f.time("x", millis(at)).ok(),
+            Some(datetime!(2024-05-06 07:08:09.123 UTC))
+        );
+        assert_eq!(millis(datetime!(1969-12-31 23:59:59.9995 UTC)), -1);
+    }
+
+    #[test]
+    fn a_device_row_with_an_unknown_platform_is_corrupt_and_names_the_field() {
+        let row = DeviceRow {
+            id: 12,
+            app: "shop".into(),
+            platform: "pager".into(),
+            token_key: "x".into(),
+            p256dh: None,
+            auth: None,
+            name: None,
+            active: true,
+            user_id: None,
+            device_id: None,
+            created_at: 0,
+            updated_at: 0,
+            deactivated_at: None,
+            deactivation_reason: None,
+        };
+        match row.into_domain() {
+            Err(StoreError::Corrupt(text)) => {
+                assert!(text.starts_with("devices row 12: platform: "), "{text}");
+            }
+            other => panic!("expected a corrupt row, got {other:?}"),
+        }
+    }
+}

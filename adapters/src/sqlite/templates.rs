@@ -1,0 +1,124 @@
+//! [`TemplateStore`] on SQLite.
+
+use async_trait::async_trait;
+use clarion_domain::device::Registration;
+use clarion_domain::ids::{AppId, Slug};
+use clarion_domain::ports::{StoreError, TemplateStore};
+use clarion_domain::template::{Template, TemplateSpec};
+use sqlx::AssertSqlSafe;
+use time::OffsetDateTime;
+
+use crate::sqlite::rows::{TEMPLATE_COLUMNS, TemplateRow, millis};
+use crate::sqlite::{SqliteStore, db_error};
+
+/// How often `put_template` retries after losing a race with another writer of the slug.
+const PUT_ROUNDS: usize = 3;
+
+impl SqliteStore {
+    async fn replace_template(
+        &self,
+        template: &TemplateSpec,
+        now: i64,
+    ) -> Result<Option<TemplateRow>, StoreError> {
+        let sql = format!(
+            "UPDATE templates SET body = ?, heading = ?, url = ?, is_active = ?, \
+             allow_duplicates = ?, updated_at = ? WHERE app = ? AND slug = ? \
+             RETURNING {TEMPLATE_COLUMNS}"
+        );
+        sqlx::query_as::<_, TemplateRow>(AssertSqlSafe(sql))
+            .bind(template.body.clone())
+            .bind(template.heading.clone())
+            .bind(template.url.clone())
+            .bind(template.is_active)
+            .bind(template.allow_duplicates)
+            .bind(now)
+            .bind(template.app.as_str().to_owned())
+            .bind(template.slug.as_str().to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("failed to replace a template"))
+    }
+
+    async fn insert_template(
+        &self,
+        template: &TemplateSpec,
+        now: i64,
+    ) -> Result<Option<TemplateRow>, StoreError> {
+        let sql = format!(
+            "INSERT INTO templates (app, slug, body, heading, url, is_active, allow_duplicates, \
+             created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (app, slug) DO NOTHING RETURNING {TEMPLATE_COLUMNS}"
+        );
+        sqlx::query_as::<_, TemplateRow>(AssertSqlSafe(sql))
+            .bind(template.app.as_str().to_owned())
+            .bind(template.slug.as_str().to_owned())
+            .bind(template.body.clone())
+            .bind(template.heading.clone())
+            .bind(template.url.clone())
+            .bind(template.is_active)
+            .bind(template.allow_duplicates)
+            .bind(now)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("failed to insert a template"))
+    }
+}
+
+#[async_trait]
+impl TemplateStore for SqliteStore {
+    async fn put_template(
+        &self,
+        template: &TemplateSpec,
+        now: OffsetDateTime,
+    ) -> Result<(Template, Registration), StoreError> {
+        let now = millis(now);
+        // As for devices: an atomic update, else an insert that yields to a concurrent one.
+        for _ in 0..PUT_ROUNDS {
+            if let Some(row) = self.replace_template(template, now).await? {
+                return Ok((row.into_domain()?, Registration::Updated));
+            }
+            if let Some(row) = self.insert_template(template, now).await? {
+                return Ok((row.into_domain()?, Registration::Created));
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "template {} of application {} is being written concurrently",
+            template.slug, template.app
+        )))
+    }
+
+    async fn get_template(&self, app: &AppId, slug: &Slug) -> Result<Option<Template>, StoreError> {
+        let sql = format!("SELECT {TEMPLATE_COLUMNS} FROM templates WHERE app = ? AND slug = ?");
+        sqlx::query_as::<_, TemplateRow>(AssertSqlSafe(sql))
+            .bind(app.as_str().to_owned())
+            .bind(slug.as_str().to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("failed to read a template"))?
+            .map(TemplateRow::into_domain)
+            .transpose()
+    }
+
+    async fn list_templates(&self, app: &AppId) -> Result<Vec<Template>, StoreError> {
+        let sql = format!("SELECT {TEMPLATE_COLUMNS} FROM templates WHERE app = ? ORDER BY slug");
+        sqlx::query_as::<_, TemplateRow>(AssertSqlSafe(sql))
+            .bind(app.as_str().to_owned())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("failed to list templates"))?
+            .into_iter()
+            .map(TemplateRow::into_domain)
+            .collect()
+    }
+
+    async fn delete_template(&self, app: &AppId, slug: &Slug) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM templates WHERE app = ? AND slug = ?")
+            .bind(app.as_str().to_owned())
+            .bind(slug.as_str().to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("failed to delete a template"))?;
+        Ok(done.rows_affected() > 0)
+    }
+}

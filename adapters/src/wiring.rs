@@ -1,0 +1,132 @@
+//! Builds Clarion's services from the configuration: the one place where the binaries turn a
+//! [`Config`] into a store, a renderer, a clock, providers and a [`PushService`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clarion_domain::message::Channel;
+use clarion_domain::ports::PushProvider;
+use clarion_domain::service::{Ports, Providers, PushService, ServiceSettings};
+
+use crate::clock::SystemClock;
+use crate::config::{Config, DatabaseKind};
+use crate::debug::DebugSender;
+use crate::render::MiniJinjaRenderer;
+use crate::sqlite::SqliteStore;
+
+/// Everything a binary needs: the services, the store behind them (for maintenance commands
+/// such as table counts), and the configuration they were built from.
+#[derive(Debug, Clone)]
+pub struct Runtime {
+    pub service: PushService,
+    pub store: Arc<SqliteStore>,
+    pub config: Config,
+}
+
+/// Connects (creating and migrating) the database and wires the services. `worker_id` names
+/// this process in message leases.
+///
+/// # Errors
+/// When the database URL is not a SQLite URL (PostgreSQL arrives with its store) or the
+/// database cannot be opened or migrated.
+pub async fn build(config: Config, worker_id: &str) -> anyhow::Result<Runtime> {
+    let url = config.database.url.as_str();
+    let kind = config
+        .database
+        .kind()
+        .map_err(|detail| anyhow::anyhow!("database.url {detail}"))?;
+    match kind {
+        DatabaseKind::Sqlite => {}
+        DatabaseKind::Postgres => anyhow::bail!(
+            "database.url {} selects PostgreSQL, whose support arrives with the PostgreSQL \
+             store; use a sqlite:// URL for now",
+            config.database.redacted_url()
+        ),
+    }
+    let store = Arc::new(SqliteStore::connect(url).await.with_context(|| {
+        format!(
+            "failed to open the database {}",
+            config.database.redacted_url()
+        )
+    })?);
+    let ports = Ports {
+        devices: store.clone(),
+        messages: store.clone(),
+        templates: store.clone(),
+        renderer: Arc::new(MiniJinjaRenderer::default()),
+        clock: Arc::new(SystemClock),
+    };
+    let settings = ServiceSettings {
+        worker_id: worker_id.to_owned(),
+        lease: Duration::from_secs(config.worker.lease_secs),
+        claim_size: config.worker.batch_size,
+        ..ServiceSettings::default()
+    };
+    let service = PushService::new(
+        Arc::new(config.applications()),
+        ports,
+        providers(&config),
+        settings,
+    );
+    Ok(Runtime {
+        service,
+        store,
+        config,
+    })
+}
+
+/// The push providers. Only the debug sender exists so far; with `debug = true` it serves
+/// every channel, so that nothing leaves the process whatever a message targets.
+fn providers(config: &Config) -> Providers {
+    let debug: Arc<dyn PushProvider> = Arc::new(DebugSender);
+    let providers = Providers::default().with(Channel::Debug, debug.clone());
+    if !config.debug {
+        return providers;
+    }
+    [
+        Channel::Apns,
+        Channel::Fcm,
+        Channel::Webpush,
+        Channel::Onesignal,
+    ]
+    .into_iter()
+    .fold(providers, |providers, channel| {
+        providers.with(channel, debug.clone())
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_postgres_url_is_refused_with_a_clear_error() {
+        let mut config = Config::default();
+        config.database.url = "postgres://clarion:hunter2@db/clarion".to_owned();
+
+        let error = build(config, "test").await.unwrap_err().to_string();
+
+        assert!(error.contains("PostgreSQL"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_default_configuration_builds_on_a_fresh_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.database.url = format!("sqlite://{}", dir.path().join("clarion.db").display());
+
+        let runtime = build(config, "test").await.unwrap();
+
+        let apps: Vec<String> = runtime
+            .service
+            .applications()
+            .iter()
+            .map(|app| app.id.to_string())
+            .collect();
+        assert_eq!(apps, ["default"]);
+        assert_eq!(runtime.service.backlog().await.unwrap(), 0);
+    }
+}

@@ -1,0 +1,1446 @@
+//! The storage contract: what every implementation of `DeviceStore`, `MessageStore` and
+//! `TemplateStore` must do, written once against the ports and run on every store through
+//! [`store_contract_tests!`].
+//!
+//! Each contract is a `pub async fn` taking a fresh, migrated, empty store. A store must be
+//! `Clone` (sharing its pool) so that the concurrency contract can spawn tasks with it.
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    dead_code,
+    reason = "test code: a failed expectation is a failed test"
+)]
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use clarion_domain::app::SenderKind;
+use clarion_domain::device::{DeviceFilter, NewDevice, Registration};
+use clarion_domain::ids::{AppId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
+use clarion_domain::message::{
+    Channel, Content, DeliveryState, Message, MessageSpec, MessageState, Priority, Progress,
+    PushOptions, SendOutcome, Target,
+};
+use clarion_domain::ports::{
+    DeviceStore, Lease, MessageFilter, MessageStore, NewMessage, TemplateStore,
+};
+use clarion_domain::retry::RetryPolicy;
+use clarion_domain::template::TemplateSpec;
+use clarion_domain::token::{DeviceToken, EndpointPolicy, Platform};
+use serde_json::json;
+use time::OffsetDateTime;
+use time::macros::datetime;
+
+/// Everything the contract needs from a store.
+pub trait Stores: DeviceStore + MessageStore + TemplateStore + Clone {}
+
+impl<T: DeviceStore + MessageStore + TemplateStore + Clone> Stores for T {}
+
+/// Expands to one `#[tokio::test]` per contract. `$factory` is an expression whose value is a
+/// future of a fixture that dereferences to a fresh, empty store (and keeps alive whatever
+/// the store needs, such as a temporary folder). Invoke it at the root of the test crate,
+/// next to `mod contract;`.
+macro_rules! store_contract_tests {
+    ($factory:expr) => {
+        $crate::contract::store_contract_tests!(@each $factory;
+            registering_the_same_token_twice_updates_the_owner_and_reactivates,
+            the_same_token_on_another_app_or_platform_is_a_separate_device,
+            a_web_push_subscription_keeps_its_keys_and_an_update_replaces_them,
+            listing_devices_filters_by_owner_platform_and_activity_and_pages_by_id,
+            getting_devices_ignores_ids_of_other_apps,
+            deactivating_and_deleting_a_device_say_whether_it_existed,
+            deleting_a_device_keeps_its_deliveries_without_a_device,
+            dead_devices_are_those_whose_latest_delivery_hit_a_dead_token,
+            only_devices_deactivated_before_the_cutoff_are_deleted,
+            a_message_to_a_user_round_trips_every_field,
+            messages_to_devices_and_broadcasts_round_trip_their_targets,
+            a_message_of_another_app_is_not_found,
+            listing_messages_filters_by_state_tag_recipient_related_object_and_time,
+            listing_messages_is_newest_first_and_pages_by_id,
+            claiming_returns_waiting_and_due_retries_oldest_first,
+            a_claimed_message_is_not_claimed_again_until_its_lease_expires,
+            a_message_inserted_with_a_lease_is_not_claimed_until_the_lease_expires,
+            two_concurrent_claimers_never_get_the_same_message,
+            recording_a_delivery_never_changes_an_accepted_delivery,
+            saving_progress_persists_the_state_machine_result_and_releases_the_lease,
+            a_sent_message_keeps_its_accepted_and_failed_deliveries,
+            the_template_message_is_the_newest_one_linked_to_every_related_object,
+            the_backlog_counts_waiting_and_due_retries,
+            templates_are_created_replaced_listed_and_deleted,
+            timestamps_round_trip_to_the_millisecond,
+        );
+    };
+    (@each $factory:expr; $($name:ident),+ $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let fixture = $factory.await;
+                $crate::contract::$name(&*fixture).await;
+            }
+        )+
+    };
+}
+pub(crate) use store_contract_tests;
+
+// ---------------------------------------------------------------------------------------------
+// Test data.
+
+const T0: OffsetDateTime = datetime!(2025-03-04 05:06:07.089 UTC);
+const P256DH: &str =
+    "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
+const AUTH: &str = "BTBZMqHH6r4Tts7J_aSIgg";
+const OTHER_P256DH: &str =
+    "BNcRdreALRFXTkOOUHK1EtK2wtaz5Ry4YfYCA_0QTpQtUbVlUls0VJXg7A8u-Ts1XbjhazAkj7I99e8QcYP7DkM";
+const OTHER_AUTH: &str = "tBHItJI5svbpez7KI4CCXg";
+
+fn at(seconds: i64) -> OffsetDateTime {
+    T0 + time::Duration::seconds(seconds)
+}
+
+fn app(name: &str) -> AppId {
+    AppId::parse(name).expect("valid app id")
+}
+
+fn user(name: &str) -> UserId {
+    UserId::parse(name).expect("valid user id")
+}
+
+fn slug(name: &str) -> Slug {
+    Slug::parse(name).expect("valid slug")
+}
+
+fn related(kind: &str, id: &str) -> RelatedObject {
+    RelatedObject::new(kind, id).expect("valid related object")
+}
+
+fn apns(n: u8) -> DeviceToken {
+    DeviceToken::parse(
+        Platform::Apns,
+        &format!("{n:02x}").repeat(32),
+        None,
+        None,
+        EndpointPolicy::PublicOnly,
+    )
+    .expect("valid APNs token")
+}
+
+fn fcm(n: u8) -> DeviceToken {
+    DeviceToken::parse(
+        Platform::Fcm,
+        &format!("fcm-token-{n}"),
+        None,
+        None,
+        EndpointPolicy::PublicOnly,
+    )
+    .expect("valid FCM token")
+}
+
+fn webpush(n: u8, p256dh: &str, auth: &str) -> DeviceToken {
+    DeviceToken::parse(
+        Platform::Webpush,
+        &format!("https://push.example.com:8443/send/{n}"),
+        Some(p256dh),
+        Some(auth),
+        EndpointPolicy::PublicOnly,
+    )
+    .expect("valid subscription")
+}
+
+fn new_device(app_id: &str, token: DeviceToken, owner: Option<&str>) -> NewDevice {
+    NewDevice {
+        app: app(app_id),
+        token,
+        name: Some("phone".to_owned()),
+        user_id: owner.map(user),
+        device_id: Some("0b9c2f3e-1d2a-4c6b-9a8e-7f6d5c4b3a21".to_owned()),
+    }
+}
+
+async fn register<S: Stores>(store: &S, device: &NewDevice, now: OffsetDateTime) -> DeviceId {
+    store
+        .register_device(device, now)
+        .await
+        .expect("registration")
+        .0
+        .id
+}
+
+fn spec(app_id: &str, target: Target) -> MessageSpec {
+    MessageSpec {
+        app: app(app_id),
+        target,
+        content: Content {
+            heading: None,
+            body: "hello".to_owned(),
+            url: None,
+            extra_data: None,
+        },
+        template_slug: None,
+        tag: None,
+        priority: Priority::High,
+        options: PushOptions::default(),
+        related_objects: Vec::new(),
+        retry_sending: true,
+    }
+}
+
+fn to_user(app_id: &str, owner: &str) -> MessageSpec {
+    spec(
+        app_id,
+        Target::User {
+            user_id: user(owner),
+        },
+    )
+}
+
+fn new_message(
+    spec: MessageSpec,
+    deliveries: Vec<(Channel, Option<DeviceId>)>,
+    now: OffsetDateTime,
+) -> NewMessage {
+    NewMessage {
+        spec,
+        sender: SenderKind::Direct,
+        progress: Message::initial_progress(now),
+        deliveries,
+        lease: None,
+        now,
+    }
+}
+
+/// A message in `state` with no delivery, as the state machine could have left it.
+fn in_state(
+    app_id: &str,
+    state: MessageState,
+    next_attempt_at: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> NewMessage {
+    let mut message = new_message(to_user(app_id, "alice"), Vec::new(), now);
+    message.progress = Progress {
+        state,
+        error: None,
+        number_of_send_attempts: u32::from(state != MessageState::Waiting),
+        next_attempt_at,
+        sent_at: None,
+        queued_at: now,
+    };
+    message
+}
+
+async fn insert<S: Stores>(store: &S, message: &NewMessage) -> Message {
+    store.insert_message(message).await.expect("insert")
+}
+
+fn lease(owner: &str, until: OffsetDateTime) -> Lease {
+    Lease {
+        owner: owner.to_owned(),
+        until,
+    }
+}
+
+fn ids(messages: &[Message]) -> Vec<MessageId> {
+    messages.iter().map(|m| m.id).collect()
+}
+
+async fn listed<S: Stores>(store: &S, filter: MessageFilter) -> Vec<MessageId> {
+    ids(&store.list_messages(&filter).await.expect("list"))
+}
+
+fn device_ids(devices: &[clarion_domain::device::Device]) -> Vec<DeviceId> {
+    devices.iter().map(|d| d.id).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Devices.
+
+pub async fn registering_the_same_token_twice_updates_the_owner_and_reactivates<S: Stores>(
+    store: &S,
+) {
+    let first = new_device("shop", apns(1), Some("alice"));
+    let (created, how) = store.register_device(&first, at(0)).await.expect("first");
+    assert_eq!(how, Registration::Created);
+    store
+        .deactivate_device(&app("shop"), created.id, "unregistered", at(1))
+        .await
+        .expect("deactivate");
+
+    let mut second = new_device("shop", apns(1), Some("bob"));
+    second.name = Some("tablet".to_owned());
+    second.device_id = None;
+    let (updated, how) = store.register_device(&second, at(2)).await.expect("second");
+
+    assert_eq!(how, Registration::Updated);
+    assert_eq!(updated.id, created.id);
+    assert_eq!(updated.user_id, Some(user("bob")));
+    assert_eq!(updated.name.as_deref(), Some("tablet"));
+    assert_eq!(updated.device_id, None);
+    assert!(updated.active);
+    assert_eq!(updated.deactivated_at, None);
+    assert_eq!(updated.deactivation_reason, None);
+    assert_eq!(updated.created_at, at(0));
+    assert_eq!(updated.updated_at, at(2));
+    let stored = store
+        .get_device(&app("shop"), created.id)
+        .await
+        .expect("get");
+    assert_eq!(stored, Some(updated));
+}
+
+pub async fn the_same_token_on_another_app_or_platform_is_a_separate_device<S: Stores>(store: &S) {
+    let shop = register(store, &new_device("shop", apns(1), Some("alice")), at(0)).await;
+    let (other_app, how) = store
+        .register_device(&new_device("news", apns(1), Some("alice")), at(0))
+        .await
+        .expect("other app");
+    assert_eq!(how, Registration::Created);
+    // An FCM token may be any printable text, including an APNs token's hex digits.
+    let hex = format!("{:02x}", 1).repeat(32);
+    let fcm_same_text =
+        DeviceToken::parse(Platform::Fcm, &hex, None, None, EndpointPolicy::PublicOnly)
+            .expect("valid FCM token");
+    let (other_platform, how) = store
+        .register_device(&new_device("shop", fcm_same_text, None), at(0))
+        .await
+        .expect("other platform");
+    assert_eq!(how, Registration::Created);
+
+    let distinct: BTreeSet<DeviceId> = [shop, other_app.id, other_platform.id].into();
+    assert_eq!(distinct.len(), 3);
+    assert_eq!(other_platform.platform(), Platform::Fcm);
+    assert_eq!(other_app.app, app("news"));
+}
+
+pub async fn a_web_push_subscription_keeps_its_keys_and_an_update_replaces_them<S: Stores>(
+    store: &S,
+) {
+    let first = new_device("shop", webpush(1, P256DH, AUTH), Some("alice"));
+    let (created, _) = store.register_device(&first, at(0)).await.expect("first");
+    assert_eq!(created.token, first.token);
+
+    let second = new_device("shop", webpush(1, OTHER_P256DH, OTHER_AUTH), Some("alice"));
+    let (updated, how) = store.register_device(&second, at(1)).await.expect("second");
+
+    assert_eq!(how, Registration::Updated);
+    assert_eq!(updated.id, created.id);
+    assert_eq!(updated.token, second.token);
+    let stored = store
+        .get_device(&app("shop"), created.id)
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(stored.token, second.token);
+}
+
+pub async fn listing_devices_filters_by_owner_platform_and_activity_and_pages_by_id<S: Stores>(
+    store: &S,
+) {
+    let a1 = register(store, &new_device("shop", apns(1), Some("alice")), at(0)).await;
+    let a2 = register(store, &new_device("shop", fcm(2), Some("alice")), at(0)).await;
+    let b3 = register(store, &new_device("shop", apns(3), Some("bob")), at(0)).await;
+    let n4 = register(store, &new_device("shop", fcm(4), None), at(0)).await;
+    let _other = register(store, &new_device("news", apns(5), Some("alice")), at(0)).await;
+    store
+        .deactivate_device(&app("shop"), a2, "uninstalled", at(1))
+        .await
+        .expect("deactivate");
+    let list = async |filter: DeviceFilter| {
+        device_ids(
+            &store
+                .list_devices(&app("shop"), &filter)
+                .await
+                .expect("list"),
+        )
+    };
+
+    assert_eq!(list(DeviceFilter::default()).await, vec![a1, a2, b3, n4]);
+    let alice = DeviceFilter {
+        user_id: Some(user("alice")),
+        ..DeviceFilter::default()
+    };
+    assert_eq!(list(alice).await, vec![a1, a2]);
+    let on_apns = DeviceFilter {
+        platform: Some(Platform::Apns),
+        ..DeviceFilter::default()
+    };
+    assert_eq!(list(on_apns).await, vec![a1, b3]);
+    let active = DeviceFilter {
+        active: Some(true),
+        ..DeviceFilter::default()
+    };
+    assert_eq!(list(active).await, vec![a1, b3, n4]);
+    let inactive = DeviceFilter {
+        active: Some(false),
+        ..DeviceFilter::default()
+    };
+    assert_eq!(list(inactive).await, vec![a2]);
+    let first_page = DeviceFilter {
+        limit: Some(2),
+        ..DeviceFilter::default()
+    };
+    assert_eq!(list(first_page).await, vec![a1, a2]);
+    let second_page = DeviceFilter {
+        after: Some(a2),
+        limit: Some(2),
+        ..DeviceFilter::default()
+    };
+    assert_eq!(list(second_page).await, vec![b3, n4]);
+    let past_the_end = DeviceFilter {
+        after: Some(n4),
+        ..DeviceFilter::default()
+    };
+    assert_eq!(list(past_the_end).await, Vec::<DeviceId>::new());
+}
+
+pub async fn getting_devices_ignores_ids_of_other_apps<S: Stores>(store: &S) {
+    let mine1 = register(store, &new_device("shop", apns(1), None), at(0)).await;
+    let theirs = register(store, &new_device("news", apns(2), None), at(0)).await;
+    let mine2 = register(store, &new_device("shop", fcm(3), None), at(0)).await;
+
+    let got = store
+        .get_devices(&app("shop"), &[mine2, theirs, DeviceId(9_999), mine1])
+        .await
+        .expect("get devices");
+
+    assert_eq!(device_ids(&got), vec![mine1, mine2]);
+    assert_eq!(
+        store.get_device(&app("shop"), theirs).await.expect("get"),
+        None
+    );
+    assert_eq!(
+        store.get_devices(&app("shop"), &[]).await.expect("empty"),
+        Vec::new()
+    );
+}
+
+pub async fn deactivating_and_deleting_a_device_say_whether_it_existed<S: Stores>(store: &S) {
+    let id = register(store, &new_device("shop", apns(1), None), at(0)).await;
+
+    assert!(
+        !store
+            .deactivate_device(&app("news"), id, "wrong app", at(1))
+            .await
+            .expect("deactivate other app")
+    );
+    assert!(
+        store
+            .deactivate_device(&app("shop"), id, "uninstalled", at(1))
+            .await
+            .expect("deactivate")
+    );
+    let device = store
+        .get_device(&app("shop"), id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert!(!device.active);
+    assert_eq!(device.deactivated_at, Some(at(1)));
+    assert_eq!(device.deactivation_reason.as_deref(), Some("uninstalled"));
+
+    assert!(
+        !store
+            .delete_device(&app("news"), id)
+            .await
+            .expect("delete other app")
+    );
+    assert!(store.delete_device(&app("shop"), id).await.expect("delete"));
+    assert!(
+        !store
+            .delete_device(&app("shop"), id)
+            .await
+            .expect("delete again")
+    );
+    assert_eq!(store.get_device(&app("shop"), id).await.expect("get"), None);
+    assert!(
+        !store
+            .deactivate_device(&app("shop"), id, "gone", at(2))
+            .await
+            .expect("deactivate deleted")
+    );
+}
+
+pub async fn deleting_a_device_keeps_its_deliveries_without_a_device<S: Stores>(store: &S) {
+    let kept = register(store, &new_device("shop", apns(1), None), at(0)).await;
+    let doomed = register(store, &new_device("shop", fcm(2), None), at(0)).await;
+    let message = insert(
+        store,
+        &new_message(
+            spec(
+                "shop",
+                Target::Devices {
+                    device_ids: vec![kept, doomed],
+                },
+            ),
+            vec![(Channel::Apns, Some(kept)), (Channel::Fcm, Some(doomed))],
+            at(1),
+        ),
+    )
+    .await;
+
+    assert!(
+        store
+            .delete_device(&app("shop"), doomed)
+            .await
+            .expect("delete")
+    );
+
+    let stored = store
+        .get_message(&app("shop"), message.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    let devices: Vec<Option<DeviceId>> = stored.deliveries.iter().map(|d| d.device_id).collect();
+    assert_eq!(devices, vec![Some(kept), None]);
+    assert_eq!(stored.deliveries[1].channel, Channel::Fcm);
+    assert_eq!(stored.deliveries[1].id, message.deliveries[1].id);
+}
+
+pub async fn dead_devices_are_those_whose_latest_delivery_hit_a_dead_token<S: Stores>(store: &S) {
+    let dead = register(store, &new_device("shop", apns(1), None), at(0)).await;
+    let revived = register(store, &new_device("shop", apns(2), None), at(0)).await;
+    let recovered = register(store, &new_device("shop", apns(3), None), at(0)).await;
+    let healthy = register(store, &new_device("shop", apns(4), None), at(0)).await;
+    let elsewhere = register(store, &new_device("news", apns(5), None), at(0)).await;
+    let outcome_of = async |app_id: &str, device: DeviceId, state: DeliveryState, t: i64| {
+        let message = insert(
+            store,
+            &new_message(
+                spec(
+                    app_id,
+                    Target::Devices {
+                        device_ids: vec![device],
+                    },
+                ),
+                vec![(Channel::Apns, Some(device))],
+                at(t),
+            ),
+        )
+        .await;
+        let mut delivery = message.deliveries[0].clone();
+        delivery.state = state;
+        delivery.attempts = 1;
+        delivery.updated_at = at(t);
+        store.record_delivery(&delivery).await.expect("record");
+    };
+    outcome_of("shop", dead, DeliveryState::DeadToken, 10).await;
+    outcome_of("shop", revived, DeliveryState::DeadToken, 10).await;
+    outcome_of("shop", recovered, DeliveryState::DeadToken, 10).await;
+    outcome_of("shop", recovered, DeliveryState::Accepted, 20).await;
+    outcome_of("shop", healthy, DeliveryState::Accepted, 10).await;
+    outcome_of("news", elsewhere, DeliveryState::DeadToken, 10).await;
+    // Registered again after the dead token was reported: the token works again.
+    register(store, &new_device("shop", apns(2), None), at(30)).await;
+
+    let count = store
+        .deactivate_dead_devices(&app("shop"), at(40))
+        .await
+        .expect("prune");
+
+    assert_eq!(count, 1);
+    let inactive = store
+        .list_devices(
+            &app("shop"),
+            &DeviceFilter {
+                active: Some(false),
+                ..DeviceFilter::default()
+            },
+        )
+        .await
+        .expect("list");
+    assert_eq!(device_ids(&inactive), vec![dead]);
+    assert_eq!(inactive[0].deactivated_at, Some(at(40)));
+    assert_eq!(
+        inactive[0].deactivation_reason.as_deref(),
+        Some("dead token")
+    );
+    let other = store
+        .get_device(&app("news"), elsewhere)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert!(other.active, "another application's devices are left alone");
+    assert_eq!(
+        store
+            .deactivate_dead_devices(&app("shop"), at(50))
+            .await
+            .expect("prune again"),
+        0
+    );
+}
+
+pub async fn only_devices_deactivated_before_the_cutoff_are_deleted<S: Stores>(store: &S) {
+    let old = register(store, &new_device("shop", apns(1), None), at(0)).await;
+    let recent = register(store, &new_device("shop", apns(2), None), at(0)).await;
+    let active = register(store, &new_device("shop", apns(3), None), at(0)).await;
+    let elsewhere = register(store, &new_device("news", apns(4), None), at(0)).await;
+    for (app_id, id, t) in [
+        ("shop", old, 10),
+        ("shop", recent, 100),
+        ("news", elsewhere, 10),
+    ] {
+        store
+            .deactivate_device(&app(app_id), id, "uninstalled", at(t))
+            .await
+            .expect("deactivate");
+    }
+
+    let deleted = store
+        .delete_inactive_devices(&app("shop"), at(100))
+        .await
+        .expect("delete inactive");
+
+    assert_eq!(deleted, 1);
+    let left = store
+        .list_devices(&app("shop"), &DeviceFilter::default())
+        .await
+        .expect("list");
+    assert_eq!(device_ids(&left), vec![recent, active]);
+    assert!(
+        store
+            .get_device(&app("news"), elsewhere)
+            .await
+            .expect("get")
+            .is_some()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages.
+
+pub async fn a_message_to_a_user_round_trips_every_field<S: Stores>(store: &S) {
+    let phone = register(store, &new_device("shop", apns(1), Some("alice")), at(0)).await;
+    let browser = register(
+        store,
+        &new_device("shop", webpush(2, P256DH, AUTH), Some("alice")),
+        at(0),
+    )
+    .await;
+    let mut message_spec = to_user("shop", "alice");
+    message_spec.content = Content {
+        heading: Some("Your order".to_owned()),
+        body: "has shipped: ✓ ünïcödé".to_owned(),
+        url: Some("https://shop.example.com/orders/42".to_owned()),
+        extra_data: json!({"order": 42, "items": ["a", "b"], "nested": {"x": null}})
+            .as_object()
+            .cloned(),
+    };
+    message_spec.template_slug = Some(slug("order-shipped"));
+    message_spec.tag = Some(Tag::parse("spring campaign").expect("tag"));
+    message_spec.priority = Priority::Normal;
+    message_spec.options = PushOptions {
+        badge: Some(3),
+        sound: Some("chime.caf".to_owned()),
+        thread_id: Some("orders".to_owned()),
+        category: Some("ORDER".to_owned()),
+        collapse_key: Some("order-42".to_owned()),
+        time_to_live: Some(3600),
+        content_available: true,
+        mutable_content: true,
+    };
+    message_spec.related_objects = vec![related("order", "42"), related("customer", "7")];
+    message_spec.retry_sending = false;
+    let mut new = new_message(
+        message_spec,
+        vec![
+            (Channel::Apns, Some(phone)),
+            (Channel::Webpush, Some(browser)),
+        ],
+        at(5),
+    );
+    new.sender = SenderKind::Onesignal;
+
+    let inserted = insert(store, &new).await;
+
+    assert_eq!(inserted.spec, new.spec);
+    assert_eq!(inserted.sender, SenderKind::Onesignal);
+    assert_eq!(inserted.progress(), &new.progress);
+    assert_eq!(inserted.state(), MessageState::Waiting);
+    assert_eq!(inserted.extra_sender_data, None);
+    assert_eq!(inserted.created_at, at(5));
+    assert_eq!(inserted.changed_at, at(5));
+    assert_eq!(inserted.deliveries.len(), 2);
+    for (delivery, (channel, device)) in inserted.deliveries.iter().zip(&new.deliveries) {
+        assert_eq!(delivery.message_id, inserted.id);
+        assert_eq!(delivery.channel, *channel);
+        assert_eq!(delivery.device_id, *device);
+        assert_eq!(delivery.state, DeliveryState::Pending);
+        assert_eq!(delivery.attempts, 0);
+        assert_eq!(delivery.provider_id, None);
+        assert_eq!(delivery.error_code, None);
+        assert_eq!(delivery.error_text, None);
+        assert_eq!(delivery.details, None);
+        assert_eq!(delivery.updated_at, at(5));
+    }
+    assert_ne!(inserted.deliveries[0].id, inserted.deliveries[1].id);
+    let fetched = store
+        .get_message(&app("shop"), inserted.id)
+        .await
+        .expect("get");
+    assert_eq!(fetched, Some(inserted));
+}
+
+pub async fn messages_to_devices_and_broadcasts_round_trip_their_targets<S: Stores>(store: &S) {
+    let d1 = register(store, &new_device("shop", apns(1), None), at(0)).await;
+    let d2 = register(store, &new_device("shop", fcm(2), None), at(0)).await;
+    let targets = [
+        Target::Devices {
+            device_ids: vec![d2, d1],
+        },
+        Target::Broadcast { platform: None },
+        Target::Broadcast {
+            platform: Some(Platform::Webpush),
+        },
+    ];
+    for target in targets {
+        let mut new = new_message(spec("shop", target.clone()), Vec::new(), at(1));
+        // A OneSignal delivery has no device.
+        new.deliveries = vec![(Channel::Onesignal, None)];
+
+        let inserted = insert(store, &new).await;
+
+        assert_eq!(inserted.spec.target, target);
+        assert_eq!(inserted.spec.target.recipient(), None);
+        assert_eq!(inserted.deliveries[0].device_id, None);
+        assert_eq!(inserted.deliveries[0].channel, Channel::Onesignal);
+        let fetched = store
+            .get_message(&app("shop"), inserted.id)
+            .await
+            .expect("get");
+        assert_eq!(fetched, Some(inserted));
+    }
+}
+
+pub async fn a_message_of_another_app_is_not_found<S: Stores>(store: &S) {
+    let message = insert(
+        store,
+        &new_message(to_user("shop", "alice"), Vec::new(), at(0)),
+    )
+    .await;
+
+    assert_eq!(
+        store
+            .get_message(&app("news"), message.id)
+            .await
+            .expect("get"),
+        None
+    );
+    assert_eq!(
+        store
+            .get_message(&app("shop"), MessageId(message.id.0 + 1_000))
+            .await
+            .expect("get"),
+        None
+    );
+}
+
+pub async fn listing_messages_filters_by_state_tag_recipient_related_object_and_time<S: Stores>(
+    store: &S,
+) {
+    let campaign = Tag::parse("spring").expect("tag");
+    let mut tagged_spec = to_user("shop", "alice");
+    tagged_spec.tag = Some(campaign.clone());
+    tagged_spec.related_objects = vec![related("order", "42")];
+    let tagged = insert(store, &new_message(tagged_spec, Vec::new(), at(10))).await;
+    let to_bob = insert(
+        store,
+        &new_message(to_user("shop", "bob"), Vec::new(), at(20)),
+    )
+    .await;
+    let failed = insert(store, &in_state("shop", MessageState::Error, None, at(30))).await;
+    let mut broadcast_spec = spec("shop", Target::Broadcast { platform: None });
+    broadcast_spec.related_objects = vec![related("order", "43"), related("order", "42")];
+    let broadcast = insert(store, &new_message(broadcast_spec, Vec::new(), at(40))).await;
+    let elsewhere = insert(
+        store,
+        &new_message(to_user("news", "alice"), Vec::new(), at(50)),
+    )
+    .await;
+    let shop = || MessageFilter {
+        app: Some(app("shop")),
+        ..MessageFilter::default()
+    };
+
+    assert_eq!(
+        listed(store, MessageFilter::default()).await,
+        vec![elsewhere.id, broadcast.id, failed.id, to_bob.id, tagged.id]
+    );
+    assert_eq!(
+        listed(store, shop()).await,
+        vec![broadcast.id, failed.id, to_bob.id, tagged.id]
+    );
+    let in_error = MessageFilter {
+        state: Some(MessageState::Error),
+        ..shop()
+    };
+    assert_eq!(listed(store, in_error).await, vec![failed.id]);
+    let by_tag = MessageFilter {
+        tag: Some(campaign),
+        ..shop()
+    };
+    assert_eq!(listed(store, by_tag).await, vec![tagged.id]);
+    let for_bob = MessageFilter {
+        recipient: Some(user("bob")),
+        ..shop()
+    };
+    assert_eq!(listed(store, for_bob).await, vec![to_bob.id]);
+    let for_alice_anywhere = MessageFilter {
+        recipient: Some(user("alice")),
+        ..MessageFilter::default()
+    };
+    assert_eq!(
+        listed(store, for_alice_anywhere).await,
+        vec![elsewhere.id, failed.id, tagged.id]
+    );
+    let about_order_42 = MessageFilter {
+        related: Some(related("order", "42")),
+        ..shop()
+    };
+    assert_eq!(
+        listed(store, about_order_42).await,
+        vec![broadcast.id, tagged.id]
+    );
+    let about_order_4 = MessageFilter {
+        related: Some(related("order", "4")),
+        ..shop()
+    };
+    assert_eq!(listed(store, about_order_4).await, Vec::<MessageId>::new());
+    // `created_after` is inclusive and `created_before` exclusive: [after, before).
+    let window = MessageFilter {
+        created_after: Some(at(20)),
+        created_before: Some(at(40)),
+        ..shop()
+    };
+    assert_eq!(listed(store, window).await, vec![failed.id, to_bob.id]);
+}
+
+pub async fn listing_messages_is_newest_first_and_pages_by_id<S: Stores>(store: &S) {
+    let mut all = Vec::new();
+    for n in 0..5 {
+        all.push(
+            insert(
+                store,
+                &new_message(to_user("shop", "alice"), Vec::new(), at(n)),
+            )
+            .await
+            .id,
+        );
+    }
+    all.reverse();
+
+    let first = MessageFilter {
+        limit: Some(2),
+        ..MessageFilter::default()
+    };
+    assert_eq!(listed(store, first).await, all[..2].to_vec());
+    let second = MessageFilter {
+        before: Some(all[1]),
+        limit: Some(2),
+        ..MessageFilter::default()
+    };
+    assert_eq!(listed(store, second).await, all[2..4].to_vec());
+    let last = MessageFilter {
+        before: Some(all[3]),
+        limit: Some(2),
+        ..MessageFilter::default()
+    };
+    assert_eq!(listed(store, last).await, all[4..].to_vec());
+    assert_eq!(listed(store, MessageFilter::default()).await, all);
+}
+
+pub async fn claiming_returns_waiting_and_due_retries_oldest_first<S: Stores>(store: &S) {
+    let device = register(store, &new_device("shop", apns(1), None), at(0)).await;
+    let mut with_delivery = new_message(
+        spec(
+            "shop",
+            Target::Devices {
+                device_ids: vec![device],
+            },
+        ),
+        vec![(Channel::Apns, Some(device))],
+        at(0),
+    );
+    with_delivery.spec.related_objects = vec![related("order", "1")];
+    let waiting = insert(store, &with_delivery).await;
+    let due_retry = insert(
+        store,
+        &in_state("shop", MessageState::ErrorRetry, Some(at(50)), at(0)),
+    )
+    .await;
+    let retry_now = insert(
+        store,
+        &in_state("news", MessageState::ErrorRetry, Some(at(100)), at(0)),
+    )
+    .await;
+    let _future_retry = insert(
+        store,
+        &in_state("shop", MessageState::ErrorRetry, Some(at(101)), at(0)),
+    )
+    .await;
+    for state in [MessageState::Sent, MessageState::Error, MessageState::Debug] {
+        insert(store, &in_state("shop", state, None, at(0))).await;
+    }
+
+    let claimed = store
+        .claim_due(at(100), 10, &lease("worker-1", at(160)))
+        .await
+        .expect("claim");
+
+    assert_eq!(ids(&claimed), vec![waiting.id, due_retry.id, retry_now.id]);
+    assert_eq!(claimed[0], waiting, "claimed messages come with deliveries");
+    let limited = store
+        .claim_due(at(200), 2, &lease("worker-2", at(260)))
+        .await
+        .expect("claim with a limit");
+    assert_eq!(ids(&limited), vec![waiting.id, due_retry.id]);
+}
+
+pub async fn a_claimed_message_is_not_claimed_again_until_its_lease_expires<S: Stores>(store: &S) {
+    let message = insert(
+        store,
+        &new_message(to_user("shop", "alice"), Vec::new(), at(0)),
+    )
+    .await;
+    let claimed = store
+        .claim_due(at(1), 10, &lease("worker-1", at(61)))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&claimed), vec![message.id]);
+
+    let while_leased = store
+        .claim_due(at(60), 10, &lease("worker-2", at(120)))
+        .await
+        .expect("claim while leased");
+    assert_eq!(ids(&while_leased), Vec::<MessageId>::new());
+
+    let after_expiry = store
+        .claim_due(at(61), 10, &lease("worker-2", at(121)))
+        .await
+        .expect("claim after expiry");
+    assert_eq!(ids(&after_expiry), vec![message.id]);
+}
+
+pub async fn a_message_inserted_with_a_lease_is_not_claimed_until_the_lease_expires<S: Stores>(
+    store: &S,
+) {
+    let mut new = new_message(to_user("shop", "alice"), Vec::new(), at(0));
+    new.lease = Some(lease("api", at(30)));
+    let message = insert(store, &new).await;
+
+    let early = store
+        .claim_due(at(29), 10, &lease("worker", at(90)))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&early), Vec::<MessageId>::new());
+    let late = store
+        .claim_due(at(30), 10, &lease("worker", at(90)))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&late), vec![message.id]);
+}
+
+pub async fn two_concurrent_claimers_never_get_the_same_message<S: Stores>(store: &S) {
+    let mut all = BTreeSet::new();
+    for n in 0..40 {
+        let message = insert(
+            store,
+            &new_message(to_user("shop", "alice"), Vec::new(), at(n)),
+        )
+        .await;
+        all.insert(message.id);
+    }
+    let claimer = |name: &'static str| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            // 40 messages in batches of 3 run dry in at most 14 rounds; a store that hands
+            // out leased messages again never would.
+            for _ in 0..100 {
+                let batch = store
+                    .claim_due(at(100), 3, &lease(name, at(400)))
+                    .await
+                    .expect("claim");
+                if batch.is_empty() {
+                    return mine;
+                }
+                mine.extend(ids(&batch));
+                tokio::task::yield_now().await;
+            }
+            panic!("{name} kept claiming messages: leased messages were handed out again");
+        })
+    };
+
+    let first = claimer("worker-1");
+    let second = claimer("worker-2");
+    let first = first.await.expect("first claimer");
+    let second = second.await.expect("second claimer");
+
+    let first_set: BTreeSet<MessageId> = first.iter().copied().collect();
+    let second_set: BTreeSet<MessageId> = second.iter().copied().collect();
+    assert_eq!(
+        first_set.len(),
+        first.len(),
+        "no message twice to one claimer"
+    );
+    assert_eq!(
+        second_set.len(),
+        second.len(),
+        "no message twice to one claimer"
+    );
+    assert!(
+        first_set.is_disjoint(&second_set),
+        "both claimed {:?}",
+        first_set.intersection(&second_set).collect::<Vec<_>>()
+    );
+    let union: BTreeSet<MessageId> = first_set.union(&second_set).copied().collect();
+    assert_eq!(union, all);
+}
+
+pub async fn recording_a_delivery_never_changes_an_accepted_delivery<S: Stores>(store: &S) {
+    let device = register(store, &new_device("shop", apns(1), None), at(0)).await;
+    let message = insert(
+        store,
+        &new_message(
+            spec(
+                "shop",
+                Target::Devices {
+                    device_ids: vec![device],
+                },
+            ),
+            vec![(Channel::Apns, Some(device))],
+            at(0),
+        ),
+    )
+    .await;
+    let mut delivery = message.deliveries[0].clone();
+    delivery.record(
+        &SendOutcome::Accepted {
+            provider_id: Some("apns-id-1".to_owned()),
+            details: Some(json!({"status": 200})),
+        },
+        at(1),
+    );
+    store.record_delivery(&delivery).await.expect("record");
+    store
+        .record_delivery(&delivery)
+        .await
+        .expect("record the same again");
+
+    let mut late_failure = delivery.clone();
+    late_failure.state = DeliveryState::Failed;
+    late_failure.attempts = 2;
+    late_failure.provider_id = None;
+    late_failure.error_code = Some("timeout".to_owned());
+    late_failure.error_text = Some("late report".to_owned());
+    late_failure.updated_at = at(2);
+    store
+        .record_delivery(&late_failure)
+        .await
+        .expect("record late failure");
+
+    let stored = store
+        .get_message(&app("shop"), message.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(stored.deliveries, vec![delivery]);
+}
+
+pub async fn saving_progress_persists_the_state_machine_result_and_releases_the_lease<S: Stores>(
+    store: &S,
+) {
+    let ok = register(store, &new_device("shop", apns(1), None), at(0)).await;
+    let flaky = register(store, &new_device("shop", fcm(2), None), at(0)).await;
+    let target = Target::Devices {
+        device_ids: vec![ok, flaky],
+    };
+    insert(
+        store,
+        &new_message(
+            spec("shop", target),
+            vec![(Channel::Apns, Some(ok)), (Channel::Fcm, Some(flaky))],
+            at(0),
+        ),
+    )
+    .await;
+    let mut message = store
+        .claim_due(at(1), 1, &lease("worker", at(3_601)))
+        .await
+        .expect("claim")
+        .pop()
+        .expect("claimed");
+    let (first, second) = (message.deliveries[0].id, message.deliveries[1].id);
+    message.record_outcome(
+        first,
+        &SendOutcome::Accepted {
+            provider_id: Some("apns-id".to_owned()),
+            details: None,
+        },
+        at(2),
+    );
+    message.record_outcome(
+        second,
+        &SendOutcome::Transient {
+            code: "UNAVAILABLE".to_owned(),
+            reason: "try later".to_owned(),
+            retry_after: Some(Duration::from_secs(120)),
+        },
+        at(2),
+    );
+    message
+        .finish_attempt(
+            &RetryPolicy::default(),
+            Some(Duration::from_secs(120)),
+            at(2),
+        )
+        .expect("finish");
+    message.extra_sender_data = Some(json!({"batch": "b-1"}));
+    assert_eq!(message.state(), MessageState::ErrorRetry);
+    let next = message.next_attempt_at().expect("a retry time");
+
+    store.save_progress(&message).await.expect("save");
+
+    let stored = store
+        .get_message(&app("shop"), message.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(stored.state(), MessageState::ErrorRetry);
+    assert_eq!(stored.error(), message.error());
+    assert_eq!(stored.number_of_send_attempts(), 1);
+    assert_eq!(stored.progress().sent_at, None);
+    assert_eq!(stored.progress().queued_at, at(0));
+    let stored_next = stored.next_attempt_at().expect("stored retry time");
+    assert!(
+        (stored_next - next).abs() < time::Duration::milliseconds(1),
+        "{stored_next} vs {next}"
+    );
+    assert_eq!(stored.extra_sender_data, Some(json!({"batch": "b-1"})));
+    assert_eq!(stored.changed_at, at(2));
+    assert_eq!(stored.deliveries, message.deliveries);
+    assert_eq!(stored.deliveries[0].state, DeliveryState::Accepted);
+    assert_eq!(stored.deliveries[1].state, DeliveryState::Retrying);
+
+    // The lease (until 3 601 s) was released: the retry is claimed as soon as it is due.
+    let not_yet = store
+        .claim_due(
+            next - time::Duration::seconds(1),
+            10,
+            &lease("w2", at(7_200)),
+        )
+        .await
+        .expect("claim before due");
+    assert_eq!(ids(&not_yet), Vec::<MessageId>::new());
+    let due = store
+        .claim_due(stored_next, 10, &lease("w2", at(7_200)))
+        .await
+        .expect("claim when due");
+    assert_eq!(ids(&due), vec![message.id]);
+}
+
+pub async fn a_sent_message_keeps_its_accepted_and_failed_deliveries<S: Stores>(store: &S) {
+    let ok = register(store, &new_device("shop", apns(1), None), at(0)).await;
+    let bad = register(store, &new_device("shop", fcm(2), None), at(0)).await;
+    let mut message = insert(
+        store,
+        &new_message(
+            spec(
+                "shop",
+                Target::Devices {
+                    device_ids: vec![ok, bad],
+                },
+            ),
+            vec![(Channel::Apns, Some(ok)), (Channel::Fcm, Some(bad))],
+            at(0),
+        ),
+    )
+    .await;
+    let (first, second) = (message.deliveries[0].id, message.deliveries[1].id);
+    message.record_outcome(
+        first,
+        &SendOutcome::Accepted {
+            provider_id: Some("apns-id".to_owned()),
+            details: Some(json!({"apns-unique-id": "u-1"})),
+        },
+        at(1),
+    );
+    message.record_outcome(
+        second,
+        &SendOutcome::Permanent {
+            code: "INVALID_ARGUMENT".to_owned(),
+            reason: "bad payload".to_owned(),
+            details: Some(json!({"field": "data"})),
+        },
+        at(1),
+    );
+    message
+        .finish_attempt(&RetryPolicy::default(), None, at(1))
+        .expect("finish");
+    assert_eq!(message.state(), MessageState::Sent);
+
+    store.save_progress(&message).await.expect("save");
+
+    let stored = store
+        .get_message(&app("shop"), message.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(stored, message);
+    assert_eq!(stored.progress().sent_at, Some(at(1)));
+    let none = store
+        .claim_due(at(10), 10, &lease("w", at(70)))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&none), Vec::<MessageId>::new());
+}
+
+pub async fn the_template_message_is_the_newest_one_linked_to_every_related_object<S: Stores>(
+    store: &S,
+) {
+    let from_template = |app_id: &str, template: &str, objects: Vec<RelatedObject>| {
+        let mut message_spec = to_user(app_id, "alice");
+        message_spec.template_slug = Some(slug(template));
+        message_spec.related_objects = objects;
+        new_message(message_spec, Vec::new(), at(0))
+    };
+    let (order, customer) = (related("order", "42"), related("customer", "7"));
+    assert_eq!(
+        store
+            .find_template_message(&app("shop"), &slug("welcome"), &[])
+            .await
+            .expect("find"),
+        None
+    );
+    let both = insert(
+        store,
+        &from_template("shop", "welcome", vec![order.clone(), customer.clone()]),
+    )
+    .await;
+    let order_only = insert(
+        store,
+        &from_template("shop", "welcome", vec![order.clone()]),
+    )
+    .await;
+    let _other_template = insert(
+        store,
+        &from_template("shop", "goodbye", vec![order.clone()]),
+    )
+    .await;
+    let _other_app = insert(
+        store,
+        &from_template("news", "welcome", vec![order.clone(), customer.clone()]),
+    )
+    .await;
+    let find = async |objects: &[RelatedObject]| {
+        store
+            .find_template_message(&app("shop"), &slug("welcome"), objects)
+            .await
+            .expect("find")
+    };
+
+    assert_eq!(find(&[]).await, Some(order_only.id));
+    assert_eq!(
+        find(std::slice::from_ref(&order)).await,
+        Some(order_only.id)
+    );
+    assert_eq!(
+        find(&[order.clone(), customer.clone()]).await,
+        Some(both.id)
+    );
+    assert_eq!(find(std::slice::from_ref(&customer)).await, Some(both.id));
+    assert_eq!(find(&[related("order", "43")]).await, None);
+    assert_eq!(find(&[customer, related("order", "43")]).await, None);
+}
+
+pub async fn the_backlog_counts_waiting_and_due_retries<S: Stores>(store: &S) {
+    assert_eq!(store.count_due(at(0)).await.expect("count"), 0);
+    insert(
+        store,
+        &new_message(to_user("shop", "alice"), Vec::new(), at(0)),
+    )
+    .await;
+    let mut leased = new_message(to_user("news", "bob"), Vec::new(), at(0));
+    leased.lease = Some(lease("api", at(1_000)));
+    insert(store, &leased).await;
+    insert(
+        store,
+        &in_state("shop", MessageState::ErrorRetry, Some(at(10)), at(0)),
+    )
+    .await;
+    insert(
+        store,
+        &in_state("shop", MessageState::ErrorRetry, Some(at(20)), at(0)),
+    )
+    .await;
+    insert(store, &in_state("shop", MessageState::Sent, None, at(0))).await;
+
+    // Leased messages are still part of the backlog: they are not sent yet.
+    assert_eq!(store.count_due(at(9)).await.expect("count"), 2);
+    assert_eq!(store.count_due(at(10)).await.expect("count"), 3);
+    assert_eq!(store.count_due(at(20)).await.expect("count"), 4);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Templates.
+
+fn template(app_id: &str, name: &str, body: &str) -> TemplateSpec {
+    TemplateSpec {
+        app: app(app_id),
+        slug: slug(name),
+        body: body.to_owned(),
+        heading: Some("Hi {{ name }}".to_owned()),
+        url: Some("https://example.com/{{ id }}".to_owned()),
+        is_active: true,
+        allow_duplicates: false,
+    }
+}
+
+pub async fn templates_are_created_replaced_listed_and_deleted<S: Stores>(store: &S) {
+    let first = template("shop", "welcome", "Welcome, {{ name }}!");
+    let (created, how) = store.put_template(&first, at(0)).await.expect("put");
+    assert_eq!(how, Registration::Created);
+    assert_eq!(
+        (
+            created.app.clone(),
+            created.slug.clone(),
+            created.body.as_str()
+        ),
+        (app("shop"), slug("welcome"), "Welcome, {{ name }}!")
+    );
+    assert_eq!(created.heading, first.heading);
+    assert_eq!(created.url, first.url);
+    assert!(created.is_active && !created.allow_duplicates);
+    assert_eq!((created.created_at, created.updated_at), (at(0), at(0)));
+
+    let replacement = TemplateSpec {
+        body: "Hello again".to_owned(),
+        heading: None,
+        url: None,
+        is_active: false,
+        allow_duplicates: true,
+        ..first.clone()
+    };
+    let (replaced, how) = store
+        .put_template(&replacement, at(5))
+        .await
+        .expect("replace");
+    assert_eq!(how, Registration::Updated);
+    assert_eq!(replaced.body, "Hello again");
+    assert_eq!(
+        (replaced.heading.clone(), replaced.url.clone()),
+        (None, None)
+    );
+    assert!(!replaced.is_active && replaced.allow_duplicates);
+    assert_eq!((replaced.created_at, replaced.updated_at), (at(0), at(5)));
+    assert_eq!(
+        store
+            .get_template(&app("shop"), &slug("welcome"))
+            .await
+            .expect("get"),
+        Some(replaced.clone())
+    );
+
+    store
+        .put_template(&template("shop", "a-first", "A"), at(1))
+        .await
+        .expect("put");
+    store
+        .put_template(&template("news", "welcome", "N"), at(1))
+        .await
+        .expect("put");
+    let slugs: Vec<Slug> = store
+        .list_templates(&app("shop"))
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|t| t.slug)
+        .collect();
+    assert_eq!(slugs, vec![slug("a-first"), slug("welcome")]);
+    assert_eq!(
+        store
+            .get_template(&app("other"), &slug("welcome"))
+            .await
+            .expect("get"),
+        None
+    );
+
+    assert!(
+        store
+            .delete_template(&app("shop"), &slug("welcome"))
+            .await
+            .expect("delete")
+    );
+    assert!(
+        !store
+            .delete_template(&app("shop"), &slug("welcome"))
+            .await
+            .expect("delete again")
+    );
+    assert_eq!(
+        store
+            .get_template(&app("shop"), &slug("welcome"))
+            .await
+            .expect("get"),
+        None
+    );
+    let news = store
+        .get_template(&app("news"), &slug("welcome"))
+        .await
+        .expect("get");
+    assert!(news.is_some(), "another application's template is kept");
+}
+
+pub async fn timestamps_round_trip_to_the_millisecond<S: Stores>(store: &S) {
+    let precise = datetime!(2031-12-31 23:59:59.999 UTC);
+    let (device, _) = store
+        .register_device(&new_device("shop", apns(1), None), precise)
+        .await
+        .expect("register");
+    assert_eq!((device.created_at, device.updated_at), (precise, precise));
+    let message = insert(
+        store,
+        &new_message(
+            spec(
+                "shop",
+                Target::Devices {
+                    device_ids: vec![device.id],
+                },
+            ),
+            vec![(Channel::Apns, Some(device.id))],
+            precise,
+        ),
+    )
+    .await;
+    assert_eq!((message.created_at, message.changed_at), (precise, precise));
+    assert_eq!(message.progress().queued_at, precise);
+    assert_eq!(message.deliveries[0].updated_at, precise);
+    let (stored_template, _) = store
+        .put_template(&template("shop", "t", "x"), precise)
+        .await
+        .expect("put");
+    assert_eq!(stored_template.created_at, precise);
+
+    // Finer times keep at least their milliseconds, and a store may keep more.
+    let fine = datetime!(2031-01-01 00:00:00.123456789 UTC);
+    let (device, _) = store
+        .register_device(&new_device("shop", apns(2), None), fine)
+        .await
+        .expect("register");
+    let error = device.created_at - fine;
+    assert!(
+        error.abs() < time::Duration::milliseconds(1),
+        "{} vs {fine}",
+        device.created_at
+    );
+    let before_epoch = datetime!(1969-07-20 20:17:40.5 UTC);
+    store
+        .deactivate_device(&app("shop"), device.id, "moon", before_epoch)
+        .await
+        .expect("deactivate");
+    let stored = store
+        .get_device(&app("shop"), device.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(stored.deactivated_at, Some(before_epoch));
+}

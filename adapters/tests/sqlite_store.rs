@@ -1,0 +1,110 @@
+//! The storage contract run on the SQLite store, each test on a fresh database file, plus the
+//! SQLite-specific behaviour (locations, corrupt rows, table counts).
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test code: a failed expectation is a failed test"
+)]
+
+mod contract;
+
+use std::ops::Deref;
+
+use clarion_adapters::sqlite::SqliteStore;
+use clarion_domain::device::DeviceFilter;
+use clarion_domain::ids::AppId;
+use clarion_domain::ports::{DeviceStore, StoreError};
+use tempfile::TempDir;
+
+/// A store on a fresh database file in a temporary folder that lives as long as the store.
+struct Fixture {
+    store: SqliteStore,
+    _dir: TempDir,
+}
+
+impl Deref for Fixture {
+    type Target = SqliteStore;
+    fn deref(&self) -> &SqliteStore {
+        &self.store
+    }
+}
+
+async fn fresh_store() -> Fixture {
+    let dir = TempDir::new().expect("temporary folder");
+    let path = dir.path().join("clarion.db");
+    let store = SqliteStore::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("connect");
+    Fixture { store, _dir: dir }
+}
+
+contract::store_contract_tests!(fresh_store());
+
+#[tokio::test]
+async fn connecting_creates_and_migrates_a_missing_file_and_reconnecting_keeps_the_data() {
+    let dir = TempDir::new().expect("temporary folder");
+    let path = dir.path().join("nested-name.db");
+    let plain = path.to_str().expect("utf-8 path").to_owned();
+
+    let store = SqliteStore::connect(&plain).await.expect("connect by path");
+    sqlx::query("INSERT INTO templates (app, slug, body, is_active, allow_duplicates, created_at, updated_at) VALUES ('shop', 'x', 'b', 1, 0, 0, 0)")
+        .execute(store.pool())
+        .await
+        .expect("insert");
+    store.pool().close().await;
+
+    assert!(path.exists());
+    let again = SqliteStore::connect(&format!("sqlite:{plain}"))
+        .await
+        .expect("connect by sqlite: URL");
+    let counts = again.table_counts().await.expect("counts");
+    assert_eq!(counts.get("templates"), Some(&1));
+}
+
+#[tokio::test]
+async fn table_counts_name_every_table_of_the_schema() {
+    let store = SqliteStore::connect("sqlite::memory:")
+        .await
+        .expect("connect");
+
+    let counts = store.table_counts().await.expect("counts");
+
+    let names: Vec<&str> = counts.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        vec![
+            "deliveries",
+            "devices",
+            "message_related_objects",
+            "messages",
+            "templates"
+        ]
+    );
+    assert!(counts.values().all(|n| *n == 0));
+}
+
+#[tokio::test]
+async fn a_row_that_does_not_parse_is_reported_as_corrupt_naming_the_row_and_field() {
+    let store = SqliteStore::connect("sqlite::memory:")
+        .await
+        .expect("connect");
+    sqlx::query(
+        "INSERT INTO devices (id, app, platform, token_key, active, created_at, updated_at) \
+         VALUES (12, 'shop', 'pager', 'abc', 1, 0, 0)",
+    )
+    .execute(store.pool())
+    .await
+    .expect("insert");
+    let shop = AppId::parse("shop").expect("app");
+
+    let listed = store.list_devices(&shop, &DeviceFilter::default()).await;
+
+    match listed {
+        Err(StoreError::Corrupt(text)) => {
+            assert!(text.contains("devices row 12: platform"), "{text}");
+        }
+        other => panic!("expected a corrupt row, got {other:?}"),
+    }
+}
