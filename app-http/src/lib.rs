@@ -1,0 +1,154 @@
+//! clarion-server: the HTTP server and the background worker, started from a wired
+//! [`Runtime`]. `main` wires; this crate serves.
+
+mod routes;
+mod worker;
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+use axum::Router;
+use clarion_adapters::wiring::Runtime;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use crate::worker::WorkerSettings;
+
+/// The server, bound to its port and ready to run.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    address: SocketAddr,
+    router: Router,
+    worker: Option<(clarion_domain::service::PushService, WorkerSettings)>,
+}
+
+impl Application {
+    /// Binds the listener on `config.listen` (port 0 picks a free port) and builds the
+    /// routes and the worker.
+    ///
+    /// # Errors
+    /// When the listen address does not parse or cannot be bound.
+    pub async fn build(runtime: Runtime) -> anyhow::Result<Application> {
+        let Runtime {
+            service, config, ..
+        } = runtime;
+        let wanted: SocketAddr = config
+            .listen
+            .parse()
+            .with_context(|| format!("listen address {:?} is not an address", config.listen))?;
+        let listener = TcpListener::bind(wanted)
+            .await
+            .with_context(|| format!("failed to listen on {wanted}"))?;
+        let address = listener
+            .local_addr()
+            .context("failed to read the bound address")?;
+        let worker = config
+            .worker
+            .enabled
+            .then(|| (service.clone(), WorkerSettings::from_config(&config.worker)));
+        let apps: Vec<String> = service
+            .applications()
+            .iter()
+            .map(|app| format!("{}:{}", app.id, app.sender))
+            .collect();
+        tracing::info!(
+            listen = %address,
+            database = %config.database.redacted_url(),
+            apps = %apps.join(", "),
+            config_file = %config
+                .file
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |file| file.display().to_string()),
+            debug = config.debug,
+            worker = config.worker.enabled,
+            "clarion-server is listening"
+        );
+        Ok(Application {
+            listener,
+            address,
+            router: routes::router(routes::AppState { service }),
+            worker,
+        })
+    }
+
+    /// The bound port.
+    #[must_use]
+    pub fn port(&self) -> u16 {
+        self.address.port()
+    }
+
+    /// The bound address.
+    #[must_use]
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Serves until Ctrl-C or SIGTERM, then shuts down gracefully.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting connections, lets the open
+    /// requests finish, and stops the worker after its current batch.
+    ///
+    /// # Errors
+    /// When the server fails.
+    pub async fn run_until<F>(self, shutdown: F) -> anyhow::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, stopped) = watch::channel(false);
+        let worker = self
+            .worker
+            .map(|(service, settings)| tokio::spawn(worker::run(service, settings, stopped)));
+        let served = axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                tracing::info!("shutting down: no new connections, the worker finishes its batch");
+                // The worker may stop now, while the open requests finish.
+                let _ = stop.send(true);
+            })
+            .await;
+        // The sender is gone now (sent or dropped with the server), so the worker stops.
+        if let Some(worker) = worker
+            && let Err(error) = worker.await
+        {
+            tracing::error!(error = %error, "the worker task failed");
+        }
+        tracing::info!("clarion-server stopped");
+        served.context("the HTTP server failed")
+    }
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

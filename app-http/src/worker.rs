@@ -1,0 +1,81 @@
+//! The background worker: claims due messages in batches and sends them, polling the store
+//! when there is nothing to do.
+
+use std::time::Duration;
+
+use clarion_adapters::config::WorkerConfig;
+use clarion_domain::service::PushService;
+use tokio::sync::watch;
+
+/// How the worker polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerSettings {
+    /// The wait after a batch that found less than a full batch of work.
+    pub poll_interval: Duration,
+    /// The most messages one batch takes.
+    pub batch_size: u32,
+}
+
+impl WorkerSettings {
+    #[must_use]
+    pub fn from_config(config: &WorkerConfig) -> Self {
+        Self {
+            poll_interval: Duration::from_secs(config.poll_interval_secs),
+            batch_size: config.batch_size.max(1),
+        }
+    }
+}
+
+/// Runs batches until `stop` turns true or its sender is dropped. A batch that is under way
+/// is finished first; a failed batch is logged and tried again after the poll interval.
+pub(crate) async fn run(
+    service: PushService,
+    settings: WorkerSettings,
+    mut stop: watch::Receiver<bool>,
+) {
+    tracing::info!(
+        poll_interval_secs = settings.poll_interval.as_secs_f64(),
+        batch_size = settings.batch_size,
+        "worker started"
+    );
+    let limit = u64::from(settings.batch_size);
+    'polling: loop {
+        // Full batches mean more work is waiting: go on without sleeping.
+        loop {
+            if stopping(&stop) {
+                break 'polling;
+            }
+            match service.process_batch(limit, &|_| {}).await {
+                Ok(report) => {
+                    if report.processed > 0 {
+                        tracing::info!(
+                            processed = report.processed,
+                            sent = report.sent,
+                            debug = report.debug,
+                            retrying = report.retrying,
+                            failed = report.failed,
+                            "worker processed a batch"
+                        );
+                    }
+                    if report.processed < limit {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(error = format!("{error:#}"), "worker batch failed");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            // Woken by a stop (or a dropped sender); the check above decides.
+            _ = stop.changed() => {}
+            () = tokio::time::sleep(settings.poll_interval) => {}
+        }
+    }
+    tracing::info!("worker stopped");
+}
+
+fn stopping(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}

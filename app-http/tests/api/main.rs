@@ -1,0 +1,8 @@
+//! End-to-end tests of clarion-server, in process: a real listener on a free port, a fresh
+//! SQLite database per test, and the debug sender.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod health;
+mod helpers;
+mod worker;
