@@ -1,0 +1,24 @@
+//! Local mock push providers for Clarion's tests: APNs, FCM HTTP v1 (with Google's OAuth 2.0
+//! token endpoint), Web Push and OneSignal. Each mock checks what the real service checks,
+//! built from the published specifications rather than from Clarion's code, records every
+//! request with the problems it found, and can be scripted with canned responses and delays.
+//!
+//! Every mock binds 127.0.0.1 port 0 on the current tokio runtime and stops when dropped.
+
+pub mod apns;
+pub mod fcm;
+mod jwt;
+pub mod onesignal;
+pub mod script;
+mod server;
+pub mod tls;
+pub mod webpush;
+
+pub use apns::{ApnsMockConfig, ApnsView, MockApns, apns_test_key};
+pub use fcm::{
+    FcmMockConfig, FcmServiceAccount, FcmTokenView, FcmView, MockFcm, fcm_test_service_account,
+};
+pub use onesignal::{MockOneSignal, OneSignalMockConfig, OneSignalView};
+pub use script::{CannedResponse, RecordedRequest};
+pub use tls::{TestCa, install_default_crypto_provider};
+pub use webpush::{MockWebPush, TestSubscription, VapidTestKey, WebPushMockConfig, WebPushView};

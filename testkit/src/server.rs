@@ -1,0 +1,147 @@
+//! The HTTP server harness the mocks run on: 127.0.0.1 port 0, plain or TLS, HTTP/1.1 and HTTP/2,
+//! stopped when its handle is dropped.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::TlsAcceptor;
+
+use crate::script::{CannedResponse, IncomingRequest};
+
+/// What a mock does with one request. Checking and recording are synchronous; the harness
+/// waits for the returned delay before it sends the answer.
+pub(crate) trait Respond: Send + Sync + 'static {
+    /// Checks, records and answers one request, and says how long to wait before answering.
+    fn respond(&self, request: IncomingRequest) -> (CannedResponse, Duration);
+}
+
+/// A running server; dropping it stops the accept loop and every open connection.
+#[derive(Debug)]
+pub(crate) struct Server {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    pub async fn start(
+        handler: Arc<dyn Respond>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("failed to bind a mock server to 127.0.0.1:0")?;
+        let addr = listener
+            .local_addr()
+            .context("failed to read the mock server's address")?;
+        let task = tokio::spawn(accept_loop(listener, handler, tls.map(TlsAcceptor::from)));
+        Ok(Self { addr, task })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, handler: Arc<dyn Respond>, tls: Option<TlsAcceptor>) {
+    // The connections live in the loop's JoinSet so that aborting the loop closes them too.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    connections.spawn(serve_connection(stream, Arc::clone(&handler), tls.clone()));
+                }
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, handler: Arc<dyn Respond>, tls: Option<TlsAcceptor>) {
+    let service = service_fn(move |request: Request<Incoming>| {
+        let handler = Arc::clone(&handler);
+        async move { Ok::<_, Infallible>(handle(request, handler).await) }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    // Connection errors (a client that hangs up, a failed handshake) end only this connection.
+    match tls {
+        Some(acceptor) => {
+            let Ok(stream) = acceptor.accept(stream).await else {
+                return;
+            };
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+        None => {
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    }
+}
+
+async fn handle(request: Request<Incoming>, handler: Arc<dyn Respond>) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes().to_vec(),
+        Err(_) => return to_response(CannedResponse::empty(400)),
+    };
+    let incoming = IncomingRequest {
+        method: parts.method.to_string(),
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), ToString::to_string),
+        version: format!("{:?}", parts.version),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_ascii_lowercase(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body,
+    };
+    let (response, delay) = handler.respond(incoming);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    to_response(response)
+}
+
+fn to_response(canned: CannedResponse) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(canned.body)));
+    *response.status_mut() = http::StatusCode::from_u16(canned.status)
+        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in canned.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
