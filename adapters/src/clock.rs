@@ -3,13 +3,16 @@
 use clarion_domain::ports::Clock;
 use time::OffsetDateTime;
 
-/// The wall clock, in UTC.
+/// The wall clock, in UTC, to the millisecond: the stores keep milliseconds, so a time read
+/// back equals the time written.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> OffsetDateTime {
-        OffsetDateTime::now_utc()
+        let now = OffsetDateTime::now_utc();
+        now.replace_nanosecond(now.millisecond() * 1_000_000)
+            .unwrap_or(now)
     }
 }
 
@@ -27,6 +30,7 @@ mod tests {
 
         let after = OffsetDateTime::now_utc();
         assert_eq!(now.offset(), UtcOffset::UTC);
-        assert!(before <= now && now <= after);
+        assert!(before - time::Duration::milliseconds(1) <= now && now <= after);
+        assert_eq!(now.nanosecond() % 1_000_000, 0);
     }
 }
