@@ -11,7 +11,7 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> OffsetDateTime {
         let now = OffsetDateTime::now_utc();
-        now.replace_nanosecond(now.millisecond() * 1_000_000)
+        now.replace_nanosecond(u32::from(now.millisecond()) * 1_000_000)
             .unwrap_or(now)
     }
 }
