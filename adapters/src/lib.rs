@@ -1,7 +1,9 @@
-//! placeholder
+//! Clarion's adapters: the sqlx stores, the push providers, the MiniJinja renderer, the clock,
+//! the typed configuration and the wiring that builds the services from it.
 pub mod clock;
 pub mod config;
 pub mod debug;
+pub mod providers;
 pub mod render;
 pub mod sqlite;
 pub mod wiring;

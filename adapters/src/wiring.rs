@@ -5,13 +5,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clarion_domain::message::Channel;
-use clarion_domain::ports::PushProvider;
-use clarion_domain::service::{Ports, Providers, PushService, ServiceSettings};
+use clarion_domain::service::{Ports, PushService, ServiceSettings};
 
 use crate::clock::SystemClock;
 use crate::config::{Config, DatabaseKind};
-use crate::debug::DebugSender;
 use crate::render::MiniJinjaRenderer;
 use crate::sqlite::SqliteStore;
 
@@ -66,33 +63,13 @@ pub async fn build(config: Config, worker_id: &str) -> anyhow::Result<Runtime> {
     let service = PushService::new(
         Arc::new(config.applications()),
         ports,
-        providers(&config),
+        crate::providers::build(&config)?,
         settings,
     );
     Ok(Runtime {
         service,
         store,
         config,
-    })
-}
-
-/// The push providers. Only the debug sender exists so far; with `debug = true` it serves
-/// every channel, so that nothing leaves the process whatever a message targets.
-fn providers(config: &Config) -> Providers {
-    let debug: Arc<dyn PushProvider> = Arc::new(DebugSender);
-    let providers = Providers::default().with(Channel::Debug, debug.clone());
-    if !config.debug {
-        return providers;
-    }
-    [
-        Channel::Apns,
-        Channel::Fcm,
-        Channel::Webpush,
-        Channel::Onesignal,
-    ]
-    .into_iter()
-    .fold(providers, |providers, channel| {
-        providers.with(channel, debug.clone())
     })
 }
 

@@ -6,6 +6,7 @@
 //! Every mock binds 127.0.0.1 port 0 on the current tokio runtime and stops when dropped.
 
 pub mod apns;
+pub mod clock;
 pub mod fcm;
 mod jwt;
 pub mod onesignal;
@@ -15,6 +16,7 @@ pub mod tls;
 pub mod webpush;
 
 pub use apns::{ApnsMockConfig, ApnsView, MockApns, apns_test_key};
+pub use clock::ManualClock;
 pub use fcm::{
     FcmMockConfig, FcmServiceAccount, FcmTokenView, FcmView, MockFcm, fcm_test_service_account,
 };

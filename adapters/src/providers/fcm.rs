@@ -1,0 +1,36 @@
+//! The FCM provider (being written).
+
+use async_trait::async_trait;
+use clarion_domain::ids::AppId;
+use clarion_domain::message::SendOutcome;
+use clarion_domain::payload::Payload;
+use clarion_domain::ports::PushProvider;
+
+use crate::config::Config;
+
+/// Sends to FCM for every application that configures it.
+#[derive(Debug)]
+pub struct FcmProvider {}
+
+impl FcmProvider {
+    /// The provider for the applications that configure FCM, or `None` when none does.
+    ///
+    /// # Errors
+    /// When a credential cannot be loaded; the error names the application and setting.
+    pub fn from_config(
+        _config: &Config,
+        _roots: &[reqwest::Certificate],
+    ) -> anyhow::Result<Option<Self>> {
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl PushProvider for FcmProvider {
+    async fn send(&self, _app: &AppId, _payload: &Payload) -> SendOutcome {
+        SendOutcome::Misconfigured {
+            code: "not_implemented".to_owned(),
+            reason: "FCM is not implemented yet".to_owned(),
+        }
+    }
+}

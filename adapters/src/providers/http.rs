@@ -1,0 +1,156 @@
+//! What every provider's HTTP client shares: trusted roots, timeouts, the mapping of transport
+//! failures to outcomes, and `Retry-After`.
+
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use clarion_domain::message::SendOutcome;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+
+use crate::config::TlsConfig;
+
+/// The request timeout of a provider whose configuration sets none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The timeout a provider section asks for, or the default.
+#[must_use]
+pub fn timeout(timeout_secs: Option<u64>) -> Duration {
+    timeout_secs.map_or(DEFAULT_TIMEOUT, Duration::from_secs)
+}
+
+/// Reads the extra trusted root certificates named by `tls.extra_ca_certs`.
+///
+/// # Errors
+/// When a file cannot be read or holds no PEM certificate; the error names the file.
+pub fn extra_roots(tls: &TlsConfig) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let mut roots = Vec::new();
+    for path in &tls.extra_ca_certs {
+        roots.extend(read_roots(path)?);
+    }
+    Ok(roots)
+}
+
+fn read_roots(path: &Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(path)
+        .with_context(|| format!("failed to read tls.extra_ca_certs file {}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
+        format!(
+            "tls.extra_ca_certs file {} is not a PEM certificate bundle",
+            path.display()
+        )
+    })?;
+    anyhow::ensure!(
+        !certs.is_empty(),
+        "tls.extra_ca_certs file {} holds no certificate",
+        path.display()
+    );
+    Ok(certs)
+}
+
+/// A client builder with the common settings: the extra roots on top of the platform's, the
+/// timeout, and no redirects (a push endpoint that redirects is misbehaving). Certificate
+/// verification is always on; no setting turns it off.
+#[must_use]
+pub fn client_builder(roots: &[reqwest::Certificate], timeout: Duration) -> reqwest::ClientBuilder {
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("clarion/", env!("CARGO_PKG_VERSION")));
+    for root in roots {
+        builder = builder.add_root_certificate(root.clone());
+    }
+    builder
+}
+
+/// The outcome of a request that got no HTTP response: timeouts and connection failures are
+/// transient; anything else (a malformed request) is permanent.
+#[must_use]
+pub fn transport_failure(provider: &str, err: &reqwest::Error) -> SendOutcome {
+    let (code, what) = if err.is_timeout() {
+        ("timeout", "timed out")
+    } else if err.is_connect() {
+        ("connection", "could not connect")
+    } else if err.is_request() || err.is_body() || err.is_decode() {
+        ("transport", "failed in transit")
+    } else {
+        return SendOutcome::Permanent {
+            code: "request".to_owned(),
+            reason: format!(
+                "{provider} request could not be built: {}",
+                error_chain(err)
+            ),
+            details: None,
+        };
+    };
+    SendOutcome::Transient {
+        code: code.to_owned(),
+        reason: format!("{provider} request {what}: {}", error_chain(err)),
+        retry_after: None,
+    }
+}
+
+/// The error and its sources on one line, without the URL (which may hold a device token).
+#[must_use]
+pub fn error_chain(err: &reqwest::Error) -> String {
+    let mut text = match err.url() {
+        Some(url) => err.to_string().replace(url.as_str(), "<endpoint>"),
+        None => err.to_string(),
+    };
+    let mut source = std::error::Error::source(err);
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// The `Retry-After` header as a wait: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+#[must_use]
+pub fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let raw = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = raw.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(raw).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_str(value).unwrap());
+        h
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = httpdate::parse_http_date("Sun, 01 Mar 2026 10:00:00 GMT").unwrap();
+        assert_eq!(
+            retry_after(&headers("120"), now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            retry_after(&headers("Sun, 01 Mar 2026 10:05:00 GMT"), now),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            retry_after(&headers("Sun, 01 Mar 2026 09:00:00 GMT"), now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(retry_after(&headers("soon"), now), None);
+        assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn an_unset_timeout_falls_back_to_the_default() {
+        assert_eq!(timeout(None), DEFAULT_TIMEOUT);
+        assert_eq!(timeout(Some(3)), Duration::from_secs(3));
+    }
+}

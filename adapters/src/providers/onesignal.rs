@@ -1,0 +1,36 @@
+//! The OneSignal provider (being written).
+
+use async_trait::async_trait;
+use clarion_domain::ids::AppId;
+use clarion_domain::message::SendOutcome;
+use clarion_domain::payload::Payload;
+use clarion_domain::ports::PushProvider;
+
+use crate::config::Config;
+
+/// Sends to OneSignal for every application that configures it.
+#[derive(Debug)]
+pub struct OneSignalProvider {}
+
+impl OneSignalProvider {
+    /// The provider for the applications that configure OneSignal, or `None` when none does.
+    ///
+    /// # Errors
+    /// When a credential cannot be loaded; the error names the application and setting.
+    pub fn from_config(
+        _config: &Config,
+        _roots: &[reqwest::Certificate],
+    ) -> anyhow::Result<Option<Self>> {
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl PushProvider for OneSignalProvider {
+    async fn send(&self, _app: &AppId, _payload: &Payload) -> SendOutcome {
+        SendOutcome::Misconfigured {
+            code: "not_implemented".to_owned(),
+            reason: "OneSignal is not implemented yet".to_owned(),
+        }
+    }
+}
