@@ -51,7 +51,6 @@ fn read_roots(path: &Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
 /// A client builder with the common settings: the extra roots on top of the platform's, the
 /// timeout, and no redirects (a push endpoint that redirects is misbehaving). Certificate
 /// verification is always on; no setting turns it off.
-#[must_use]
 pub fn client_builder(roots: &[reqwest::Certificate], timeout: Duration) -> reqwest::ClientBuilder {
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)
