@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::stream::{self, StreamExt as _};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -78,6 +79,10 @@ pub struct ServiceSettings {
     pub claim_size: u32,
     /// The page size when walking the devices of a broadcast.
     pub device_page: u32,
+    /// How many claimed messages a batch works on at once.
+    pub message_concurrency: usize,
+    /// How many deliveries of one message are sent at once.
+    pub delivery_concurrency: usize,
 }
 
 impl Default for ServiceSettings {
@@ -87,6 +92,8 @@ impl Default for ServiceSettings {
             lease: Duration::from_secs(60),
             claim_size: 100,
             device_page: 1000,
+            message_concurrency: 8,
+            delivery_concurrency: 32,
         }
     }
 }
@@ -703,10 +710,18 @@ impl PushService {
                 .collect()
         };
         let mut retry_after: Option<Duration> = None;
-        for delivery in due {
-            let outcome = self
-                .send_one(app, &message, &delivery, &devices, started)
-                .await;
+        // Deliveries go out concurrently; each outcome is recorded as soon as it is known.
+        let spec = message.spec.clone();
+        let mut outcomes = stream::iter(due)
+            .map(|delivery| {
+                let (spec, devices) = (&spec, &devices);
+                async move {
+                    let outcome = self.send_one(app, spec, &delivery, devices, started).await;
+                    (delivery, outcome)
+                }
+            })
+            .buffer_unordered(self.settings.delivery_concurrency.max(1));
+        while let Some((delivery, outcome)) = outcomes.next().await {
             if let SendOutcome::Transient {
                 retry_after: Some(wait),
                 ..
@@ -733,6 +748,7 @@ impl PushService {
                     .await?;
             }
         }
+        drop(outcomes);
         let now = self.now();
         if message.finish_attempt(&app.retry, retry_after, now).is_ok() {
             self.ports.messages.save_progress(&message).await?;
@@ -743,7 +759,7 @@ impl PushService {
     async fn send_one(
         &self,
         app: &Application,
-        message: &Message,
+        spec: &MessageSpec,
         delivery: &Delivery,
         devices: &BTreeMap<DeviceId, Device>,
         now: OffsetDateTime,
@@ -763,17 +779,12 @@ impl PushService {
                         &format!("device {id} is inactive: {why}"),
                     );
                 }
-                Some(device) => payload::build(
-                    app,
-                    &message.spec,
-                    PayloadTarget::Device(&device.token),
-                    now,
-                ),
-            },
-            None => match message.spec.target.recipient() {
-                Some(user) => {
-                    payload::build(app, &message.spec, PayloadTarget::ExternalUser(user), now)
+                Some(device) => {
+                    payload::build(app, spec, PayloadTarget::Device(&device.token), now)
                 }
+            },
+            None => match spec.target.recipient() {
+                Some(user) => payload::build(app, spec, PayloadTarget::ExternalUser(user), now),
                 None => return permanent("no_recipient", "a OneSignal delivery needs a user id"),
             },
         };
@@ -821,10 +832,13 @@ impl PushService {
             if claimed.is_empty() {
                 break;
             }
-            for message in claimed {
-                let done = self.process_claimed(message).await?;
-                report.count(&done);
-                on_message(&done);
+            let mut done = stream::iter(claimed)
+                .map(|message| self.process_claimed(message))
+                .buffer_unordered(self.settings.message_concurrency.max(1));
+            while let Some(message) = done.next().await {
+                let message = message?;
+                report.count(&message);
+                on_message(&message);
             }
         }
         Ok(report)
