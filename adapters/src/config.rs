@@ -165,6 +165,10 @@ pub struct WorkerConfig {
     pub batch_size: u32,
     /// How long a claim on a message lasts before another worker may take it over.
     pub lease_secs: u64,
+    /// How many claimed messages are worked on at once.
+    pub message_concurrency: usize,
+    /// How many deliveries of one message are sent at once.
+    pub delivery_concurrency: usize,
 }
 
 impl Default for WorkerConfig {
@@ -174,6 +178,8 @@ impl Default for WorkerConfig {
             poll_interval_secs: 5,
             batch_size: 100,
             lease_secs: 60,
+            message_concurrency: 8,
+            delivery_concurrency: 32,
         }
     }
 }
@@ -246,6 +252,10 @@ pub struct ApnsConfig {
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// The most requests in flight at once for this application (streams on its HTTP/2
+    /// connection); 100 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
 }
 
 /// Which APNs host serves an application.
@@ -534,6 +544,18 @@ impl Config {
         if self.worker.batch_size == 0 {
             return Err(invalid(
                 "worker.batch_size",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.worker.message_concurrency == 0 {
+            return Err(invalid(
+                "worker.message_concurrency",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.worker.delivery_concurrency == 0 {
+            return Err(invalid(
+                "worker.delivery_concurrency",
                 "must be at least 1".to_owned(),
             ));
         }

@@ -58,6 +58,8 @@ pub async fn build(config: Config, worker_id: &str) -> anyhow::Result<Runtime> {
         worker_id: worker_id.to_owned(),
         lease: Duration::from_secs(config.worker.lease_secs),
         claim_size: config.worker.batch_size,
+        message_concurrency: config.worker.message_concurrency,
+        delivery_concurrency: config.worker.delivery_concurrency,
         ..ServiceSettings::default()
     };
     let service = PushService::new(
