@@ -646,24 +646,16 @@ impl Config {
             for (subject, secret) in app.secrets(id) {
                 items.push(check_secret(subject, secret));
             }
-            if let Some(fcm) = &app.fcm {
-                items.push(check_service_account(
-                    format!("apps.{id}.fcm.service_account (content)"),
-                    &fcm.service_account,
-                ));
-            }
+            items.extend(crate::providers::check_credentials(id, app));
         }
         for (index, path) in self.tls.extra_ca_certs.iter().enumerate() {
             let subject = format!("tls.extra_ca_certs[{index}]");
-            items.push(match std::fs::read(path) {
-                Ok(bytes) if !bytes.is_empty() => {
-                    CheckItem::ok(subject, format!("{} is readable", path.display()))
-                }
-                Ok(_) => CheckItem::failed(subject, format!("{} is empty", path.display())),
-                Err(error) => CheckItem::failed(
+            items.push(match crate::providers::http::read_roots(path) {
+                Ok(certs) => CheckItem::ok(
                     subject,
-                    format!("{} cannot be read: {error}", path.display()),
+                    format!("{} holds {} certificate(s)", path.display(), certs.len()),
                 ),
+                Err(error) => CheckItem::failed(subject, format!("{error:#}")),
             });
         }
         items
@@ -771,7 +763,7 @@ pub struct CheckItem {
 }
 
 impl CheckItem {
-    fn ok(subject: String, detail: String) -> Self {
+    pub(crate) fn ok(subject: String, detail: String) -> Self {
         Self {
             subject,
             ok: true,
@@ -779,7 +771,7 @@ impl CheckItem {
         }
     }
 
-    fn failed(subject: String, detail: String) -> Self {
+    pub(crate) fn failed(subject: String, detail: String) -> Self {
         Self {
             subject,
             ok: false,
@@ -795,47 +787,6 @@ fn check_secret(subject: String, secret: &Secret) -> CheckItem {
         }
         Ok(_) => CheckItem::ok(subject, format!("{} is readable", secret.origin())),
         Err(error) => CheckItem::failed(subject, format!("{error:#}")),
-    }
-}
-
-fn check_service_account(subject: String, secret: &Secret) -> CheckItem {
-    let Ok(text) = secret.expose() else {
-        return CheckItem::failed(subject, format!("{} cannot be read", secret.origin()));
-    };
-    // Parse into a generic value: serde_json's syntax errors give a position only, whereas
-    // typed errors could quote the content.
-    let json: serde_json::Value = match serde_json::from_str(&text) {
-        Ok(json) => json,
-        Err(error) => {
-            return CheckItem::failed(
-                subject,
-                format!(
-                    "{} is not JSON (line {}, column {})",
-                    secret.origin(),
-                    error.line(),
-                    error.column()
-                ),
-            );
-        }
-    };
-    let missing: Vec<&str> = ["project_id", "client_email"]
-        .into_iter()
-        .filter(|field| !json.get(field).is_some_and(serde_json::Value::is_string))
-        .collect();
-    if missing.is_empty() {
-        CheckItem::ok(
-            subject,
-            "a service account with project_id and client_email".to_owned(),
-        )
-    } else {
-        CheckItem::failed(
-            subject,
-            format!(
-                "{} is not a service account: no string {}",
-                secret.origin(),
-                missing.join(" or ")
-            ),
-        )
     }
 }
 
@@ -1323,7 +1274,14 @@ mod tests {
             assert!(database.detail.contains("PostgreSQL support arrives"));
             assert!(find("apps.shop.onesignal.api_key").ok);
             assert!(find("apps.shop.fcm.service_account").ok);
-            assert!(find("apps.shop.fcm.service_account (content)").ok);
+            let credentials = find("apps.shop.fcm (credentials)");
+            assert!(!credentials.ok);
+            assert!(
+                credentials
+                    .detail
+                    .contains("private_key is not an RSA private key"),
+                "{credentials:?}"
+            );
             let jwt = find("apps.shop.client_token_secret");
             assert!(!jwt.ok);
             assert!(jwt.detail.contains("SHOP_JWT"));
@@ -1347,13 +1305,10 @@ mod tests {
 
             let content = items
                 .iter()
-                .find(|item| item.subject == "apps.shop.fcm.service_account (content)")
+                .find(|item| item.subject == "apps.shop.fcm (credentials)")
                 .unwrap();
             assert!(!content.ok);
-            assert!(
-                content.detail.contains("project_id or client_email"),
-                "{content:?}"
-            );
+            assert!(content.detail.contains("project_id"), "{content:?}");
             Ok(())
         });
     }

@@ -144,8 +144,7 @@ impl FcmApp {
             .map_err(|e| Failure::Outcome(http::transport_failure(PROVIDER, &e)))?;
         let status = response.status();
         let retry_after = http::retry_after(response.headers(), SystemTime::now());
-        let body = response
-            .bytes()
+        let body = http::read_body(response)
             .await
             .map_err(|e| Failure::Outcome(http::transport_failure(PROVIDER, &e)))?;
         if status.is_success() {

@@ -23,12 +23,6 @@ const PROVIDER: &str = "OneSignal";
 /// The OneSignal API when the configuration names no other endpoint.
 pub const DEFAULT_ENDPOINT: &str = "https://api.onesignal.com";
 
-/// The most of a response body that is read; OneSignal's answers are small.
-const BODY_LIMIT: usize = 64 * 1024;
-
-/// How much of a response that is not JSON goes into a failure's reason.
-const BODY_SNIPPET: usize = 200;
-
 /// An application's OneSignal app id and REST API key, checked.
 pub struct OneSignalCredentials {
     app_id: String,
@@ -191,24 +185,12 @@ impl AppClient {
         };
         let status = response.status();
         let retry_after = http::retry_after(response.headers(), SystemTime::now());
-        let body = match read_body(response).await {
+        let body = match http::read_body(response).await {
             Ok(body) => body,
             Err(error) => return http::transport_failure(PROVIDER, &error),
         };
         outcome_of(app, status, retry_after, &body)
     }
-}
-
-async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        body.extend_from_slice(&chunk);
-        if body.len() >= BODY_LIMIT {
-            body.truncate(BODY_LIMIT);
-            break;
-        }
-    }
-    Ok(body)
 }
 
 fn outcome_of(
@@ -222,7 +204,7 @@ fn outcome_of(
     let said = match (&errors, &json) {
         (Some(errors), _) => format!(": {errors}"),
         (None, Some(_)) => String::new(),
-        (None, None) => snippet(body),
+        (None, None) => http::snippet(body),
     };
     if status.is_success() {
         let id = json
@@ -295,16 +277,6 @@ fn errors_of(json: &Value) -> Option<String> {
         _ => false,
     };
     (!empty).then(|| errors.to_string())
-}
-
-fn snippet(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let text: String = text.trim().chars().take(BODY_SNIPPET).collect();
-    if text.is_empty() {
-        String::new()
-    } else {
-        format!(": {text}")
-    }
 }
 
 #[cfg(test)]

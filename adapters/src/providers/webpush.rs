@@ -41,9 +41,6 @@ const JWT_RENEW_BEFORE: Duration = Duration::from_secs(3600);
 /// many custom endpoints and the stale entries are dropped.
 const JWT_CACHE_LIMIT: usize = 256;
 
-/// How much of an error response's body goes into a failure's reason.
-const BODY_SNIPPET: usize = 200;
-
 /// An application server's VAPID key pair and contact, ready to sign.
 pub struct VapidCredentials {
     key: EncodingKey,
@@ -418,7 +415,10 @@ async fn outcome_of(app: &AppId, host: &str, response: reqwest::Response) -> Sen
         };
     }
     let retry_after = http::retry_after(response.headers(), SystemTime::now());
-    let said = snippet(response).await;
+    let said = match http::read_body(response).await {
+        Ok(body) => http::snippet(&body),
+        Err(_) => String::new(),
+    };
     let answered = format!("the push service at {host} answered {status}{said}");
     match status {
         StatusCode::NOT_FOUND | StatusCode::GONE => SendOutcome::DeadToken {
@@ -454,24 +454,6 @@ async fn outcome_of(app: &AppId, host: &str, response: reqwest::Response) -> Sen
         },
         StatusCode::BAD_REQUEST => permanent("bad_request", answered),
         _ => permanent(&format!("http_{}", status.as_u16()), answered),
-    }
-}
-
-/// The start of an error response's body, as `: text`, or nothing.
-async fn snippet(mut response: reqwest::Response) -> String {
-    let mut body = Vec::new();
-    while body.len() < BODY_SNIPPET {
-        match response.chunk().await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
-            _ => break,
-        }
-    }
-    let text = String::from_utf8_lossy(&body);
-    let text: String = text.trim().chars().take(BODY_SNIPPET).collect();
-    if text.is_empty() {
-        String::new()
-    } else {
-        format!(": {text}")
     }
 }
 

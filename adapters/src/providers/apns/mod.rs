@@ -380,11 +380,11 @@ impl AppClient {
         let response = builder.body(request.body.clone()).send().await?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let body = response.bytes().await?;
+        let body = http::read_body(response).await?;
         Ok(Response {
             status,
             headers,
-            body: body.to_vec(),
+            body,
         })
     }
 }

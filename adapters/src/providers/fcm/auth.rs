@@ -296,8 +296,7 @@ impl TokenSource {
             .map_err(|e| http::transport_failure("FCM OAuth token", &e))?;
         let status = response.status();
         let retry_after = http::retry_after(response.headers(), SystemTime::now());
-        let body = response
-            .bytes()
+        let body = http::read_body(response)
             .await
             .map_err(|e| http::transport_failure("FCM OAuth token", &e))?;
         if status.is_success() {
