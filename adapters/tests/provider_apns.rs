@@ -21,6 +21,7 @@ use clarion_domain::device::Device;
 use clarion_domain::message::{DeliveryState, Message, MessageState, PushOptions};
 use clarion_domain::service::Dispatch;
 use clarion_domain::token::Platform;
+use clarion_testkit::tls::{ClientIdentity, TestClientCa};
 use clarion_testkit::{ApnsMockConfig, CannedResponse, MockApns, apns_test_key};
 use serde_json::json;
 use support::{Harness, temp_dir, to_user, write_file};
@@ -384,54 +385,125 @@ async fn a_key_apns_does_not_know_is_a_configuration_error_naming_the_settings()
     );
 }
 
-#[tokio::test]
-async fn certificate_authentication_sends_no_provider_token() {
-    let (_, public) = apns_test_key().unwrap();
-    let mock = start_mock(&public).await;
-    let dir = temp_dir();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        format!("Apple Push Services: {TOPIC}"),
-    );
-    let certificate = params.self_signed(&key).unwrap();
-    let apns = ApnsConfig {
+/// Certificate authentication against `endpoint` with `identity`'s certificate and key in files.
+fn certificate_auth(dir: &TempDir, endpoint: &str, identity: &ClientIdentity) -> ApnsConfig {
+    ApnsConfig {
         team_id: None,
         key_id: None,
         key: None,
         certificate: Some(Secret::File(write_file(
-            &dir,
+            dir,
             "apns-cert.pem",
-            &certificate.pem(),
+            &identity.cert_pem,
         ))),
         certificate_key: Some(Secret::File(write_file(
-            &dir,
+            dir,
             "apns-key.pem",
-            &key.serialize_pem(),
+            &identity.key_pem,
         ))),
-        ..token_auth(&dir, &mock.base_url(), "")
-    };
+        ..token_auth(dir, endpoint, "")
+    }
+}
+
+/// A mock APNs that verifies client certificates against `client_ca`, and the service
+/// configured for it with certificate authentication as `identity`, with one device.
+async fn certificate_setup(client_ca: &TestClientCa, identity: &ClientIdentity) -> Setup {
+    let (_, public) = apns_test_key().unwrap();
+    let mock = MockApns::start_with_client_ca(
+        ApnsMockConfig {
+            team_id: TEAM_ID.to_owned(),
+            key_id: KEY_ID.to_owned(),
+            public_key_pem: public,
+            topic: TOPIC.to_owned(),
+        },
+        client_ca,
+    )
+    .await
+    .expect("start the APNs mock with a client CA");
+    let dir = temp_dir();
+    let apns = certificate_auth(&dir, &mock.base_url(), identity);
     let harness = Harness::new(&config_with(&dir, mock.ca_pem(), apns), dir).await;
-    harness
-        .register(APP, Platform::Apns, &device_token(1), None, USER)
-        .await;
+    let setup = Setup { harness, mock };
+    setup.device(1).await;
+    setup
+}
 
-    harness.send(APP, to_user(USER, "Hi", "there")).await;
+#[tokio::test]
+async fn certificate_authentication_presents_the_client_certificate_and_sends_no_provider_token() {
+    let client_ca = TestClientCa::new().unwrap();
+    let identity = client_ca.issue_push_certificate(TOPIC).unwrap();
+    let setup = certificate_setup(&client_ca, &identity).await;
 
-    let requests = mock.requests();
+    let message = setup.send().await;
+
+    assert_eq!(message.state(), MessageState::Sent, "{message:#?}");
+    let delivery = only_delivery(&message);
+    assert_eq!(delivery.state, DeliveryState::Accepted);
+    let requests = setup.mock.requests();
     assert_eq!(requests.len(), 1);
     let seen = &requests[0];
+    assert!(seen.problems.is_empty(), "{:?}", seen.problems);
     assert!(seen.is_http2());
-    assert_eq!(seen.header("authorization"), None);
-    assert_eq!(seen.header("apns-topic"), Some(TOPIC));
-    // The mock knows token authentication only (it asks for no client certificate), so it
-    // refuses the request for its missing provider token; nothing else may be wrong with it.
     assert_eq!(
-        seen.problems,
-        ["no authorization header with a provider token"],
-        "{:?}",
-        seen.problems
+        seen.view.client_certificate_cn.as_deref(),
+        Some(format!("Apple Push Services: {TOPIC}").as_str())
+    );
+    assert_eq!(seen.header("authorization"), None);
+    assert_eq!(seen.view.jwt, None);
+    assert_eq!(seen.header("apns-topic"), Some(TOPIC));
+    assert_eq!(
+        delivery.provider_id.as_deref(),
+        Some(seen.view.response_apns_id.as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_client_certificate_apns_does_not_trust_fails_the_delivery_before_any_request() {
+    let trusted = TestClientCa::new().unwrap();
+    let stranger = TestClientCa::new()
+        .unwrap()
+        .issue_push_certificate(TOPIC)
+        .unwrap();
+    let setup = certificate_setup(&trusted, &stranger).await;
+
+    let message = setup.send().await;
+
+    assert_ne!(message.state(), MessageState::Sent, "{message:#?}");
+    let delivery = only_delivery(&message);
+    assert_ne!(delivery.state, DeliveryState::Accepted, "{delivery:?}");
+    // TLS 1.3 clients finish the handshake before the server checks their certificate, so
+    // Clarion learns of the refusal from the server's alert, as a transient network failure.
+    assert_eq!(message.state(), MessageState::ErrorRetry, "{message:#?}");
+    assert_eq!(delivery.state, DeliveryState::Retrying);
+    assert!(
+        matches!(
+            delivery.error_code.as_deref(),
+            Some("transport" | "connection")
+        ),
+        "{delivery:?}"
+    );
+    assert!(
+        delivery
+            .error_text
+            .as_deref()
+            .is_some_and(|t| t.contains("APNs") && t.contains("alert")),
+        "{delivery:?}"
+    );
+    assert_eq!(setup.mock.request_count(), 0);
+    // The mock hears of the refused handshake after Clarion does, so wait for it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let failures = loop {
+        let failures = setup.mock.handshake_failures();
+        if !failures.is_empty() || Instant::now() > deadline {
+            break failures;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("invalid peer certificate")),
+        "{failures:?}"
     );
 }
 
