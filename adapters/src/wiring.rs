@@ -51,6 +51,7 @@ pub async fn build(config: Config, worker_id: &str) -> anyhow::Result<Runtime> {
         devices: store.clone(),
         messages: store.clone(),
         templates: store.clone(),
+        keys: store.clone(),
         renderer: Arc::new(MiniJinjaRenderer::default()),
         clock: Arc::new(SystemClock),
     };
