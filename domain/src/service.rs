@@ -475,6 +475,22 @@ impl PushService {
         request: SendRequest,
         dispatch: Dispatch,
     ) -> Result<Message, SendError> {
+        self.send_reporting(app, request, dispatch, &|_| {}).await
+    }
+
+    /// [`PushService::send`], calling `on_stored` with the message's id as soon as it is
+    /// stored, before anything is sent: a caller that stops waiting for a slow send can still
+    /// say which message it was.
+    ///
+    /// # Errors
+    /// As [`PushService::send`].
+    pub async fn send_reporting(
+        &self,
+        app: &str,
+        request: SendRequest,
+        dispatch: Dispatch,
+        on_stored: &(dyn Fn(MessageId) + Send + Sync),
+    ) -> Result<Message, SendError> {
         let app = self.apps.get(app)?;
         let spec = MessageSpec {
             app: app.id.clone(),
@@ -487,7 +503,8 @@ impl PushService {
             related_objects: dedup(request.related_objects),
             retry_sending: request.retry_sending,
         };
-        self.store_and_dispatch(app, spec, dispatch).await
+        self.store_and_dispatch(app, spec, dispatch, on_stored)
+            .await
     }
 
     /// Renders a template and sends the result, unless the template may not send
@@ -501,6 +518,22 @@ impl PushService {
         app: &str,
         request: TemplateSendRequest,
         dispatch: Dispatch,
+    ) -> Result<TemplateSend, SendError> {
+        self.send_template_reporting(app, request, dispatch, &|_| {})
+            .await
+    }
+
+    /// [`PushService::send_template`], calling `on_stored` with the message's id as soon as
+    /// it is stored (see [`PushService::send_reporting`]).
+    ///
+    /// # Errors
+    /// As [`PushService::send_template`].
+    pub async fn send_template_reporting(
+        &self,
+        app: &str,
+        request: TemplateSendRequest,
+        dispatch: Dispatch,
+        on_stored: &(dyn Fn(MessageId) + Send + Sync),
     ) -> Result<TemplateSend, SendError> {
         let app = self.apps.get(app)?;
         let template = self
@@ -530,7 +563,9 @@ impl PushService {
             related_objects: related,
             retry_sending: request.retry_sending,
         };
-        let message = self.store_and_dispatch(app, spec, dispatch).await?;
+        let message = self
+            .store_and_dispatch(app, spec, dispatch, on_stored)
+            .await?;
         Ok(TemplateSend::Sent(Box::new(message)))
     }
 
@@ -583,6 +618,7 @@ impl PushService {
         app: &Application,
         spec: MessageSpec,
         dispatch: Dispatch,
+        on_stored: &(dyn Fn(MessageId) + Send + Sync),
     ) -> Result<Message, SendError> {
         spec.options.validate()?;
         spec.content.validate(&spec.options)?;
@@ -603,6 +639,7 @@ impl PushService {
             now,
         };
         let message = self.ports.messages.insert_message(&new).await?;
+        on_stored(message.id);
         if message.deliveries.is_empty() {
             return Ok(self.fail_undeliverable(message).await?);
         }
