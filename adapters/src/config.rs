@@ -52,6 +52,7 @@ pub struct Config {
     pub listen: String,
     pub database: DatabaseConfig,
     pub worker: WorkerConfig,
+    pub http: HttpConfig,
     pub tls: TlsConfig,
     /// The applications (tenants), by id.
     pub apps: BTreeMap<String, AppConfig>,
@@ -67,6 +68,7 @@ impl Default for Config {
             listen: "127.0.0.1:8080".to_owned(),
             database: DatabaseConfig::default(),
             worker: WorkerConfig::default(),
+            http: HttpConfig::default(),
             tls: TlsConfig::default(),
             apps: BTreeMap::new(),
             file: None,
@@ -180,6 +182,26 @@ impl Default for WorkerConfig {
             lease_secs: 60,
             message_concurrency: 8,
             delivery_concurrency: 32,
+        }
+    }
+}
+
+/// The HTTP API of `clarion-server`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// The largest request body accepted; larger ones are answered 413.
+    pub body_limit_bytes: usize,
+    /// How long a `dispatch = "now"` send may take before the request is answered 202 and
+    /// the send finishes in the background.
+    pub send_wait_secs: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            body_limit_bytes: 1024 * 1024,
+            send_wait_secs: 10,
         }
     }
 }
@@ -562,6 +584,18 @@ impl Config {
         if self.worker.lease_secs == 0 {
             return Err(invalid(
                 "worker.lease_secs",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.http.body_limit_bytes == 0 {
+            return Err(invalid(
+                "http.body_limit_bytes",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.http.send_wait_secs == 0 {
+            return Err(invalid(
+                "http.send_wait_secs",
                 "must be at least 1".to_owned(),
             ));
         }

@@ -1,8 +1,10 @@
 //! Clarion's adapters: the sqlx stores, the push providers, the MiniJinja renderer, the clock,
 //! the typed configuration and the wiring that builds the services from it.
+pub mod client_token;
 pub mod clock;
 pub mod config;
 pub mod debug;
+pub mod keys;
 pub mod providers;
 pub mod render;
 pub mod sqlite;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clarion_domain::service::{Ports, PushService, ServiceSettings};
 
+use crate::client_token::ClientTokens;
 use crate::clock::SystemClock;
 use crate::config::{Config, DatabaseKind};
 use crate::render::MiniJinjaRenderer;
@@ -18,6 +19,8 @@ use crate::sqlite::SqliteStore;
 pub struct Runtime {
     pub service: PushService,
     pub store: Arc<SqliteStore>,
+    /// The verifiers of the applications' client tokens.
+    pub client_tokens: ClientTokens,
     pub config: Config,
 }
 
@@ -51,6 +54,7 @@ pub async fn build(config: Config, worker_id: &str) -> anyhow::Result<Runtime> {
         devices: store.clone(),
         messages: store.clone(),
         templates: store.clone(),
+        keys: store.clone(),
         renderer: Arc::new(MiniJinjaRenderer::default()),
         clock: Arc::new(SystemClock),
     };
@@ -68,9 +72,11 @@ pub async fn build(config: Config, worker_id: &str) -> anyhow::Result<Runtime> {
         crate::providers::build(&config)?,
         settings,
     );
+    let client_tokens = ClientTokens::from_config(&config)?;
     Ok(Runtime {
         service,
         store,
+        client_tokens,
         config,
     })
 }

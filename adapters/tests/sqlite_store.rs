@@ -75,6 +75,7 @@ async fn table_counts_name_every_table_of_the_schema() {
     assert_eq!(
         names,
         vec![
+            "api_keys",
             "deliveries",
             "devices",
             "message_related_objects",

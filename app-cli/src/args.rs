@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use clarion_domain::auth::KeyScope;
 use clarion_domain::ids::{RelatedObject, Slug, Tag, UserId};
 use clarion_domain::message::{MessageState, Priority};
 use clarion_domain::token::Platform;
@@ -58,9 +59,29 @@ pub enum Command {
     Messages(MessagesCommand),
     /// Send the waiting messages and retry the due ERROR_RETRY ones.
     Batch(BatchArgs),
+    /// Create, list and revoke the HTTP API's keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Show or check the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; its secret is printed this once and never again.
+    Create {
+        /// What the key is for.
+        #[arg(long)]
+        name: String,
+        /// admin (everything) or app:<id> (one application).
+        #[arg(long, value_parser = parse::scope)]
+        scope: KeyScope,
+    },
+    /// List the keys (never their secrets).
+    List,
+    /// Revoke a key; it stops working at once.
+    Revoke { id: i64 },
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,7 +6,7 @@
 use std::process::ExitCode;
 
 use clarion_domain::ports::StoreError;
-use clarion_domain::service::{DeviceError, MessageError, SendError, TemplateError};
+use clarion_domain::service::{DeviceError, KeyError, MessageError, SendError, TemplateError};
 
 /// Why a command failed.
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +100,17 @@ impl From<TemplateError> for CliError {
             }
             TemplateError::NotFound(_) => CliError::not_found(&error),
             TemplateError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<KeyError> for CliError {
+    fn from(error: KeyError) -> Self {
+        match error {
+            KeyError::UnknownApplication(_) | KeyError::BadName => CliError::input(&error),
+            KeyError::NotFound(_) => CliError::not_found(&error),
+            KeyError::WeakSecret => CliError::Failure(anyhow::Error::new(error)),
+            KeyError::Store(e) => e.into(),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::io::Write as _;
 
+use clarion_domain::auth::{ApiKey, CreatedApiKey};
 use clarion_domain::device::{Device, Registration};
 use clarion_domain::message::{Delivery, Message};
 use clarion_domain::template::{Rendered, Template};
@@ -318,6 +319,31 @@ pub fn checks<'a>(rows: impl IntoIterator<Item = (&'a str, bool, &'a str)>) {
             subject.to_owned(),
             if ok { "ok" } else { "FAILED" }.to_owned(),
             detail.to_owned(),
+        ]);
+    }
+    line(&t.to_string());
+}
+
+/// A new key with its secret: the only time it is printed.
+pub fn created_key(created: &CreatedApiKey) {
+    line(&format!(
+        "created API key {} ({}, scope {})",
+        created.key.id, created.key.name, created.key.scope
+    ));
+    line(&format!("secret (shown once): {}", created.secret));
+}
+
+/// The keys, never their secrets.
+pub fn keys(keys: &[ApiKey]) {
+    let mut t = table(&["id", "name", "scope", "prefix", "created", "revoked"]);
+    for k in keys {
+        t.add_row(vec![
+            k.id.to_string(),
+            k.name.clone(),
+            k.scope.to_text(),
+            k.prefix.clone(),
+            time(k.created_at),
+            k.revoked_at.map_or_else(|| "-".to_owned(), time),
         ]);
     }
     line(&t.to_string());

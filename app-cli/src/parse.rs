@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use clarion_domain::auth::{KeyScope, ScopeError};
 use clarion_domain::ids::{RelatedObject, Slug, Tag, UserId};
 use clarion_domain::message::{MessageState, OptionError, Priority, UnknownState};
 use serde_json::{Map, Value};
@@ -25,6 +26,10 @@ pub fn slug(raw: &str) -> Result<Slug, String> {
 
 pub fn related(raw: &str) -> Result<RelatedObject, String> {
     RelatedObject::parse_pair(raw).map_err(|e| e.to_string())
+}
+
+pub fn scope(raw: &str) -> Result<KeyScope, String> {
+    raw.parse().map_err(|e: ScopeError| e.to_string())
 }
 
 pub fn priority(raw: &str) -> Result<Priority, String> {

@@ -4,7 +4,9 @@
 use std::io::IsTerminal as _;
 
 use clarion_adapters::config::Config;
+use clarion_adapters::keys::generate_secret;
 use clarion_adapters::wiring::{self, Runtime};
+use clarion_domain::auth::ApiKeyId;
 use clarion_domain::device::DeviceFilter;
 use clarion_domain::ids::{AppId, DeviceId, MessageId};
 use clarion_domain::message::{Content, Message, PushOptions, Target};
@@ -17,9 +19,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value, json};
 
 use crate::args::{
-    AddDeviceArgs, BatchArgs, Cli, Command, ConfigCommand, DevicesCommand, ListDevicesArgs,
-    ListMessagesArgs, MessageOptions, MessagesCommand, PutTemplateArgs, SendArgs, SendTemplateArgs,
-    TargetArgs, TemplatesCommand,
+    AddDeviceArgs, BatchArgs, Cli, Command, ConfigCommand, DevicesCommand, KeysCommand,
+    ListDevicesArgs, ListMessagesArgs, MessageOptions, MessagesCommand, PutTemplateArgs, SendArgs,
+    SendTemplateArgs, TargetArgs, TemplatesCommand,
 };
 use crate::error::CliError;
 use crate::{output, parse};
@@ -44,6 +46,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Templates(command) => templates(&out, config, command).await,
         Command::Messages(command) => messages(&out, config, command).await,
         Command::Batch(args) => batch(&out, config, args).await,
+        Command::Keys(command) => keys(&out, config, command).await,
     }
 }
 
@@ -474,6 +477,44 @@ async fn list_messages(
     } else {
         output::messages(&messages);
         Ok(())
+    }
+}
+
+// ----- keys -----
+
+async fn keys(out: &Out, config: Config, command: KeysCommand) -> Result<(), CliError> {
+    let runtime = runtime(config).await?;
+    let service = &runtime.service;
+    match command {
+        KeysCommand::Create { name, scope } => {
+            let created = service
+                .create_api_key(&name, scope, generate_secret()?)
+                .await?;
+            if out.json {
+                output::json(&created)
+            } else {
+                output::created_key(&created);
+                Ok(())
+            }
+        }
+        KeysCommand::List => {
+            let keys = service.list_api_keys().await?;
+            if out.json {
+                output::json(&keys)
+            } else {
+                output::keys(&keys);
+                Ok(())
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            let key = service.revoke_api_key(ApiKeyId(id)).await?;
+            if out.json {
+                output::json(&key)
+            } else {
+                output::line(&format!("revoked API key {id} ({})", key.name));
+                Ok(())
+            }
+        }
     }
 }
 

@@ -1,18 +1,28 @@
 //! clarion-server: the HTTP server and the background worker, started from a wired
 //! [`Runtime`]. `main` wires; this crate serves.
 
+mod api;
+mod auth;
+mod error;
+mod extract;
 mod routes;
 mod worker;
 
 use std::future::Future;
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
+use clarion_adapters::keys::generate_secret;
 use clarion_adapters::wiring::Runtime;
+use clarion_domain::auth::KeyScope;
+use clarion_domain::service::PushService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use crate::routes::openapi;
 pub use crate::worker::WorkerSettings;
 
 /// The server, bound to its port and ready to run.
@@ -26,14 +36,20 @@ pub struct Application {
 
 impl Application {
     /// Binds the listener on `config.listen` (port 0 picks a free port) and builds the
-    /// routes and the worker.
+    /// routes and the worker. When no API key is active (a first start), it creates an admin
+    /// key and prints its secret once on stdout.
     ///
     /// # Errors
-    /// When the listen address does not parse or cannot be bound.
+    /// When the listen address does not parse or cannot be bound, or the first key cannot be
+    /// created.
     pub async fn build(runtime: Runtime) -> anyhow::Result<Application> {
         let Runtime {
-            service, config, ..
+            service,
+            config,
+            client_tokens,
+            ..
         } = runtime;
+        ensure_an_admin_key(&service).await?;
         let wanted: SocketAddr = config
             .listen
             .parse()
@@ -68,7 +84,16 @@ impl Application {
         Ok(Application {
             listener,
             address,
-            router: routes::router(routes::AppState { service }),
+            router: routes::router(
+                routes::AppState {
+                    service,
+                    client_tokens,
+                    send_wait: Duration::from_secs(config.http.send_wait_secs),
+                },
+                routes::HttpSettings {
+                    body_limit_bytes: config.http.body_limit_bytes,
+                },
+            ),
             worker,
         })
     }
@@ -123,6 +148,33 @@ impl Application {
         tracing::info!("clarion-server stopped");
         served.context("the HTTP server failed")
     }
+}
+
+/// Creates an admin key when no key is active, so that a fresh installation can be
+/// administered, and prints its secret on stdout: never in the logs, which may be shipped
+/// elsewhere.
+async fn ensure_an_admin_key(service: &PushService) -> anyhow::Result<()> {
+    if service
+        .has_active_api_keys()
+        .await
+        .context("failed to read the API keys")?
+    {
+        return Ok(());
+    }
+    let secret = generate_secret()?;
+    let created = service
+        .create_api_key("first admin key", KeyScope::Admin, secret)
+        .await
+        .context("failed to create the first admin key")?;
+    tracing::info!(key = created.key.id.0, prefix = %created.key.prefix, "created the first admin API key; its secret is on stdout");
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "Created the first admin API key (shown once): {}",
+        created.secret
+    );
+    let _ = out.flush();
+    Ok(())
 }
 
 /// Completes on Ctrl-C or, on Unix, SIGTERM.

@@ -1,23 +1,131 @@
-//! The HTTP routes. The REST API under `/v1` arrives with its own issue; for now the server
-//! answers health checks.
+//! The router: the `/v1` API behind authentication, its OpenAPI document at `/openapi.json`
+//! and Swagger UI at `/docs` (both open), and `/healthz`.
 
+use std::time::Duration;
+
+use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Json, Router, middleware};
+use clarion_adapters::client_token::ClientTokens;
 use clarion_domain::service::PushService;
 use serde::Serialize;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::api::{devices, keys, messages, templates};
+use crate::auth::authorize;
+use crate::error::ApiError;
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
-    // Read by the REST API's handlers once they exist.
-    #[allow(dead_code)]
     pub(crate) service: PushService,
+    pub(crate) client_tokens: ClientTokens,
+    /// How long a `now` send may take before the request is answered 202.
+    pub(crate) send_wait: Duration,
 }
 
-pub(crate) fn router(state: AppState) -> Router {
+/// Settings of the HTTP layer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HttpSettings {
+    pub(crate) body_limit_bytes: usize,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Clarion",
+        description = "Self-hosted push notifications: devices, messages with per-device \
+                       deliveries, templates and API keys. Every /v1 route needs \
+                       `Authorization: Bearer <API key or client token>`; errors are RFC 9457 \
+                       problem documents."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "devices", description = "Devices of an application"),
+        (name = "messages", description = "Sending and the message log"),
+        (name = "templates", description = "Message templates"),
+        (name = "keys", description = "API keys (admin only)"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key (clk_...) or, for the device routes, a client token (JWT)",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The `/v1` routes with their OpenAPI document, built from the same list.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(devices::register_device, devices::list_devices))
+        .routes(routes!(
+            devices::get_device,
+            devices::update_device,
+            devices::delete_device
+        ))
+        .routes(routes!(messages::send_message, messages::list_messages))
+        .routes(routes!(messages::send_template))
+        .routes(routes!(messages::get_message))
+        .routes(routes!(messages::retry_message))
+        .routes(routes!(messages::cancel_message))
+        .routes(routes!(
+            templates::list_templates,
+            templates::create_template
+        ))
+        .routes(routes!(
+            templates::get_template,
+            templates::put_template,
+            templates::delete_template
+        ))
+        .routes(routes!(templates::preview_template))
+        .routes(routes!(keys::list_keys, keys::create_key))
+        .routes(routes!(keys::revoke_key))
+        .split_for_parts()
+}
+
+/// The OpenAPI document, as served at `/openapi.json`.
+#[must_use]
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().1
+}
+
+pub(crate) fn router(state: AppState, settings: HttpSettings) -> Router {
+    let (v1, document) = api();
+    let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     Router::new()
+        .merge(v1)
         .route("/healthz", get(healthz))
+        .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
         .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed("this route does not take this method".into())
 }
 
 #[derive(Debug, Serialize)]

@@ -75,6 +75,32 @@ impl NewDevice {
     }
 }
 
+/// A change to a registered device; `None` leaves a field as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceUpdate {
+    pub name: Option<Option<String>>,
+    pub user_id: Option<Option<UserId>>,
+    pub active: Option<bool>,
+    /// Why the device is deactivated, when `active` is `Some(false)`.
+    pub reason: Option<String>,
+}
+
+impl DeviceUpdate {
+    /// Checks the free-text fields.
+    ///
+    /// # Errors
+    /// A [`DeviceFieldError`] naming the field.
+    pub fn validate(&self) -> Result<(), DeviceFieldError> {
+        if let Some(Some(name)) = &self.name {
+            let len = name.chars().count();
+            if len > 255 {
+                return Err(DeviceFieldError::NameTooLong(len));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Whether a registration created a device or updated the one that had the same token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -2,6 +2,7 @@
 //! ports and services. It does no I/O, so other services can reuse it.
 
 pub mod app;
+pub mod auth;
 pub mod device;
 pub mod ids;
 pub mod message;

@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use crate::app::SenderKind;
-use crate::device::{Device, DeviceFilter, NewDevice, Registration};
+use crate::auth::{ApiKey, ApiKeyId, KeyHash, NewApiKey};
+use crate::device::{Device, DeviceFilter, DeviceUpdate, NewDevice, Registration};
 use crate::ids::{AppId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use crate::message::SendOutcome;
 use crate::message::{Channel, Delivery, Message, MessageSpec, MessageState, Progress};
@@ -117,6 +118,19 @@ pub trait DeviceStore: Send + Sync + 'static {
         reason: &str,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
+
+    /// Changes a device's name, owner or active flag. Deactivating records the time and
+    /// `reason`; activating clears them. Returns the device, or `None` when it does not exist.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn update_device(
+        &self,
+        app: &AppId,
+        id: DeviceId,
+        update: &DeviceUpdate,
+        now: OffsetDateTime,
+    ) -> Result<Option<Device>, StoreError>;
 
     /// Deletes a device; its past deliveries keep their records with no device. Returns
     /// whether it existed.
@@ -249,6 +263,45 @@ pub trait TemplateStore: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Unknown`] on a database failure.
     async fn delete_template(&self, app: &AppId, slug: &Slug) -> Result<bool, StoreError>;
+}
+
+/// API keys, stored as hashes of their secrets.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait ApiKeyStore: Send + Sync + 'static {
+    /// Stores a key.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when a key with the same hash exists;
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn insert_api_key(
+        &self,
+        key: &NewApiKey,
+        now: OffsetDateTime,
+    ) -> Result<ApiKey, StoreError>;
+
+    /// The key whose secret hashes to `hash`, revoked or not, with its `hash` filled in.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
+    async fn find_api_key(&self, hash: &KeyHash) -> Result<Option<ApiKey>, StoreError>;
+
+    /// Every key, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError>;
+
+    /// Revokes a key. Returns the key, or `None` when it does not exist; revoking twice keeps
+    /// the first time.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn revoke_api_key(
+        &self,
+        id: ApiKeyId,
+        now: OffsetDateTime,
+    ) -> Result<Option<ApiKey>, StoreError>;
 }
 
 /// One push service (APNs, FCM, Web Push, OneSignal, or the debug sender).

@@ -13,7 +13,12 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 use crate::app::{Application, Applications, SenderKind, UnknownApplication};
-use crate::device::{Device, DeviceFieldError, DeviceFilter, NewDevice, Registration};
+use crate::auth::{
+    ApiKey, ApiKeyId, AuthError, CreatedApiKey, KeyHash, KeyScope, NewApiKey, Principal,
+};
+use crate::device::{
+    Device, DeviceFieldError, DeviceFilter, DeviceUpdate, NewDevice, Registration,
+};
 use crate::ids::{DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use crate::message::{
     Channel, Content, Delivery, IllegalTransition, Message, MessageSpec, MessageState, OptionError,
@@ -21,8 +26,8 @@ use crate::message::{
 };
 use crate::payload::{self, Payload, PayloadError, PayloadTarget};
 use crate::ports::{
-    Clock, DeviceStore, Lease, MessageFilter, MessageStore, NewMessage, PushProvider, RenderError,
-    StoreError, TemplateRenderer, TemplateStore,
+    ApiKeyStore, Clock, DeviceStore, Lease, MessageFilter, MessageStore, NewMessage, PushProvider,
+    RenderError, StoreError, TemplateRenderer, TemplateStore,
 };
 use crate::template::{CannotSend, Rendered, Template, TemplateSpec};
 use crate::token::{DeviceToken, Platform, TokenError};
@@ -33,6 +38,7 @@ pub struct Ports {
     pub devices: Arc<dyn DeviceStore>,
     pub messages: Arc<dyn MessageStore>,
     pub templates: Arc<dyn TemplateStore>,
+    pub keys: Arc<dyn ApiKeyStore>,
     pub renderer: Arc<dyn TemplateRenderer>,
     pub clock: Arc<dyn Clock>,
 }
@@ -224,6 +230,21 @@ pub enum TemplateError {
     Store(#[from] StoreError),
 }
 
+/// Why a key operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(transparent)]
+    UnknownApplication(#[from] UnknownApplication),
+    #[error("a key name must be 1 to 100 characters")]
+    BadName,
+    #[error("a key secret must be at least 32 characters")]
+    WeakSecret,
+    #[error("API key {0} not found")]
+    NotFound(ApiKeyId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// What one batch run did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct BatchReport {
@@ -377,6 +398,26 @@ impl PushService {
             .ok_or(DeviceError::NotFound(id))
     }
 
+    /// Changes a device's name, owner or active flag.
+    ///
+    /// # Errors
+    /// [`DeviceError::UnknownApplication`], [`DeviceError::InvalidField`],
+    /// [`DeviceError::NotFound`] or [`DeviceError::Store`].
+    pub async fn update_device(
+        &self,
+        app: &str,
+        id: DeviceId,
+        update: &DeviceUpdate,
+    ) -> Result<Device, DeviceError> {
+        let app = self.apps.get(app)?;
+        update.validate()?;
+        self.ports
+            .devices
+            .update_device(&app.id, id, update, self.now())
+            .await?
+            .ok_or(DeviceError::NotFound(id))
+    }
+
     /// # Errors
     /// [`DeviceError::UnknownApplication`], [`DeviceError::NotFound`] or [`DeviceError::Store`].
     pub async fn delete_device(&self, app: &str, id: DeviceId) -> Result<(), DeviceError> {
@@ -434,6 +475,22 @@ impl PushService {
         request: SendRequest,
         dispatch: Dispatch,
     ) -> Result<Message, SendError> {
+        self.send_reporting(app, request, dispatch, &|_| {}).await
+    }
+
+    /// [`PushService::send`], calling `on_stored` with the message's id as soon as it is
+    /// stored, before anything is sent: a caller that stops waiting for a slow send can still
+    /// say which message it was.
+    ///
+    /// # Errors
+    /// As [`PushService::send`].
+    pub async fn send_reporting(
+        &self,
+        app: &str,
+        request: SendRequest,
+        dispatch: Dispatch,
+        on_stored: &(dyn Fn(MessageId) + Send + Sync),
+    ) -> Result<Message, SendError> {
         let app = self.apps.get(app)?;
         let spec = MessageSpec {
             app: app.id.clone(),
@@ -446,7 +503,8 @@ impl PushService {
             related_objects: dedup(request.related_objects),
             retry_sending: request.retry_sending,
         };
-        self.store_and_dispatch(app, spec, dispatch).await
+        self.store_and_dispatch(app, spec, dispatch, on_stored)
+            .await
     }
 
     /// Renders a template and sends the result, unless the template may not send
@@ -460,6 +518,22 @@ impl PushService {
         app: &str,
         request: TemplateSendRequest,
         dispatch: Dispatch,
+    ) -> Result<TemplateSend, SendError> {
+        self.send_template_reporting(app, request, dispatch, &|_| {})
+            .await
+    }
+
+    /// [`PushService::send_template`], calling `on_stored` with the message's id as soon as
+    /// it is stored (see [`PushService::send_reporting`]).
+    ///
+    /// # Errors
+    /// As [`PushService::send_template`].
+    pub async fn send_template_reporting(
+        &self,
+        app: &str,
+        request: TemplateSendRequest,
+        dispatch: Dispatch,
+        on_stored: &(dyn Fn(MessageId) + Send + Sync),
     ) -> Result<TemplateSend, SendError> {
         let app = self.apps.get(app)?;
         let template = self
@@ -489,7 +563,9 @@ impl PushService {
             related_objects: related,
             retry_sending: request.retry_sending,
         };
-        let message = self.store_and_dispatch(app, spec, dispatch).await?;
+        let message = self
+            .store_and_dispatch(app, spec, dispatch, on_stored)
+            .await?;
         Ok(TemplateSend::Sent(Box::new(message)))
     }
 
@@ -542,6 +618,7 @@ impl PushService {
         app: &Application,
         spec: MessageSpec,
         dispatch: Dispatch,
+        on_stored: &(dyn Fn(MessageId) + Send + Sync),
     ) -> Result<Message, SendError> {
         spec.options.validate()?;
         spec.content.validate(&spec.options)?;
@@ -562,6 +639,7 @@ impl PushService {
             now,
         };
         let message = self.ports.messages.insert_message(&new).await?;
+        on_stored(message.id);
         if message.deliveries.is_empty() {
             return Ok(self.fail_undeliverable(message).await?);
         }
@@ -915,6 +993,100 @@ impl PushService {
         message.cancel(self.now())?;
         self.ports.messages.save_progress(&message).await?;
         Ok(message)
+    }
+
+    // ----- API keys -----
+
+    /// Stores a new key for `secret`, which the caller drew from a secure random source, and
+    /// returns it with the secret: the only time the secret is seen.
+    ///
+    /// # Errors
+    /// [`KeyError::BadName`], [`KeyError::WeakSecret`], [`KeyError::UnknownApplication`] for
+    /// an application scope that is not configured, or [`KeyError::Store`].
+    pub async fn create_api_key(
+        &self,
+        name: &str,
+        scope: KeyScope,
+        secret: String,
+    ) -> Result<CreatedApiKey, KeyError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(KeyError::BadName);
+        }
+        if secret.len() < 32 {
+            return Err(KeyError::WeakSecret);
+        }
+        if let KeyScope::App(app) = &scope {
+            self.apps.get(app.as_str())?;
+        }
+        let new = NewApiKey {
+            name: name.to_owned(),
+            scope,
+            prefix: secret.chars().take(12).collect(),
+            hash: KeyHash::of(&secret),
+        };
+        let key = self.ports.keys.insert_api_key(&new, self.now()).await?;
+        Ok(CreatedApiKey { key, secret })
+    }
+
+    /// The principal a presented API key secret acts for.
+    ///
+    /// # Errors
+    /// [`AuthError::UnknownKey`] or [`AuthError::Revoked`]; a store failure is reported as
+    /// `Err(Err(StoreError))` so that callers can answer 503 rather than 401.
+    pub async fn authenticate_key(
+        &self,
+        secret: &str,
+    ) -> Result<Result<Principal, AuthError>, StoreError> {
+        let presented = KeyHash::of(secret);
+        let Some(key) = self.ports.keys.find_api_key(&presented).await? else {
+            return Ok(Err(AuthError::UnknownKey));
+        };
+        if !key
+            .hash
+            .as_ref()
+            .is_some_and(|stored| stored.matches(&presented))
+        {
+            return Ok(Err(AuthError::UnknownKey));
+        }
+        if key.revoked_at.is_some() {
+            return Ok(Err(AuthError::Revoked));
+        }
+        Ok(Ok(match key.scope {
+            KeyScope::Admin => Principal::Admin,
+            KeyScope::App(app) => Principal::App(app),
+        }))
+    }
+
+    /// # Errors
+    /// [`KeyError::Store`].
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>, KeyError> {
+        Ok(self.ports.keys.list_api_keys().await?)
+    }
+
+    /// # Errors
+    /// [`KeyError::NotFound`] or [`KeyError::Store`].
+    pub async fn revoke_api_key(&self, id: ApiKeyId) -> Result<ApiKey, KeyError> {
+        self.ports
+            .keys
+            .revoke_api_key(id, self.now())
+            .await?
+            .ok_or(KeyError::NotFound(id))
+    }
+
+    /// Whether any key that is not revoked exists (the server creates a first admin key
+    /// otherwise).
+    ///
+    /// # Errors
+    /// [`KeyError::Store`].
+    pub async fn has_active_api_keys(&self) -> Result<bool, KeyError> {
+        Ok(self
+            .ports
+            .keys
+            .list_api_keys()
+            .await?
+            .iter()
+            .any(|k| k.revoked_at.is_none()))
     }
 
     // ----- templates -----

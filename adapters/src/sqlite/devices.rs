@@ -1,7 +1,7 @@
 //! [`DeviceStore`] on SQLite.
 
 use async_trait::async_trait;
-use clarion_domain::device::{Device, DeviceFilter, NewDevice, Registration};
+use clarion_domain::device::{Device, DeviceFilter, DeviceUpdate, NewDevice, Registration};
 use clarion_domain::ids::{AppId, DeviceId};
 use clarion_domain::ports::{DeviceStore, StoreError};
 use clarion_domain::token::DeviceToken;
@@ -206,6 +206,57 @@ impl DeviceStore for SqliteStore {
         .await
         .map_err(db_error("failed to deactivate a device"))?;
         Ok(done.rows_affected() > 0)
+    }
+
+    async fn update_device(
+        &self,
+        app: &AppId,
+        id: DeviceId,
+        update: &DeviceUpdate,
+        now: OffsetDateTime,
+    ) -> Result<Option<Device>, StoreError> {
+        let now = millis(now);
+        let mut query = QueryBuilder::<Sqlite>::new("UPDATE devices SET updated_at = ");
+        query.push_bind(now);
+        if let Some(name) = &update.name {
+            query.push(", name = ").push_bind(name.clone());
+        }
+        if let Some(user) = &update.user_id {
+            query
+                .push(", user_id = ")
+                .push_bind(user.as_ref().map(|u| u.as_str().to_owned()));
+        }
+        match update.active {
+            Some(true) => {
+                query.push(", active = 1, deactivated_at = NULL, deactivation_reason = NULL");
+            }
+            Some(false) => {
+                let reason = update
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "deactivated".to_owned());
+                query
+                    .push(", active = 0, deactivated_at = ")
+                    .push_bind(now)
+                    .push(", deactivation_reason = ")
+                    .push_bind(reason);
+            }
+            None => {}
+        }
+        query
+            .push(" WHERE app = ")
+            .push_bind(app.as_str().to_owned())
+            .push(" AND id = ")
+            .push_bind(id.0)
+            .push(" RETURNING ")
+            .push(DEVICE_COLUMNS);
+        query
+            .build_query_as::<DeviceRow>()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("failed to update a device"))?
+            .map(DeviceRow::into_domain)
+            .transpose()
     }
 
     async fn delete_device(&self, app: &AppId, id: DeviceId) -> Result<bool, StoreError> {

@@ -2,6 +2,7 @@
 //! templates, in one file (WAL mode) that is created and migrated on connect.
 
 mod devices;
+mod keys;
 mod messages;
 mod rows;
 mod templates;

@@ -4,6 +4,7 @@
 use std::fmt::Display;
 
 use clarion_domain::app::SenderKind;
+use clarion_domain::auth::{ApiKey, ApiKeyId, KeyHash};
 use clarion_domain::device::Device;
 use clarion_domain::ids::{
     AppId, DeliveryId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId,
@@ -35,6 +36,9 @@ pub(super) const DELIVERY_COLUMNS: &str = "id, message_id, device_id, channel, s
 /// The columns of `templates` every template query selects, in [`TemplateRow`] order.
 pub(super) const TEMPLATE_COLUMNS: &str =
     "app, slug, body, heading, url, is_active, allow_duplicates, created_at, updated_at";
+
+/// The columns of `api_keys` every key query selects, in [`ApiKeyRow`] order.
+pub(super) const API_KEY_COLUMNS: &str = "id, name, scope, prefix, hash, created_at, revoked_at";
 
 /// A time as stored: unix milliseconds, UTC. Sub-millisecond precision is dropped.
 pub(super) fn millis(at: OffsetDateTime) -> i64 {
@@ -397,6 +401,35 @@ impl TemplateRow {
             allow_duplicates: self.allow_duplicates,
             created_at: f.time("created_at", self.created_at)?,
             updated_at: f.time("updated_at", self.updated_at)?,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct ApiKeyRow {
+    pub id: i64,
+    pub name: String,
+    pub scope: String,
+    pub prefix: String,
+    pub hash: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+impl ApiKeyRow {
+    pub(super) fn into_domain(self) -> Result<ApiKey, StoreError> {
+        let f = Field {
+            table: "api_keys",
+            id: &self.id,
+        };
+        Ok(ApiKey {
+            id: ApiKeyId(self.id),
+            scope: self.scope.parse().map_err(|e| f.err("scope", e))?,
+            created_at: f.time("created_at", self.created_at)?,
+            revoked_at: f.opt_time("revoked_at", self.revoked_at)?,
+            name: self.name,
+            prefix: self.prefix,
+            hash: Some(KeyHash::from_stored(self.hash)),
         })
     }
 }

@@ -17,14 +17,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use clarion_domain::app::SenderKind;
-use clarion_domain::device::{DeviceFilter, NewDevice, Registration};
+use clarion_domain::auth::{ApiKeyId, KeyHash, KeyScope, NewApiKey};
+use clarion_domain::device::{DeviceFilter, DeviceUpdate, NewDevice, Registration};
 use clarion_domain::ids::{AppId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use clarion_domain::message::{
     Channel, Content, DeliveryState, Message, MessageSpec, MessageState, Priority, Progress,
     PushOptions, SendOutcome, Target,
 };
 use clarion_domain::ports::{
-    DeviceStore, Lease, MessageFilter, MessageStore, NewMessage, TemplateStore,
+    ApiKeyStore, DeviceStore, Lease, MessageFilter, MessageStore, NewMessage, TemplateStore,
 };
 use clarion_domain::retry::RetryPolicy;
 use clarion_domain::template::TemplateSpec;
@@ -34,9 +35,9 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 
 /// Everything the contract needs from a store.
-pub trait Stores: DeviceStore + MessageStore + TemplateStore + Clone {}
+pub trait Stores: DeviceStore + MessageStore + TemplateStore + ApiKeyStore + Clone {}
 
-impl<T: DeviceStore + MessageStore + TemplateStore + Clone> Stores for T {}
+impl<T: DeviceStore + MessageStore + TemplateStore + ApiKeyStore + Clone> Stores for T {}
 
 /// Expands to one `#[tokio::test]` per contract. `$factory` is an expression whose value is a
 /// future of a fixture that dereferences to a fresh, empty store (and keeps alive whatever
@@ -70,6 +71,8 @@ macro_rules! store_contract_tests {
             the_backlog_counts_waiting_and_due_retries,
             templates_are_created_replaced_listed_and_deleted,
             timestamps_round_trip_to_the_millisecond,
+            updating_a_device_changes_only_the_given_fields,
+            api_keys_are_found_by_hash_listed_and_revoked_once,
         );
     };
     (@each $factory:expr; $($name:ident),+ $(,)?) => {
@@ -1443,4 +1446,158 @@ pub async fn timestamps_round_trip_to_the_millisecond<S: Stores>(store: &S) {
         .expect("get")
         .expect("exists");
     assert_eq!(stored.deactivated_at, Some(before_epoch));
+}
+
+pub async fn updating_a_device_changes_only_the_given_fields<S: Stores>(store: &S) {
+    let id = register(store, &new_device("shop", apns(1), Some("alice")), at(0)).await;
+
+    let renamed = store
+        .update_device(
+            &app("shop"),
+            id,
+            &DeviceUpdate {
+                name: Some(Some("Work phone".into())),
+                ..DeviceUpdate::default()
+            },
+            at(1),
+        )
+        .await
+        .expect("update")
+        .expect("exists");
+    assert_eq!(renamed.name.as_deref(), Some("Work phone"));
+    assert_eq!(renamed.user_id, Some(user("alice")));
+    assert!(renamed.active);
+    assert_eq!(renamed.updated_at, at(1));
+
+    let off = store
+        .update_device(
+            &app("shop"),
+            id,
+            &DeviceUpdate {
+                active: Some(false),
+                reason: Some("lost".into()),
+                user_id: Some(None),
+                ..DeviceUpdate::default()
+            },
+            at(2),
+        )
+        .await
+        .expect("update")
+        .expect("exists");
+    assert!(!off.active);
+    assert_eq!(off.user_id, None);
+    assert_eq!(off.deactivated_at, Some(at(2)));
+    assert_eq!(off.deactivation_reason.as_deref(), Some("lost"));
+    assert_eq!(off.name.as_deref(), Some("Work phone"));
+
+    let on = store
+        .update_device(
+            &app("shop"),
+            id,
+            &DeviceUpdate {
+                active: Some(true),
+                ..DeviceUpdate::default()
+            },
+            at(3),
+        )
+        .await
+        .expect("update")
+        .expect("exists");
+    assert!(on.active);
+    assert_eq!(on.deactivated_at, None);
+    assert_eq!(on.deactivation_reason, None);
+
+    let other_app = store
+        .update_device(&app("news"), id, &DeviceUpdate::default(), at(4))
+        .await
+        .expect("update");
+    assert_eq!(other_app, None);
+}
+
+pub async fn api_keys_are_found_by_hash_listed_and_revoked_once<S: Stores>(store: &S) {
+    let admin = store
+        .insert_api_key(
+            &NewApiKey {
+                name: "ops".into(),
+                scope: KeyScope::Admin,
+                prefix: "clk_aaaa".into(),
+                hash: KeyHash::of("secret-one"),
+            },
+            at(0),
+        )
+        .await
+        .expect("insert admin");
+    let shop = store
+        .insert_api_key(
+            &NewApiKey {
+                name: "shop backend".into(),
+                scope: KeyScope::App(app("shop")),
+                prefix: "clk_bbbb".into(),
+                hash: KeyHash::of("secret-two"),
+            },
+            at(1),
+        )
+        .await
+        .expect("insert app key");
+    let duplicate = store
+        .insert_api_key(
+            &NewApiKey {
+                name: "again".into(),
+                scope: KeyScope::Admin,
+                prefix: "clk_aaaa".into(),
+                hash: KeyHash::of("secret-one"),
+            },
+            at(2),
+        )
+        .await;
+    assert!(matches!(
+        duplicate,
+        Err(clarion_domain::ports::StoreError::Conflict(_))
+    ));
+
+    let found = store
+        .find_api_key(&KeyHash::of("secret-two"))
+        .await
+        .expect("find")
+        .expect("exists");
+    assert_eq!(found.id, shop.id);
+    assert_eq!(found.scope, KeyScope::App(app("shop")));
+    assert_eq!(found.hash, Some(KeyHash::of("secret-two")));
+    assert_eq!(found.created_at, at(1));
+    assert_eq!(
+        store
+            .find_api_key(&KeyHash::of("nope"))
+            .await
+            .expect("find"),
+        None
+    );
+
+    let revoked = store
+        .revoke_api_key(admin.id, at(5))
+        .await
+        .expect("revoke")
+        .expect("exists");
+    assert_eq!(revoked.revoked_at, Some(at(5)));
+    let again = store
+        .revoke_api_key(admin.id, at(9))
+        .await
+        .expect("revoke again")
+        .expect("exists");
+    assert_eq!(again.revoked_at, Some(at(5)));
+    assert_eq!(
+        store
+            .revoke_api_key(ApiKeyId(999), at(9))
+            .await
+            .expect("revoke"),
+        None
+    );
+
+    let listed: Vec<_> = store
+        .list_api_keys()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|k| (k.id, k.revoked_at.is_some()))
+        .collect();
+    assert_eq!(listed, vec![(admin.id, true), (shop.id, false)]);
 }

@@ -53,6 +53,7 @@ impl Harness {
             devices: store.clone(),
             messages: store.clone(),
             templates: store.clone(),
+            keys: store.clone(),
             renderer: Arc::new(MiniJinjaRenderer::default()),
             clock: clock.clone(),
         };

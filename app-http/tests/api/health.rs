@@ -18,7 +18,7 @@ async fn an_unknown_path_is_not_found() {
 
     let response = app.get("/nothing-here").await;
 
-    assert_eq!(response.status, 404, "{response:?}");
+    response.expect(404);
 }
 
 #[tokio::test]

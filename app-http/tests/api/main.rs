@@ -3,6 +3,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod bad_input;
+mod devices;
 mod health;
 mod helpers;
+mod keys;
+mod matrix;
+mod messages;
+mod openapi;
+mod templates;
 mod worker;

@@ -1,0 +1,99 @@
+use clarion_adapters::wiring::Runtime;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::helpers::{runtime_with, spawn_shop_and_news};
+
+#[tokio::test]
+async fn an_admin_creates_lists_and_revokes_keys_and_a_revoked_key_stops_working() {
+    let app = spawn_shop_and_news().await;
+
+    let created = app
+        .admin(
+            Method::POST,
+            "/v1/keys",
+            Some(&json!({"name": "shop backend", "scope": "app:shop"})),
+        )
+        .await
+        .expect(201);
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let works = app
+        .call(Method::GET, "/v1/apps/shop/templates", Some(&secret), None)
+        .await;
+    let listed = app.admin(Method::GET, "/v1/keys", None).await.expect(200);
+    let revoked = app
+        .admin(Method::DELETE, &format!("/v1/keys/{}", created["id"]), None)
+        .await
+        .expect(200);
+    let refused = app
+        .call(Method::GET, "/v1/apps/shop/templates", Some(&secret), None)
+        .await;
+    let unknown = app.admin(Method::DELETE, "/v1/keys/999999", None).await;
+
+    assert!(secret.starts_with("clk_") && secret.len() == 47, "{secret}");
+    assert_eq!(created["scope"], "app:shop");
+    works.expect(200);
+    assert!(
+        !listed.to_string().contains(&secret),
+        "a list never shows secrets"
+    );
+    assert!(
+        listed["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k.get("secret").is_none())
+    );
+    assert!(revoked["revoked_at"].is_string());
+    refused.expect(401);
+    unknown.expect(404);
+}
+
+#[tokio::test]
+async fn a_key_for_an_unknown_application_or_with_a_bad_scope_is_refused() {
+    let app = spawn_shop_and_news().await;
+
+    let unknown = app
+        .admin(
+            Method::POST,
+            "/v1/keys",
+            Some(&json!({"name": "x", "scope": "app:nope"})),
+        )
+        .await;
+    let bad = app
+        .admin(
+            Method::POST,
+            "/v1/keys",
+            Some(&json!({"name": "x", "scope": "root"})),
+        )
+        .await;
+    let unnamed = app
+        .admin(
+            Method::POST,
+            "/v1/keys",
+            Some(&json!({"name": " ", "scope": "admin"})),
+        )
+        .await;
+
+    assert_eq!(unknown.expect(422)["errors"][0]["field"], "scope");
+    assert_eq!(bad.expect(422)["errors"][0]["field"], "scope");
+    assert_eq!(unnamed.expect(422)["errors"][0]["field"], "name");
+}
+
+#[tokio::test]
+async fn the_first_start_creates_an_admin_key_and_a_later_start_does_not() {
+    let (runtime, _dir) = runtime_with(|_| {}).await;
+    let Runtime { service, .. } = runtime.clone();
+    assert!(!service.has_active_api_keys().await.unwrap());
+
+    let first = clarion_http::Application::build(runtime.clone())
+        .await
+        .unwrap();
+    drop(first);
+    let second = clarion_http::Application::build(runtime).await.unwrap();
+    drop(second);
+
+    let keys = service.list_api_keys().await.unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].scope.to_text(), "admin");
+}

@@ -1,0 +1,265 @@
+//! API keys and who a request acts for. A key is shown once at creation and stored only as its
+//! SHA-256 hash; an `admin` key reaches everything, an application key one application, and a
+//! client token (verified by the adapters) one user's devices of one application.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use time::OffsetDateTime;
+
+use crate::ids::{AppId, IdError, UserId};
+
+/// A database id of an API key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ApiKeyId(pub i64);
+
+impl fmt::Display for ApiKeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// What a key may reach.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyScope {
+    /// Everything, every application and the keys themselves.
+    Admin,
+    /// One application.
+    App(AppId),
+}
+
+impl KeyScope {
+    /// `admin` or `app:<id>`, as stored and shown.
+    #[must_use]
+    pub fn to_text(&self) -> String {
+        match self {
+            KeyScope::Admin => "admin".to_owned(),
+            KeyScope::App(app) => format!("app:{app}"),
+        }
+    }
+}
+
+impl fmt::Display for KeyScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_text())
+    }
+}
+
+/// A scope that is neither `admin` nor `app:<id>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScopeError {
+    #[error("key scope must be admin or app:<application id>; got {0:?}")]
+    Shape(String),
+    #[error("key scope: {0}")]
+    App(#[from] IdError),
+}
+
+impl FromStr for KeyScope {
+    type Err = ScopeError;
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        if raw == "admin" {
+            return Ok(KeyScope::Admin);
+        }
+        match raw.strip_prefix("app:") {
+            Some(app) => Ok(KeyScope::App(AppId::parse(app)?)),
+            None => Err(ScopeError::Shape(raw.to_owned())),
+        }
+    }
+}
+
+impl Serialize for KeyScope {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_text())
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyScope {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        raw.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The SHA-256 of a key's secret, in lower-case hex: what the store keeps.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KeyHash(String);
+
+impl KeyHash {
+    /// Hashes a presented secret.
+    #[must_use]
+    pub fn of(secret: &str) -> Self {
+        let digest = Sha256::digest(secret.as_bytes());
+        Self(digest.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// A hash read back from the store.
+    #[must_use]
+    pub fn from_stored(hex: String) -> Self {
+        Self(hex)
+    }
+
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares two hashes in time that does not depend on where they differ.
+    #[must_use]
+    pub fn matches(&self, other: &KeyHash) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+/// A stored API key (never its secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: ApiKeyId,
+    pub name: String,
+    pub scope: KeyScope,
+    /// The first characters of the secret, to tell keys apart in lists.
+    pub prefix: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    #[serde(skip)]
+    pub hash: Option<KeyHash>,
+}
+
+/// A key to store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewApiKey {
+    pub name: String,
+    pub scope: KeyScope,
+    pub prefix: String,
+    pub hash: KeyHash,
+}
+
+/// A key just created, with its secret: the only time the secret is seen.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct CreatedApiKey {
+    #[serde(flatten)]
+    pub key: ApiKey,
+    pub secret: String,
+}
+
+impl fmt::Debug for CreatedApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreatedApiKey")
+            .field("key", &self.key)
+            .field("secret", &"[redacted]")
+            .finish()
+    }
+}
+
+/// Who a request acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Admin,
+    App(AppId),
+    /// A client token: one user of one application, for that user's own devices only.
+    Client {
+        app: AppId,
+        user: UserId,
+    },
+}
+
+impl Principal {
+    /// Whether the principal may act on `app` at all.
+    #[must_use]
+    pub fn reaches(&self, app: &AppId) -> bool {
+        match self {
+            Principal::Admin => true,
+            Principal::App(own) | Principal::Client { app: own, .. } => own == app,
+        }
+    }
+
+    #[must_use]
+    pub fn is_admin(&self) -> bool {
+        matches!(self, Principal::Admin)
+    }
+}
+
+/// Why a presented credential was refused. The text never includes the credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing credentials: send Authorization: Bearer <key>")]
+    Missing,
+    #[error("the API key is not valid")]
+    UnknownKey,
+    #[error("the API key was revoked")]
+    Revoked,
+    #[error("the client token is not valid: {0}")]
+    BadClientToken(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hash_is_the_hex_sha256_of_the_secret() {
+        assert_eq!(
+            KeyHash::of("abc").as_str(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn hashes_match_only_when_equal() {
+        assert!(KeyHash::of("k1").matches(&KeyHash::of("k1")));
+        assert!(!KeyHash::of("k1").matches(&KeyHash::of("k2")));
+        assert!(!KeyHash::of("k1").matches(&KeyHash::from_stored("ab".into())));
+    }
+
+    #[test]
+    fn scopes_round_trip_through_text() {
+        for raw in ["admin", "app:shop"] {
+            assert_eq!(
+                raw.parse::<KeyScope>().map(|s| s.to_text()),
+                Ok(raw.to_owned())
+            );
+        }
+        assert!(matches!(
+            "root".parse::<KeyScope>(),
+            Err(ScopeError::Shape(_))
+        ));
+        assert!(matches!(
+            "app:Bad".parse::<KeyScope>(),
+            Err(ScopeError::App(_))
+        ));
+    }
+
+    #[test]
+    fn an_app_key_reaches_only_its_application() {
+        let shop = AppId::parse("shop").unwrap();
+        let other = AppId::parse("other").unwrap();
+        assert!(Principal::App(shop.clone()).reaches(&shop));
+        assert!(!Principal::App(shop).reaches(&other));
+        assert!(Principal::Admin.reaches(&other));
+    }
+
+    #[test]
+    fn a_created_key_does_not_debug_print_its_secret() {
+        let created = CreatedApiKey {
+            key: ApiKey {
+                id: ApiKeyId(1),
+                name: "ci".into(),
+                scope: KeyScope::Admin,
+                prefix: "clk_abcd".into(),
+                created_at: OffsetDateTime::UNIX_EPOCH,
+                revoked_at: None,
+                hash: None,
+            },
+            secret: "clk_abcdef-very-secret".into(),
+        };
+        assert!(!format!("{created:?}").contains("very-secret"));
+    }
+}
