@@ -195,6 +195,15 @@ pub struct HttpConfig {
     /// How long a `dispatch = "now"` send may take before the request is answered 202 and
     /// the send finishes in the background.
     pub send_wait_secs: u64,
+    /// The requests per second one credential (API key or client token) may make on
+    /// average; above it the answer is 429 with `Retry-After`. 0 turns the limit off.
+    pub rate_limit_per_second: u32,
+    /// How many requests one credential may make at once above the average rate. 0 turns
+    /// the limit off.
+    pub rate_limit_burst: u32,
+    /// How long a stop (SIGTERM, Ctrl-C) waits for the open requests and the worker's
+    /// current batch before the process exits anyway.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -202,6 +211,9 @@ impl Default for HttpConfig {
         Self {
             body_limit_bytes: 1024 * 1024,
             send_wait_secs: 10,
+            rate_limit_per_second: 50,
+            rate_limit_burst: 100,
+            shutdown_grace_secs: 30,
         }
     }
 }

@@ -7,6 +7,8 @@ use clarion_adapters::config::WorkerConfig;
 use clarion_domain::service::PushService;
 use tokio::sync::watch;
 
+use crate::telemetry::BUSY_WORKERS;
+
 /// How the worker polls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerSettings {
@@ -45,7 +47,10 @@ pub(crate) async fn run(
             if stopping(&stop) {
                 break 'polling;
             }
-            match service.process_batch(limit, &|_| {}).await {
+            metrics::gauge!(BUSY_WORKERS).set(1.0);
+            let batch = service.process_batch(limit, &|_| {}).await;
+            metrics::gauge!(BUSY_WORKERS).set(0.0);
+            match batch {
                 Ok(report) => {
                     if report.processed > 0 {
                         tracing::info!(

@@ -16,6 +16,7 @@ use clarion_domain::service::Providers;
 
 use crate::config::{AppConfig, CheckItem, Config};
 use crate::debug::DebugSender;
+use crate::metrics::InstrumentedProvider;
 
 /// Builds the providers of every configured application. With `debug = true` the debug sender
 /// serves every channel, so nothing leaves the process whatever a message targets.
@@ -24,8 +25,12 @@ use crate::debug::DebugSender;
 /// When a credential cannot be loaded or a client cannot be built; the error names the
 /// application and the setting.
 pub fn build(config: &Config) -> anyhow::Result<Providers> {
+    // Every provider is timed (`clarion_provider_request_duration_seconds`).
+    let with = |providers: Providers, channel: Channel, provider: Arc<dyn PushProvider>| {
+        providers.with(channel, InstrumentedProvider::wrap(channel, provider))
+    };
     let debug: Arc<dyn PushProvider> = Arc::new(DebugSender);
-    let mut providers = Providers::default().with(Channel::Debug, debug.clone());
+    let mut providers = with(Providers::default(), Channel::Debug, debug.clone());
     if config.debug {
         for channel in [
             Channel::Apns,
@@ -33,22 +38,22 @@ pub fn build(config: &Config) -> anyhow::Result<Providers> {
             Channel::Webpush,
             Channel::Onesignal,
         ] {
-            providers = providers.with(channel, debug.clone());
+            providers = with(providers, channel, debug.clone());
         }
         return Ok(providers);
     }
     let roots = http::extra_roots(&config.tls)?;
     if let Some(apns) = apns::ApnsProvider::from_config(config, &roots)? {
-        providers = providers.with(Channel::Apns, Arc::new(apns));
+        providers = with(providers, Channel::Apns, Arc::new(apns));
     }
     if let Some(fcm) = fcm::FcmProvider::from_config(config, &roots)? {
-        providers = providers.with(Channel::Fcm, Arc::new(fcm));
+        providers = with(providers, Channel::Fcm, Arc::new(fcm));
     }
     if let Some(webpush) = webpush::WebPushProvider::from_config(config, &roots)? {
-        providers = providers.with(Channel::Webpush, Arc::new(webpush));
+        providers = with(providers, Channel::Webpush, Arc::new(webpush));
     }
     if let Some(onesignal) = onesignal::OneSignalProvider::from_config(config, &roots)? {
-        providers = providers.with(Channel::Onesignal, Arc::new(onesignal));
+        providers = with(providers, Channel::Onesignal, Arc::new(onesignal));
     }
     Ok(providers)
 }
