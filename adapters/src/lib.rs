@@ -3,7 +3,10 @@
 pub mod clock;
 pub mod config;
 pub mod debug;
+pub mod postgres;
 pub mod providers;
 pub mod render;
+mod rows;
 pub mod sqlite;
+pub mod store;
 pub mod wiring;
