@@ -114,11 +114,11 @@ pub enum DatabaseKind {
 }
 
 impl DatabaseConfig {
-    /// The engine the URL selects, from its scheme.
+    /// The engine the URL selects, from its scheme: `sqlite:` or a plain file path selects
+    /// SQLite, `postgres://` or `postgresql://` PostgreSQL.
     ///
     /// # Errors
-    /// A message (to follow the key's name) naming the scheme when it is neither `sqlite:` nor `postgres:` /
-    /// `postgresql:`.
+    /// A message (to follow the key's name) naming the scheme when it is another one.
     pub fn kind(&self) -> Result<DatabaseKind, String> {
         let url = self.url.trim();
         if url.starts_with("sqlite:") {
@@ -127,10 +127,22 @@ impl DatabaseConfig {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(DatabaseKind::Postgres);
         }
-        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
-        Err(format!(
-            "must start with sqlite:// or postgres://; got scheme {scheme:?}"
-        ))
+        // A URL scheme is a letter then letters, digits, `+`, `-` or `.`; one letter before
+        // the colon is a Windows drive, part of a path.
+        let scheme = url.split_once(':').map(|(scheme, _)| scheme).filter(|s| {
+            s.len() > 1
+                && s.starts_with(|c: char| c.is_ascii_alphabetic())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        });
+        match scheme {
+            None if !url.is_empty() => Ok(DatabaseKind::Sqlite),
+            None => Err("must not be empty: give a sqlite:// or postgres:// URL".to_owned()),
+            Some(scheme) => Err(format!(
+                "must start with sqlite:// or postgres://, or be a file path; got scheme \
+                 {scheme:?}"
+            )),
+        }
     }
 
     /// The URL with any password replaced, for logs and output.
@@ -1350,6 +1362,32 @@ mod tests {
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn the_database_url_selects_the_engine_and_a_plain_path_is_sqlite() {
+        for (url, kind) in [
+            ("sqlite://clarion.db", Some(DatabaseKind::Sqlite)),
+            ("sqlite::memory:", Some(DatabaseKind::Sqlite)),
+            ("/var/lib/clarion/clarion.db", Some(DatabaseKind::Sqlite)),
+            ("data/clarion.db", Some(DatabaseKind::Sqlite)),
+            (
+                "postgres://clarion@db/clarion",
+                Some(DatabaseKind::Postgres),
+            ),
+            (
+                "postgresql://clarion@db/clarion",
+                Some(DatabaseKind::Postgres),
+            ),
+            ("mysql://clarion@db/clarion", None),
+            ("", None),
+        ] {
+            let config = DatabaseConfig {
+                url: url.to_owned(),
+                ..DatabaseConfig::default()
+            };
+            assert_eq!(config.kind().ok(), kind, "{url}");
+        }
     }
 
     #[test]
