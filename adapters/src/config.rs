@@ -82,8 +82,11 @@ impl Default for Config {
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// `sqlite://path` (created on first start) or, later, `postgres://...`.
+    /// `sqlite://path` (created on first start) or `postgres://...`.
     pub url: String,
+    /// The size of each process's connection pool: PostgreSQL's defaults to 10; SQLite keeps
+    /// its own (writers are serialised there anyway) and ignores this.
+    pub max_connections: Option<u32>,
 }
 
 // A PostgreSQL URL may hold a password.
@@ -91,6 +94,7 @@ impl fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DatabaseConfig")
             .field("url", &self.redacted_url())
+            .field("max_connections", &self.max_connections)
             .finish()
     }
 }
@@ -99,6 +103,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         Self {
             url: "sqlite://clarion.db".to_owned(),
+            max_connections: None,
         }
     }
 }
@@ -111,11 +116,11 @@ pub enum DatabaseKind {
 }
 
 impl DatabaseConfig {
-    /// The engine the URL selects, from its scheme.
+    /// The engine the URL selects, from its scheme: `sqlite:` or a plain file path selects
+    /// SQLite, `postgres://` or `postgresql://` PostgreSQL.
     ///
     /// # Errors
-    /// A message (to follow the key's name) naming the scheme when it is neither `sqlite:` nor `postgres:` /
-    /// `postgresql:`.
+    /// A message (to follow the key's name) naming the scheme when it is another one.
     pub fn kind(&self) -> Result<DatabaseKind, String> {
         let url = self.url.trim();
         if url.starts_with("sqlite:") {
@@ -124,16 +129,41 @@ impl DatabaseConfig {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             return Ok(DatabaseKind::Postgres);
         }
-        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
-        Err(format!(
-            "must start with sqlite:// or postgres://; got scheme {scheme:?}"
-        ))
+        // A URL scheme is a letter then letters, digits, `+`, `-` or `.`; one letter before
+        // the colon is a Windows drive, part of a path.
+        let scheme = url.split_once(':').map(|(scheme, _)| scheme).filter(|s| {
+            s.len() > 1
+                && s.starts_with(|c: char| c.is_ascii_alphabetic())
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        });
+        match scheme {
+            None if !url.is_empty() => Ok(DatabaseKind::Sqlite),
+            None => Err("must not be empty: give a sqlite:// or postgres:// URL".to_owned()),
+            Some(scheme) => Err(format!(
+                "must start with sqlite:// or postgres://, or be a file path; got scheme \
+                 {scheme:?}"
+            )),
+        }
     }
 
     /// The URL with any password replaced, for logs and output.
     #[must_use]
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
+    }
+}
+
+/// `text` with the password of `url`, if it has one, replaced by `[redacted]`, for driver
+/// errors that might quote it.
+fn without_password(text: &str, url: &str) -> String {
+    let password = url::Url::parse(url)
+        .ok()
+        .and_then(|url| url.password().map(str::to_owned))
+        .filter(|password| !password.is_empty());
+    match password {
+        Some(password) => text.replace(&password, REDACTED),
+        None => text.to_owned(),
     }
 }
 
@@ -569,6 +599,12 @@ impl Config {
         self.database
             .kind()
             .map_err(|detail| invalid("database.url", detail))?;
+        if self.database.max_connections == Some(0) {
+            return Err(invalid(
+                "database.max_connections",
+                "must be at least 1".to_owned(),
+            ));
+        }
         if self.worker.poll_interval_secs == 0 {
             return Err(invalid(
                 "worker.poll_interval_secs",
@@ -672,11 +708,10 @@ impl Config {
         }
     }
 
-    /// Checks what can be checked without contacting anyone: the database scheme, that every
-    /// secret and extra CA certificate can be read, and that service-account files look like
-    /// one. No detail holds a secret's value.
-    #[must_use]
-    pub fn check(&self) -> Vec<CheckItem> {
+    /// Checks the database (a PostgreSQL server is connected to; nothing is migrated), that
+    /// every secret and extra CA certificate can be read, and that service-account files look
+    /// like one. No detail holds a secret's value or the database password.
+    pub async fn check(&self) -> Vec<CheckItem> {
         let mut items = Vec::new();
         items.push(CheckItem {
             subject: "config file".to_owned(),
@@ -686,7 +721,7 @@ impl Config {
                 None => "none: defaults and environment variables".to_owned(),
             },
         });
-        items.push(self.check_database());
+        items.push(self.check_database().await);
         for (id, app) in &self.apps {
             items.push(self.check_sender(id, app));
             for (subject, secret) in app.secrets(id) {
@@ -707,17 +742,18 @@ impl Config {
         items
     }
 
-    fn check_database(&self) -> CheckItem {
+    async fn check_database(&self) -> CheckItem {
         let subject = "database.url".to_owned();
+        let shown = self.database.redacted_url();
         match self.database.kind() {
-            Ok(DatabaseKind::Sqlite) => CheckItem::ok(
-                subject,
-                format!("SQLite at {}", self.database.redacted_url()),
-            ),
-            Ok(DatabaseKind::Postgres) => CheckItem::failed(
-                subject,
-                "PostgreSQL support arrives with the PostgreSQL store".to_owned(),
-            ),
+            Ok(DatabaseKind::Sqlite) => CheckItem::ok(subject, format!("SQLite at {shown}")),
+            Ok(DatabaseKind::Postgres) => match crate::postgres::probe(&self.database.url).await {
+                Ok(()) => CheckItem::ok(subject, format!("PostgreSQL at {shown} answers")),
+                Err(error) => CheckItem::failed(
+                    subject,
+                    without_password(&format!("{error:#}"), &self.database.url),
+                ),
+            },
             Err(detail) => CheckItem::failed(subject, detail),
         }
     }
@@ -946,6 +982,15 @@ mod tests {
     use figment::Jail;
 
     use super::*;
+
+    /// Runs a future to completion on a runtime of its own (the jailed tests are synchronous).
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(future)
+    }
 
     /// Runs `test` in a jail (its own working folder and environment), turning our errors
     /// into figment's so that `?` works.
@@ -1246,7 +1291,8 @@ mod tests {
 
     fn config_with_secrets() -> Config {
         let mut config = Config::default();
-        config.database.url = "postgres://clarion:db-password@db/clarion".to_owned();
+        // Port 1 refuses connections at once, so `check` fails fast and offline.
+        config.database.url = "postgres://clarion:db-password@127.0.0.1:1/clarion".to_owned();
         config.apps.insert(
             "shop".to_owned(),
             AppConfig {
@@ -1306,7 +1352,7 @@ mod tests {
             let mut config = config_with_secrets();
             config.tls.extra_ca_certs = vec!["missing-ca.pem".into()];
 
-            let items = config.check();
+            let items = block_on(config.check());
 
             let find = |subject: &str| {
                 items
@@ -1317,7 +1363,10 @@ mod tests {
             };
             let database = find("database.url");
             assert!(!database.ok);
-            assert!(database.detail.contains("PostgreSQL support arrives"));
+            assert!(
+                database.detail.contains("127.0.0.1:1") && !database.detail.contains("db-password"),
+                "{database:?}"
+            );
             assert!(find("apps.shop.onesignal.api_key").ok);
             assert!(find("apps.shop.fcm.service_account").ok);
             let credentials = find("apps.shop.fcm (credentials)");
@@ -1342,12 +1391,38 @@ mod tests {
     }
 
     #[test]
+    fn the_database_url_selects_the_engine_and_a_plain_path_is_sqlite() {
+        for (url, kind) in [
+            ("sqlite://clarion.db", Some(DatabaseKind::Sqlite)),
+            ("sqlite::memory:", Some(DatabaseKind::Sqlite)),
+            ("/var/lib/clarion/clarion.db", Some(DatabaseKind::Sqlite)),
+            ("data/clarion.db", Some(DatabaseKind::Sqlite)),
+            (
+                "postgres://clarion@db/clarion",
+                Some(DatabaseKind::Postgres),
+            ),
+            (
+                "postgresql://clarion@db/clarion",
+                Some(DatabaseKind::Postgres),
+            ),
+            ("mysql://clarion@db/clarion", None),
+            ("", None),
+        ] {
+            let config = DatabaseConfig {
+                url: url.to_owned(),
+                ..DatabaseConfig::default()
+            };
+            assert_eq!(config.kind().ok(), kind, "{url}");
+        }
+    }
+
+    #[test]
     fn check_refuses_a_service_account_without_its_fields() {
         jailed(|jail| {
             jail.create_file("sa.json", r#"{"type": "service_account"}"#)
                 .map_err(|e| e.to_string())?;
 
-            let items = config_with_secrets().check();
+            let items = block_on(config_with_secrets().check());
 
             let content = items
                 .iter()

@@ -11,46 +11,34 @@ use crate::client_token::ClientTokens;
 use crate::clock::SystemClock;
 use crate::config::{Config, DatabaseKind};
 use crate::metrics::InstrumentedMessages;
+use crate::postgres::{DEFAULT_MAX_CONNECTIONS, PgSettings, PgStore};
 use crate::render::MiniJinjaRenderer;
 use crate::sqlite::SqliteStore;
+use crate::store::Store;
 
 /// Everything a binary needs: the services, the store behind them (for maintenance commands
-/// such as table counts), and the configuration they were built from.
+/// such as table counts and readiness), and the configuration they were built from.
 #[derive(Debug, Clone)]
 pub struct Runtime {
     pub service: PushService,
-    pub store: Arc<SqliteStore>,
+    pub store: Arc<dyn Store>,
     /// The verifiers of the applications' client tokens.
     pub client_tokens: ClientTokens,
     pub config: Config,
 }
 
-/// Connects (creating and migrating) the database and wires the services. `worker_id` names
-/// this process in message leases.
+/// Connects (creating and migrating) the database the URL names, SQLite or PostgreSQL, and
+/// wires the services. `worker_id` names this process in message leases.
 ///
 /// # Errors
-/// When the database URL is not a SQLite URL (PostgreSQL arrives with its store) or the
-/// database cannot be opened or migrated.
+/// When the database URL names neither engine or the database cannot be opened or migrated.
 pub async fn build(config: Config, worker_id: &str) -> anyhow::Result<Runtime> {
-    let url = config.database.url.as_str();
-    let kind = config
-        .database
-        .kind()
-        .map_err(|detail| anyhow::anyhow!("database.url {detail}"))?;
-    match kind {
-        DatabaseKind::Sqlite => {}
-        DatabaseKind::Postgres => anyhow::bail!(
-            "database.url {} selects PostgreSQL, whose support arrives with the PostgreSQL \
-             store; use a sqlite:// URL for now",
-            config.database.redacted_url()
-        ),
-    }
-    let store = Arc::new(SqliteStore::connect(url).await.with_context(|| {
+    let store = connect(&config).await.with_context(|| {
         format!(
             "failed to open the database {}",
             config.database.redacted_url()
         )
-    })?);
+    })?;
     let ports = Ports {
         devices: store.clone(),
         // Counted by state and delivery outcome for `/metrics`.
@@ -83,19 +71,42 @@ pub async fn build(config: Config, worker_id: &str) -> anyhow::Result<Runtime> {
     })
 }
 
+/// Opens the store the configuration's database URL selects.
+async fn connect(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let url = config.database.url.as_str();
+    let kind = config
+        .database
+        .kind()
+        .map_err(|detail| anyhow::anyhow!("database.url {detail}"))?;
+    Ok(match kind {
+        DatabaseKind::Sqlite => Arc::new(SqliteStore::connect(url).await?),
+        DatabaseKind::Postgres => {
+            let settings = PgSettings {
+                max_connections: config
+                    .database
+                    .max_connections
+                    .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+                schema: None,
+            };
+            Arc::new(PgStore::connect_with(url, &settings).await?)
+        }
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_postgres_url_is_refused_with_a_clear_error() {
+    async fn an_unreachable_postgres_database_fails_without_showing_its_password() {
         let mut config = Config::default();
-        config.database.url = "postgres://clarion:hunter2@db/clarion".to_owned();
+        // Port 1 refuses connections at once.
+        config.database.url = "postgres://clarion:hunter2@127.0.0.1:1/clarion".to_owned();
 
-        let error = build(config, "test").await.unwrap_err().to_string();
+        let error = format!("{:#}", build(config, "test").await.unwrap_err());
 
-        assert!(error.contains("PostgreSQL"), "{error}");
+        assert!(error.contains("127.0.0.1:1"), "{error}");
         assert!(!error.contains("hunter2"), "{error}");
     }
 

@@ -38,7 +38,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         app: cli.app,
     };
     match cli.command {
-        Command::Config(command) => config_command(&out, &config, command),
+        Command::Config(command) => config_command(&out, &config, command).await,
         Command::Migrate => migrate(&out, config).await,
         Command::Devices(command) => devices(&out, config, command).await,
         Command::Send(args) => send(&out, config, args).await,
@@ -77,7 +77,11 @@ async fn runtime_for(out: &Out, config: Config) -> Result<(Runtime, AppId), CliE
 
 // ----- config and migrate -----
 
-fn config_command(out: &Out, config: &Config, command: ConfigCommand) -> Result<(), CliError> {
+async fn config_command(
+    out: &Out,
+    config: &Config,
+    command: ConfigCommand,
+) -> Result<(), CliError> {
     match command {
         ConfigCommand::Show => {
             let text = config.redacted_toml();
@@ -89,7 +93,7 @@ fn config_command(out: &Out, config: &Config, command: ConfigCommand) -> Result<
             Ok(())
         }
         ConfigCommand::Check => {
-            let items = config.check();
+            let items = config.check().await;
             if out.json {
                 let rows: Vec<Value> = items
                     .iter()

@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use clarion_adapters::sqlite::SqliteStore;
+use clarion_adapters::store::Store;
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -16,7 +16,7 @@ use crate::routes::AppState;
 use crate::telemetry::DUE_MESSAGES;
 
 /// The store `/readyz` asks. The only use of the store outside the domain's ports.
-pub(crate) type Database = Arc<SqliteStore>;
+pub(crate) type Database = Arc<dyn Store>;
 
 /// How long `/readyz` waits for the database.
 const READY_TIMEOUT: Duration = Duration::from_secs(3);

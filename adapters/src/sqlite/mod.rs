@@ -4,8 +4,21 @@
 mod devices;
 mod keys;
 mod messages;
-mod rows;
 mod templates;
+
+/// The shared rows with SQLite's times: unix milliseconds.
+mod rows {
+    pub(super) use crate::rows::{
+        API_KEY_COLUMNS, DELIVERY_COLUMNS, DEVICE_COLUMNS, MESSAGE_COLUMNS, RelatedRow,
+        TEMPLATE_COLUMNS, json_text, millis, opt_json_text, opt_millis, target_columns,
+    };
+
+    pub(super) type DeviceRow = crate::rows::DeviceRow<i64>;
+    pub(super) type MessageRow = crate::rows::MessageRow<i64>;
+    pub(super) type DeliveryRow = crate::rows::DeliveryRow<i64>;
+    pub(super) type TemplateRow = crate::rows::TemplateRow<i64>;
+    pub(super) type ApiKeyRow = crate::rows::ApiKeyRow<i64>;
+}
 
 use std::collections::BTreeMap;
 use std::str::FromStr;

@@ -39,6 +39,7 @@ pub async fn runtime_with(customise: impl FnOnce(&mut Config)) -> (Runtime, Temp
         listen: "127.0.0.1:0".to_owned(),
         database: DatabaseConfig {
             url: format!("sqlite://{}", dir.path().join("clarion.db").display()),
+            ..DatabaseConfig::default()
         },
         ..Config::default()
     };

@@ -22,7 +22,7 @@ async fn readyz_is_503_with_a_reason_when_the_database_is_gone_while_healthz_sta
     let store = runtime.store.clone();
     let app = spawn(runtime, dir).await;
 
-    store.pool().close().await;
+    store.close().await;
     let ready = app.get("/readyz").await;
     let healthy = app.get("/healthz").await;
 

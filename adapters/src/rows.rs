@@ -1,5 +1,8 @@
-//! Rows as SQLite returns them, and their conversion into domain values. A row that does not
-//! parse is [`StoreError::Corrupt`] naming the table, the row id and the field.
+//! Rows as the stores read them, and their conversion into domain values, shared by the
+//! SQLite and PostgreSQL stores. Each row is generic over how its store keeps a time
+//! ([`StoredTime`]: unix milliseconds on SQLite, `timestamptz` on PostgreSQL); JSON is read
+//! as text. A row that does not parse is [`StoreError::Corrupt`] naming the table, the row
+//! id and the field.
 
 use std::fmt::Display;
 
@@ -20,43 +23,64 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
 /// The columns of `devices` every device query selects, in [`DeviceRow`] order.
-pub(super) const DEVICE_COLUMNS: &str = "id, app, platform, token_key, p256dh, auth, name, \
+pub(crate) const DEVICE_COLUMNS: &str = "id, app, platform, token_key, p256dh, auth, name, \
     active, user_id, device_id, created_at, updated_at, deactivated_at, deactivation_reason";
 
 /// The columns of `messages` every message query selects, in [`MessageRow`] order.
-pub(super) const MESSAGE_COLUMNS: &str = "id, app, target_kind, recipient, target_json, \
+pub(crate) const MESSAGE_COLUMNS: &str = "id, app, target_kind, recipient, target_json, \
     heading, body, url, extra_data, template_slug, tag, priority, options, retry_sending, \
     sender, state, error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
     extra_sender_data, created_at, changed_at";
 
 /// The columns of `deliveries` every delivery query selects, in [`DeliveryRow`] order.
-pub(super) const DELIVERY_COLUMNS: &str = "id, message_id, device_id, channel, state, attempts, \
+pub(crate) const DELIVERY_COLUMNS: &str = "id, message_id, device_id, channel, state, attempts, \
     provider_id, error_code, error_text, details, updated_at";
 
 /// The columns of `templates` every template query selects, in [`TemplateRow`] order.
-pub(super) const TEMPLATE_COLUMNS: &str =
+pub(crate) const TEMPLATE_COLUMNS: &str =
     "app, slug, body, heading, url, is_active, allow_duplicates, created_at, updated_at";
 
 /// The columns of `api_keys` every key query selects, in [`ApiKeyRow`] order.
-pub(super) const API_KEY_COLUMNS: &str = "id, name, scope, prefix, hash, created_at, revoked_at";
+pub(crate) const API_KEY_COLUMNS: &str = "id, name, scope, prefix, hash, created_at, revoked_at";
+
+/// A time as a store reads it back.
+pub(crate) trait StoredTime: Copy {
+    /// The instant, or why the stored value is not one.
+    fn to_time(self) -> Result<OffsetDateTime, String>;
+}
+
+/// SQLite's unix milliseconds, UTC.
+impl StoredTime for i64 {
+    fn to_time(self) -> Result<OffsetDateTime, String> {
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(self) * 1_000_000)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// PostgreSQL's `timestamptz`, decoded by sqlx.
+impl StoredTime for OffsetDateTime {
+    fn to_time(self) -> Result<OffsetDateTime, String> {
+        Ok(self.to_offset(time::UtcOffset::UTC))
+    }
+}
 
 /// A time as stored: unix milliseconds, UTC. Sub-millisecond precision is dropped.
-pub(super) fn millis(at: OffsetDateTime) -> i64 {
+pub(crate) fn millis(at: OffsetDateTime) -> i64 {
     let ms = at.unix_timestamp_nanos().div_euclid(1_000_000);
     i64::try_from(ms).unwrap_or(if ms < 0 { i64::MIN } else { i64::MAX })
 }
 
-pub(super) fn opt_millis(at: Option<OffsetDateTime>) -> Option<i64> {
+pub(crate) fn opt_millis(at: Option<OffsetDateTime>) -> Option<i64> {
     at.map(millis)
 }
 
 /// JSON text of a value that serialises infallibly (maps and JSON values).
-pub(super) fn json_text(value: &impl serde::Serialize) -> Result<String, StoreError> {
+pub(crate) fn json_text(value: &impl serde::Serialize) -> Result<String, StoreError> {
     serde_json::to_string(value)
         .map_err(|e| StoreError::Unknown(anyhow::Error::new(e).context("failed to encode JSON")))
 }
 
-pub(super) fn opt_json_text<T: serde::Serialize>(
+pub(crate) fn opt_json_text<T: serde::Serialize>(
     value: Option<&T>,
 ) -> Result<Option<String>, StoreError> {
     value.map(json_text).transpose()
@@ -76,13 +100,16 @@ impl Field<'_> {
         ))
     }
 
-    fn time(&self, field: &str, ms: i64) -> Result<OffsetDateTime, StoreError> {
-        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
-            .map_err(|e| self.err(field, e))
+    fn time(&self, field: &str, at: impl StoredTime) -> Result<OffsetDateTime, StoreError> {
+        at.to_time().map_err(|e| self.err(field, e))
     }
 
-    fn opt_time(&self, field: &str, ms: Option<i64>) -> Result<Option<OffsetDateTime>, StoreError> {
-        ms.map(|ms| self.time(field, ms)).transpose()
+    fn opt_time(
+        &self,
+        field: &str,
+        at: Option<impl StoredTime>,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        at.map(|at| self.time(field, at)).transpose()
     }
 
     fn json(&self, field: &str, raw: Option<&str>) -> Result<Option<Value>, StoreError> {
@@ -108,7 +135,7 @@ impl Field<'_> {
 }
 
 #[derive(Debug, sqlx::FromRow)]
-pub(super) struct DeviceRow {
+pub(crate) struct DeviceRow<T> {
     pub id: i64,
     pub app: String,
     pub platform: String,
@@ -119,14 +146,14 @@ pub(super) struct DeviceRow {
     pub active: bool,
     pub user_id: Option<String>,
     pub device_id: Option<String>,
-    pub created_at: i64,
-    pub updated_at: i64,
-    pub deactivated_at: Option<i64>,
+    pub created_at: T,
+    pub updated_at: T,
+    pub deactivated_at: Option<T>,
     pub deactivation_reason: Option<String>,
 }
 
-impl DeviceRow {
-    pub(super) fn into_domain(self) -> Result<Device, StoreError> {
+impl<T: StoredTime> DeviceRow<T> {
+    pub(crate) fn into_domain(self) -> Result<Device, StoreError> {
         let f = Field {
             table: "devices",
             id: &self.id,
@@ -163,7 +190,7 @@ impl DeviceRow {
 }
 
 /// How a target is stored: its kind, the recipient column and the JSON column.
-pub(super) fn target_columns(
+pub(crate) fn target_columns(
     target: &Target,
 ) -> Result<(&'static str, Option<String>, Option<String>), StoreError> {
     match target {
@@ -180,7 +207,7 @@ pub(super) fn target_columns(
 }
 
 #[derive(Debug, sqlx::FromRow)]
-pub(super) struct MessageRow {
+pub(crate) struct MessageRow<T> {
     pub id: i64,
     pub app: String,
     pub target_kind: String,
@@ -199,17 +226,17 @@ pub(super) struct MessageRow {
     pub state: String,
     pub error: Option<String>,
     pub number_of_send_attempts: i64,
-    pub next_attempt_at: Option<i64>,
-    pub sent_at: Option<i64>,
-    pub queued_at: i64,
+    pub next_attempt_at: Option<T>,
+    pub sent_at: Option<T>,
+    pub queued_at: T,
     pub extra_sender_data: Option<String>,
-    pub created_at: i64,
-    pub changed_at: i64,
+    pub created_at: T,
+    pub changed_at: T,
 }
 
-impl MessageRow {
+impl<T: StoredTime> MessageRow<T> {
     /// The message without its deliveries; `related` are its related objects in order.
-    pub(super) fn into_domain(self, related: Vec<RelatedObject>) -> Result<Message, StoreError> {
+    pub(crate) fn into_domain(self, related: Vec<RelatedObject>) -> Result<Message, StoreError> {
         let f = Field {
             table: "messages",
             id: &self.id,
@@ -309,7 +336,7 @@ impl MessageRow {
 }
 
 #[derive(Debug, sqlx::FromRow)]
-pub(super) struct RelatedRow {
+pub(crate) struct RelatedRow {
     pub id: i64,
     pub message_id: i64,
     pub kind: String,
@@ -317,7 +344,7 @@ pub(super) struct RelatedRow {
 }
 
 impl RelatedRow {
-    pub(super) fn into_domain(self) -> Result<(MessageId, RelatedObject), StoreError> {
+    pub(crate) fn into_domain(self) -> Result<(MessageId, RelatedObject), StoreError> {
         let f = Field {
             table: "message_related_objects",
             id: &self.id,
@@ -329,7 +356,7 @@ impl RelatedRow {
 }
 
 #[derive(Debug, sqlx::FromRow)]
-pub(super) struct DeliveryRow {
+pub(crate) struct DeliveryRow<T> {
     pub id: i64,
     pub message_id: i64,
     pub device_id: Option<i64>,
@@ -340,11 +367,11 @@ pub(super) struct DeliveryRow {
     pub error_code: Option<String>,
     pub error_text: Option<String>,
     pub details: Option<String>,
-    pub updated_at: i64,
+    pub updated_at: T,
 }
 
-impl DeliveryRow {
-    pub(super) fn into_domain(self) -> Result<Delivery, StoreError> {
+impl<T: StoredTime> DeliveryRow<T> {
+    pub(crate) fn into_domain(self) -> Result<Delivery, StoreError> {
         let f = Field {
             table: "deliveries",
             id: &self.id,
@@ -372,7 +399,7 @@ impl DeliveryRow {
 }
 
 #[derive(Debug, sqlx::FromRow)]
-pub(super) struct TemplateRow {
+pub(crate) struct TemplateRow<T> {
     pub app: String,
     pub slug: String,
     pub body: String,
@@ -380,12 +407,12 @@ pub(super) struct TemplateRow {
     pub url: Option<String>,
     pub is_active: bool,
     pub allow_duplicates: bool,
-    pub created_at: i64,
-    pub updated_at: i64,
+    pub created_at: T,
+    pub updated_at: T,
 }
 
-impl TemplateRow {
-    pub(super) fn into_domain(self) -> Result<Template, StoreError> {
+impl<T: StoredTime> TemplateRow<T> {
+    pub(crate) fn into_domain(self) -> Result<Template, StoreError> {
         let key = format!("{}/{}", self.app, self.slug);
         let f = Field {
             table: "templates",
@@ -406,18 +433,18 @@ impl TemplateRow {
 }
 
 #[derive(Debug, sqlx::FromRow)]
-pub(super) struct ApiKeyRow {
+pub(crate) struct ApiKeyRow<T> {
     pub id: i64,
     pub name: String,
     pub scope: String,
     pub prefix: String,
     pub hash: String,
-    pub created_at: i64,
-    pub revoked_at: Option<i64>,
+    pub created_at: T,
+    pub revoked_at: Option<T>,
 }
 
-impl ApiKeyRow {
-    pub(super) fn into_domain(self) -> Result<ApiKey, StoreError> {
+impl<T: StoredTime> ApiKeyRow<T> {
+    pub(crate) fn into_domain(self) -> Result<ApiKey, StoreError> {
         let f = Field {
             table: "api_keys",
             id: &self.id,
@@ -453,7 +480,7 @@ mod tests {
 
     #[test]
     fn a_device_row_with_an_unknown_platform_is_corrupt_and_names_the_field() {
-        let row = DeviceRow {
+        let row = DeviceRow::<i64> {
             id: 12,
             app: "shop".into(),
             platform: "pager".into(),

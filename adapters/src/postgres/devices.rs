@@ -1,0 +1,307 @@
+//! [`DeviceStore`] on PostgreSQL.
+
+use async_trait::async_trait;
+use clarion_domain::device::{Device, DeviceFilter, DeviceUpdate, NewDevice, Registration};
+use clarion_domain::ids::{AppId, DeviceId};
+use clarion_domain::ports::{DeviceStore, StoreError};
+use clarion_domain::token::DeviceToken;
+use sqlx::{AssertSqlSafe, Postgres, QueryBuilder};
+use time::OffsetDateTime;
+
+use crate::postgres::rows::{DEVICE_COLUMNS, DeviceRow};
+use crate::postgres::{PgStore, db_error, ms};
+
+/// The default and the largest page of `list_devices`.
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
+
+/// How often a registration retries after losing a race with another registration of the
+/// same token (the update found nothing, then the insert found the row).
+const REGISTER_ROUNDS: usize = 3;
+
+fn keys(token: &DeviceToken) -> (Option<&str>, Option<&str>) {
+    match token {
+        DeviceToken::Webpush { subscription } => {
+            (Some(subscription.p256dh()), Some(subscription.auth()))
+        }
+        DeviceToken::Apns { .. } | DeviceToken::Fcm { .. } => (None, None),
+    }
+}
+
+impl PgStore {
+    /// Updates the device with the same application, platform and token, if there is one.
+    async fn reregister(
+        &self,
+        device: &NewDevice,
+        now: OffsetDateTime,
+    ) -> Result<Option<DeviceRow>, StoreError> {
+        let (p256dh, auth) = keys(&device.token);
+        let sql = format!(
+            "UPDATE devices SET user_id = $1, name = $2, device_id = $3, p256dh = $4, auth = $5, \
+             active = TRUE, deactivated_at = NULL, deactivation_reason = NULL, updated_at = $6 \
+             WHERE app = $7 AND platform = $8 AND token_key = $9 RETURNING {DEVICE_COLUMNS}"
+        );
+        sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
+            .bind(device.user_id.as_ref().map(|u| u.as_str().to_owned()))
+            .bind(device.name.clone())
+            .bind(device.device_id.clone())
+            .bind(p256dh.map(str::to_owned))
+            .bind(auth.map(str::to_owned))
+            .bind(now)
+            .bind(device.app.as_str().to_owned())
+            .bind(device.token.platform().as_str())
+            .bind(device.token.key().to_owned())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("failed to update a registered device"))
+    }
+
+    /// Inserts the device unless one with the same token appeared meanwhile.
+    async fn insert_device(
+        &self,
+        device: &NewDevice,
+        now: OffsetDateTime,
+    ) -> Result<Option<DeviceRow>, StoreError> {
+        let (p256dh, auth) = keys(&device.token);
+        let sql = format!(
+            "INSERT INTO devices (app, platform, token_key, p256dh, auth, name, active, \
+             user_id, device_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $9, $10) \
+             ON CONFLICT (app, platform, token_key) DO NOTHING RETURNING {DEVICE_COLUMNS}"
+        );
+        sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
+            .bind(device.app.as_str().to_owned())
+            .bind(device.token.platform().as_str())
+            .bind(device.token.key().to_owned())
+            .bind(p256dh.map(str::to_owned))
+            .bind(auth.map(str::to_owned))
+            .bind(device.name.clone())
+            .bind(device.user_id.as_ref().map(|u| u.as_str().to_owned()))
+            .bind(device.device_id.clone())
+            .bind(now)
+            .bind(now)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("failed to insert a device"))
+    }
+}
+
+#[async_trait]
+impl DeviceStore for PgStore {
+    async fn register_device(
+        &self,
+        device: &NewDevice,
+        now: OffsetDateTime,
+    ) -> Result<(Device, Registration), StoreError> {
+        let now = ms(now);
+        // Each statement is atomic on its own: an update of the existing row, else an insert
+        // that does nothing if a concurrent registration inserted the row first, in which
+        // case the next round updates it.
+        for _ in 0..REGISTER_ROUNDS {
+            if let Some(row) = self.reregister(device, now).await? {
+                return Ok((row.into_domain()?, Registration::Updated));
+            }
+            if let Some(row) = self.insert_device(device, now).await? {
+                return Ok((row.into_domain()?, Registration::Created));
+            }
+        }
+        Err(StoreError::Conflict(format!(
+            "the {} token of application {} is being registered concurrently",
+            device.token.platform(),
+            device.app
+        )))
+    }
+
+    async fn get_device(&self, app: &AppId, id: DeviceId) -> Result<Option<Device>, StoreError> {
+        let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE app = $1 AND id = $2");
+        sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
+            .bind(app.as_str().to_owned())
+            .bind(id.0)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("failed to read a device"))?
+            .map(DeviceRow::into_domain)
+            .transpose()
+    }
+
+    async fn get_devices(&self, app: &AppId, ids: &[DeviceId]) -> Result<Vec<Device>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        let sql = format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE app = $1 AND id = ANY($2) ORDER BY id"
+        );
+        sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
+            .bind(app.as_str().to_owned())
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("failed to read devices"))?
+            .into_iter()
+            .map(DeviceRow::into_domain)
+            .collect()
+    }
+
+    async fn list_devices(
+        &self,
+        app: &AppId,
+        filter: &DeviceFilter,
+    ) -> Result<Vec<Device>, StoreError> {
+        let mut query = QueryBuilder::<Postgres>::new(format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE app = "
+        ));
+        query.push_bind(app.as_str().to_owned());
+        if let Some(user) = &filter.user_id {
+            query
+                .push(" AND user_id = ")
+                .push_bind(user.as_str().to_owned());
+        }
+        if let Some(platform) = filter.platform {
+            query.push(" AND platform = ").push_bind(platform.as_str());
+        }
+        if let Some(active) = filter.active {
+            query.push(" AND active = ").push_bind(active);
+        }
+        if let Some(after) = filter.after {
+            query.push(" AND id > ").push_bind(after.0);
+        }
+        let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+        query
+            .push(" ORDER BY id LIMIT ")
+            .push_bind(i64::from(limit));
+        query
+            .build_query_as::<DeviceRow>()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("failed to list devices"))?
+            .into_iter()
+            .map(DeviceRow::into_domain)
+            .collect()
+    }
+
+    async fn deactivate_device(
+        &self,
+        app: &AppId,
+        id: DeviceId,
+        reason: &str,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let now = ms(now);
+        let done = sqlx::query(
+            "UPDATE devices SET active = FALSE, deactivated_at = $1, deactivation_reason = $2, \
+             updated_at = $3 WHERE app = $4 AND id = $5",
+        )
+        .bind(now)
+        .bind(reason.to_owned())
+        .bind(now)
+        .bind(app.as_str().to_owned())
+        .bind(id.0)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("failed to deactivate a device"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn update_device(
+        &self,
+        app: &AppId,
+        id: DeviceId,
+        update: &DeviceUpdate,
+        now: OffsetDateTime,
+    ) -> Result<Option<Device>, StoreError> {
+        let now = ms(now);
+        let mut query = QueryBuilder::<Postgres>::new("UPDATE devices SET updated_at = ");
+        query.push_bind(now);
+        if let Some(name) = &update.name {
+            query.push(", name = ").push_bind(name.clone());
+        }
+        if let Some(user) = &update.user_id {
+            query
+                .push(", user_id = ")
+                .push_bind(user.as_ref().map(|u| u.as_str().to_owned()));
+        }
+        match update.active {
+            Some(true) => {
+                query.push(", active = TRUE, deactivated_at = NULL, deactivation_reason = NULL");
+            }
+            Some(false) => {
+                let reason = update
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "deactivated".to_owned());
+                query
+                    .push(", active = FALSE, deactivated_at = ")
+                    .push_bind(now)
+                    .push(", deactivation_reason = ")
+                    .push_bind(reason);
+            }
+            None => {}
+        }
+        query
+            .push(" WHERE app = ")
+            .push_bind(app.as_str().to_owned())
+            .push(" AND id = ")
+            .push_bind(id.0)
+            .push(" RETURNING ")
+            .push(DEVICE_COLUMNS);
+        query
+            .build_query_as::<DeviceRow>()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("failed to update a device"))?
+            .map(DeviceRow::into_domain)
+            .transpose()
+    }
+
+    async fn delete_device(&self, app: &AppId, id: DeviceId) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM devices WHERE app = $1 AND id = $2")
+            .bind(app.as_str().to_owned())
+            .bind(id.0)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("failed to delete a device"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn deactivate_dead_devices(
+        &self,
+        app: &AppId,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let now = ms(now);
+        // The latest delivery must also be newer than the device's last update, so that a
+        // device registered again after its token was reported dead stays active.
+        let done = sqlx::query(
+            "UPDATE devices SET active = FALSE, deactivated_at = $1, \
+             deactivation_reason = 'dead token', updated_at = $2 \
+             WHERE app = $3 AND active = TRUE AND EXISTS ( \
+                 SELECT 1 FROM deliveries d WHERE d.id = ( \
+                     SELECT MAX(l.id) FROM deliveries l WHERE l.device_id = devices.id) \
+                 AND d.state = 'dead_token' AND d.updated_at > devices.updated_at)",
+        )
+        .bind(now)
+        .bind(now)
+        .bind(app.as_str().to_owned())
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("failed to deactivate dead devices"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn delete_inactive_devices(
+        &self,
+        app: &AppId,
+        before: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "DELETE FROM devices WHERE app = $1 AND active = FALSE AND deactivated_at < $2",
+        )
+        .bind(app.as_str().to_owned())
+        .bind(ms(before))
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("failed to delete inactive devices"))?;
+        Ok(done.rows_affected())
+    }
+}

@@ -1,0 +1,422 @@
+//! [`MessageStore`] on PostgreSQL: messages, their related objects and deliveries, and the
+//! claim of due messages with a lease (`FOR UPDATE SKIP LOCKED`).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use clarion_domain::ids::{AppId, MessageId, RelatedObject, Slug};
+use clarion_domain::message::{Delivery, DeliveryState, Message};
+use clarion_domain::ports::{Lease, MessageFilter, MessageStore, NewMessage, StoreError};
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, QueryBuilder};
+use time::OffsetDateTime;
+
+use crate::postgres::rows::{
+    DELIVERY_COLUMNS, DeliveryRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text,
+    opt_json_text, target_columns,
+};
+use crate::postgres::{PgStore, db_error, ms, opt_ms};
+
+/// The default and the largest page of `list_messages`.
+const DEFAULT_LIMIT: u32 = 50;
+const MAX_LIMIT: u32 = 1000;
+
+/// The condition that makes a message due at the time bound to `$1`.
+const DUE: &str = "(state = 'WAITING' OR (state = 'ERROR_RETRY' \
+    AND (next_attempt_at IS NULL OR next_attempt_at <= $1)))";
+
+/// Claims due messages whose lease is free or expired. The subquery locks the rows it picks
+/// and skips rows another transaction has locked, so concurrent claimers split the backlog
+/// without waiting; a row another claimer leased and committed meanwhile is re-checked
+/// against the lease condition and left out.
+const CLAIM: &str = "UPDATE messages SET lease_owner = $2, lease_until = $3 WHERE id IN ( \
+    SELECT id FROM messages WHERE (state = 'WAITING' OR (state = 'ERROR_RETRY' \
+        AND (next_attempt_at IS NULL OR next_attempt_at <= $1))) \
+    AND (lease_until IS NULL OR lease_until <= $1) \
+    ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+    RETURNING id";
+
+impl PgStore {
+    /// Loads the messages with the given ids, each with its related objects and deliveries,
+    /// in three queries. The result follows `ids`' order; missing ids are skipped.
+    async fn load_messages(&self, ids: &[i64]) -> Result<Vec<Message>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ANY($1)");
+        let rows: Vec<MessageRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("failed to read messages"))?;
+
+        let related_rows: Vec<RelatedRow> = sqlx::query_as(
+            "SELECT id, message_id, kind, object_id FROM message_related_objects \
+             WHERE message_id = ANY($1) ORDER BY id",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("failed to read related objects"))?;
+        let mut related: HashMap<MessageId, Vec<RelatedObject>> = HashMap::new();
+        for row in related_rows {
+            let (message, object) = row.into_domain()?;
+            related.entry(message).or_default().push(object);
+        }
+
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ANY($1) ORDER BY id"
+        );
+        let delivery_rows: Vec<DeliveryRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("failed to read deliveries"))?;
+        let mut deliveries: HashMap<MessageId, Vec<Delivery>> = HashMap::new();
+        for row in delivery_rows {
+            let delivery = row.into_domain()?;
+            deliveries
+                .entry(delivery.message_id)
+                .or_default()
+                .push(delivery);
+        }
+
+        let mut by_id = HashMap::with_capacity(rows.len());
+        for row in rows {
+            let id = MessageId(row.id);
+            let mut message = row.into_domain(related.remove(&id).unwrap_or_default())?;
+            message.deliveries = deliveries.remove(&id).unwrap_or_default();
+            by_id.insert(id, message);
+        }
+        Ok(ids
+            .iter()
+            .filter_map(|id| by_id.remove(&MessageId(*id)))
+            .collect())
+    }
+}
+
+/// Writes deliveries, each unless it is already accepted or debug, which are final, in one
+/// statement.
+async fn write_deliveries(
+    conn: &mut PgConnection,
+    deliveries: &[Delivery],
+) -> Result<(), StoreError> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let mut ids = Vec::with_capacity(deliveries.len());
+    let mut states = Vec::with_capacity(deliveries.len());
+    let mut attempts = Vec::with_capacity(deliveries.len());
+    let mut provider_ids = Vec::with_capacity(deliveries.len());
+    let mut error_codes = Vec::with_capacity(deliveries.len());
+    let mut error_texts = Vec::with_capacity(deliveries.len());
+    let mut details = Vec::with_capacity(deliveries.len());
+    let mut updated = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        ids.push(delivery.id.0);
+        states.push(delivery.state.as_str());
+        attempts.push(i64::from(delivery.attempts));
+        provider_ids.push(delivery.provider_id.clone());
+        error_codes.push(delivery.error_code.clone());
+        error_texts.push(delivery.error_text.clone());
+        details.push(opt_json_text(delivery.details.as_ref())?);
+        updated.push(ms(delivery.updated_at));
+    }
+    sqlx::query(
+        "UPDATE deliveries d SET state = u.state, attempts = u.attempts, \
+         provider_id = u.provider_id, error_code = u.error_code, error_text = u.error_text, \
+         details = u.details::jsonb, updated_at = u.updated_at \
+         FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
+             $6::text[], $7::text[], $8::timestamptz[]) \
+             AS u (id, state, attempts, provider_id, error_code, error_text, details, updated_at) \
+         WHERE d.id = u.id AND d.state NOT IN ('accepted', 'debug')",
+    )
+    .bind(ids)
+    .bind(states)
+    .bind(attempts)
+    .bind(provider_ids)
+    .bind(error_codes)
+    .bind(error_texts)
+    .bind(details)
+    .bind(updated)
+    .execute(conn)
+    .await
+    .map_err(db_error("failed to record deliveries"))?;
+    Ok(())
+}
+
+#[async_trait]
+impl MessageStore for PgStore {
+    async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError> {
+        let spec = &message.spec;
+        let (target_kind, recipient, target_json) = target_columns(&spec.target)?;
+        let now = ms(message.now);
+        let progress = &message.progress;
+
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_error("failed to begin a transaction"))?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO messages (app, target_kind, recipient, target_json, heading, body, url, \
+             extra_data, template_slug, tag, priority, options, retry_sending, sender, state, \
+             error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
+             extra_sender_data, created_at, changed_at, lease_owner, lease_until) \
+             VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8::jsonb, $9, $10, $11, $12::jsonb, \
+             $13, $14, $15, $16, $17, $18, $19, $20, NULL, $21, $22, $23, $24) \
+             RETURNING id",
+        )
+        .bind(spec.app.as_str().to_owned())
+        .bind(target_kind)
+        .bind(recipient)
+        .bind(target_json)
+        .bind(spec.content.heading.clone())
+        .bind(spec.content.body.clone())
+        .bind(spec.content.url.clone())
+        .bind(opt_json_text(spec.content.extra_data.as_ref())?)
+        .bind(spec.template_slug.as_ref().map(|s| s.as_str().to_owned()))
+        .bind(spec.tag.as_ref().map(|t| t.as_str().to_owned()))
+        .bind(spec.priority.as_str())
+        .bind(json_text(&spec.options)?)
+        .bind(spec.retry_sending)
+        .bind(message.sender.as_str())
+        .bind(progress.state.as_str())
+        .bind(progress.error.clone())
+        .bind(i64::from(progress.number_of_send_attempts))
+        .bind(opt_ms(progress.next_attempt_at))
+        .bind(opt_ms(progress.sent_at))
+        .bind(ms(progress.queued_at))
+        .bind(now)
+        .bind(now)
+        .bind(message.lease.as_ref().map(|l| l.owner.clone()))
+        .bind(message.lease.as_ref().map(|l| ms(l.until)))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error("failed to insert a message"))?;
+
+        // Related objects and deliveries go in one statement each, in the given order (their
+        // ids keep it), however many devices a broadcast reaches.
+        if !spec.related_objects.is_empty() {
+            let kinds: Vec<&str> = spec.related_objects.iter().map(|o| o.kind()).collect();
+            let object_ids: Vec<&str> =
+                spec.related_objects.iter().map(|o| o.object_id()).collect();
+            sqlx::query(
+                "INSERT INTO message_related_objects (message_id, kind, object_id) \
+                 SELECT $1, kind, object_id \
+                 FROM UNNEST($2::text[], $3::text[]) WITH ORDINALITY AS r (kind, object_id, n) \
+                 ORDER BY n",
+            )
+            .bind(id)
+            .bind(kinds)
+            .bind(object_ids)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("failed to insert related objects"))?;
+        }
+        if !message.deliveries.is_empty() {
+            let devices: Vec<Option<i64>> = message
+                .deliveries
+                .iter()
+                .map(|(_, d)| d.map(|d| d.0))
+                .collect();
+            let channels: Vec<&str> = message.deliveries.iter().map(|(c, _)| c.as_str()).collect();
+            sqlx::query(
+                "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, \
+                 updated_at) \
+                 SELECT $1, device_id, channel, $4, 0, $5 \
+                 FROM UNNEST($2::bigint[], $3::text[]) WITH ORDINALITY AS d (device_id, channel, n) \
+                 ORDER BY n",
+            )
+            .bind(id)
+            .bind(devices)
+            .bind(channels)
+            .bind(DeliveryState::Pending.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("failed to insert deliveries"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(db_error("failed to commit a message"))?;
+
+        self.load_messages(&[id]).await?.pop().ok_or_else(|| {
+            StoreError::Unknown(anyhow::anyhow!("message {id} vanished after insert"))
+        })
+    }
+
+    async fn get_message(&self, app: &AppId, id: MessageId) -> Result<Option<Message>, StoreError> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM messages WHERE app = $1 AND id = $2")
+                .bind(app.as_str().to_owned())
+                .bind(id.0)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error("failed to read a message"))?;
+        let Some(id) = found else {
+            return Ok(None);
+        };
+        Ok(self.load_messages(&[id]).await?.pop())
+    }
+
+    async fn list_messages(&self, filter: &MessageFilter) -> Result<Vec<Message>, StoreError> {
+        let mut query = QueryBuilder::<Postgres>::new("SELECT id FROM messages WHERE 1 = 1");
+        if let Some(app) = &filter.app {
+            query.push(" AND app = ").push_bind(app.as_str().to_owned());
+        }
+        if let Some(state) = filter.state {
+            query.push(" AND state = ").push_bind(state.as_str());
+        }
+        if let Some(tag) = &filter.tag {
+            query.push(" AND tag = ").push_bind(tag.as_str().to_owned());
+        }
+        if let Some(recipient) = &filter.recipient {
+            query
+                .push(" AND recipient = ")
+                .push_bind(recipient.as_str().to_owned());
+        }
+        if let Some(related) = &filter.related {
+            query
+                .push(
+                    " AND EXISTS (SELECT 1 FROM message_related_objects r \
+                     WHERE r.message_id = messages.id AND r.kind = ",
+                )
+                .push_bind(related.kind().to_owned())
+                .push(" AND r.object_id = ")
+                .push_bind(related.object_id().to_owned())
+                .push(")");
+        }
+        if let Some(after) = filter.created_after {
+            query.push(" AND created_at >= ").push_bind(ms(after));
+        }
+        if let Some(before) = filter.created_before {
+            query.push(" AND created_at < ").push_bind(ms(before));
+        }
+        if let Some(before) = filter.before {
+            query.push(" AND id < ").push_bind(before.0);
+        }
+        let limit = filter.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT);
+        query
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(limit));
+        let ids: Vec<i64> = query
+            .build_query_scalar()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("failed to list messages"))?;
+        self.load_messages(&ids).await
+    }
+
+    async fn claim_due(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        lease: &Lease,
+    ) -> Result<Vec<Message>, StoreError> {
+        let mut ids: Vec<i64> = sqlx::query_scalar(CLAIM)
+            .bind(ms(now))
+            .bind(lease.owner.clone())
+            .bind(ms(lease.until))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("failed to claim due messages"))?;
+        ids.sort_unstable();
+        self.load_messages(&ids).await
+    }
+
+    async fn record_delivery(&self, delivery: &Delivery) -> Result<(), StoreError> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_error("failed to get a database connection"))?;
+        write_deliveries(&mut conn, std::slice::from_ref(delivery)).await
+    }
+
+    async fn save_progress(&self, message: &Message) -> Result<(), StoreError> {
+        let progress = message.progress();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_error("failed to begin a transaction"))?;
+        sqlx::query(
+            "UPDATE messages SET state = $1, error = $2, number_of_send_attempts = $3, \
+             next_attempt_at = $4, sent_at = $5, queued_at = $6, extra_sender_data = $7::jsonb, \
+             changed_at = $8, lease_owner = NULL, lease_until = NULL WHERE id = $9",
+        )
+        .bind(progress.state.as_str())
+        .bind(progress.error.clone())
+        .bind(i64::from(progress.number_of_send_attempts))
+        .bind(opt_ms(progress.next_attempt_at))
+        .bind(opt_ms(progress.sent_at))
+        .bind(ms(progress.queued_at))
+        .bind(opt_json_text(message.extra_sender_data.as_ref())?)
+        .bind(ms(message.changed_at))
+        .bind(message.id.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error("failed to save a message's progress"))?;
+        write_deliveries(&mut tx, &message.deliveries).await?;
+        tx.commit()
+            .await
+            .map_err(db_error("failed to commit a message's progress"))
+    }
+
+    async fn find_template_message(
+        &self,
+        app: &AppId,
+        slug: &Slug,
+        related: &[RelatedObject],
+    ) -> Result<Option<MessageId>, StoreError> {
+        let mut query = QueryBuilder::<Postgres>::new("SELECT id FROM messages WHERE app = ");
+        query.push_bind(app.as_str().to_owned());
+        query
+            .push(" AND template_slug = ")
+            .push_bind(slug.as_str().to_owned());
+        for object in related {
+            query
+                .push(
+                    " AND EXISTS (SELECT 1 FROM message_related_objects r \
+                     WHERE r.message_id = messages.id AND r.kind = ",
+                )
+                .push_bind(object.kind().to_owned())
+                .push(" AND r.object_id = ")
+                .push_bind(object.object_id().to_owned())
+                .push(")");
+        }
+        query.push(" ORDER BY id DESC LIMIT 1");
+        let id: Option<i64> = query
+            .build_query_scalar()
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("failed to look for a template's message"))?;
+        Ok(id.map(MessageId))
+    }
+
+    async fn count_due(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let sql = format!("SELECT COUNT(*) FROM messages WHERE {DUE}");
+        let count: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
+            .bind(ms(now))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error("failed to count due messages"))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clarion_domain::message::MessageState;
+
+    use super::{CLAIM, DUE};
+
+    #[test]
+    fn the_due_condition_spells_the_domain_state_names() {
+        for state in [MessageState::Waiting, MessageState::ErrorRetry] {
+            assert!(DUE.contains(&format!("'{state}'")), "{state}");
+            assert!(CLAIM.contains(&format!("'{state}'")), "{state}");
+        }
+    }
+}

@@ -1,0 +1,267 @@
+//! The PostgreSQL store: the same ports, schema and behaviour as the SQLite store, for many
+//! processes on many machines sharing one database. Due messages are claimed with
+//! `FOR UPDATE SKIP LOCKED`, so concurrent workers never wait on each other's rows.
+
+mod devices;
+mod keys;
+mod messages;
+mod templates;
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clarion_domain::ports::StoreError;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, Row as _};
+use time::OffsetDateTime;
+
+use crate::config::redact_url;
+
+/// Connections per process when the configuration does not say.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+/// How long getting a connection from the pool may take before a query fails, so that an
+/// unreachable database is reported instead of waited for.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to connect, beyond the URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgSettings {
+    /// The size of the connection pool.
+    pub max_connections: u32,
+    /// A schema to create if missing and to put first on every connection's `search_path`
+    /// (tests give each store its own); `None` keeps the URL's or the server's default.
+    pub schema: Option<String>,
+}
+
+impl Default for PgSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            schema: None,
+        }
+    }
+}
+
+/// The PostgreSQL implementation of the storage ports. Cloning it shares the connection pool.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to the database at `url` with a pool of [`DEFAULT_MAX_CONNECTIONS`] and
+    /// migrates it.
+    ///
+    /// # Errors
+    /// When the URL is malformed, the server cannot be reached or a migration fails.
+    pub async fn connect(url: &str) -> anyhow::Result<PgStore> {
+        PgStore::connect_with(url, &PgSettings::default()).await
+    }
+
+    /// Connects with the store's data in `schema` (created if missing), for tests that each
+    /// want an empty database.
+    ///
+    /// # Errors
+    /// As [`PgStore::connect`], or when the schema cannot be created.
+    pub async fn connect_with_schema(url: &str, schema: &str) -> anyhow::Result<PgStore> {
+        let settings = PgSettings {
+            schema: Some(schema.to_owned()),
+            ..PgSettings::default()
+        };
+        PgStore::connect_with(url, &settings).await
+    }
+
+    /// Connects and migrates. Migrations hold sqlx's advisory lock, so processes that start
+    /// together migrate one after the other.
+    ///
+    /// # Errors
+    /// As [`PgStore::connect_with_schema`].
+    pub async fn connect_with(url: &str, settings: &PgSettings) -> anyhow::Result<PgStore> {
+        let shown = redact_url(url);
+        let mut options = PgConnectOptions::from_str(url)
+            .with_context(|| format!("invalid PostgreSQL URL {shown}"))?;
+        // One plain connection first: an unreachable server fails at once here, where the
+        // pool would retry until its acquire timeout.
+        let mut first = connect_once(&options, &shown).await?;
+        if let Some(schema) = &settings.schema {
+            create_schema(&mut first, schema)
+                .await
+                .with_context(|| format!("failed to create the schema {schema} at {shown}"))?;
+            options = options.options([("search_path", schema.as_str())]);
+        }
+        first.close().await.ok();
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections.max(1))
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await
+            .with_context(|| format!("failed to connect to PostgreSQL at {shown}"))?;
+        sqlx::migrate!("./migrations/postgres")
+            .run(&pool)
+            .await
+            .context("failed to migrate the PostgreSQL database")?;
+        Ok(PgStore { pool })
+    }
+
+    /// The connection pool, for tests and maintenance.
+    #[must_use]
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The number of rows of every table of Clarion's schema, by table name.
+    ///
+    /// # Errors
+    /// On a database failure.
+    pub async fn table_counts(&self) -> anyhow::Result<BTreeMap<String, i64>> {
+        let names: Vec<String> = sqlx::query_scalar(
+            "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' \
+             AND table_name NOT LIKE '\\_sqlx\\_%' ORDER BY table_name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .context("failed to list the tables")?;
+        let mut counts = BTreeMap::new();
+        for name in names {
+            // The name comes from the catalogue, not from a caller; quoting it is enough.
+            let sql = format!("SELECT COUNT(*) FROM \"{}\"", name.replace('"', "\"\""));
+            let row = sqlx::query(AssertSqlSafe(sql))
+                .fetch_one(&self.pool)
+                .await
+                .with_context(|| format!("failed to count the rows of {name}"))?;
+            let count: i64 = row
+                .try_get(0)
+                .with_context(|| format!("failed to count the rows of {name}"))?;
+            counts.insert(name, count);
+        }
+        Ok(counts)
+    }
+
+    /// Checks that the database answers (for readiness probes).
+    ///
+    /// # Errors
+    /// When no connection can be had or the query fails.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .context("PostgreSQL does not answer")?;
+        Ok(())
+    }
+}
+
+/// Connects once, without a pool or migrations, and runs `SELECT 1`: what `config check`
+/// does to a PostgreSQL URL.
+///
+/// # Errors
+/// When the URL is malformed or the server cannot be reached; the text holds no password.
+pub async fn probe(url: &str) -> anyhow::Result<()> {
+    let shown = redact_url(url);
+    let options = PgConnectOptions::from_str(url)
+        .with_context(|| format!("invalid PostgreSQL URL {shown}"))?;
+    let mut conn = connect_once(&options, &shown).await?;
+    sqlx::query("SELECT 1")
+        .execute(&mut conn)
+        .await
+        .with_context(|| format!("{shown} does not answer queries"))?;
+    conn.close().await.ok();
+    Ok(())
+}
+
+/// One connection, or an error naming the server (`shown`, redacted) within
+/// [`ACQUIRE_TIMEOUT`].
+async fn connect_once(options: &PgConnectOptions, shown: &str) -> anyhow::Result<PgConnection> {
+    tokio::time::timeout(ACQUIRE_TIMEOUT, options.connect())
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("no answer from PostgreSQL at {shown} within {ACQUIRE_TIMEOUT:?}")
+        })?
+        .with_context(|| format!("failed to connect to PostgreSQL at {shown}"))
+}
+
+/// Creates `schema` unless it exists.
+async fn create_schema(conn: &mut PgConnection, schema: &str) -> anyhow::Result<()> {
+    let sql = format!(
+        "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+        schema.replace('"', "\"\"")
+    );
+    sqlx::query(AssertSqlSafe(sql)).execute(conn).await?;
+    Ok(())
+}
+
+/// A time as written: truncated to the millisecond (PostgreSQL keeps microseconds), so that
+/// both stores give back the same instants.
+pub(crate) fn ms(at: OffsetDateTime) -> OffsetDateTime {
+    let truncated = at.nanosecond() / 1_000_000 * 1_000_000;
+    // The value is below one second's nanoseconds, which replace_nanosecond accepts.
+    at.replace_nanosecond(truncated).unwrap_or(at)
+}
+
+pub(crate) fn opt_ms(at: Option<OffsetDateTime>) -> Option<OffsetDateTime> {
+    at.map(ms)
+}
+
+/// The shared rows with PostgreSQL's times, and the column lists that read JSON as text.
+mod rows {
+    use time::OffsetDateTime;
+
+    pub(super) use crate::rows::{
+        API_KEY_COLUMNS, DEVICE_COLUMNS, RelatedRow, TEMPLATE_COLUMNS, json_text, opt_json_text,
+        target_columns,
+    };
+
+    pub(super) type DeviceRow = crate::rows::DeviceRow<OffsetDateTime>;
+    pub(super) type MessageRow = crate::rows::MessageRow<OffsetDateTime>;
+    pub(super) type DeliveryRow = crate::rows::DeliveryRow<OffsetDateTime>;
+    pub(super) type TemplateRow = crate::rows::TemplateRow<OffsetDateTime>;
+    pub(super) type ApiKeyRow = crate::rows::ApiKeyRow<OffsetDateTime>;
+
+    /// [`crate::rows::MESSAGE_COLUMNS`] with the jsonb columns read as text.
+    pub(super) const MESSAGE_COLUMNS: &str = "id, app, target_kind, recipient, \
+        target_json::text AS target_json, heading, body, url, extra_data::text AS extra_data, \
+        template_slug, tag, priority, options::text AS options, retry_sending, sender, state, \
+        error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
+        extra_sender_data::text AS extra_sender_data, created_at, changed_at";
+
+    /// [`crate::rows::DELIVERY_COLUMNS`] with the jsonb column read as text.
+    pub(super) const DELIVERY_COLUMNS: &str = "id, message_id, device_id, channel, state, \
+        attempts, provider_id, error_code, error_text, details::text AS details, updated_at";
+}
+
+/// Turns a driver error into a store error: a unique violation is a conflict, a value that
+/// cannot be decoded is corrupt data, and the rest is unknown with `doing` as context.
+fn db_error(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |error| {
+        if let Some(db) = error.as_database_error()
+            && db.is_unique_violation()
+        {
+            return StoreError::Conflict(db.message().to_owned());
+        }
+        if let sqlx::Error::ColumnDecode { index, source } = &error {
+            return StoreError::Corrupt(format!("{doing}: column {index}: {source}"));
+        }
+        StoreError::Unknown(anyhow::Error::new(error).context(doing))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    use super::*;
+
+    #[test]
+    fn times_are_written_to_the_millisecond_rounding_down() {
+        assert_eq!(
+            ms(datetime!(2024-05-06 07:08:09.123999 UTC)),
+            datetime!(2024-05-06 07:08:09.123 UTC)
+        );
+        assert_eq!(
+            ms(datetime!(1969-12-31 23:59:59.9995 UTC)),
+            datetime!(1969-12-31 23:59:59.999 UTC)
+        );
+    }
+}

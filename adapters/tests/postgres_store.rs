@@ -1,0 +1,429 @@
+//! The storage contract run on the PostgreSQL store, each test in a fresh schema of the one
+//! test database, plus the PostgreSQL-specific behaviour: many claimers on separate pools,
+//! lease take-over, concurrent migrations, table counts, corrupt rows and the wiring.
+//!
+//! The server is `CLARION_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/test`); when it cannot be reached every test fails
+//! with a message saying so (`.ci/run` starts the local cluster).
+
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test code: a failed expectation is a failed test"
+)]
+
+mod contract;
+
+use std::collections::BTreeSet;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use clarion_adapters::config::Config;
+use clarion_adapters::postgres::{PgSettings, PgStore};
+use clarion_adapters::wiring;
+use clarion_domain::app::SenderKind;
+use clarion_domain::device::DeviceFilter;
+use clarion_domain::ids::{AppId, MessageId, UserId};
+use clarion_domain::message::{Content, Message, MessageSpec, Priority, PushOptions, Target};
+use clarion_domain::ports::{DeviceStore, Lease, MessageStore, NewMessage, StoreError};
+use clarion_domain::service::RegisterDevice;
+use clarion_domain::token::Platform;
+use sqlx::{ConnectOptions as _, Connection as _, PgConnection};
+use time::OffsetDateTime;
+use time::macros::datetime;
+use tokio::sync::OnceCell;
+
+const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// Connections per test store: dozens of tests run at once against one server.
+const TEST_POOL_SIZE: u32 = 4;
+/// Every test schema's name starts with this, followed by the test process's id.
+const SCHEMA_PREFIX: &str = "t_";
+
+fn server_url() -> String {
+    std::env::var("CLARION_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
+}
+
+/// One connection without a pool, failing the test with a clear message when the server
+/// does not answer.
+async fn admin_connection() -> PgConnection {
+    let url = server_url();
+    match PgConnection::connect(&url).await {
+        Ok(conn) => conn,
+        Err(error) => panic!(
+            "PostgreSQL is not reachable at {url} ({error}); start it (.ci/run does) or set \
+             CLARION_TEST_POSTGRES_URL"
+        ),
+    }
+}
+
+/// Drops the test schemas that processes which are no longer running left behind (a test
+/// process that was killed never ran its fixtures' drops). Runs once per test process.
+async fn sweep_stale_schemas() {
+    static SWEPT: OnceCell<()> = OnceCell::const_new();
+    SWEPT
+        .get_or_init(|| async {
+            let mut conn = admin_connection().await;
+            let names: Vec<String> = sqlx::query_scalar(
+                "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 't\\_%'",
+            )
+            .fetch_all(&mut conn)
+            .await
+            .expect("list test schemas");
+            for name in names {
+                let pid = name
+                    .strip_prefix(SCHEMA_PREFIX)
+                    .and_then(|rest| rest.split('_').next())
+                    .and_then(|pid| pid.parse::<u32>().ok());
+                let Some(pid) = pid else { continue };
+                if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+                    continue;
+                }
+                // Another process may sweep the same schema; losing that race is fine.
+                let _ = drop_schema(&mut conn, &name).await;
+            }
+            conn.close().await.ok();
+        })
+        .await;
+}
+
+async fn drop_schema(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    let sql = format!(
+        "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+        name.replace('"', "\"\"")
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(conn).await?;
+    Ok(())
+}
+
+/// A schema name no other test, in this process or another, uses.
+fn unique_schema() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("{SCHEMA_PREFIX}{}_{n}_{nanos}", std::process::id())
+}
+
+/// A fresh, empty schema, dropped when the fixture is.
+struct Schema {
+    name: String,
+}
+
+impl Schema {
+    async fn new() -> Schema {
+        sweep_stale_schemas().await;
+        admin_connection().await.close().await.ok();
+        Schema {
+            name: unique_schema(),
+        }
+    }
+
+    /// A store on this schema with its own pool.
+    async fn store(&self) -> PgStore {
+        let settings = PgSettings {
+            max_connections: TEST_POOL_SIZE,
+            schema: Some(self.name.clone()),
+        };
+        PgStore::connect_with(&server_url(), &settings)
+            .await
+            .unwrap_or_else(|error| panic!("connect to PostgreSQL at {}: {error:#}", server_url()))
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot be blocked on; a thread of its own
+        // with a runtime of its own drops the schema and is waited for.
+        let name = self.name.clone();
+        let done = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let url = server_url();
+                let Ok(options) = url.parse::<sqlx::postgres::PgConnectOptions>() else {
+                    return;
+                };
+                if let Ok(mut conn) = options.connect().await {
+                    let _ = drop_schema(&mut conn, &name).await;
+                    conn.close().await.ok();
+                }
+            });
+        });
+        let _ = done.join();
+    }
+}
+
+/// A store on a fresh schema; the schema goes when the fixture does.
+struct Fixture {
+    store: PgStore,
+    _schema: Schema,
+}
+
+impl Deref for Fixture {
+    type Target = PgStore;
+    fn deref(&self) -> &PgStore {
+        &self.store
+    }
+}
+
+async fn fresh_store() -> Fixture {
+    let schema = Schema::new().await;
+    let store = schema.store().await;
+    Fixture {
+        store,
+        _schema: schema,
+    }
+}
+
+contract::store_contract_tests!(fresh_store());
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL only.
+
+const T0: OffsetDateTime = datetime!(2025-03-04 05:06:07.089 UTC);
+
+fn at(seconds: i64) -> OffsetDateTime {
+    T0 + time::Duration::seconds(seconds)
+}
+
+fn to_alice(now: OffsetDateTime) -> NewMessage {
+    NewMessage {
+        spec: MessageSpec {
+            app: AppId::parse("shop").unwrap(),
+            target: Target::User {
+                user_id: UserId::parse("alice").unwrap(),
+            },
+            content: Content {
+                heading: None,
+                body: "hello".to_owned(),
+                url: None,
+                extra_data: None,
+            },
+            template_slug: None,
+            tag: None,
+            priority: Priority::High,
+            options: PushOptions::default(),
+            related_objects: Vec::new(),
+            retry_sending: true,
+        },
+        sender: SenderKind::Direct,
+        progress: Message::initial_progress(now),
+        deliveries: Vec::new(),
+        lease: None,
+        now,
+    }
+}
+
+fn lease(owner: &str, until: OffsetDateTime) -> Lease {
+    Lease {
+        owner: owner.to_owned(),
+        until,
+    }
+}
+
+async fn lease_owner(store: &PgStore, id: MessageId) -> Option<String> {
+    sqlx::query_scalar("SELECT lease_owner FROM messages WHERE id = $1")
+        .bind(id.0)
+        .fetch_one(store.pool())
+        .await
+        .expect("read the lease")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn four_claimers_on_separate_pools_claim_each_of_500_messages_exactly_once() {
+    let schema = Schema::new().await;
+    let seed = schema.store().await;
+    let mut all = BTreeSet::new();
+    for n in 0..500 {
+        let message = seed.insert_message(&to_alice(at(n))).await.expect("insert");
+        all.insert(message.id);
+    }
+    let mut claimers = Vec::new();
+    for worker in 0..4 {
+        // Each claimer is a process of its own as far as PostgreSQL can tell: its own pool.
+        let store = schema.store().await;
+        claimers.push(tokio::spawn(async move {
+            let owner = format!("worker-{worker}");
+            let mut mine = Vec::new();
+            // 500 messages in batches of 25 run dry in 20 claims between the four; a store
+            // that hands out leased messages again never would.
+            for _ in 0..100 {
+                let batch = store
+                    .claim_due(at(1000), 25, &lease(&owner, at(2000)))
+                    .await
+                    .expect("claim");
+                if batch.is_empty() {
+                    return mine;
+                }
+                assert!(batch.len() <= 25, "{} in one batch", batch.len());
+                mine.extend(batch.iter().map(|m| m.id));
+            }
+            panic!("{owner} kept claiming: leased messages were handed out again");
+        }));
+    }
+
+    let mut claimed = Vec::new();
+    for claimer in claimers {
+        claimed.extend(claimer.await.expect("claimer"));
+    }
+
+    let distinct: BTreeSet<MessageId> = claimed.iter().copied().collect();
+    assert_eq!(claimed.len(), 500, "every message claimed exactly once");
+    assert_eq!(distinct, all);
+    assert_eq!(seed.count_due(at(1000)).await.expect("count"), 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_expired_is_taken_over_by_another_worker() {
+    let fixture = fresh_store().await;
+    let message = fixture
+        .insert_message(&to_alice(at(0)))
+        .await
+        .expect("insert");
+    let first = fixture
+        .claim_due(at(1), 10, &lease("crashed-worker", at(31)))
+        .await
+        .expect("claim");
+    assert_eq!(first.len(), 1);
+
+    let while_held = fixture
+        .claim_due(at(30), 10, &lease("worker-2", at(60)))
+        .await
+        .expect("claim");
+    let after_expiry = fixture
+        .claim_due(at(31), 10, &lease("worker-2", at(61)))
+        .await
+        .expect("claim");
+
+    assert!(while_held.is_empty(), "claimed while the lease was held");
+    assert_eq!(
+        after_expiry.iter().map(|m| m.id).collect::<Vec<_>>(),
+        vec![message.id]
+    );
+    assert_eq!(
+        lease_owner(&fixture, message.id).await.as_deref(),
+        Some("worker-2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_that_start_together_on_one_schema_migrate_it_once() {
+    let schema = Schema::new().await;
+    schema.store().await;
+    // The schema exists now; more processes start at once and find it migrated or wait for
+    // the migration lock.
+    let (a, b, c) = tokio::join!(schema.store(), schema.store(), schema.store());
+
+    for store in [&a, &b, &c] {
+        let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+            .fetch_one(store.pool())
+            .await
+            .expect("read the migrations");
+        assert_eq!(applied, 1);
+    }
+}
+
+#[tokio::test]
+async fn table_counts_name_every_table_of_the_schema() {
+    let fixture = fresh_store().await;
+
+    let counts = fixture.table_counts().await.expect("counts");
+
+    let names: Vec<&str> = counts.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        vec![
+            "api_keys",
+            "deliveries",
+            "devices",
+            "message_related_objects",
+            "messages",
+            "templates"
+        ]
+    );
+    assert!(counts.values().all(|n| *n == 0));
+    fixture.ping().await.expect("ping");
+}
+
+#[tokio::test]
+async fn a_row_that_does_not_parse_is_reported_as_corrupt_naming_the_row_and_field() {
+    let fixture = fresh_store().await;
+    sqlx::query(
+        "INSERT INTO devices (id, app, platform, token_key, active, created_at, updated_at) \
+         VALUES (12, 'shop', 'pager', 'abc', TRUE, now(), now())",
+    )
+    .execute(fixture.pool())
+    .await
+    .expect("insert");
+    let shop = AppId::parse("shop").expect("app");
+
+    let listed = fixture.list_devices(&shop, &DeviceFilter::default()).await;
+
+    match listed {
+        Err(StoreError::Corrupt(text)) => {
+            assert!(text.contains("devices row 12: platform"), "{text}");
+        }
+        other => panic!("expected a corrupt row, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_server_is_an_error_that_names_it_without_the_password() {
+    let error = PgStore::connect("postgres://clarion:hunter2@127.0.0.1:1/clarion")
+        .await
+        .expect_err("nothing listens on port 1");
+
+    let text = format!("{error:#}");
+    assert!(text.contains("127.0.0.1:1"), "{text}");
+    assert!(!text.contains("hunter2"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wiring_builds_a_working_runtime_on_a_postgres_url() {
+    let schema = Schema::new().await;
+    // The schema must exist before a URL can select it; connecting once creates it.
+    schema.store().await;
+    let mut config = Config::default();
+    let separator = if server_url().contains('?') { '&' } else { '?' };
+    config.database.url = format!(
+        "{}{separator}options[search_path]={}",
+        server_url(),
+        schema.name
+    );
+    config.database.max_connections = Some(2);
+
+    let runtime = wiring::build(config, "test-worker")
+        .await
+        .expect("the runtime builds");
+    let (device, _) = runtime
+        .service
+        .register_device(
+            "default",
+            RegisterDevice {
+                platform: Platform::Fcm,
+                token: "fcm-token-1".to_owned(),
+                p256dh: None,
+                auth: None,
+                name: None,
+                user_id: None,
+                device_id: None,
+            },
+        )
+        .await
+        .expect("register");
+
+    let counts = runtime.store.table_counts().await.expect("counts");
+    assert_eq!(counts.get("devices"), Some(&1));
+    runtime.store.ping().await.expect("ping");
+    let in_schema: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE id = $1")
+        .bind(device.id.0)
+        .fetch_one(schema.store().await.pool())
+        .await
+        .expect("count");
+    assert_eq!(in_schema, 1);
+}
