@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod postgres;
 pub mod providers;
 pub mod render;
+mod reports;
 mod rows;
 pub mod sqlite;
 pub mod store;

@@ -5,14 +5,16 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use async_trait::async_trait;
-use clarion_domain::ports::{ApiKeyStore, DeviceStore, MessageStore, TemplateStore};
+use clarion_domain::ports::{ApiKeyStore, DeviceStore, MessageStore, ReportStore, TemplateStore};
 
 use crate::postgres::PgStore;
 use crate::sqlite::SqliteStore;
 
 /// A database behind every storage port.
 #[async_trait]
-pub trait Store: DeviceStore + MessageStore + TemplateStore + ApiKeyStore + Debug {
+pub trait Store:
+    DeviceStore + MessageStore + TemplateStore + ApiKeyStore + ReportStore + Debug
+{
     /// The number of rows of every table of Clarion's schema, by table name.
     ///
     /// # Errors

@@ -45,6 +45,7 @@ pub async fn build(config: Config, worker_id: &str) -> anyhow::Result<Runtime> {
         messages: Arc::new(InstrumentedMessages::new(store.clone())),
         templates: store.clone(),
         keys: store.clone(),
+        reports: store.clone(),
         renderer: Arc::new(MiniJinjaRenderer::default()),
         clock: Arc::new(SystemClock),
     };

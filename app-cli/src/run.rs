@@ -219,6 +219,7 @@ async fn list_devices(
         user_id: args.user,
         platform: args.platform,
         active: args.active,
+        token_prefix: None,
         after: args.after.map(DeviceId),
         limit: args.limit,
     };

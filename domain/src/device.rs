@@ -115,6 +115,8 @@ pub struct DeviceFilter {
     pub user_id: Option<UserId>,
     pub platform: Option<Platform>,
     pub active: Option<bool>,
+    /// Only devices whose token (for Web Push, the endpoint) starts with this text.
+    pub token_prefix: Option<String>,
     /// Only devices with an id greater than this (cursor pagination).
     pub after: Option<DeviceId>,
     pub limit: Option<u32>,

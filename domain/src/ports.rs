@@ -18,6 +18,7 @@ use crate::message::SendOutcome;
 use crate::message::{Channel, Delivery, Message, MessageSpec, MessageState, Progress};
 use crate::payload::Payload;
 use crate::template::{Template, TemplateSpec};
+use crate::token::Platform;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -263,6 +264,104 @@ pub trait TemplateStore: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Unknown`] on a database failure.
     async fn delete_template(&self, app: &AppId, slug: &Slug) -> Result<bool, StoreError>;
+}
+
+/// How many devices of an application are on one platform in one active state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceCount {
+    pub platform: Platform,
+    pub active: bool,
+    pub count: u64,
+}
+
+/// How many messages are in one state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateCount {
+    pub state: MessageState,
+    pub count: u64,
+}
+
+/// Where an error was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// A delivery's error code (the provider's outcome).
+    Delivery,
+    /// A failed message's error, for messages whose deliveries hold no error (no active
+    /// device, an expired message, a cancel).
+    Message,
+}
+
+/// Errors of one reason: a delivery's error code, or a message's error text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorReason {
+    pub source: ErrorSource,
+    pub reason: String,
+    pub count: u64,
+    /// When the latest of them was recorded.
+    pub last_at: OffsetDateTime,
+    /// One of their texts, for a delivery error code.
+    pub example: Option<String>,
+}
+
+/// Read-only counts for operators: the admin overview and the preview of a prune. Nothing
+/// here changes data.
+#[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
+pub trait ReportStore: Send + Sync + 'static {
+    /// The devices of `app` counted by platform and active flag; combinations with no device
+    /// are left out. In platform then active order (inactive first).
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure; [`StoreError::Corrupt`] for an unknown
+    /// platform.
+    async fn count_devices(&self, app: &AppId) -> Result<Vec<DeviceCount>, StoreError>;
+
+    /// The messages of `app` created at or after `since`, counted by state; states with no
+    /// message are left out.
+    ///
+    /// # Errors
+    /// As [`ReportStore::count_devices`].
+    async fn count_messages_by_state(
+        &self,
+        app: &AppId,
+        since: OffsetDateTime,
+    ) -> Result<Vec<StateCount>, StoreError>;
+
+    /// How many messages of `app` are due at `now` (the condition of
+    /// [`MessageStore::count_due`]).
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn count_due_in_app(&self, app: &AppId, now: OffsetDateTime) -> Result<u64, StoreError>;
+
+    /// The errors of `app` recorded at or after `since`, grouped by reason, latest first, at
+    /// most `limit`: deliveries by error code, and ERROR messages none of whose deliveries
+    /// holds an error by their error text.
+    ///
+    /// # Errors
+    /// As [`ReportStore::count_devices`].
+    async fn error_reasons(
+        &self,
+        app: &AppId,
+        since: OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<ErrorReason>, StoreError>;
+
+    /// How many devices [`DeviceStore::deactivate_dead_devices`] would deactivate now.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn count_dead_devices(&self, app: &AppId) -> Result<u64, StoreError>;
+
+    /// How many devices [`DeviceStore::delete_inactive_devices`] would delete with `before`.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn count_inactive_devices(
+        &self,
+        app: &AppId,
+        before: OffsetDateTime,
+    ) -> Result<u64, StoreError>;
 }
 
 /// API keys, stored as hashes of their secrets.

@@ -26,8 +26,9 @@ use crate::message::{
 };
 use crate::payload::{self, Payload, PayloadError, PayloadTarget};
 use crate::ports::{
-    ApiKeyStore, Clock, DeviceStore, Lease, MessageFilter, MessageStore, NewMessage, PushProvider,
-    RenderError, StoreError, TemplateRenderer, TemplateStore,
+    ApiKeyStore, Clock, DeviceCount, DeviceStore, ErrorReason, Lease, MessageFilter, MessageStore,
+    NewMessage, PushProvider, RenderError, ReportStore, StateCount, StoreError, TemplateRenderer,
+    TemplateStore,
 };
 use crate::template::{CannotSend, Rendered, Template, TemplateSpec};
 use crate::token::{DeviceToken, Platform, TokenError};
@@ -39,6 +40,7 @@ pub struct Ports {
     pub messages: Arc<dyn MessageStore>,
     pub templates: Arc<dyn TemplateStore>,
     pub keys: Arc<dyn ApiKeyStore>,
+    pub reports: Arc<dyn ReportStore>,
     pub renderer: Arc<dyn TemplateRenderer>,
     pub clock: Arc<dyn Clock>,
 }
@@ -267,6 +269,30 @@ impl BatchReport {
     }
 }
 
+/// Why a report could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error(transparent)]
+    UnknownApplication(#[from] UnknownApplication),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// An application at a glance: its devices, its recent messages and errors, and its backlog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overview {
+    /// The start of the window the message counts and errors cover.
+    pub since: OffsetDateTime,
+    pub devices: Vec<DeviceCount>,
+    pub messages: Vec<StateCount>,
+    /// The application's messages due now.
+    pub backlog: u64,
+    pub errors: Vec<ErrorReason>,
+}
+
+/// The most error reasons an overview lists.
+const OVERVIEW_ERRORS: u32 = 20;
+
 /// What a prune did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PruneReport {
@@ -458,6 +484,53 @@ impl PushService {
         Ok(PruneReport {
             deactivated,
             deleted,
+        })
+    }
+
+    /// What [`PushService::prune`] would do now with the same argument, changing nothing:
+    /// how many devices it would deactivate and how many it would delete. A device that is
+    /// both dead and old enough is counted once, as deactivated, because a prune deactivates
+    /// it now and deletes it later.
+    ///
+    /// # Errors
+    /// [`DeviceError::UnknownApplication`] or [`DeviceError::Store`].
+    pub async fn prune_preview(
+        &self,
+        app: &str,
+        delete_inactive_older_than: Option<Duration>,
+    ) -> Result<PruneReport, DeviceError> {
+        let app = self.apps.get(app)?;
+        let now = self.now();
+        let reports = &self.ports.reports;
+        let deactivated = reports.count_dead_devices(&app.id).await?;
+        let deleted = match delete_inactive_older_than {
+            Some(age) => reports.count_inactive_devices(&app.id, now - age).await?,
+            None => 0,
+        };
+        Ok(PruneReport {
+            deactivated,
+            deleted,
+        })
+    }
+
+    /// The overview of an application: devices by platform and active flag, messages by
+    /// state and errors by reason over the last `window`, and its backlog.
+    ///
+    /// # Errors
+    /// [`ReportError::UnknownApplication`] or [`ReportError::Store`].
+    pub async fn overview(&self, app: &str, window: Duration) -> Result<Overview, ReportError> {
+        let app = self.apps.get(app)?;
+        let now = self.now();
+        let since = now - window;
+        let reports = &self.ports.reports;
+        Ok(Overview {
+            since,
+            devices: reports.count_devices(&app.id).await?,
+            messages: reports.count_messages_by_state(&app.id, since).await?,
+            backlog: reports.count_due_in_app(&app.id, now).await?,
+            errors: reports
+                .error_reasons(&app.id, since, OVERVIEW_ERRORS)
+                .await?,
         })
     }
 

@@ -163,6 +163,13 @@ impl DeviceStore for PgStore {
         if let Some(active) = filter.active {
             query.push(" AND active = ").push_bind(active);
         }
+        if let Some(prefix) = &filter.token_prefix {
+            // starts_with rather than LIKE, whose wildcards a token or endpoint may hold.
+            query
+                .push(" AND starts_with(token_key, ")
+                .push_bind(prefix.clone())
+                .push(")");
+        }
         if let Some(after) = filter.after {
             query.push(" AND id > ").push_bind(after.0);
         }

@@ -5,6 +5,7 @@
 mod devices;
 mod keys;
 mod messages;
+mod reports;
 mod templates;
 
 use std::collections::BTreeMap;

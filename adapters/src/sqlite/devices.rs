@@ -168,6 +168,14 @@ impl DeviceStore for SqliteStore {
         if let Some(active) = filter.active {
             query.push(" AND active = ").push_bind(active);
         }
+        if let Some(prefix) = &filter.token_prefix {
+            // substr rather than LIKE, whose wildcards a token or endpoint may hold.
+            query
+                .push(" AND substr(token_key, 1, length(")
+                .push_bind(prefix.clone())
+                .push(")) = ")
+                .push_bind(prefix.clone());
+        }
         if let Some(after) = filter.after {
             query.push(" AND id > ").push_bind(after.0);
         }

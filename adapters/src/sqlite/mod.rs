@@ -4,6 +4,7 @@
 mod devices;
 mod keys;
 mod messages;
+mod reports;
 mod templates;
 
 /// The shared rows with SQLite's times: unix milliseconds.

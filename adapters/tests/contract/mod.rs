@@ -25,7 +25,8 @@ use clarion_domain::message::{
     PushOptions, SendOutcome, Target,
 };
 use clarion_domain::ports::{
-    ApiKeyStore, DeviceStore, Lease, MessageFilter, MessageStore, NewMessage, TemplateStore,
+    ApiKeyStore, DeviceCount, DeviceStore, ErrorSource, Lease, MessageFilter, MessageStore,
+    NewMessage, ReportStore, StateCount, TemplateStore,
 };
 use clarion_domain::retry::RetryPolicy;
 use clarion_domain::template::TemplateSpec;
@@ -35,9 +36,15 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 
 /// Everything the contract needs from a store.
-pub trait Stores: DeviceStore + MessageStore + TemplateStore + ApiKeyStore + Clone {}
+pub trait Stores:
+    DeviceStore + MessageStore + TemplateStore + ApiKeyStore + ReportStore + Clone
+{
+}
 
-impl<T: DeviceStore + MessageStore + TemplateStore + ApiKeyStore + Clone> Stores for T {}
+impl<T: DeviceStore + MessageStore + TemplateStore + ApiKeyStore + ReportStore + Clone> Stores
+    for T
+{
+}
 
 /// Expands to one `#[tokio::test]` per contract. `$factory` is an expression whose value is a
 /// future of a fixture that dereferences to a fresh, empty store (and keeps alive whatever
@@ -73,6 +80,11 @@ macro_rules! store_contract_tests {
             timestamps_round_trip_to_the_millisecond,
             updating_a_device_changes_only_the_given_fields,
             api_keys_are_found_by_hash_listed_and_revoked_once,
+            devices_are_found_by_the_start_of_their_token,
+            reports_count_devices_by_platform_and_activity_of_one_app,
+            reports_count_recent_messages_by_state_and_the_apps_backlog,
+            reports_group_recent_errors_by_reason_latest_first,
+            prune_counts_match_what_a_prune_then_does,
         );
     };
     (@each $factory:expr; $($name:ident),+ $(,)?) => {
@@ -1600,4 +1612,245 @@ pub async fn api_keys_are_found_by_hash_listed_and_revoked_once<S: Stores>(store
         .map(|k| (k.id, k.revoked_at.is_some()))
         .collect();
     assert_eq!(listed, vec![(admin.id, true), (shop.id, false)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Search and reports (the admin UI).
+
+pub async fn devices_are_found_by_the_start_of_their_token<S: Stores>(store: &S) {
+    let one = register(store, &new_device("shop", apns(0x1a), None), at(0)).await;
+    let _two = register(store, &new_device("shop", apns(0x2b), None), at(0)).await;
+    let web = register(
+        store,
+        &new_device("shop", webpush(7, P256DH, AUTH), None),
+        at(0),
+    )
+    .await;
+    let _elsewhere = register(store, &new_device("news", apns(0x1a), None), at(0)).await;
+    let search = async |prefix: &str| {
+        let filter = DeviceFilter {
+            token_prefix: Some(prefix.to_owned()),
+            ..DeviceFilter::default()
+        };
+        device_ids(
+            &store
+                .list_devices(&app("shop"), &filter)
+                .await
+                .expect("list"),
+        )
+    };
+
+    assert_eq!(search("1a1a").await, vec![one]);
+    assert_eq!(search("https://push.example.com:8443/").await, vec![web]);
+    // LIKE's wildcards are plain characters here.
+    assert_eq!(search("%").await, Vec::<DeviceId>::new());
+    assert_eq!(search("_a").await, Vec::<DeviceId>::new());
+}
+
+pub async fn reports_count_devices_by_platform_and_activity_of_one_app<S: Stores>(store: &S) {
+    register(store, &new_device("shop", apns(1), None), at(0)).await;
+    let gone = register(store, &new_device("shop", apns(2), None), at(0)).await;
+    register(store, &new_device("shop", apns(3), None), at(0)).await;
+    register(store, &new_device("shop", fcm(1), None), at(0)).await;
+    register(store, &new_device("news", fcm(2), None), at(0)).await;
+    store
+        .deactivate_device(&app("shop"), gone, "test", at(1))
+        .await
+        .expect("deactivate");
+
+    let counts = store.count_devices(&app("shop")).await.expect("count");
+
+    let row = |platform, active, count| DeviceCount {
+        platform,
+        active,
+        count,
+    };
+    assert_eq!(
+        counts,
+        vec![
+            row(Platform::Apns, false, 1),
+            row(Platform::Apns, true, 2),
+            row(Platform::Fcm, true, 1),
+        ]
+    );
+    assert_eq!(
+        store.count_devices(&app("empty")).await.expect("count"),
+        vec![]
+    );
+}
+
+pub async fn reports_count_recent_messages_by_state_and_the_apps_backlog<S: Stores>(store: &S) {
+    insert(store, &in_state("shop", MessageState::Sent, None, at(0))).await;
+    insert(store, &in_state("shop", MessageState::Sent, None, at(100))).await;
+    insert(
+        store,
+        &in_state("shop", MessageState::Waiting, None, at(100)),
+    )
+    .await;
+    insert(
+        store,
+        &in_state("shop", MessageState::ErrorRetry, Some(at(500)), at(100)),
+    )
+    .await;
+    insert(
+        store,
+        &in_state("news", MessageState::Waiting, None, at(100)),
+    )
+    .await;
+
+    let counts = store
+        .count_messages_by_state(&app("shop"), at(50))
+        .await
+        .expect("count");
+
+    let mut counts: Vec<(MessageState, u64)> = counts
+        .iter()
+        .map(|c: &StateCount| (c.state, c.count))
+        .collect();
+    counts.sort_by_key(|(state, _)| state.as_str());
+    assert_eq!(
+        counts,
+        vec![
+            (MessageState::ErrorRetry, 1),
+            (MessageState::Sent, 1),
+            (MessageState::Waiting, 1),
+        ]
+    );
+    assert_eq!(
+        store.count_due_in_app(&app("shop"), at(200)).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store.count_due_in_app(&app("shop"), at(600)).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store.count_due_in_app(&app("news"), at(600)).await.unwrap(),
+        1
+    );
+}
+
+pub async fn reports_group_recent_errors_by_reason_latest_first<S: Stores>(store: &S) {
+    let phone = register(store, &new_device("shop", apns(1), None), at(0)).await;
+    let failed = async |code: &str, text: &str, t: i64| {
+        let message = insert(
+            store,
+            &new_message(
+                spec(
+                    "shop",
+                    Target::Devices {
+                        device_ids: vec![phone],
+                    },
+                ),
+                vec![(Channel::Apns, Some(phone))],
+                at(t),
+            ),
+        )
+        .await;
+        let mut delivery = message.deliveries[0].clone();
+        delivery.state = DeliveryState::Failed;
+        delivery.attempts = 1;
+        delivery.error_code = Some(code.to_owned());
+        delivery.error_text = Some(text.to_owned());
+        delivery.updated_at = at(t);
+        store.record_delivery(&delivery).await.expect("record");
+    };
+    failed("BadTopic", "old", 0).await;
+    failed("BadTopic", "topic is wrong", 100).await;
+    failed("BadTopic", "topic is wrong", 110).await;
+    failed("TooManyRequests", "slow down", 120).await;
+    let mut undeliverable = in_state("shop", MessageState::Error, None, at(130));
+    undeliverable.progress.error = Some("recipient alice has no active device".to_owned());
+    let undeliverable = insert(store, &undeliverable).await;
+    let mut news = in_state("news", MessageState::Error, None, at(130));
+    news.progress.error = Some("not ours".to_owned());
+    insert(store, &news).await;
+
+    let reasons = store
+        .error_reasons(&app("shop"), at(50), 10)
+        .await
+        .expect("reasons");
+
+    let seen: Vec<(ErrorSource, &str, u64)> = reasons
+        .iter()
+        .map(|r| (r.source, r.reason.as_str(), r.count))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                ErrorSource::Message,
+                "recipient alice has no active device",
+                1
+            ),
+            (ErrorSource::Delivery, "TooManyRequests", 1),
+            (ErrorSource::Delivery, "BadTopic", 2),
+        ]
+    );
+    assert_eq!(reasons[0].last_at, undeliverable.created_at);
+    assert_eq!(reasons[2].last_at, at(110));
+    assert_eq!(reasons[2].example.as_deref(), Some("topic is wrong"));
+    let first = store
+        .error_reasons(&app("shop"), at(50), 1)
+        .await
+        .expect("reasons");
+    assert_eq!(first.len(), 1);
+}
+
+pub async fn prune_counts_match_what_a_prune_then_does<S: Stores>(store: &S) {
+    let dead = register(store, &new_device("shop", apns(1), None), at(0)).await;
+    let old = register(store, &new_device("shop", apns(2), None), at(0)).await;
+    let recent = register(store, &new_device("shop", apns(3), None), at(0)).await;
+    register(store, &new_device("shop", apns(4), None), at(0)).await;
+    let message = insert(
+        store,
+        &new_message(
+            spec(
+                "shop",
+                Target::Devices {
+                    device_ids: vec![dead],
+                },
+            ),
+            vec![(Channel::Apns, Some(dead))],
+            at(10),
+        ),
+    )
+    .await;
+    let mut delivery = message.deliveries[0].clone();
+    delivery.state = DeliveryState::DeadToken;
+    delivery.attempts = 1;
+    delivery.updated_at = at(10);
+    store.record_delivery(&delivery).await.expect("record");
+    for (device, t) in [(old, 20), (recent, 200)] {
+        store
+            .deactivate_device(&app("shop"), device, "test", at(t))
+            .await
+            .expect("deactivate");
+    }
+
+    let would_deactivate = store.count_dead_devices(&app("shop")).await.expect("count");
+    let would_delete = store
+        .count_inactive_devices(&app("shop"), at(100))
+        .await
+        .expect("count");
+
+    assert_eq!((would_deactivate, would_delete), (1, 1));
+    assert_eq!(
+        store.count_dead_devices(&app("news")).await.expect("count"),
+        0
+    );
+    assert_eq!(
+        store
+            .deactivate_dead_devices(&app("shop"), at(300))
+            .await
+            .expect("prune"),
+        would_deactivate
+    );
+    assert_eq!(
+        store
+            .delete_inactive_devices(&app("shop"), at(100))
+            .await
+            .expect("delete"),
+        would_delete
+    );
 }

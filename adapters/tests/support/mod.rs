@@ -54,6 +54,7 @@ impl Harness {
             messages: store.clone(),
             templates: store.clone(),
             keys: store.clone(),
+            reports: store.clone(),
             renderer: Arc::new(MiniJinjaRenderer::default()),
             clock: clock.clone(),
         };

@@ -282,6 +282,7 @@ pub(crate) async fn list_devices(
                 })
             })
             .transpose()?,
+        token_prefix: None,
         after: parse_cursor("after", query.after.as_deref())?.map(DeviceId),
         limit: Some(limit + 1),
     };

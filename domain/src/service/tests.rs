@@ -12,7 +12,7 @@ use crate::ids::{AppId, DeliveryId};
 use crate::message::{DeliveryState, Progress};
 use crate::ports::{
     MockApiKeyStore, MockClock, MockDeviceStore, MockMessageStore, MockPushProvider,
-    MockTemplateRenderer, MockTemplateStore,
+    MockReportStore, MockTemplateRenderer, MockTemplateStore,
 };
 use crate::token::EndpointPolicy;
 
@@ -24,6 +24,7 @@ struct Mocks {
     messages: MockMessageStore,
     templates: MockTemplateStore,
     keys: MockApiKeyStore,
+    reports: MockReportStore,
     renderer: MockTemplateRenderer,
     providers: Vec<(Channel, MockPushProvider)>,
     sender: SenderKind,
@@ -36,6 +37,7 @@ impl Mocks {
             messages: MockMessageStore::new(),
             templates: MockTemplateStore::new(),
             keys: MockApiKeyStore::new(),
+            reports: MockReportStore::new(),
             renderer: MockTemplateRenderer::new(),
             providers: Vec::new(),
             sender,
@@ -58,6 +60,7 @@ impl Mocks {
             messages: Arc::new(self.messages),
             templates: Arc::new(self.templates),
             keys: Arc::new(self.keys),
+            reports: Arc::new(self.reports),
             renderer: Arc::new(self.renderer),
             clock: Arc::new(clock),
         };
@@ -1030,4 +1033,67 @@ async fn a_key_for_an_unknown_application_or_with_a_short_secret_is_refused() {
         .await;
     assert!(matches!(unknown, Err(KeyError::UnknownApplication(_))));
     assert!(matches!(short, Err(KeyError::WeakSecret)));
+}
+
+#[tokio::test]
+async fn a_prune_preview_counts_what_a_prune_would_touch_and_changes_nothing() {
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    mocks
+        .reports
+        .expect_count_dead_devices()
+        .returning(|_| Ok(2));
+    mocks
+        .reports
+        .expect_count_inactive_devices()
+        .withf(|_, before| *before == NOW - Duration::from_secs(3600))
+        .returning(|_, _| Ok(5));
+    // No expectation on the device store: a preview that deactivated or deleted would panic.
+
+    let preview = mocks
+        .service()
+        .prune_preview("shop", Some(Duration::from_secs(3600)))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        preview,
+        PruneReport {
+            deactivated: 2,
+            deleted: 5
+        }
+    );
+}
+
+#[tokio::test]
+async fn an_overview_covers_the_window_before_now() {
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    let since = NOW - Duration::from_secs(86_400);
+    mocks
+        .reports
+        .expect_count_devices()
+        .returning(|_| Ok(vec![]));
+    mocks
+        .reports
+        .expect_count_messages_by_state()
+        .withf(move |_, at| *at == since)
+        .returning(|_, _| Ok(vec![]));
+    mocks
+        .reports
+        .expect_count_due_in_app()
+        .withf(|_, at| *at == NOW)
+        .returning(|_, _| Ok(3));
+    mocks
+        .reports
+        .expect_error_reasons()
+        .withf(move |_, at, _| *at == since)
+        .returning(|_, _, _| Ok(vec![]));
+
+    let overview = mocks
+        .service()
+        .overview("shop", Duration::from_secs(86_400))
+        .await
+        .unwrap();
+
+    assert_eq!(overview.since, since);
+    assert_eq!(overview.backlog, 3);
 }
