@@ -53,6 +53,7 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub worker: WorkerConfig,
     pub http: HttpConfig,
+    pub admin: AdminConfig,
     pub tls: TlsConfig,
     /// The applications (tenants), by id.
     pub apps: BTreeMap<String, AppConfig>,
@@ -69,6 +70,7 @@ impl Default for Config {
             database: DatabaseConfig::default(),
             worker: WorkerConfig::default(),
             http: HttpConfig::default(),
+            admin: AdminConfig::default(),
             tls: TlsConfig::default(),
             apps: BTreeMap::new(),
             file: None,
@@ -244,6 +246,27 @@ impl Default for HttpConfig {
             rate_limit_per_second: 50,
             rate_limit_burst: 100,
             shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// The admin web UI under `/admin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// How long a sign-in lasts, in seconds, however busy the session is.
+    pub session_ttl_secs: u64,
+    /// Marks the session cookie `Secure`, so that browsers send it over HTTPS only. Clarion
+    /// serves plain HTTP itself: set this to true whenever a TLS proxy serves it, and leave it
+    /// false only for plain-HTTP access (localhost), where browsers would drop the cookie.
+    pub secure_cookies: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl_secs: 8 * 60 * 60,
+            secure_cookies: false,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! clarion-server: the HTTP server and the background worker, started from a wired
 //! [`Runtime`]. `main` wires; this crate serves.
 
+mod admin;
 mod api;
 mod auth;
 mod error;
@@ -107,6 +108,12 @@ impl Application {
                     .map(Arc::new),
                     database: store,
                     metrics,
+                    sessions: Arc::new(admin::session::Sessions::new(
+                        admin::session::SessionSettings {
+                            ttl: Duration::from_secs(config.admin.session_ttl_secs),
+                            secure: config.admin.secure_cookies,
+                        },
+                    )),
                 },
                 routes::HttpSettings {
                     body_limit_bytes: config.http.body_limit_bytes,

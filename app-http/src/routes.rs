@@ -1,5 +1,6 @@
 //! The router: the `/v1` API behind authentication, its OpenAPI document at `/openapi.json`
-//! and Swagger UI at `/docs` (both open), `/healthz`, `/readyz` and `/metrics`, and around
+//! and Swagger UI at `/docs` (both open), the admin UI under `/admin` (behind its own
+//! sign-in), `/healthz`, `/readyz` and `/metrics`, and around
 //! every route the request id, the request span and the HTTP metrics.
 
 use std::sync::Arc;
@@ -20,6 +21,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
+use crate::admin;
+use crate::admin::session::Sessions;
 use crate::api::{devices, keys, messages, templates};
 use crate::auth::authorize;
 use crate::error::ApiError;
@@ -39,6 +42,8 @@ pub(crate) struct AppState {
     /// Asked by `/readyz`.
     pub(crate) database: ops::Database,
     pub(crate) metrics: PrometheusHandle,
+    /// The admin UI's signed-in browsers.
+    pub(crate) sessions: Arc<Sessions>,
 }
 
 /// Settings of the HTTP layer.
@@ -127,6 +132,7 @@ pub(crate) fn router(state: AppState, settings: HttpSettings) -> Router {
     // span that carries it opens, and the metrics see the matched route.
     Router::new()
         .merge(v1)
+        .merge(admin::router())
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

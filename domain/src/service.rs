@@ -1216,6 +1216,32 @@ impl PushService {
         }
     }
 
+    /// Renders a template that is not stored (an edit being previewed) with a context,
+    /// storing and sending nothing.
+    ///
+    /// # Errors
+    /// [`TemplateError::UnknownApplication`] or [`TemplateError::Render`] naming the field.
+    pub fn render_unsaved(
+        &self,
+        spec: &TemplateSpec,
+        context: &Map<String, Value>,
+    ) -> Result<Rendered, TemplateError> {
+        self.apps.get(spec.app.as_str())?;
+        let now = self.now();
+        let template = Template {
+            app: spec.app.clone(),
+            slug: spec.slug.clone(),
+            body: spec.body.clone(),
+            heading: spec.heading.clone(),
+            url: spec.url.clone(),
+            is_active: spec.is_active,
+            allow_duplicates: spec.allow_duplicates,
+            created_at: now,
+            updated_at: now,
+        };
+        Ok(self.render(&template, context)?)
+    }
+
     /// Renders a stored template with a context and sends nothing (a preview).
     ///
     /// # Errors
