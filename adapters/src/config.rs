@@ -195,8 +195,14 @@ pub struct WorkerConfig {
     pub poll_interval_secs: u64,
     /// The most messages one batch takes.
     pub batch_size: u32,
-    /// How long a claim on a message lasts before another worker may take it over.
+    /// How long a claim on a message lasts before another worker may take it over. The worker
+    /// renews it once half has passed while it sends.
     pub lease_secs: u64,
+    /// How many claimed messages a worker sends at once.
+    pub message_concurrency: usize,
+    /// How many deliveries of one message a worker sends at once. A worker has at most
+    /// `message_concurrency × delivery_concurrency` requests in flight.
+    pub delivery_concurrency: usize,
 }
 
 impl Default for WorkerConfig {
@@ -206,6 +212,8 @@ impl Default for WorkerConfig {
             poll_interval_secs: 5,
             batch_size: 100,
             lease_secs: 60,
+            message_concurrency: 8,
+            delivery_concurrency: 32,
         }
     }
 }

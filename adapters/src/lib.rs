@@ -12,3 +12,4 @@ mod rows;
 pub mod sqlite;
 pub mod store;
 pub mod wiring;
+pub mod worker;

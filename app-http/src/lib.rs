@@ -6,7 +6,6 @@ mod auth;
 mod error;
 mod extract;
 mod routes;
-mod worker;
 
 use std::future::Future;
 use std::io::Write as _;
@@ -23,7 +22,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use crate::routes::openapi;
-pub use crate::worker::WorkerSettings;
+pub use clarion_adapters::worker::WorkerSettings;
 
 /// The server, bound to its port and ready to run.
 #[derive(Debug)]
@@ -128,9 +127,9 @@ impl Application {
         F: Future<Output = ()> + Send + 'static,
     {
         let (stop, stopped) = watch::channel(false);
-        let worker = self
-            .worker
-            .map(|(service, settings)| tokio::spawn(worker::run(service, settings, stopped)));
+        let worker = self.worker.map(|(service, settings)| {
+            tokio::spawn(clarion_adapters::worker::run(service, settings, stopped))
+        });
         let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(async move {
                 shutdown.await;

@@ -4,6 +4,8 @@
 mod devices;
 mod keys;
 mod messages;
+
+pub(crate) use messages::tally_from;
 mod templates;
 
 /// The shared rows with SQLite's times: unix milliseconds.
