@@ -227,6 +227,15 @@ pub struct HttpConfig {
     /// How long a `dispatch = "now"` send may take before the request is answered 202 and
     /// the send finishes in the background.
     pub send_wait_secs: u64,
+    /// The requests per second one credential (API key or client token) may make on
+    /// average; above it the answer is 429 with `Retry-After`. 0 turns the limit off.
+    pub rate_limit_per_second: u32,
+    /// How many requests one credential may make at once above the average rate. 0 turns
+    /// the limit off.
+    pub rate_limit_burst: u32,
+    /// How long a stop (SIGTERM, Ctrl-C) waits for the open requests and the worker's
+    /// current batch before the process exits anyway.
+    pub shutdown_grace_secs: u64,
 }
 
 impl Default for HttpConfig {
@@ -234,6 +243,9 @@ impl Default for HttpConfig {
         Self {
             body_limit_bytes: 1024 * 1024,
             send_wait_secs: 10,
+            rate_limit_per_second: 50,
+            rate_limit_burst: 100,
+            shutdown_grace_secs: 30,
         }
     }
 }
@@ -306,6 +318,10 @@ pub struct ApnsConfig {
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// The most requests in flight at once for this application (streams on its HTTP/2
+    /// connection); 100 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
 }
 
 /// Which APNs host serves an application.
@@ -603,6 +619,18 @@ impl Config {
                 "must be at least 1".to_owned(),
             ));
         }
+        if self.worker.message_concurrency == 0 {
+            return Err(invalid(
+                "worker.message_concurrency",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.worker.delivery_concurrency == 0 {
+            return Err(invalid(
+                "worker.delivery_concurrency",
+                "must be at least 1".to_owned(),
+            ));
+        }
         if self.worker.lease_secs == 0 {
             return Err(invalid(
                 "worker.lease_secs",
@@ -701,24 +729,16 @@ impl Config {
             for (subject, secret) in app.secrets(id) {
                 items.push(check_secret(subject, secret));
             }
-            if let Some(fcm) = &app.fcm {
-                items.push(check_service_account(
-                    format!("apps.{id}.fcm.service_account (content)"),
-                    &fcm.service_account,
-                ));
-            }
+            items.extend(crate::providers::check_credentials(id, app));
         }
         for (index, path) in self.tls.extra_ca_certs.iter().enumerate() {
             let subject = format!("tls.extra_ca_certs[{index}]");
-            items.push(match std::fs::read(path) {
-                Ok(bytes) if !bytes.is_empty() => {
-                    CheckItem::ok(subject, format!("{} is readable", path.display()))
-                }
-                Ok(_) => CheckItem::failed(subject, format!("{} is empty", path.display())),
-                Err(error) => CheckItem::failed(
+            items.push(match crate::providers::http::read_roots(path) {
+                Ok(certs) => CheckItem::ok(
                     subject,
-                    format!("{} cannot be read: {error}", path.display()),
+                    format!("{} holds {} certificate(s)", path.display(), certs.len()),
                 ),
+                Err(error) => CheckItem::failed(subject, format!("{error:#}")),
             });
         }
         items
@@ -827,7 +847,7 @@ pub struct CheckItem {
 }
 
 impl CheckItem {
-    fn ok(subject: String, detail: String) -> Self {
+    pub(crate) fn ok(subject: String, detail: String) -> Self {
         Self {
             subject,
             ok: true,
@@ -835,7 +855,7 @@ impl CheckItem {
         }
     }
 
-    fn failed(subject: String, detail: String) -> Self {
+    pub(crate) fn failed(subject: String, detail: String) -> Self {
         Self {
             subject,
             ok: false,
@@ -851,47 +871,6 @@ fn check_secret(subject: String, secret: &Secret) -> CheckItem {
         }
         Ok(_) => CheckItem::ok(subject, format!("{} is readable", secret.origin())),
         Err(error) => CheckItem::failed(subject, format!("{error:#}")),
-    }
-}
-
-fn check_service_account(subject: String, secret: &Secret) -> CheckItem {
-    let Ok(text) = secret.expose() else {
-        return CheckItem::failed(subject, format!("{} cannot be read", secret.origin()));
-    };
-    // Parse into a generic value: serde_json's syntax errors give a position only, whereas
-    // typed errors could quote the content.
-    let json: serde_json::Value = match serde_json::from_str(&text) {
-        Ok(json) => json,
-        Err(error) => {
-            return CheckItem::failed(
-                subject,
-                format!(
-                    "{} is not JSON (line {}, column {})",
-                    secret.origin(),
-                    error.line(),
-                    error.column()
-                ),
-            );
-        }
-    };
-    let missing: Vec<&str> = ["project_id", "client_email"]
-        .into_iter()
-        .filter(|field| !json.get(field).is_some_and(serde_json::Value::is_string))
-        .collect();
-    if missing.is_empty() {
-        CheckItem::ok(
-            subject,
-            "a service account with project_id and client_email".to_owned(),
-        )
-    } else {
-        CheckItem::failed(
-            subject,
-            format!(
-                "{} is not a service account: no string {}",
-                secret.origin(),
-                missing.join(" or ")
-            ),
-        )
     }
 }
 
@@ -1392,7 +1371,14 @@ mod tests {
             );
             assert!(find("apps.shop.onesignal.api_key").ok);
             assert!(find("apps.shop.fcm.service_account").ok);
-            assert!(find("apps.shop.fcm.service_account (content)").ok);
+            let credentials = find("apps.shop.fcm (credentials)");
+            assert!(!credentials.ok);
+            assert!(
+                credentials
+                    .detail
+                    .contains("private_key is not an RSA private key"),
+                "{credentials:?}"
+            );
             let jwt = find("apps.shop.client_token_secret");
             assert!(!jwt.ok);
             assert!(jwt.detail.contains("SHOP_JWT"));
@@ -1442,13 +1428,10 @@ mod tests {
 
             let content = items
                 .iter()
-                .find(|item| item.subject == "apps.shop.fcm.service_account (content)")
+                .find(|item| item.subject == "apps.shop.fcm (credentials)")
                 .unwrap();
             assert!(!content.ok);
-            assert!(
-                content.detail.contains("project_id or client_email"),
-                "{content:?}"
-            );
+            assert!(content.detail.contains("project_id"), "{content:?}");
             Ok(())
         });
     }

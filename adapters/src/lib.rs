@@ -5,6 +5,7 @@ pub mod clock;
 pub mod config;
 pub mod debug;
 pub mod keys;
+pub mod metrics;
 pub mod postgres;
 pub mod providers;
 pub mod render;

@@ -24,6 +24,9 @@ pub trait Store: DeviceStore + MessageStore + TemplateStore + ApiKeyStore + Debu
     /// # Errors
     /// When it does not.
     async fn ping(&self) -> anyhow::Result<()>;
+
+    /// Closes every connection; later calls fail. For shutdown.
+    async fn close(&self);
 }
 
 #[async_trait]
@@ -35,6 +38,10 @@ impl Store for SqliteStore {
     async fn ping(&self) -> anyhow::Result<()> {
         SqliteStore::ping(self).await
     }
+
+    async fn close(&self) {
+        self.pool().close().await;
+    }
 }
 
 #[async_trait]
@@ -45,5 +52,9 @@ impl Store for PgStore {
 
     async fn ping(&self) -> anyhow::Result<()> {
         PgStore::ping(self).await
+    }
+
+    async fn close(&self) {
+        self.pool().close().await;
     }
 }

@@ -10,6 +10,7 @@ use clarion_domain::service::{Ports, PushService, ServiceSettings};
 use crate::client_token::ClientTokens;
 use crate::clock::SystemClock;
 use crate::config::{Config, DatabaseKind};
+use crate::metrics::InstrumentedMessages;
 use crate::postgres::{DEFAULT_MAX_CONNECTIONS, PgSettings, PgStore};
 use crate::render::MiniJinjaRenderer;
 use crate::sqlite::SqliteStore;
@@ -40,7 +41,8 @@ pub async fn build(config: Config, worker_id: &str) -> anyhow::Result<Runtime> {
     })?;
     let ports = Ports {
         devices: store.clone(),
-        messages: store.clone(),
+        // Counted by state and delivery outcome for `/metrics`.
+        messages: Arc::new(InstrumentedMessages::new(store.clone())),
         templates: store.clone(),
         keys: store.clone(),
         renderer: Arc::new(MiniJinjaRenderer::default()),

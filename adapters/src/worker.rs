@@ -8,6 +8,10 @@ use crate::config::WorkerConfig;
 use clarion_domain::service::PushService;
 use tokio::sync::watch;
 
+/// Gauge: 1 while this process's worker runs a batch, 0 otherwise (a no-op without a metrics
+/// recorder, as in the CLI).
+pub const BUSY_WORKERS: &str = "clarion_busy_workers";
+
 /// How the worker polls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerSettings {
@@ -44,7 +48,10 @@ pub async fn run(service: PushService, settings: WorkerSettings, mut stop: watch
             if stopping(&stop) {
                 break 'polling;
             }
-            match service.process_batch(limit, &|_| {}).await {
+            metrics::gauge!(BUSY_WORKERS).set(1.0);
+            let batch = service.process_batch(limit, &|_| {}).await;
+            metrics::gauge!(BUSY_WORKERS).set(0.0);
+            match batch {
                 Ok(report) => {
                     if report.processed > 0 {
                         tracing::info!(

@@ -6,6 +6,8 @@
 //! - An application key reaches the routes of its application, and not `/v1/keys`.
 //! - A client token reaches the device routes of its application only; the handlers then
 //!   restrict it to its user's devices.
+//!
+//! Each credential that authenticates is then held to the rate limit.
 
 use axum::extract::{FromRequestParts as _, MatchedPath, RawPathParams, Request, State};
 use axum::http::header;
@@ -16,6 +18,7 @@ use clarion_domain::auth::{AuthError, Principal};
 use clarion_domain::ids::{AppId, UserId};
 
 use crate::error::ApiError;
+use crate::ratelimit::retry_after_secs;
 use crate::routes::AppState;
 
 /// What part of the API a route belongs to.
@@ -60,6 +63,14 @@ pub(crate) async fn authorize(
         });
     let credential = bearer(&parts.headers)?;
     let principal = authenticate(&state, &credential, route_app.as_deref()).await?;
+    // Limited after authentication, so that only credentials that exist get a bucket.
+    if let Some(limiter) = &state.limiter {
+        limiter
+            .check(&credential)
+            .map_err(|wait| ApiError::TooManyRequests {
+                retry_after_secs: retry_after_secs(wait),
+            })?;
+    }
     permit(area(&matched), &principal, route_app.as_deref())?;
     parts.extensions.insert(principal);
     Ok(next.run(Request::from_parts(parts, body)).await)

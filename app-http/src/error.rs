@@ -81,6 +81,13 @@ pub enum ApiError {
         detail: String,
         errors: Vec<FieldError>,
     },
+    /// 429, with `Retry-After`: the credential made more requests than
+    /// `http.rate_limit_per_second` and `http.rate_limit_burst` allow.
+    #[error("too many requests with this credential; retry in {retry_after_secs} s")]
+    TooManyRequests { retry_after_secs: u64 },
+    /// 503: the server is not ready (`/readyz`); the text says why, with no secret.
+    #[error("{0}")]
+    NotReady(String),
     /// 503: a dependency (the store) failed while authenticating; the cause is logged.
     #[error("service unavailable")]
     Unavailable(#[source] anyhow::Error),
@@ -109,7 +116,8 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::NotReady(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -124,6 +132,8 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload-too-large",
             ApiError::Validation { .. } => "validation",
+            ApiError::TooManyRequests { .. } => "too-many-requests",
+            ApiError::NotReady(_) => "not-ready",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -170,6 +180,9 @@ impl IntoResponse for ApiError {
         );
         if matches!(self, ApiError::Unauthorized(_)) {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::TooManyRequests { retry_after_secs } = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
         response
     }

@@ -5,11 +5,15 @@ mod api;
 mod auth;
 mod error;
 mod extract;
+mod ops;
+mod ratelimit;
 mod routes;
+mod telemetry;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture as _};
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -19,7 +23,9 @@ use clarion_adapters::wiring::Runtime;
 use clarion_domain::auth::KeyScope;
 use clarion_domain::service::PushService;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
+
+use crate::ratelimit::RateLimiter;
 
 pub use crate::routes::openapi;
 pub use clarion_adapters::worker::WorkerSettings;
@@ -31,6 +37,10 @@ pub struct Application {
     address: SocketAddr,
     router: Router,
     worker: Option<(clarion_domain::service::PushService, WorkerSettings)>,
+    /// The service whose worker id this process's leases carry (the worker's and `now` sends').
+    leases: PushService,
+    /// How long a stop waits for the open requests and the worker's batch.
+    grace: Duration,
 }
 
 impl Application {
@@ -44,11 +54,14 @@ impl Application {
     pub async fn build(runtime: Runtime) -> anyhow::Result<Application> {
         let Runtime {
             service,
+            store,
             config,
             client_tokens,
-            ..
         } = runtime;
         ensure_an_admin_key(&service).await?;
+        let metrics = telemetry::prometheus();
+        // Exported from the start, also when the worker is off.
+        metrics::gauge!(telemetry::BUSY_WORKERS).set(0.0);
         let wanted: SocketAddr = config
             .listen
             .parse()
@@ -83,17 +96,26 @@ impl Application {
         Ok(Application {
             listener,
             address,
+            leases: service.clone(),
             router: routes::router(
                 routes::AppState {
                     service,
                     client_tokens,
                     send_wait: Duration::from_secs(config.http.send_wait_secs),
+                    limiter: RateLimiter::new(
+                        config.http.rate_limit_per_second,
+                        config.http.rate_limit_burst,
+                    )
+                    .map(Arc::new),
+                    database: store,
+                    metrics,
                 },
                 routes::HttpSettings {
                     body_limit_bytes: config.http.body_limit_bytes,
                 },
             ),
             worker,
+            grace: Duration::from_secs(config.http.shutdown_grace_secs),
         })
     }
 
@@ -117,8 +139,9 @@ impl Application {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `shutdown` completes, then stops accepting connections, lets the open
-    /// requests finish, and stops the worker after its current batch.
+    /// Serves until `shutdown` completes, then stops accepting connections and lets the
+    /// open requests and the worker's current batch finish, waiting at most the grace period
+    /// (`http.shutdown_grace_secs`); after it, returns anyway.
     ///
     /// # Errors
     /// When the server fails.
@@ -126,26 +149,70 @@ impl Application {
     where
         F: Future<Output = ()> + Send + 'static,
     {
+        let grace = self.grace;
+        let leases = self.leases;
         let (stop, stopped) = watch::channel(false);
-        let worker = self.worker.map(|(service, settings)| {
+        let (signalled, on_signal) = oneshot::channel::<()>();
+        let mut worker = self.worker.map(|(service, settings)| {
             tokio::spawn(clarion_adapters::worker::run(service, settings, stopped))
         });
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                tracing::info!("shutting down: no new connections, the worker finishes its batch");
-                // The worker may stop now, while the open requests finish.
-                let _ = stop.send(true);
-            })
-            .await;
-        // The sender is gone now (sent or dropped with the server), so the worker stops.
-        if let Some(worker) = worker
-            && let Err(error) = worker.await
-        {
-            tracing::error!(error = %error, "the worker task failed");
-        }
+        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+            shutdown.await;
+            tracing::info!(
+                grace_secs = grace.as_secs(),
+                "shutting down: no new connections; the open requests and the worker's batch \
+                 finish"
+            );
+            // The worker may stop now, while the open requests finish.
+            let _ = stop.send(true);
+            let _ = signalled.send(());
+        });
+        let mut server = tokio::spawn(serve.into_future());
+        // Wait for the stop, or for the server to end by itself (it failed).
+        let ended = tokio::select! {
+            served = &mut server => Some(served),
+            // A dropped sender (the shutdown future is gone) counts as a stop too.
+            _ = on_signal => None,
+        };
+        let drain = async {
+            let served = match ended {
+                Some(served) => served,
+                None => (&mut server).await,
+            };
+            // The stop sender is gone with the server, so the worker stops after its batch.
+            if let Some(worker) = worker.as_mut()
+                && let Err(error) = worker.await
+            {
+                tracing::error!(error = %error, "the worker task failed");
+            }
+            served
+        };
+        let Ok(served) = tokio::time::timeout(grace, drain).await else {
+            tracing::warn!(
+                grace_secs = grace.as_secs(),
+                "the grace period is over: stopping with requests or a batch unfinished"
+            );
+            server.abort();
+            if let Some(worker) = &worker {
+                worker.abort();
+            }
+            // Release the leases this process still holds (the aborted batch, unfinished
+            // `now` sends), so that another worker takes those messages at once instead of
+            // when the leases expire.
+            match leases.release_leases().await {
+                Ok(released) => tracing::info!(released, "released this process's leases"),
+                Err(error) => tracing::error!(
+                    error = format!("{error:#}"),
+                    "could not release this process's leases; they expire by themselves"
+                ),
+            }
+            tracing::info!("clarion-server stopped");
+            return Ok(());
+        };
         tracing::info!("clarion-server stopped");
-        served.context("the HTTP server failed")
+        served
+            .context("the HTTP server task failed")?
+            .context("the HTTP server failed")
     }
 }
 

@@ -1,14 +1,19 @@
 //! The router: the `/v1` API behind authentication, its OpenAPI document at `/openapi.json`
-//! and Swagger UI at `/docs` (both open), and `/healthz`.
+//! and Swagger UI at `/docs` (both open), `/healthz`, `/readyz` and `/metrics`, and around
+//! every route the request id, the request span and the HTTP metrics.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::get;
-use axum::{Json, Router, middleware};
 use clarion_adapters::client_token::ClientTokens;
 use clarion_domain::service::PushService;
-use serde::Serialize;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -18,6 +23,9 @@ use utoipa_swagger_ui::SwaggerUi;
 use crate::api::{devices, keys, messages, templates};
 use crate::auth::authorize;
 use crate::error::ApiError;
+use crate::ops;
+use crate::ratelimit::RateLimiter;
+use crate::telemetry;
 
 /// What every handler can reach.
 #[derive(Debug, Clone)]
@@ -26,6 +34,11 @@ pub(crate) struct AppState {
     pub(crate) client_tokens: ClientTokens,
     /// How long a `now` send may take before the request is answered 202.
     pub(crate) send_wait: Duration,
+    /// The per-credential rate limit; `None` when it is off.
+    pub(crate) limiter: Option<Arc<RateLimiter>>,
+    /// Asked by `/readyz`.
+    pub(crate) database: ops::Database,
+    pub(crate) metrics: PrometheusHandle,
 }
 
 /// Settings of the HTTP layer.
@@ -110,13 +123,27 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub(crate) fn router(state: AppState, settings: HttpSettings) -> Router {
     let (v1, document) = api();
     let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    // Layers added later wrap the ones added before: the request id is set first, then the
+    // span that carries it opens, and the metrics see the matched route.
     Router::new()
         .merge(v1)
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+        .layer(middleware::from_fn(telemetry::track))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(telemetry::request_span)
+                .on_request(())
+                .on_response(telemetry::log_response)
+                .on_failure(()),
+        )
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
 }
 
@@ -126,14 +153,4 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed("this route does not take this method".into())
-}
-
-#[derive(Debug, Serialize)]
-struct Health {
-    status: &'static str,
-}
-
-/// Liveness: the process serves requests.
-async fn healthz() -> Json<Health> {
-    Json(Health { status: "ok" })
 }

@@ -1,5 +1,6 @@
-//! A mock APNs server built from Apple's "Sending notification requests to APNs" and "Handling
-//! notification responses from APNs": TLS, HTTP/2, ES256 provider tokens, and every header and
+//! A mock APNs server built from Apple's "Sending notification requests to APNs", "Handling
+//! notification responses from APNs" and the two ways of "Establishing a ... connection to
+//! APNs": TLS, HTTP/2, ES256 provider tokens or TLS client certificates, and every header and
 //! payload rule those documents state.
 
 use std::collections::BTreeSet;
@@ -13,8 +14,8 @@ use serde_json::{Value, json};
 
 use crate::jwt;
 use crate::script::{CannedResponse, IncomingRequest, RecordedRequest, Recorder, lock_state};
-use crate::server::{Respond, Server};
-use crate::tls::TestCa;
+use crate::server::{Peer, Respond, Server};
+use crate::tls::{PUSH_CERTIFICATE_CN_PREFIX, TestCa, TestClientCa, subject_common_name};
 
 /// What the mock expects of the provider: the values a real APNs knows from the developer
 /// account.
@@ -27,7 +28,9 @@ pub struct ApnsMockConfig {
     /// The ES256 (P-256) public key in PEM matching the `.p8` key given to the client.
     pub public_key_pem: String,
     /// The app's bundle id; `apns-topic` must equal it (with Apple's suffix for VoIP,
-    /// complication, file provider, Live Activity, push-to-talk and widgets pushes).
+    /// complication, file provider, Live Activity, push-to-talk and widgets pushes). On a
+    /// connection authenticated by a client certificate, the certificate's topic takes its
+    /// place.
     pub topic: String,
 }
 
@@ -40,6 +43,10 @@ pub struct ApnsView {
     pub jwt: Option<String>,
     /// The JWT's claims when its signature verified.
     pub jwt_claims: Option<Value>,
+    /// The subject CN of the client certificate the connection was authenticated with (one the
+    /// mock's client CA signed), such as `Apple Push Services: com.example.shop`; `None` when
+    /// the client presented no certificate.
+    pub client_certificate_cn: Option<String>,
     /// `apns-topic`.
     pub topic: Option<String>,
     /// `apns-push-type`.
@@ -92,6 +99,7 @@ struct ApnsState {
     key: DecodingKey,
     recorder: Recorder<ApnsView>,
     jwts: Mutex<BTreeSet<String>>,
+    handshake_failures: Mutex<Vec<String>>,
 }
 
 impl MockApns {
@@ -109,6 +117,35 @@ impl MockApns {
     /// # Errors
     /// When the public key is not a P-256 PEM key, or the server cannot start.
     pub async fn start_with_ca(config: ApnsMockConfig, ca: &TestCa) -> anyhow::Result<Self> {
+        Self::start_serving(config, ca, ca.server_config()?).await
+    }
+
+    /// Starts the mock, with a fresh test CA, so that it also accepts certificate-based
+    /// connections: it asks every client for a certificate and verifies it against
+    /// `client_ca`, as APNs does against Apple's CA. A request on a connection with a verified
+    /// certificate needs no `authorization` header (a provider token sent anyway is still
+    /// checked) and may omit `apns-topic`; the certificate's subject CN must read
+    /// `Apple Push Services: <topic>` (else 403 `BadCertificate`), and another `apns-topic` is
+    /// 400 `TopicDisallowed`. A client that presents no certificate must use a provider token,
+    /// as with [`MockApns::start`]; one whose certificate `client_ca` did not sign fails the
+    /// TLS handshake (see [`MockApns::handshake_failures`]).
+    ///
+    /// # Errors
+    /// When the public key is not a P-256 PEM key, or the server cannot start.
+    pub async fn start_with_client_ca(
+        config: ApnsMockConfig,
+        client_ca: &TestClientCa,
+    ) -> anyhow::Result<Self> {
+        let ca = TestCa::new()?;
+        let tls = ca.server_config_with_client_auth(client_ca)?;
+        Self::start_serving(config, &ca, tls).await
+    }
+
+    async fn start_serving(
+        config: ApnsMockConfig,
+        ca: &TestCa,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> anyhow::Result<Self> {
         crate::tls::install_default_crypto_provider();
         let key = DecodingKey::from_ec_pem(config.public_key_pem.as_bytes())
             .context("the APNs mock's public_key_pem is not an EC public key in PEM")?;
@@ -117,12 +154,9 @@ impl MockApns {
             key,
             recorder: Recorder::default(),
             jwts: Mutex::new(BTreeSet::new()),
+            handshake_failures: Mutex::new(Vec::new()),
         });
-        let server = Server::start(
-            Arc::clone(&state) as Arc<dyn Respond>,
-            Some(ca.server_config()?),
-        )
-        .await?;
+        let server = Server::start(Arc::clone(&state) as Arc<dyn Respond>, Some(tls)).await?;
         Ok(Self {
             state,
             server,
@@ -197,6 +231,14 @@ impl MockApns {
     pub fn jwts_seen(&self) -> Vec<String> {
         lock_state(&self.state.jwts).iter().cloned().collect()
     }
+
+    /// Why each failed TLS handshake failed, in order, such as a client certificate the client
+    /// CA did not sign (`invalid peer certificate: UnknownIssuer`). These connections never
+    /// carried a request, so they are not in [`MockApns::requests`].
+    #[must_use]
+    pub fn handshake_failures(&self) -> Vec<String> {
+        lock_state(&self.state.handshake_failures).clone()
+    }
 }
 
 /// An APNs error response: `{"reason": ...}`, plus `timestamp` (ms) for 410.
@@ -238,9 +280,13 @@ impl Findings {
 
 impl Respond for ApnsState {
     fn respond(&self, request: IncomingRequest) -> (CannedResponse, Duration) {
+        self.respond_to_peer(request, &Peer::default())
+    }
+
+    fn respond_to_peer(&self, request: IncomingRequest, peer: &Peer) -> (CannedResponse, Duration) {
         let mut view = ApnsView::default();
         let mut findings = Findings::default();
-        self.check(&request, &mut view, &mut findings);
+        self.check(&request, peer, &mut view, &mut findings);
 
         view.response_apns_id = view
             .request_apns_id
@@ -269,10 +315,20 @@ impl Respond for ApnsState {
             .record(request, view, findings.problems, &response);
         (response, self.recorder.delay())
     }
+
+    fn handshake_failed(&self, reason: &str) {
+        lock_state(&self.handshake_failures).push(reason.to_owned());
+    }
 }
 
 impl ApnsState {
-    fn check(&self, request: &IncomingRequest, view: &mut ApnsView, findings: &mut Findings) {
+    fn check(
+        &self,
+        request: &IncomingRequest,
+        peer: &Peer,
+        view: &mut ApnsView,
+        findings: &mut Findings,
+    ) {
         if request.version != "HTTP/2.0" {
             findings.reject(
                 400,
@@ -328,8 +384,13 @@ impl ApnsState {
                 break;
             }
         }
-        self.check_token(request, view, findings);
-        self.check_headers(request, view, findings);
+        let certificate_topic = check_certificate(peer, view, findings);
+        // A verified client certificate authenticates the connection, so the request needs no
+        // provider token; one sent anyway must still be valid.
+        if peer.certificates.is_empty() || request.header("authorization").is_some() {
+            self.check_token(request, view, findings);
+        }
+        self.check_headers(request, certificate_topic.as_deref(), view, findings);
         check_payload(request, view, findings);
     }
 
@@ -412,9 +473,12 @@ impl ApnsState {
         }
     }
 
+    /// Checks the `apns-*` headers; `certificate_topic` is the topic of the connection's client
+    /// certificate, which replaces the configured topic and makes `apns-topic` optional.
     fn check_headers(
         &self,
         request: &IncomingRequest,
+        certificate_topic: Option<&str>,
         view: &mut ApnsView,
         findings: &mut Findings,
     ) {
@@ -426,27 +490,37 @@ impl ApnsState {
         view.request_apns_id = request.header("apns-id").map(str::to_owned);
 
         let push_type = view.push_type.as_deref();
+        let bundle_id = certificate_topic.unwrap_or(&self.config.topic);
         let expected_topic = match push_type {
-            Some("voip") => format!("{}.voip", self.config.topic),
-            Some("complication") => format!("{}.complication", self.config.topic),
-            Some("fileprovider") => format!("{}.pushkit.fileprovider", self.config.topic),
-            Some("liveactivity") => format!("{}.push-type.liveactivity", self.config.topic),
-            Some("pushtotalk") => format!("{}.voip-ptt", self.config.topic),
-            Some("widgets") => format!("{}.push-type.widgets", self.config.topic),
-            _ => self.config.topic.clone(),
+            Some("voip") => format!("{bundle_id}.voip"),
+            Some("complication") => format!("{bundle_id}.complication"),
+            Some("fileprovider") => format!("{bundle_id}.pushkit.fileprovider"),
+            Some("liveactivity") => format!("{bundle_id}.push-type.liveactivity"),
+            Some("pushtotalk") => format!("{bundle_id}.voip-ptt"),
+            Some("widgets") => format!("{bundle_id}.push-type.widgets"),
+            _ => bundle_id.to_owned(),
         };
-        match view.topic.as_deref() {
-            None => findings.reject(
+        match (view.topic.as_deref(), certificate_topic) {
+            // APNs uses the certificate's topic.
+            (None, Some(_)) => {}
+            (None, None) => findings.reject(
                 400,
                 "MissingTopic",
                 "apns-topic is required with token authentication".into(),
             ),
-            Some(topic) if topic != expected_topic => findings.reject(
+            (Some(topic), Some(_)) if topic != expected_topic => findings.reject(
+                400,
+                "TopicDisallowed",
+                format!(
+                    "apns-topic is {topic:?}, but the client certificate allows {expected_topic:?}"
+                ),
+            ),
+            (Some(topic), None) if topic != expected_topic => findings.reject(
                 400,
                 "BadTopic",
                 format!("apns-topic is {topic:?}, expected {expected_topic:?}"),
             ),
-            Some(_) => {}
+            (Some(_), _) => {}
         }
         match push_type {
             None => findings.reject(400, "InvalidPushType", "apns-push-type is missing".into()),
@@ -502,6 +576,29 @@ impl ApnsState {
             );
         }
     }
+}
+
+/// Reads the connection's verified client certificate, if any, into the view, and returns the
+/// topic its subject CN names (`Apple Push Services: <topic>`).
+fn check_certificate(peer: &Peer, view: &mut ApnsView, findings: &mut Findings) -> Option<String> {
+    let certificate = peer.certificates.first()?;
+    let common_name = subject_common_name(certificate);
+    view.client_certificate_cn.clone_from(&common_name);
+    let topic = common_name
+        .as_deref()
+        .and_then(|cn| cn.strip_prefix(PUSH_CERTIFICATE_CN_PREFIX))
+        .filter(|topic| !topic.is_empty());
+    if topic.is_none() {
+        findings.reject(
+            403,
+            "BadCertificate",
+            format!(
+                "the client certificate's subject CN {common_name:?} names no topic \
+                 (Apple's read `{PUSH_CERTIFICATE_CN_PREFIX}<bundle id>`)"
+            ),
+        );
+    }
+    topic.map(str::to_owned)
 }
 
 fn check_payload(request: &IncomingRequest, view: &mut ApnsView, findings: &mut Findings) {

@@ -22,5 +22,5 @@ pub use fcm::{
 };
 pub use onesignal::{MockOneSignal, OneSignalMockConfig, OneSignalView};
 pub use script::{CannedResponse, RecordedRequest};
-pub use tls::{TestCa, install_default_crypto_provider};
+pub use tls::{ClientIdentity, TestCa, TestClientCa, install_default_crypto_provider};
 pub use webpush::{MockWebPush, TestSubscription, VapidTestKey, WebPushMockConfig, WebPushView};

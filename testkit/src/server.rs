@@ -14,6 +14,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
@@ -25,6 +26,28 @@ use crate::script::{CannedResponse, IncomingRequest};
 pub(crate) trait Respond: Send + Sync + 'static {
     /// Checks, records and answers one request, and says how long to wait before answering.
     fn respond(&self, request: IncomingRequest) -> (CannedResponse, Duration);
+
+    /// Like [`Respond::respond`], knowing what the TLS handshake established about the client.
+    /// Only mocks that authenticate clients by certificate need more than the request.
+    fn respond_to_peer(
+        &self,
+        request: IncomingRequest,
+        _peer: &Peer,
+    ) -> (CannedResponse, Duration) {
+        self.respond(request)
+    }
+
+    /// Hears of a TLS handshake that failed, with the reason, so that a mock can report the
+    /// clients it turned away before any request.
+    fn handshake_failed(&self, _reason: &str) {}
+}
+
+/// What the TLS handshake established about the client of one connection.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Peer {
+    /// The client's certificate (end entity first, then any intermediates) when it presented
+    /// one that the server's client verifier accepted; empty otherwise.
+    pub certificates: Vec<Vec<u8>>,
 }
 
 /// A running server; dropping it stops the accept loop and every open connection.
@@ -76,30 +99,50 @@ async fn accept_loop(listener: TcpListener, handler: Arc<dyn Respond>, tls: Opti
 }
 
 async fn serve_connection(stream: TcpStream, handler: Arc<dyn Respond>, tls: Option<TlsAcceptor>) {
-    let service = service_fn(move |request: Request<Incoming>| {
-        let handler = Arc::clone(&handler);
-        async move { Ok::<_, Infallible>(handle(request, handler).await) }
-    });
-    let builder = auto::Builder::new(TokioExecutor::new());
     // Connection errors (a client that hangs up, a failed handshake) end only this connection.
-    match tls {
-        Some(acceptor) => {
-            let Ok(stream) = acceptor.accept(stream).await else {
-                return;
-            };
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+    let Some(acceptor) = tls else {
+        return serve_http(TokioIo::new(stream), handler, Peer::default()).await;
+    };
+    let stream = match acceptor.accept(stream).await {
+        Ok(stream) => stream,
+        Err(error) => {
+            handler.handshake_failed(&error.to_string());
+            return;
         }
-        None => {
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        }
-    }
+    };
+    let peer = Peer {
+        certificates: stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .unwrap_or_default()
+            .iter()
+            .map(|cert| cert.to_vec())
+            .collect(),
+    };
+    serve_http(TokioIo::new(stream), handler, peer).await;
 }
 
-async fn handle(request: Request<Incoming>, handler: Arc<dyn Respond>) -> Response<Full<Bytes>> {
+async fn serve_http<S>(io: TokioIo<S>, handler: Arc<dyn Respond>, peer: Peer)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = Arc::new(peer);
+    let service = service_fn(move |request: Request<Incoming>| {
+        let handler = Arc::clone(&handler);
+        let peer = Arc::clone(&peer);
+        async move { Ok::<_, Infallible>(handle(request, handler, &peer).await) }
+    });
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(io, service)
+        .await;
+}
+
+async fn handle(
+    request: Request<Incoming>,
+    handler: Arc<dyn Respond>,
+    peer: &Peer,
+) -> Response<Full<Bytes>> {
     let (parts, body) = request.into_parts();
     let body = match body.collect().await {
         Ok(collected) => collected.to_bytes().to_vec(),
@@ -124,7 +167,7 @@ async fn handle(request: Request<Incoming>, handler: Arc<dyn Respond>) -> Respon
             .collect(),
         body,
     };
-    let (response, delay) = handler.respond(incoming);
+    let (response, delay) = handler.respond_to_peer(incoming, peer);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use clarion_testkit::tls::{ClientIdentity, TestClientCa};
 use clarion_testkit::webpush::encrypt_aes128gcm;
 use clarion_testkit::{
     ApnsMockConfig, CannedResponse, MockApns, MockFcm, MockOneSignal, MockWebPush,
@@ -207,6 +208,192 @@ async fn apns_delay_provokes_client_timeouts() {
 
     assert!(result.unwrap_err().is_timeout());
     assert_eq!(apns.mock.request_count(), 1);
+}
+
+const CERT_TOPIC: &str = "com.example.app";
+
+/// A mock that accepts certificate-based connections, and the client CA it trusts.
+async fn apns_with_client_ca() -> (Apns, TestClientCa) {
+    let (private_pem, public_key_pem) = apns_test_key().unwrap();
+    let client_ca = TestClientCa::new().unwrap();
+    let mock = MockApns::start_with_client_ca(
+        ApnsMockConfig {
+            team_id: "TEAM123456".into(),
+            key_id: "KEY1234567".into(),
+            public_key_pem,
+            topic: CERT_TOPIC.into(),
+        },
+        &client_ca,
+    )
+    .await
+    .unwrap();
+    (Apns { mock, private_pem }, client_ca)
+}
+
+/// An HTTP/2 client that trusts `ca_pem` and presents `identity` as its client certificate.
+fn certificate_client(ca_pem: &str, identity: &ClientIdentity) -> reqwest::Client {
+    clarion_testkit::install_default_crypto_provider();
+    let pem = format!("{}{}", identity.cert_pem, identity.key_pem);
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap()])
+        .identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap())
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+}
+
+/// A request as a certificate-authenticated provider sends it: no `authorization`, and no
+/// `apns-topic` (APNs takes the certificate's).
+fn certificate_request(client: &reqwest::Client, base: &str) -> reqwest::RequestBuilder {
+    client
+        .post(format!("{base}/3/device/{TOKEN}"))
+        .header("apns-push-type", "alert")
+        .body(json!({ "aps": { "alert": { "title": "Hi", "body": "There" } } }).to_string())
+}
+
+#[tokio::test]
+async fn apns_accepts_a_certificate_authenticated_request_without_token_or_topic() {
+    let (apns, client_ca) = apns_with_client_ca().await;
+    let identity = client_ca.issue_push_certificate(CERT_TOPIC).unwrap();
+    let client = certificate_client(apns.mock.ca_pem(), &identity);
+
+    let response = certificate_request(&client, &apns.mock.base_url())
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 200);
+    let requests = apns.mock.requests();
+    assert_eq!(requests.len(), 1);
+    let seen = &requests[0];
+    assert!(seen.problems.is_empty(), "{:?}", seen.problems);
+    assert_eq!(
+        seen.view.client_certificate_cn.as_deref(),
+        Some("Apple Push Services: com.example.app")
+    );
+    assert_eq!(seen.view.jwt, None);
+    assert_eq!(apns.mock.distinct_jwt_count(), 0);
+}
+
+#[tokio::test]
+async fn apns_with_a_client_ca_still_checks_tokens_sent_with_or_without_a_certificate() {
+    let (apns, client_ca) = apns_with_client_ca().await;
+    let base = apns.mock.base_url();
+    let jwt = provider_token(&apns.private_pem, "KEY1234567", now());
+    let tokens_only = https_client(apns.mock.ca_pem());
+    let identity = client_ca.issue_push_certificate(CERT_TOPIC).unwrap();
+    let certified = certificate_client(apns.mock.ca_pem(), &identity);
+    let (other_key, _) = apns_test_key().unwrap();
+    let bad_jwt = provider_token(&other_key, "KEY1234567", now());
+
+    let with_token = apns_request(&tokens_only, &base, &jwt)
+        .send()
+        .await
+        .unwrap();
+    let without_either = certificate_request(&tokens_only, &base)
+        .header("apns-topic", CERT_TOPIC)
+        .send()
+        .await
+        .unwrap();
+    let certified_bad_token = apns_request(&certified, &base, &bad_jwt)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(with_token.status(), 200);
+    assert_eq!(without_either.status(), 403);
+    assert_eq!(
+        without_either.json::<serde_json::Value>().await.unwrap()["reason"],
+        "MissingProviderToken"
+    );
+    assert_eq!(certified_bad_token.status(), 403);
+    assert_eq!(
+        certified_bad_token
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()["reason"],
+        "InvalidProviderToken"
+    );
+    let requests = apns.mock.requests();
+    assert_eq!(requests[0].view.client_certificate_cn, None);
+    assert!(
+        requests[0].problems.is_empty(),
+        "{:?}",
+        requests[0].problems
+    );
+    assert!(requests[2].view.client_certificate_cn.is_some());
+}
+
+#[tokio::test]
+async fn apns_refuses_a_topic_the_certificate_does_not_allow_and_a_certificate_naming_none() {
+    let (apns, client_ca) = apns_with_client_ca().await;
+    let base = apns.mock.base_url();
+    let identity = client_ca.issue_push_certificate(CERT_TOPIC).unwrap();
+    let client = certificate_client(apns.mock.ca_pem(), &identity);
+    let not_apple = client_ca.issue("Some TLS client").unwrap();
+    let not_apple_client = certificate_client(apns.mock.ca_pem(), &not_apple);
+
+    let other_topic = certificate_request(&client, &base)
+        .header("apns-topic", "com.example.other")
+        .send()
+        .await
+        .unwrap();
+    let voip_topic = client
+        .post(format!("{base}/3/device/{TOKEN}"))
+        .header("apns-push-type", "voip")
+        .header("apns-topic", "com.example.app.voip")
+        .body(json!({ "aps": {}, "call": "42" }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let no_topic_in_cn = certificate_request(&not_apple_client, &base)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(other_topic.status(), 400);
+    assert_eq!(
+        other_topic.json::<serde_json::Value>().await.unwrap()["reason"],
+        "TopicDisallowed"
+    );
+    assert_eq!(voip_topic.status(), 200);
+    assert_eq!(no_topic_in_cn.status(), 403);
+    assert_eq!(
+        no_topic_in_cn.json::<serde_json::Value>().await.unwrap()["reason"],
+        "BadCertificate"
+    );
+}
+
+#[tokio::test]
+async fn apns_refuses_the_handshake_of_a_certificate_its_client_ca_did_not_sign() {
+    let (apns, _) = apns_with_client_ca().await;
+    let stranger = TestClientCa::new()
+        .unwrap()
+        .issue_push_certificate(CERT_TOPIC)
+        .unwrap();
+    let client = certificate_client(apns.mock.ca_pem(), &stranger);
+
+    let result = certificate_request(&client, &apns.mock.base_url())
+        .send()
+        .await;
+
+    assert!(result.is_err(), "{result:?}");
+    assert_eq!(apns.mock.request_count(), 0);
+    // The mock hears of the failed handshake after the client, so wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let failures = loop {
+        let failures = apns.mock.handshake_failures();
+        if !failures.is_empty() || std::time::Instant::now() > deadline {
+            break failures;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.contains("invalid peer certificate")),
+        "{failures:?}"
+    );
 }
 
 fn assertion(account: &clarion_testkit::FcmServiceAccount, aud: &str) -> String {

@@ -31,7 +31,11 @@ pub fn extra_roots(tls: &TlsConfig) -> anyhow::Result<Vec<reqwest::Certificate>>
     Ok(roots)
 }
 
-fn read_roots(path: &Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
+/// Reads one PEM bundle of trusted root certificates.
+///
+/// # Errors
+/// When the file cannot be read or holds no PEM certificate; the error names the file.
+pub fn read_roots(path: &Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
     let pem = std::fs::read(path)
         .with_context(|| format!("failed to read tls.extra_ca_certs file {}", path.display()))?;
     let certs = reqwest::Certificate::from_pem_bundle(&pem).with_context(|| {
@@ -104,6 +108,38 @@ pub fn error_chain(err: &reqwest::Error) -> String {
         source = inner.source();
     }
     text
+}
+
+/// The most of a provider's response body Clarion reads; a longer body is cut, so a broken or
+/// hostile endpoint cannot make it buffer without bound.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Reads a response body up to [`BODY_LIMIT`] bytes.
+///
+/// # Errors
+/// The transport error when the body cannot be read.
+pub async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        body.extend_from_slice(&chunk);
+        if body.len() >= BODY_LIMIT {
+            body.truncate(BODY_LIMIT);
+            break;
+        }
+    }
+    Ok(body)
+}
+
+/// The start of a body as `: text` for an error reason, or nothing when it is empty.
+#[must_use]
+pub fn snippet(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text: String = text.trim().chars().take(200).collect();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!(": {text}")
+    }
 }
 
 /// The `Retry-After` header as a wait: delay-seconds or an HTTP-date (RFC 9110 §10.2.3).

@@ -1,16 +1,193 @@
-//! The Web Push provider (being written).
+//! The Web Push provider: RFC 8030 push requests with RFC 8291 (`aes128gcm`) encryption and
+//! RFC 8292 VAPID authorization, and a resolver that refuses non-public endpoint addresses.
 
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
 use async_trait::async_trait;
+use base64::Engine as _;
+use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use clarion_domain::ids::AppId;
 use clarion_domain::message::SendOutcome;
-use clarion_domain::payload::Payload;
+use clarion_domain::payload::{Payload, WebPushRequest};
 use clarion_domain::ports::PushProvider;
+use clarion_domain::token::is_public_ip;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use p256::SecretKey;
+use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+use p256::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
+use reqwest::StatusCode;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, LOCATION};
+use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, WebPushConfig};
+use crate::providers::http;
+
+const PROVIDER: &str = "Web Push";
+
+/// How long a VAPID JWT is valid; RFC 8292 §2 allows at most 24 hours.
+const JWT_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// A cached JWT is replaced once it has less than this left, so that a push service whose
+/// clock runs ahead never sees an expired one.
+const JWT_RENEW_BEFORE: Duration = Duration::from_secs(3600);
+
+/// The most origins whose JWT one application keeps; push services are few, so more means
+/// many custom endpoints and the stale entries are dropped.
+const JWT_CACHE_LIMIT: usize = 256;
+
+/// An application server's VAPID key pair and contact, ready to sign.
+pub struct VapidCredentials {
+    key: EncodingKey,
+    /// The uncompressed public point in base64url: the `k` parameter.
+    public_key: String,
+    subject: String,
+}
+
+impl fmt::Debug for VapidCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VapidCredentials")
+            .field("public_key", &self.public_key)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+impl VapidCredentials {
+    /// The base64url uncompressed public key, as browsers take it for `applicationServerKey`.
+    #[must_use]
+    pub fn public_key(&self) -> &str {
+        &self.public_key
+    }
+
+    /// The `sub` claim.
+    #[must_use]
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+}
+
+#[derive(Serialize)]
+struct VapidClaims<'a> {
+    aud: &'a str,
+    exp: u64,
+    sub: &'a str,
+}
+
+/// Loads and checks an application's VAPID key and subject.
+///
+/// The key is the raw 32-byte private scalar in base64url (what `web-push
+/// generate-vapid-keys` prints) or a PEM: SEC1 (`EC PRIVATE KEY`) or PKCS#8 (`PRIVATE KEY`).
+/// The subject must be a `mailto:` or `https:` URI (RFC 8292 §2.1).
+///
+/// # Errors
+/// When the key cannot be read or is not a P-256 private key, or the subject is not a
+/// `mailto:` or `https:` URI. The error names the application and the setting, never the key.
+pub fn load_credentials(app: &str, cfg: &WebPushConfig) -> anyhow::Result<VapidCredentials> {
+    let setting = format!("apps.{app}.webpush.vapid_private_key");
+    let text = cfg
+        .vapid_private_key
+        .expose()
+        .with_context(|| format!("failed to read {setting}"))?;
+    let secret = parse_private_key(text.trim()).map_err(|expected| {
+        anyhow::anyhow!(
+            "{setting} ({}) is not a P-256 private key: expected {expected}",
+            cfg.vapid_private_key.origin()
+        )
+    })?;
+    check_subject(&cfg.subject).map_err(|problem| {
+        anyhow::anyhow!(
+            "apps.{app}.webpush.subject {problem}; got {:?}",
+            cfg.subject
+        )
+    })?;
+    let der = secret
+        .to_pkcs8_der()
+        .map_err(|_| anyhow::anyhow!("{setting} cannot be encoded as PKCS#8"))?;
+    let public_key = URL_SAFE_NO_PAD.encode(secret.public_key().to_encoded_point(false).as_bytes());
+    Ok(VapidCredentials {
+        key: EncodingKey::from_ec_der(der.as_bytes()),
+        public_key,
+        subject: cfg.subject.clone(),
+    })
+}
+
+/// The private key in one of the accepted forms; the error says what was expected and never
+/// quotes the input.
+fn parse_private_key(text: &str) -> Result<SecretKey, &'static str> {
+    if text.starts_with("-----BEGIN EC PRIVATE KEY-----") {
+        return SecretKey::from_sec1_pem(text).map_err(|_| "a valid SEC1 \"EC PRIVATE KEY\" PEM");
+    }
+    if text.starts_with("-----BEGIN PRIVATE KEY-----") {
+        return SecretKey::from_pkcs8_pem(text)
+            .map_err(|_| "a valid PKCS#8 \"PRIVATE KEY\" PEM of a P-256 key");
+    }
+    if text.starts_with("-----BEGIN") {
+        return Err("an \"EC PRIVATE KEY\" or \"PRIVATE KEY\" PEM, not another PEM type");
+    }
+    const RAW: &str = "the 32-byte private key in base64url, or an EC PRIVATE KEY or PKCS#8 PEM";
+    let bytes = if text.ends_with('=') {
+        URL_SAFE.decode(text)
+    } else {
+        URL_SAFE_NO_PAD.decode(text)
+    }
+    .map_err(|_| RAW)?;
+    if bytes.len() != 32 {
+        return Err(RAW);
+    }
+    SecretKey::from_slice(&bytes).map_err(|_| "a scalar within the P-256 group order")
+}
+
+fn check_subject(subject: &str) -> Result<(), &'static str> {
+    if let Some(address) = subject.strip_prefix("mailto:") {
+        if address.contains('@') {
+            return Ok(());
+        }
+        return Err("must hold an e-mail address after mailto:");
+    }
+    if subject.starts_with("https:") {
+        return match url::Url::parse(subject) {
+            Ok(url) if url.host().is_some() => Ok(()),
+            _ => Err("must be a valid https: URL"),
+        };
+    }
+    Err("must be a mailto: or https: URI (RFC 8292)")
+}
 
 /// Sends to Web Push for every application that configures it.
 #[derive(Debug)]
-pub struct WebPushProvider {}
+pub struct WebPushProvider {
+    apps: HashMap<AppId, AppSender>,
+}
+
+#[derive(Debug)]
+struct AppSender {
+    credentials: VapidCredentials,
+    allow_private: bool,
+    client: reqwest::Client,
+    /// The signed JWT and its expiry per endpoint origin.
+    tokens: Mutex<HashMap<String, CachedJwt>>,
+}
+
+#[derive(Clone)]
+struct CachedJwt {
+    token: String,
+    expires_at: SystemTime,
+}
+
+// A signed JWT authorizes pushes for hours: keep it out of debug output.
+impl fmt::Debug for CachedJwt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedJwt")
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
 
 impl WebPushProvider {
     /// The provider for the applications that configure Web Push, or `None` when none does.
@@ -18,19 +195,469 @@ impl WebPushProvider {
     /// # Errors
     /// When a credential cannot be loaded; the error names the application and setting.
     pub fn from_config(
-        _config: &Config,
-        _roots: &[reqwest::Certificate],
+        config: &Config,
+        roots: &[reqwest::Certificate],
     ) -> anyhow::Result<Option<Self>> {
-        Ok(None)
+        let mut apps = HashMap::new();
+        for (id, app) in &config.apps {
+            let Some(cfg) = &app.webpush else {
+                continue;
+            };
+            let app_id =
+                AppId::parse(id).with_context(|| format!("invalid application id {id:?}"))?;
+            let credentials = load_credentials(id, cfg)?;
+            let mut builder = http::client_builder(roots, http::timeout(cfg.timeout_secs));
+            if !cfg.allow_private_endpoints {
+                // A proxy would resolve the endpoint itself, past the resolver's check (and a
+                // proxy on a private address would be refused anyway).
+                builder = builder.dns_resolver(PublicOnlyResolver).no_proxy();
+            }
+            let client = builder.build().with_context(|| {
+                format!("failed to build the Web Push HTTP client of application {id}")
+            })?;
+            apps.insert(
+                app_id,
+                AppSender {
+                    credentials,
+                    allow_private: cfg.allow_private_endpoints,
+                    client,
+                    tokens: Mutex::new(HashMap::new()),
+                },
+            );
+        }
+        Ok((!apps.is_empty()).then_some(Self { apps }))
     }
 }
 
 #[async_trait]
 impl PushProvider for WebPushProvider {
-    async fn send(&self, _app: &AppId, _payload: &Payload) -> SendOutcome {
-        SendOutcome::Misconfigured {
-            code: "not_implemented".to_owned(),
-            reason: "Web Push is not implemented yet".to_owned(),
+    async fn send(&self, app: &AppId, payload: &Payload) -> SendOutcome {
+        let Some(sender) = self.apps.get(app) else {
+            return SendOutcome::Misconfigured {
+                code: "webpush_not_configured".to_owned(),
+                reason: format!("application {app} has no [apps.{app}.webpush] section"),
+            };
+        };
+        let Payload::Webpush(request) = payload else {
+            return SendOutcome::Permanent {
+                code: "wrong_payload".to_owned(),
+                reason: "the Web Push provider was handed another provider's payload".to_owned(),
+                details: None,
+            };
+        };
+        let outcome = sender.send(app, request).await;
+        tracing::debug!(%app, ?outcome, "Web Push send");
+        outcome
+    }
+}
+
+impl AppSender {
+    async fn send(&self, app: &AppId, request: &WebPushRequest) -> SendOutcome {
+        let endpoint = match url::Url::parse(request.subscription.endpoint()) {
+            Ok(url) => url,
+            Err(error) => {
+                return permanent(
+                    "invalid_endpoint",
+                    format!("the subscription endpoint is not a URL: {error}"),
+                );
+            }
+        };
+        let host = endpoint.host_str().unwrap_or_default().to_owned();
+        if !self.allow_private
+            && let Some(ip) = literal_ip(&endpoint)
+            && !is_public_ip(ip)
+        {
+            return not_public(&host, ip);
         }
+        let body = match encrypt(request) {
+            Ok(body) => body,
+            Err(outcome) => return outcome,
+        };
+        let origin = endpoint.origin().ascii_serialization();
+        let authorization = match self.authorization(&origin) {
+            Ok(value) => value,
+            Err(reason) => {
+                return SendOutcome::Misconfigured {
+                    code: "vapid_signing".to_owned(),
+                    reason: format!("application {app}: {reason}"),
+                };
+            }
+        };
+        let mut builder = self
+            .client
+            .post(endpoint)
+            .header("TTL", request.ttl.to_string())
+            .header(CONTENT_ENCODING, "aes128gcm")
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .header("Urgency", request.urgency.as_str())
+            .header(AUTHORIZATION, authorization);
+        if let Some(topic) = &request.topic {
+            builder = builder.header("Topic", topic);
+        }
+        let response = match builder.body(body).send().await {
+            Ok(response) => response,
+            Err(error) => {
+                if let Some(refused) = find_not_public(&error) {
+                    return not_public(&refused.host, refused.ip);
+                }
+                return http::transport_failure(PROVIDER, &error);
+            }
+        };
+        outcome_of(app, &host, response).await
+    }
+
+    /// The `Authorization` header for an endpoint origin, from the cache while it is fresh.
+    fn authorization(&self, origin: &str) -> Result<HeaderValue, String> {
+        let now = SystemTime::now();
+        let mut tokens = self
+            .tokens
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fresh = |jwt: &CachedJwt| {
+            jwt.expires_at
+                .duration_since(now)
+                .is_ok_and(|left| left > JWT_RENEW_BEFORE)
+        };
+        let token = match tokens.get(origin).filter(|jwt| fresh(jwt)) {
+            Some(jwt) => jwt.token.clone(),
+            None => {
+                let jwt = self.sign(origin, now)?;
+                if tokens.len() >= JWT_CACHE_LIMIT {
+                    tokens.retain(|_, jwt| fresh(jwt));
+                }
+                if tokens.len() >= JWT_CACHE_LIMIT {
+                    tokens.clear();
+                }
+                tokens.insert(origin.to_owned(), jwt.clone());
+                jwt.token
+            }
+        };
+        let mut value = HeaderValue::from_str(&format!(
+            "vapid t={token}, k={}",
+            self.credentials.public_key
+        ))
+        .map_err(|_| "the VAPID authorization is not a valid header value".to_owned())?;
+        value.set_sensitive(true);
+        Ok(value)
+    }
+
+    fn sign(&self, origin: &str, now: SystemTime) -> Result<CachedJwt, String> {
+        let expires_at = now + JWT_LIFETIME;
+        let exp = expires_at
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| "the system clock is before 1970".to_owned())?
+            .as_secs();
+        let mut header = Header::new(Algorithm::ES256);
+        header.typ = Some("JWT".to_owned());
+        let claims = VapidClaims {
+            aud: origin,
+            exp,
+            sub: &self.credentials.subject,
+        };
+        let token = jsonwebtoken::encode(&header, &claims, &self.credentials.key)
+            .map_err(|error| format!("failed to sign the VAPID JWT: {error}"))?;
+        Ok(CachedJwt { token, expires_at })
+    }
+}
+
+/// The endpoint's host when it is an IP literal (which no resolver sees).
+fn literal_ip(endpoint: &url::Url) -> Option<IpAddr> {
+    match endpoint.host()? {
+        url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
+        url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
+        url::Host::Domain(_) => None,
+    }
+}
+
+/// Encrypts the plaintext for the subscription as one RFC 8291 `aes128gcm` record.
+fn encrypt(request: &WebPushRequest) -> Result<Vec<u8>, SendOutcome> {
+    let subscription = &request.subscription;
+    let invalid = |what: &str| {
+        permanent(
+            "invalid_subscription",
+            format!("the subscription's {what} is not usable"),
+        )
+    };
+    let p256dh = decode_base64url(subscription.p256dh()).ok_or_else(|| invalid("p256dh"))?;
+    let ua_public = web_push_native::p256::PublicKey::from_sec1_bytes(&p256dh)
+        .map_err(|_| invalid("p256dh (not a P-256 point)"))?;
+    let auth: [u8; 16] = decode_base64url(subscription.auth())
+        .and_then(|auth| auth.try_into().ok())
+        .ok_or_else(|| invalid("auth secret"))?;
+    let auth = web_push_native::Auth::from(auth);
+    web_push_native::encrypt(request.plaintext.clone(), &ua_public, &auth).map_err(|error| {
+        permanent(
+            "encryption",
+            format!("the payload could not be encrypted: {error:?}"),
+        )
+    })
+}
+
+fn decode_base64url(raw: &str) -> Option<Vec<u8>> {
+    if raw.ends_with('=') {
+        URL_SAFE.decode(raw).ok()
+    } else {
+        URL_SAFE_NO_PAD.decode(raw).ok()
+    }
+}
+
+async fn outcome_of(app: &AppId, host: &str, response: reqwest::Response) -> SendOutcome {
+    let status = response.status();
+    if status.is_success() {
+        let provider_id = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        return SendOutcome::Accepted {
+            provider_id,
+            details: None,
+        };
+    }
+    let retry_after = http::retry_after(response.headers(), SystemTime::now());
+    let said = match http::read_body(response).await {
+        Ok(body) => http::snippet(&body),
+        Err(_) => String::new(),
+    };
+    let answered = format!("the push service at {host} answered {status}{said}");
+    match status {
+        StatusCode::NOT_FOUND | StatusCode::GONE => SendOutcome::DeadToken {
+            code: if status == StatusCode::GONE {
+                "gone"
+            } else {
+                "not_found"
+            }
+            .to_owned(),
+            reason: format!("{answered}: the subscription has expired or was unsubscribed"),
+        },
+        StatusCode::PAYLOAD_TOO_LARGE => permanent(
+            "payload_too_large",
+            format!("{answered}: the encrypted payload is too large"),
+        ),
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SendOutcome::Misconfigured {
+            code: "vapid_rejected".to_owned(),
+            reason: format!(
+                "{answered}: it rejected the VAPID authorization; check \
+                 apps.{app}.webpush.vapid_private_key and subject, and that the subscription \
+                 was made with this application's public key"
+            ),
+        },
+        StatusCode::TOO_MANY_REQUESTS => SendOutcome::Transient {
+            code: "rate_limited".to_owned(),
+            reason: answered,
+            retry_after,
+        },
+        _ if status.is_server_error() => SendOutcome::Transient {
+            code: "server_error".to_owned(),
+            reason: answered,
+            retry_after,
+        },
+        StatusCode::BAD_REQUEST => permanent("bad_request", answered),
+        _ => permanent(&format!("http_{}", status.as_u16()), answered),
+    }
+}
+
+fn permanent(code: &str, reason: String) -> SendOutcome {
+    SendOutcome::Permanent {
+        code: code.to_owned(),
+        reason,
+        details: None,
+    }
+}
+
+fn not_public(host: &str, ip: IpAddr) -> SendOutcome {
+    permanent(
+        "endpoint_not_public",
+        format!(
+            "the Web Push endpoint host {host} is the non-public address {ip}; refused \
+             (webpush.allow_private_endpoints is off)"
+        ),
+    )
+}
+
+/// The resolver's refusal of a host with a non-public address.
+#[derive(Debug, thiserror::Error)]
+#[error("{host} resolves to the non-public address {ip}")]
+struct NotPublic {
+    host: String,
+    ip: IpAddr,
+}
+
+/// The resolver's refusal in a request error's chain, if it is there.
+fn find_not_public(error: &reqwest::Error) -> Option<&NotPublic> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(inner) = source {
+        if let Some(refused) = inner.downcast_ref::<NotPublic>() {
+            return Some(refused);
+        }
+        source = inner.source();
+    }
+    None
+}
+
+/// Resolves a host and refuses it when any of its addresses is not public. The HTTP client
+/// connects to exactly the addresses checked here, so a name that changes its answer between
+/// a check and the connection (DNS rebinding) cannot slip through.
+#[derive(Debug, Clone, Copy)]
+pub struct PublicOnlyResolver;
+
+impl PublicOnlyResolver {
+    /// The host's addresses, all public.
+    ///
+    /// # Errors
+    /// When the name does not resolve, or resolves to any non-public address.
+    pub async fn lookup(
+        host: &str,
+    ) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+        if addrs.is_empty() {
+            return Err(format!("{host} has no address").into());
+        }
+        if let Some(addr) = addrs.iter().find(|addr| !is_public_ip(addr.ip())) {
+            return Err(Box::new(NotPublic {
+                host: host.to_owned(),
+                ip: addr.ip(),
+            }));
+        }
+        Ok(addrs)
+    }
+}
+
+impl Resolve for PublicOnlyResolver {
+    fn resolve(&self, name: Name) -> Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs = Self::lookup(&host).await?;
+            let addrs: Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::config::Secret;
+
+    fn config(key: &str, subject: &str) -> WebPushConfig {
+        WebPushConfig {
+            vapid_private_key: Secret::Inline(key.to_owned()),
+            subject: subject.to_owned(),
+            allow_private_endpoints: false,
+            timeout_secs: None,
+        }
+    }
+
+    // RFC 8291 Appendix A's application server key.
+    const RAW_KEY: &str = "yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw";
+    const PUBLIC_KEY: &str =
+        "BP4z9KsN6nGRTbVYI_c7VJSPQTBtkgcy27mlmlMoZIIgDll6e3vCYLocInmYWAmS6TlzAC8wEqKK6PBru3jl7A8";
+
+    #[test]
+    fn a_raw_base64url_key_loads_and_gives_its_public_key() {
+        let credentials =
+            load_credentials("shop", &config(RAW_KEY, "mailto:ops@example.com")).unwrap();
+
+        assert_eq!(credentials.public_key(), PUBLIC_KEY);
+    }
+
+    #[test]
+    fn sec1_and_pkcs8_pems_load_to_the_same_public_key() {
+        use p256::pkcs8::LineEnding;
+        let secret = SecretKey::from_slice(&URL_SAFE_NO_PAD.decode(RAW_KEY).unwrap()).unwrap();
+        let sec1 = secret.to_sec1_pem(LineEnding::LF).unwrap();
+        let pkcs8 = secret.to_pkcs8_pem(LineEnding::LF).unwrap();
+
+        for pem in [sec1.as_str(), pkcs8.as_str()] {
+            let credentials =
+                load_credentials("shop", &config(pem, "https://example.com/contact")).unwrap();
+            assert_eq!(credentials.public_key(), PUBLIC_KEY);
+        }
+    }
+
+    #[test]
+    fn a_malformed_key_is_refused_naming_the_setting_but_not_the_key() {
+        for bad in ["not-a-key", "c2hvcnQ", "-----BEGIN CERTIFICATE-----\nabc\n"] {
+            let error = load_credentials("shop", &config(bad, "mailto:ops@example.com"))
+                .unwrap_err()
+                .to_string();
+
+            assert!(
+                error.contains("apps.shop.webpush.vapid_private_key"),
+                "{error}"
+            );
+            assert!(!error.contains(bad.trim()), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_subject_that_is_neither_mailto_nor_https_is_refused() {
+        for bad in [
+            "ops@example.com",
+            "http://example.com",
+            "mailto:",
+            "https://",
+        ] {
+            let error = load_credentials("shop", &config(RAW_KEY, bad))
+                .unwrap_err()
+                .to_string();
+
+            assert!(
+                error.contains("apps.shop.webpush.subject"),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_resolver_refuses_a_name_that_resolves_to_loopback() {
+        let error = PublicOnlyResolver::lookup("localhost").await.unwrap_err();
+
+        let refused = error
+            .downcast_ref::<NotPublic>()
+            .expect("a NotPublic error");
+        assert_eq!(refused.host, "localhost");
+        assert!(!is_public_ip(refused.ip));
+    }
+
+    #[test]
+    fn ip_literal_hosts_are_found_for_the_direct_check() {
+        let v4 = url::Url::parse("https://127.0.0.1:8443/push/1").unwrap();
+        let v6 = url::Url::parse("https://[::1]/push/1").unwrap();
+        let name = url::Url::parse("https://push.example.com/push/1").unwrap();
+
+        assert_eq!(literal_ip(&v4), Some(IpAddr::from([127, 0, 0, 1])));
+        assert_eq!(literal_ip(&v6), Some("::1".parse().unwrap()));
+        assert_eq!(literal_ip(&name), None);
+    }
+
+    #[test]
+    fn a_cached_jwt_is_reused_per_origin_until_close_to_its_expiry() {
+        let sender = AppSender {
+            credentials: load_credentials("shop", &config(RAW_KEY, "mailto:ops@example.com"))
+                .unwrap(),
+            allow_private: false,
+            client: reqwest::Client::new(),
+            tokens: Mutex::new(HashMap::new()),
+        };
+
+        let first = sender.authorization("https://push.example.com").unwrap();
+        let again = sender.authorization("https://push.example.com").unwrap();
+        let other = sender
+            .authorization("https://push.example.com:8443")
+            .unwrap();
+        sender
+            .tokens
+            .lock()
+            .unwrap()
+            .get_mut("https://push.example.com")
+            .unwrap()
+            .expires_at = SystemTime::now() + Duration::from_secs(600);
+        let renewed = sender.authorization("https://push.example.com").unwrap();
+
+        assert_eq!(first, again);
+        assert_ne!(first, other);
+        assert_ne!(first, renewed);
     }
 }

@@ -80,6 +80,19 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
+    /// Checks that the database answers (`SELECT 1`). The schema is migrated at connect, so a
+    /// store that answers has its migrations applied.
+    ///
+    /// # Errors
+    /// When no connection can be had or the query fails.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .context("the SQLite database does not answer")?;
+        Ok(())
+    }
+
     /// The connection pool, for tests and maintenance.
     #[must_use]
     pub fn pool(&self) -> &SqlitePool {
@@ -112,18 +125,6 @@ impl SqliteStore {
             counts.insert(name, count);
         }
         Ok(counts)
-    }
-
-    /// Checks that the database answers (for readiness probes).
-    ///
-    /// # Errors
-    /// When no connection can be had or the query fails.
-    pub async fn ping(&self) -> anyhow::Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.pool)
-            .await
-            .context("the SQLite database does not answer")?;
-        Ok(())
     }
 }
 

@@ -43,6 +43,8 @@ pub async fn runtime_with(customise: impl FnOnce(&mut Config)) -> (Runtime, Temp
         },
         ..Config::default()
     };
+    // Tests send bursts with one key; the rate limit's own tests turn it back on.
+    config.http.rate_limit_per_second = 0;
     customise(&mut config);
     let runtime = wiring::build(config, "test-worker")
         .await
@@ -130,6 +132,7 @@ pub struct Reply {
     pub status: u16,
     pub content_type: String,
     pub www_authenticate: Option<String>,
+    pub headers: reqwest::header::HeaderMap,
     pub body: String,
 }
 
@@ -226,11 +229,13 @@ async fn read(response: reqwest::Response) -> Reply {
     };
     let content_type = header("content-type").unwrap_or_default();
     let www_authenticate = header("www-authenticate");
+    let headers = response.headers().clone();
     let body = response.text().await.expect("a body");
     Reply {
         status,
         content_type,
         www_authenticate,
+        headers,
         body,
     }
 }

@@ -11,5 +11,7 @@ mod keys;
 mod matrix;
 mod messages;
 mod openapi;
+mod ops;
+mod process;
 mod templates;
 mod worker;
