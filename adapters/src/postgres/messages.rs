@@ -38,6 +38,14 @@ const CLAIM: &str = "UPDATE messages SET lease_owner = $2, lease_until = $3 WHER
     ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
     RETURNING id";
 
+/// Saves a message's progress and releases its lease: for a worker (`$10` its id) only while
+/// it holds the lease, for an operator (`$10` NULL) only while no lease runs at `$8`.
+const SAVE_PROGRESS: &str = "UPDATE messages SET state = $1, error = $2, \
+    number_of_send_attempts = $3, next_attempt_at = $4, sent_at = $5, queued_at = $6, \
+    extra_sender_data = $7::jsonb, changed_at = $8, lease_owner = NULL, lease_until = NULL \
+    WHERE id = $9 AND CASE WHEN $10::text IS NOT NULL THEN lease_owner = $10 \
+        ELSE (lease_owner IS NULL OR lease_until <= $8) END";
+
 impl PgStore {
     /// Loads the messages with the given ids, each with its related objects and deliveries,
     /// in three queries (deliveries only when `with_deliveries`). The result follows `ids`'
@@ -426,22 +434,25 @@ impl MessageStore for PgStore {
     }
 
     async fn delivery_tally(&self, message: MessageId) -> Result<DeliveryTally, StoreError> {
-        let counts: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT state, COUNT(*), COUNT(error_code) FROM deliveries WHERE message_id = $1 \
-             GROUP BY state",
+        // One round trip: the counts by state, each row carrying the first error.
+        let rows: Vec<(String, i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT d.state, COUNT(*), COUNT(d.error_code), f.error_code, f.error_text \
+             FROM deliveries d LEFT JOIN LATERAL (SELECT error_code, error_text \
+                 FROM deliveries WHERE message_id = $1 AND error_code IS NOT NULL \
+                 ORDER BY id LIMIT 1) f ON TRUE \
+             WHERE d.message_id = $1 GROUP BY d.state, f.error_code, f.error_text",
         )
         .bind(message.0)
         .fetch_all(&self.pool)
         .await
         .map_err(db_error("failed to count deliveries"))?;
-        let first: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT error_code, error_text FROM deliveries WHERE message_id = $1 \
-             AND error_code IS NOT NULL ORDER BY id LIMIT 1",
-        )
-        .bind(message.0)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error("failed to read a delivery error"))?;
+        let first = rows
+            .first()
+            .and_then(|row| row.3.clone().map(|code| (code, row.4.clone())));
+        let counts = rows
+            .into_iter()
+            .map(|(state, count, errors, _, _)| (state, count, errors))
+            .collect();
         crate::sqlite::tally_from(counts, first)
     }
 
@@ -494,31 +505,35 @@ impl MessageStore for PgStore {
         lease: Option<&'a Lease>,
     ) -> Result<bool, StoreError> {
         let progress = message.progress();
+        let update = sqlx::query(SAVE_PROGRESS)
+            .bind(progress.state.as_str())
+            .bind(progress.error.clone())
+            .bind(i64::from(progress.number_of_send_attempts))
+            .bind(opt_ms(progress.next_attempt_at))
+            .bind(opt_ms(progress.sent_at))
+            .bind(ms(progress.queued_at))
+            .bind(opt_json_text(message.extra_sender_data.as_ref())?)
+            .bind(ms(message.changed_at))
+            .bind(message.id.0)
+            .bind(lease.map(|l| l.owner.clone()));
+        // A worker's message has no deliveries loaded (they were recorded one by one): one
+        // statement then, without a transaction's extra round trips.
+        if message.deliveries.is_empty() {
+            let done = update
+                .execute(&self.pool)
+                .await
+                .map_err(db_error("failed to save a message's progress"))?;
+            return Ok(done.rows_affected() > 0);
+        }
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(db_error("failed to begin a transaction"))?;
-        let done = sqlx::query(
-            "UPDATE messages SET state = $1, error = $2, number_of_send_attempts = $3, \
-             next_attempt_at = $4, sent_at = $5, queued_at = $6, extra_sender_data = $7::jsonb, \
-             changed_at = $8, lease_owner = NULL, lease_until = NULL WHERE id = $9 \
-             AND CASE WHEN $10::text IS NOT NULL THEN lease_owner = $10 \
-                 ELSE (lease_owner IS NULL OR lease_until <= $8) END",
-        )
-        .bind(progress.state.as_str())
-        .bind(progress.error.clone())
-        .bind(i64::from(progress.number_of_send_attempts))
-        .bind(opt_ms(progress.next_attempt_at))
-        .bind(opt_ms(progress.sent_at))
-        .bind(ms(progress.queued_at))
-        .bind(opt_json_text(message.extra_sender_data.as_ref())?)
-        .bind(ms(message.changed_at))
-        .bind(message.id.0)
-        .bind(lease.map(|l| l.owner.clone()))
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error("failed to save a message's progress"))?;
+        let done = update
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("failed to save a message's progress"))?;
         if done.rows_affected() == 0 {
             return Ok(false);
         }
