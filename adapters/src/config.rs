@@ -197,11 +197,13 @@ pub struct WorkerConfig {
     pub poll_interval_secs: u64,
     /// The most messages one batch takes.
     pub batch_size: u32,
-    /// How long a claim on a message lasts before another worker may take it over.
+    /// How long a claim on a message lasts before another worker may take it over. The worker
+    /// renews it once half has passed while it sends.
     pub lease_secs: u64,
-    /// How many claimed messages are worked on at once.
+    /// How many claimed messages a worker sends at once.
     pub message_concurrency: usize,
-    /// How many deliveries of one message are sent at once.
+    /// How many deliveries of one message a worker sends at once. A worker has at most
+    /// `message_concurrency × delivery_concurrency` requests in flight.
     pub delivery_concurrency: usize,
 }
 

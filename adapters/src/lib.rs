@@ -14,3 +14,4 @@ mod rows;
 pub mod sqlite;
 pub mod store;
 pub mod wiring;
+pub mod worker;

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use clarion_domain::ids::{AppId, MessageId, RelatedObject, Slug};
-use clarion_domain::message::{Channel, Delivery, Message, SendOutcome};
+use clarion_domain::ids::{AppId, DeliveryId, MessageId, RelatedObject, Slug};
+use clarion_domain::message::{Channel, Delivery, DeliveryTally, GiveUp, Message, SendOutcome};
 use clarion_domain::payload::Payload;
 use clarion_domain::ports::{
     Lease, MessageFilter, MessageStore, NewMessage, PushProvider, StoreError,
@@ -106,10 +106,54 @@ impl<S: MessageStore + ?Sized> MessageStore for InstrumentedMessages<S> {
         Ok(())
     }
 
-    async fn save_progress(&self, message: &Message) -> Result<(), StoreError> {
-        self.inner.save_progress(message).await?;
-        count_message(message);
-        Ok(())
+    async fn renew_lease(
+        &self,
+        ids: &[MessageId],
+        lease: &Lease,
+    ) -> Result<Vec<MessageId>, StoreError> {
+        self.inner.renew_lease(ids, lease).await
+    }
+
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        self.inner.release_leases(owner).await
+    }
+
+    async fn due_deliveries(
+        &self,
+        message: MessageId,
+        after: Option<DeliveryId>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        self.inner.due_deliveries(message, after, limit).await
+    }
+
+    async fn delivery_tally(&self, message: MessageId) -> Result<DeliveryTally, StoreError> {
+        self.inner.delivery_tally(message).await
+    }
+
+    async fn give_up_due_deliveries(
+        &self,
+        message: MessageId,
+        lease: &Lease,
+        give_up: &GiveUp,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .give_up_due_deliveries(message, lease, give_up, now)
+            .await
+    }
+
+    async fn save_progress<'a>(
+        &self,
+        message: &Message,
+        lease: Option<&'a Lease>,
+    ) -> Result<bool, StoreError> {
+        let saved = self.inner.save_progress(message, lease).await?;
+        // A refused save changed nothing, so it counts nothing.
+        if saved {
+            count_message(message);
+        }
+        Ok(saved)
     }
 
     async fn find_template_message(

@@ -53,8 +53,8 @@ pub async fn build(config: Config, worker_id: &str) -> anyhow::Result<Runtime> {
         worker_id: worker_id.to_owned(),
         lease: Duration::from_secs(config.worker.lease_secs),
         claim_size: config.worker.batch_size,
-        message_concurrency: config.worker.message_concurrency,
-        delivery_concurrency: config.worker.delivery_concurrency,
+        message_concurrency: config.worker.message_concurrency.max(1),
+        delivery_concurrency: config.worker.delivery_concurrency.max(1),
         ..ServiceSettings::default()
     };
     let service = PushService::new(
@@ -92,6 +92,25 @@ async fn connect(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
             Arc::new(PgStore::connect_with(url, &settings).await?)
         }
     })
+}
+
+/// An id for this process in message leases, unique per process: the host name, the process id
+/// and a random suffix (a process id alone repeats across hosts and after restarts, and a lease
+/// is checked by its owner's id). `role` says which program it is.
+#[must_use]
+pub fn worker_id(role: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    let mut bytes = [0u8; 4];
+    // Without randomness the host and pid still tell processes apart on one machine.
+    let _ = getrandom::fill(&mut bytes);
+    let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{host}:{role}:{}:{suffix}", std::process::id())
 }
 
 #[cfg(test)]

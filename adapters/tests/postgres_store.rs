@@ -27,7 +27,9 @@ use clarion_domain::app::SenderKind;
 use clarion_domain::device::DeviceFilter;
 use clarion_domain::ids::{AppId, MessageId, UserId};
 use clarion_domain::message::{Content, Message, MessageSpec, Priority, PushOptions, Target};
-use clarion_domain::ports::{DeviceStore, Lease, MessageStore, NewMessage, StoreError};
+use clarion_domain::ports::{
+    DeviceStore, Lease, MessageStore, NewDeliveries, NewMessage, StoreError,
+};
 use clarion_domain::service::RegisterDevice;
 use clarion_domain::token::Platform;
 use sqlx::{ConnectOptions as _, Connection as _, PgConnection};
@@ -213,7 +215,7 @@ fn to_alice(now: OffsetDateTime) -> NewMessage {
         },
         sender: SenderKind::Direct,
         progress: Message::initial_progress(now),
-        deliveries: Vec::new(),
+        deliveries: NewDeliveries::Listed(Vec::new()),
         lease: None,
         now,
     }

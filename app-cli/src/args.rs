@@ -337,9 +337,19 @@ pub struct ListMessagesArgs {
 
 #[derive(Debug, Args)]
 pub struct BatchArgs {
-    /// Process at most this many messages (default: every message due now).
+    /// Process at most this many messages (default: every message due now). With --watch, the
+    /// most messages one batch takes (default: worker.batch_size).
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
+    /// Keep going: process batches and poll for new work until Ctrl-C or SIGTERM, then finish
+    /// the batch under way and release the leases still held. The server's worker does the
+    /// same.
+    #[arg(long)]
+    pub watch: bool,
+    /// With --watch, the wait between polls when there is nothing to do (default:
+    /// worker.poll_interval_secs).
+    #[arg(long, value_name = "SECONDS", requires = "watch")]
+    pub poll_interval: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -87,6 +87,8 @@ impl From<MessageError> for CliError {
                 CliError::input(&error)
             }
             MessageError::NotFound(_) => CliError::not_found(&error),
+            // Busy is temporary: a failure (1) a script may retry, not bad input.
+            MessageError::Busy(_) => CliError::Failure(anyhow::Error::new(error)),
             MessageError::Store(e) => e.into(),
         }
     }

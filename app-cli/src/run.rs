@@ -6,6 +6,7 @@ use std::io::IsTerminal as _;
 use clarion_adapters::config::Config;
 use clarion_adapters::keys::generate_secret;
 use clarion_adapters::wiring::{self, Runtime};
+use clarion_adapters::worker::WorkerSettings;
 use clarion_domain::auth::ApiKeyId;
 use clarion_domain::device::DeviceFilter;
 use clarion_domain::ids::{AppId, DeviceId, MessageId};
@@ -58,8 +59,7 @@ struct Out {
 
 /// Builds the adapters and the service from the configuration.
 async fn runtime(config: Config) -> Result<Runtime, CliError> {
-    let worker_id = format!("clarion-cli-{}", std::process::id());
-    Ok(wiring::build(config, &worker_id).await?)
+    Ok(wiring::build(config, &wiring::worker_id("cli")).await?)
 }
 
 /// The runtime, after checking that the application named by `--app` is configured.
@@ -526,6 +526,9 @@ async fn keys(out: &Out, config: Config, command: KeysCommand) -> Result<(), Cli
 // ----- batch -----
 
 async fn batch(out: &Out, config: Config, args: BatchArgs) -> Result<(), CliError> {
+    if args.watch {
+        return watch(config, &args).await;
+    }
     let runtime = runtime(config).await?;
     let service = &runtime.service;
     let backlog = service.backlog().await?;
@@ -548,10 +551,68 @@ async fn batch(out: &Out, config: Config, args: BatchArgs) -> Result<(), CliErro
     if out.json {
         output::json(&report)
     } else {
+        let lost = if report.lost > 0 {
+            format!(", taken over by another worker {}", report.lost)
+        } else {
+            String::new()
+        };
         output::line(&format!(
-            "processed {}: sent {}, debug {}, retrying {}, failed {}",
+            "processed {}: sent {}, debug {}, retrying {}, failed {}{lost}",
             report.processed, report.sent, report.debug, report.retrying, report.failed
         ));
         Ok(())
+    }
+}
+
+/// `clarion batch --watch`: the server's worker loop without the server, until Ctrl-C or
+/// SIGTERM.
+async fn watch(config: Config, args: &BatchArgs) -> Result<(), CliError> {
+    let mut settings = WorkerSettings::from_config(&config.worker);
+    if let Some(limit) = args.limit {
+        settings.batch_size = u32::try_from(limit.max(1)).unwrap_or(u32::MAX);
+    }
+    if let Some(seconds) = args.poll_interval {
+        settings.poll_interval = std::time::Duration::from_secs(seconds);
+    }
+    let runtime = runtime(config).await?;
+    tracing::info!(
+        worker_id = runtime.service.worker_id(),
+        "clarion batch --watch started"
+    );
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let worker = tokio::spawn(clarion_adapters::worker::run(
+        runtime.service.clone(),
+        settings,
+        stopped,
+    ));
+    shutdown_signal().await;
+    tracing::info!("stopping: the batch under way finishes, then the leases are released");
+    let _ = stop.send(true);
+    worker
+        .await
+        .map_err(|e| CliError::Failure(anyhow::anyhow!("the worker task failed: {e}")))
+}
+
+/// Completes on Ctrl-C or, on Unix, SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
     }
 }

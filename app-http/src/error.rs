@@ -299,6 +299,7 @@ impl From<MessageError> for ApiError {
             MessageError::UnknownApplication(e) => ApiError::NotFound(e.to_string()),
             MessageError::NotFound(id) => ApiError::NotFound(format!("message {id} not found")),
             MessageError::Illegal(e) => ApiError::Conflict(e.to_string()),
+            MessageError::Busy(_) => ApiError::Conflict(error.to_string()),
             MessageError::Store(e) => e.into(),
         }
     }

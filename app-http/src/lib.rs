@@ -10,7 +10,6 @@ mod ops;
 mod ratelimit;
 mod routes;
 mod telemetry;
-mod worker;
 
 use std::future::{Future, IntoFuture as _};
 use std::io::Write as _;
@@ -30,7 +29,7 @@ use tokio::sync::{oneshot, watch};
 use crate::ratelimit::RateLimiter;
 
 pub use crate::routes::openapi;
-pub use crate::worker::WorkerSettings;
+pub use clarion_adapters::worker::WorkerSettings;
 
 /// The server, bound to its port and ready to run.
 #[derive(Debug)]
@@ -39,6 +38,8 @@ pub struct Application {
     address: SocketAddr,
     router: Router,
     worker: Option<(clarion_domain::service::PushService, WorkerSettings)>,
+    /// The service whose worker id this process's leases carry (the worker's and `now` sends').
+    leases: PushService,
     /// How long a stop waits for the open requests and the worker's batch.
     grace: Duration,
 }
@@ -96,6 +97,7 @@ impl Application {
         Ok(Application {
             listener,
             address,
+            leases: service.clone(),
             router: routes::router(
                 routes::AppState {
                     service,
@@ -155,11 +157,12 @@ impl Application {
         F: Future<Output = ()> + Send + 'static,
     {
         let grace = self.grace;
+        let leases = self.leases;
         let (stop, stopped) = watch::channel(false);
         let (signalled, on_signal) = oneshot::channel::<()>();
-        let mut worker = self
-            .worker
-            .map(|(service, settings)| tokio::spawn(worker::run(service, settings, stopped)));
+        let mut worker = self.worker.map(|(service, settings)| {
+            tokio::spawn(clarion_adapters::worker::run(service, settings, stopped))
+        });
         let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
             shutdown.await;
             tracing::info!(
@@ -196,12 +199,19 @@ impl Application {
                 grace_secs = grace.as_secs(),
                 "the grace period is over: stopping with requests or a batch unfinished"
             );
-            // TODO(lead): release the leases of the messages this process still holds (the
-            // aborted batch, unfinished `now` sends), so that another worker takes them at
-            // once instead of when the leases expire.
             server.abort();
             if let Some(worker) = &worker {
                 worker.abort();
+            }
+            // Release the leases this process still holds (the aborted batch, unfinished
+            // `now` sends), so that another worker takes those messages at once instead of
+            // when the leases expire.
+            match leases.release_leases().await {
+                Ok(released) => tracing::info!(released, "released this process's leases"),
+                Err(error) => tracing::error!(
+                    error = format!("{error:#}"),
+                    "could not release this process's leases; they expire by themselves"
+                ),
             }
             tracing::info!("clarion-server stopped");
             return Ok(());

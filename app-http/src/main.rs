@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let config = Config::load(args.config.as_deref())?;
-    let runtime = wiring::build(config, &worker_id()).await?;
+    let runtime = wiring::build(config, &wiring::worker_id("server")).await?;
     let application = Application::build(runtime).await?;
     application.run_until_stopped().await
 }
@@ -46,15 +46,4 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-}
-
-/// This process in message leases: host name and process id.
-fn worker_id() -> String {
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|name| name.trim().to_owned())
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| "clarion-server".to_owned());
-    format!("{host}:{}", std::process::id())
 }

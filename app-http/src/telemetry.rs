@@ -20,8 +20,7 @@ pub(crate) const HTTP_REQUESTS_TOTAL: &str = "clarion_http_requests_total";
 pub(crate) const HTTP_REQUEST_DURATION: &str = "clarion_http_request_duration_seconds";
 /// Gauge: messages due now (WAITING, or ERROR_RETRY whose time has come), read at scrape time.
 pub(crate) const DUE_MESSAGES: &str = "clarion_due_messages";
-/// Gauge: 1 while this process's worker runs a batch, 0 otherwise.
-pub(crate) const BUSY_WORKERS: &str = "clarion_busy_workers";
+pub(crate) use clarion_adapters::worker::BUSY_WORKERS;
 /// The route label of a request that matched no route.
 const UNMATCHED: &str = "unmatched";
 

@@ -540,13 +540,112 @@ impl Delivery {
         if self.state.is_due() {
             self.state = DeliveryState::Failed;
             self.error_code = Some(code.to_owned());
-            self.error_text = Some(match &self.error_text {
-                Some(last) => format!("{reason} (last error: {last})"),
-                None => reason.to_owned(),
-            });
+            let give_up = GiveUp {
+                code: code.to_owned(),
+                reason: reason.to_owned(),
+            };
+            self.error_text = Some(give_up.text(self.error_text.as_deref()));
             self.updated_at = now;
         }
     }
+}
+
+/// Counts of a message's deliveries by state, and its first error: what concluding an attempt
+/// needs, without holding every delivery (a broadcast may have a hundred thousand). The store
+/// computes it for a message whose deliveries are paged; [`DeliveryTally::of`] for loaded ones.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeliveryTally {
+    pub total: u64,
+    pub accepted: u64,
+    pub debug: u64,
+    /// Pending or retrying: still to be sent.
+    pub due: u64,
+    pub failed: u64,
+    pub dead_tokens: u64,
+    /// Deliveries with an error code.
+    pub errors: u64,
+    /// The error code and text of the delivery with the lowest id that has an error code.
+    pub first_error: Option<(String, Option<String>)>,
+}
+
+impl DeliveryTally {
+    /// The tally of loaded deliveries.
+    #[must_use]
+    pub fn of(deliveries: &[Delivery]) -> Self {
+        let mut tally = DeliveryTally::default();
+        let mut sorted: Vec<&Delivery> = deliveries.iter().collect();
+        sorted.sort_by_key(|d| d.id);
+        for d in sorted {
+            tally.count(d.state, d.error_code.as_deref(), d.error_text.as_deref(), 1);
+        }
+        tally
+    }
+
+    /// Adds `n` deliveries in `state`; the first error seen is kept, so callers add in id
+    /// order.
+    pub fn count(&mut self, state: DeliveryState, code: Option<&str>, text: Option<&str>, n: u64) {
+        self.total += n;
+        match state {
+            DeliveryState::Accepted => self.accepted += n,
+            DeliveryState::Debug => self.debug += n,
+            DeliveryState::Pending | DeliveryState::Retrying => self.due += n,
+            DeliveryState::Failed => self.failed += n,
+            DeliveryState::DeadToken => self.dead_tokens += n,
+        }
+        if let Some(code) = code {
+            self.errors += n;
+            if self.first_error.is_none() {
+                self.first_error = Some((code.to_owned(), text.map(ToOwned::to_owned)));
+            }
+        }
+    }
+
+    fn any_accepted(&self) -> bool {
+        self.accepted + self.debug > 0
+    }
+
+    /// One line that sums up the deliveries' errors, such as `2 of 3 deliveries failed: ...`.
+    fn summary(&self) -> Option<String> {
+        let (code, text) = self.first_error.as_ref()?;
+        let detail = match text {
+            Some(text) => format!("{code}: {text}"),
+            None => code.clone(),
+        };
+        Some(format!(
+            "{} of {} deliveries failed; first: {detail}",
+            self.errors, self.total
+        ))
+    }
+}
+
+/// Deliveries still due that an attempt gives up: they become failed with this code, and their
+/// last error is kept in the text (see [`GiveUp::text`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GiveUp {
+    pub code: String,
+    pub reason: String,
+}
+
+impl GiveUp {
+    /// The error text a given-up delivery gets, from its last error text.
+    #[must_use]
+    pub fn text(&self, last: Option<&str>) -> String {
+        match last {
+            Some(last) => format!("{} (last error: {last})", self.reason),
+            None => self.reason.clone(),
+        }
+    }
+}
+
+/// How an attempt ends, from [`Message::finish_attempt_tallied`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptEnd {
+    /// The message's new state is set: save it.
+    Done(AttemptSummary),
+    /// The attempts are counted, but the deliveries still due must first be given up (in the
+    /// store, for paged deliveries); then [`Message::conclude_tallied`] with a fresh tally sets
+    /// the state.
+    GiveUp(AttemptSummary, GiveUp),
 }
 
 /// The parts of a message that only the state machine changes.
@@ -718,7 +817,18 @@ impl Message {
     /// # Errors
     /// [`IllegalTransition`] when the message is not WAITING or ERROR_RETRY.
     pub fn expire(&mut self, now: OffsetDateTime) -> Result<(), IllegalTransition> {
-        self.conclude_without_retry("expired", "message is older than max_age", now)
+        if !matches!(
+            self.progress.state,
+            MessageState::Waiting | MessageState::ErrorRetry
+        ) {
+            return Err(IllegalTransition {
+                from: self.progress.state,
+                to: MessageState::Error,
+            });
+        }
+        self.give_up_due(&Message::expiry(), now);
+        let tally = DeliveryTally::of(&self.deliveries);
+        self.expire_tallied(&tally, now)
     }
 
     /// An operator's cancel of a WAITING message.
@@ -769,7 +879,8 @@ impl Message {
     }
 
     /// Concludes an attempt once every due delivery's outcome is recorded: counts the attempt and
-    /// moves the message to DEBUG, SENT, ERROR_RETRY or ERROR as DESIGN.md says.
+    /// moves the message to DEBUG, SENT, ERROR_RETRY or ERROR as DESIGN.md says. For a message
+    /// whose deliveries are all loaded.
     ///
     /// # Errors
     /// [`IllegalTransition`] when the message was not WAITING or ERROR_RETRY.
@@ -779,6 +890,30 @@ impl Message {
         retry_after: Option<Duration>,
         now: OffsetDateTime,
     ) -> Result<AttemptSummary, IllegalTransition> {
+        let tally = DeliveryTally::of(&self.deliveries);
+        match self.finish_attempt_tallied(policy, retry_after, &tally, now)? {
+            AttemptEnd::Done(summary) => Ok(summary),
+            AttemptEnd::GiveUp(summary, give_up) => {
+                self.give_up_due(&give_up, now);
+                let tally = DeliveryTally::of(&self.deliveries);
+                self.conclude_tallied(&tally, now)?;
+                Ok(summary)
+            }
+        }
+    }
+
+    /// [`Message::finish_attempt`] from a tally of the deliveries, for a message whose
+    /// deliveries are paged rather than loaded.
+    ///
+    /// # Errors
+    /// [`IllegalTransition`] when the message was not WAITING or ERROR_RETRY; nothing changes.
+    pub fn finish_attempt_tallied(
+        &mut self,
+        policy: &RetryPolicy,
+        retry_after: Option<Duration>,
+        tally: &DeliveryTally,
+        now: OffsetDateTime,
+    ) -> Result<AttemptEnd, IllegalTransition> {
         let from = self.progress.state;
         if !matches!(from, MessageState::Waiting | MessageState::ErrorRetry) {
             return Err(IllegalTransition {
@@ -789,47 +924,86 @@ impl Message {
         self.progress.number_of_send_attempts =
             self.progress.number_of_send_attempts.saturating_add(1);
         let attempts = self.progress.number_of_send_attempts;
-        let count = |state| self.deliveries.iter().filter(|d| d.state == state).count();
+        let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         let summary = AttemptSummary {
-            accepted: count(DeliveryState::Accepted) + count(DeliveryState::Debug),
-            failed: count(DeliveryState::Failed),
-            retrying: count(DeliveryState::Retrying) + count(DeliveryState::Pending),
-            dead_tokens: count(DeliveryState::DeadToken),
+            accepted: as_usize(tally.accepted + tally.debug),
+            failed: as_usize(tally.failed),
+            retrying: as_usize(tally.due),
+            dead_tokens: as_usize(tally.dead_tokens),
         };
 
-        if count(DeliveryState::Debug) > 0 && from == MessageState::Waiting {
+        if tally.debug > 0 && from == MessageState::Waiting {
             self.transition(MessageState::Debug, None, now)?;
-            return Ok(summary);
+            return Ok(AttemptEnd::Done(summary));
         }
-        if summary.retrying > 0 {
+        if tally.due > 0 {
             let can_retry = self.spec.retry_sending
                 && policy.attempts_left(attempts)
                 && !self.is_expired(policy, now);
             if can_retry {
                 let jitter = jitter_for(self.id.0, attempts);
                 let wait = policy.delay(attempts, jitter, retry_after);
-                let error = self.summarise_errors();
-                self.transition(MessageState::ErrorRetry, error, now)?;
+                self.transition(MessageState::ErrorRetry, tally.summary(), now)?;
                 self.progress.next_attempt_at = Some(now + wait);
-                return Ok(summary);
+                return Ok(AttemptEnd::Done(summary));
             }
             let reason = if self.spec.retry_sending {
                 format!("gave up after {attempts} attempts")
             } else {
                 "retry_sending is off".to_owned()
             };
-            for d in &mut self.deliveries {
-                d.give_up("retries_exhausted", &reason, now);
-            }
+            let give_up = GiveUp {
+                code: "retries_exhausted".to_owned(),
+                reason,
+            };
+            return Ok(AttemptEnd::GiveUp(summary, give_up));
         }
-        self.conclude(now)?;
-        Ok(summary)
+        self.conclude_tallied(tally, now)?;
+        Ok(AttemptEnd::Done(summary))
     }
 
-    fn conclude_without_retry(
+    /// SENT when any delivery was accepted (the failures stay on the deliveries), else ERROR,
+    /// from a tally taken after every due delivery was given up.
+    ///
+    /// # Errors
+    /// [`IllegalTransition`] when the message is not WAITING or ERROR_RETRY.
+    pub fn conclude_tallied(
         &mut self,
-        code: &str,
-        reason: &str,
+        tally: &DeliveryTally,
+        now: OffsetDateTime,
+    ) -> Result<(), IllegalTransition> {
+        let error = tally.summary();
+        if tally.any_accepted() {
+            return self.transition(MessageState::Sent, error, now);
+        }
+        let error = error.or_else(|| Some("no delivery could be made".to_owned()));
+        self.transition(MessageState::Error, error, now)
+    }
+
+    /// Gives up the loaded deliveries that are still due.
+    pub fn give_up_due(&mut self, give_up: &GiveUp, now: OffsetDateTime) {
+        for d in &mut self.deliveries {
+            d.give_up(&give_up.code, &give_up.reason, now);
+        }
+    }
+
+    /// What [`Message::expire`] does to the deliveries still due.
+    #[must_use]
+    pub fn expiry() -> GiveUp {
+        GiveUp {
+            code: "expired".to_owned(),
+            reason: "message is older than max_age".to_owned(),
+        }
+    }
+
+    /// [`Message::expire`] for a message whose due deliveries were given up in the store with
+    /// [`Message::expiry`]; `tally` is taken after that.
+    ///
+    /// # Errors
+    /// [`IllegalTransition`] when the message is not WAITING or ERROR_RETRY.
+    pub fn expire_tallied(
+        &mut self,
+        tally: &DeliveryTally,
         now: OffsetDateTime,
     ) -> Result<(), IllegalTransition> {
         let from = self.progress.state;
@@ -839,49 +1013,11 @@ impl Message {
                 to: MessageState::Error,
             });
         }
-        for d in &mut self.deliveries {
-            d.give_up(code, reason, now);
+        let reason = Message::expiry().reason;
+        if tally.any_accepted() {
+            return self.transition(MessageState::Sent, Some(reason), now);
         }
-        if self.any_accepted() {
-            return self.transition(MessageState::Sent, Some(reason.to_owned()), now);
-        }
-        self.transition(MessageState::Error, Some(reason.to_owned()), now)
-    }
-
-    /// SENT when any delivery was accepted (the failures stay on the deliveries), else ERROR.
-    fn conclude(&mut self, now: OffsetDateTime) -> Result<(), IllegalTransition> {
-        let error = self.summarise_errors();
-        if self.any_accepted() {
-            return self.transition(MessageState::Sent, error, now);
-        }
-        let error = error.or_else(|| Some("no delivery could be made".to_owned()));
-        self.transition(MessageState::Error, error, now)
-    }
-
-    fn any_accepted(&self) -> bool {
-        self.deliveries
-            .iter()
-            .any(|d| matches!(d.state, DeliveryState::Accepted | DeliveryState::Debug))
-    }
-
-    /// One line that sums up the deliveries' errors, such as `2 of 3 deliveries failed: ...`.
-    fn summarise_errors(&self) -> Option<String> {
-        let failed: Vec<&Delivery> = self
-            .deliveries
-            .iter()
-            .filter(|d| d.error_code.is_some())
-            .collect();
-        let first = failed.first()?;
-        let detail = match (&first.error_code, &first.error_text) {
-            (Some(code), Some(text)) => format!("{code}: {text}"),
-            (Some(code), None) => code.clone(),
-            _ => String::new(),
-        };
-        Some(format!(
-            "{} of {} deliveries failed; first: {detail}",
-            failed.len(),
-            self.deliveries.len()
-        ))
+        self.transition(MessageState::Error, Some(reason), now)
     }
 }
 

@@ -13,9 +13,11 @@ use time::OffsetDateTime;
 use crate::app::SenderKind;
 use crate::auth::{ApiKey, ApiKeyId, KeyHash, NewApiKey};
 use crate::device::{Device, DeviceFilter, DeviceUpdate, NewDevice, Registration};
-use crate::ids::{AppId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
+use crate::ids::{AppId, DeliveryId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use crate::message::SendOutcome;
-use crate::message::{Channel, Delivery, Message, MessageSpec, MessageState, Progress};
+use crate::message::{
+    Channel, Delivery, DeliveryTally, GiveUp, Message, MessageSpec, MessageState, Progress,
+};
 use crate::payload::Payload;
 use crate::template::{Template, TemplateSpec};
 use crate::token::Platform;
@@ -34,7 +36,9 @@ pub enum StoreError {
     Unknown(#[from] anyhow::Error),
 }
 
-/// A claim on a message held by one worker until `until`.
+/// A claim on a message held by one worker until `until`. A lease is held until its owner
+/// releases it or another worker claims the message after `until`: an owner whose lease expired
+/// but was not taken over may still save.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub owner: String,
@@ -47,12 +51,27 @@ pub struct NewMessage {
     pub spec: MessageSpec,
     pub sender: SenderKind,
     pub progress: Progress,
-    /// One delivery per targeted device (`Some`) or per OneSignal user (`None`).
-    pub deliveries: Vec<(Channel, Option<DeviceId>)>,
+    /// The deliveries to create.
+    pub deliveries: NewDeliveries,
     /// Held by the creating process when it sends the message at once, so that no batch
     /// worker takes it meanwhile.
     pub lease: Option<Lease>,
     pub now: OffsetDateTime,
+}
+
+/// The deliveries of a new message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NewDeliveries {
+    /// One delivery per targeted device (`Some`) or per OneSignal user (`None`).
+    Listed(Vec<(Channel, Option<DeviceId>)>),
+    /// One delivery per active device of the message's application (of `platform` when set),
+    /// created by the store in the message's transaction without loading the devices, so that
+    /// a broadcast to any number of devices takes constant memory. The channel is the device's
+    /// platform, or `channel` when set (the debug sender).
+    Broadcast {
+        platform: Option<Platform>,
+        channel: Option<Channel>,
+    },
 }
 
 /// Filters for listing messages. Results are newest first.
@@ -168,7 +187,9 @@ pub trait DeviceStore: Send + Sync + 'static {
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
     /// Stores a message with its related objects and deliveries (all `pending`) in one
-    /// transaction, and returns it as stored. Every delivery's device must exist.
+    /// transaction, and returns it as stored: with its deliveries for
+    /// [`NewDeliveries::Listed`], without them (however many there are) for
+    /// [`NewDeliveries::Broadcast`]. Every listed delivery's device must exist.
     ///
     /// # Errors
     /// [`StoreError::Unknown`] on a database failure; nothing is stored then.
@@ -189,8 +210,9 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Claims up to `limit` due messages (WAITING, or ERROR_RETRY whose `next_attempt_at` has
     /// passed) whose lease is free or expired, oldest first, in one atomic step, and returns
-    /// them with their deliveries. A claimed message is not returned to another caller until
-    /// its lease expires or is released.
+    /// them with their related objects but without their deliveries (page them with
+    /// [`MessageStore::due_deliveries`]). A claimed message is not returned to another caller
+    /// until its lease expires or is released.
     ///
     /// # Errors
     /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
@@ -201,19 +223,79 @@ pub trait MessageStore: Send + Sync + 'static {
         lease: &Lease,
     ) -> Result<Vec<Message>, StoreError>;
 
-    /// Records one delivery's state as soon as it is known. Idempotent, and a delivery already
-    /// recorded as accepted or debug is never changed again.
+    /// Extends to `lease.until` the leases of `ids` that `lease.owner` still holds, and returns
+    /// the ids it extended: an id missing from the answer was taken over (or released).
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn renew_lease(
+        &self,
+        ids: &[MessageId],
+        lease: &Lease,
+    ) -> Result<Vec<MessageId>, StoreError>;
+
+    /// Releases every lease `owner` holds (a graceful shutdown), so that other workers may
+    /// claim those messages at once. Returns how many were released.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError>;
+
+    /// Up to `limit` deliveries of `message` that are still due (pending or retrying), in id
+    /// order, after the delivery `after` when given.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
+    async fn due_deliveries(
+        &self,
+        message: MessageId,
+        after: Option<DeliveryId>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// The counts of `message`'s deliveries by state and its first error.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn delivery_tally(&self, message: MessageId) -> Result<DeliveryTally, StoreError>;
+
+    /// Gives up every delivery of `message` that is still due, as [`GiveUp`] says, if `lease`
+    /// is still held. Returns `false`, writing nothing, when the lease was lost.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn give_up_due_deliveries(
+        &self,
+        message: MessageId,
+        lease: &Lease,
+        give_up: &GiveUp,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError>;
+
+    /// Records one delivery's state as soon as it is known, whoever holds the message's lease:
+    /// a provider's answer is a fact worth keeping. Idempotent, and a delivery already recorded
+    /// as accepted or debug is never changed again.
     ///
     /// # Errors
     /// [`StoreError::Unknown`] on a database failure.
     async fn record_delivery(&self, delivery: &Delivery) -> Result<(), StoreError>;
 
-    /// Writes a message's progress, `extra_sender_data`, `changed_at` and every delivery, and
-    /// releases its lease, whoever holds it. An unknown id is ignored.
+    /// Writes a message's progress, `extra_sender_data`, `changed_at` and its loaded
+    /// deliveries (accepted and debug ones are never changed), and releases its lease, if the
+    /// writer may:
+    /// - a worker (`Some(lease)`) only while `lease.owner` holds the message's lease;
+    /// - an operator (`None`) only while no worker holds a lease that is still running at
+    ///   `message.changed_at` (the time of the operator's action).
+    ///
+    /// Returns `false`, writing nothing, when the writer may not (or the id is unknown).
     ///
     /// # Errors
     /// [`StoreError::Unknown`] on a database failure.
-    async fn save_progress(&self, message: &Message) -> Result<(), StoreError>;
+    async fn save_progress<'a>(
+        &self,
+        message: &Message,
+        lease: Option<&'a Lease>,
+    ) -> Result<bool, StoreError>;
 
     /// The newest message of `app` sent from template `slug` that is linked to every one of
     /// `related` (to every message when `related` is empty).

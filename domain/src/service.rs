@@ -21,14 +21,14 @@ use crate::device::{
 };
 use crate::ids::{DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use crate::message::{
-    Channel, Content, Delivery, IllegalTransition, Message, MessageSpec, MessageState, OptionError,
-    Priority, PushOptions, SendOutcome, Target,
+    AttemptEnd, Channel, Content, Delivery, IllegalTransition, Message, MessageSpec, MessageState,
+    OptionError, Priority, PushOptions, SendOutcome, Target,
 };
 use crate::payload::{self, Payload, PayloadError, PayloadTarget};
 use crate::ports::{
     ApiKeyStore, Clock, DeviceCount, DeviceStore, ErrorReason, Lease, MessageFilter, MessageStore,
-    NewMessage, PushProvider, RenderError, ReportStore, StateCount, StoreError, TemplateRenderer,
-    TemplateStore,
+    NewDeliveries, NewMessage, PushProvider, RenderError, ReportStore, StateCount, StoreError,
+    TemplateRenderer, TemplateStore,
 };
 use crate::template::{CannotSend, Rendered, Template, TemplateSpec};
 use crate::token::{DeviceToken, Platform, TokenError};
@@ -79,14 +79,18 @@ impl Providers {
 /// Settings of the services.
 #[derive(Debug, Clone)]
 pub struct ServiceSettings {
-    /// Who claims messages (a host name and process id, say); shown in leases.
+    /// Who claims messages; shown in leases. It must be unique per process (a host name,
+    /// process id and random suffix), since a lease is checked by its owner.
     pub worker_id: String,
-    /// How long a claim on a message lasts before another worker may take it over.
+    /// How long a claim on a message lasts before another worker may take it over. A worker
+    /// renews its lease once half of it has passed.
     pub lease: Duration,
     /// How many messages one claim takes.
     pub claim_size: u32,
     /// The page size when walking the devices of a broadcast.
     pub device_page: u32,
+    /// How many due deliveries of one message an attempt loads at a time.
+    pub delivery_page: u32,
     /// How many claimed messages a batch works on at once.
     pub message_concurrency: usize,
     /// How many deliveries of one message are sent at once.
@@ -100,6 +104,7 @@ impl Default for ServiceSettings {
             lease: Duration::from_secs(60),
             claim_size: 100,
             device_page: 1000,
+            delivery_page: 500,
             message_concurrency: 8,
             delivery_concurrency: 32,
         }
@@ -215,6 +220,9 @@ pub enum MessageError {
     NotFound(MessageId),
     #[error(transparent)]
     Illegal(#[from] IllegalTransition),
+    /// A worker holds the message's lease (it is being sent); try again once it is done.
+    #[error("message {0} is being sent by a worker; try again when it is done")]
+    Busy(MessageId),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -255,6 +263,9 @@ pub struct BatchReport {
     pub debug: u64,
     pub retrying: u64,
     pub failed: u64,
+    /// Messages whose lease another worker took over mid-attempt; that worker finishes them.
+    #[serde(default)]
+    pub lost: u64,
 }
 
 impl BatchReport {
@@ -701,28 +712,33 @@ impl PushService {
             return Err(OptionError::NoDevices.into());
         }
         let deliveries = self.plan_deliveries(app, &spec).await?;
+        let none = matches!(&deliveries, NewDeliveries::Listed(list) if list.is_empty());
         let now = self.now();
-        let lease = (dispatch == Dispatch::Now || deliveries.is_empty()).then(|| self.lease(now));
+        let lease = (dispatch == Dispatch::Now || none).then(|| self.lease(now));
         let new = NewMessage {
             progress: Message::initial_progress(now),
             sender: app.sender,
             deliveries,
-            lease,
+            lease: lease.clone(),
             spec,
             now,
         };
         let message = self.ports.messages.insert_message(&new).await?;
         on_stored(message.id);
-        if message.deliveries.is_empty() {
-            return Ok(self.fail_undeliverable(message).await?);
-        }
-        if dispatch == Dispatch::Queue {
+        let Some(lease) = lease else {
             return Ok(message);
+        };
+        if none {
+            return Ok(self.fail_undeliverable(message, &lease).await?);
         }
-        Ok(self.attempt(app, message).await?)
+        Ok(self.attempt(app, message, lease).await?.into_message())
     }
 
-    async fn fail_undeliverable(&self, mut message: Message) -> Result<Message, StoreError> {
+    async fn fail_undeliverable(
+        &self,
+        mut message: Message,
+        lease: &Lease,
+    ) -> Result<Message, StoreError> {
         let reason = match &message.spec.target {
             Target::User { user_id } => format!("recipient {user_id} has no active device"),
             Target::Devices { .. } => "none of the given devices is active".to_owned(),
@@ -730,7 +746,10 @@ impl PushService {
         };
         let now = self.now();
         if message.fail(&reason, now).is_ok() {
-            self.ports.messages.save_progress(&message).await?;
+            self.ports
+                .messages
+                .save_progress(&message, Some(lease))
+                .await?;
         }
         Ok(message)
     }
@@ -741,7 +760,7 @@ impl PushService {
         &self,
         app: &Application,
         spec: &MessageSpec,
-    ) -> Result<Vec<(Channel, Option<DeviceId>)>, SendError> {
+    ) -> Result<NewDeliveries, SendError> {
         let now = self.now();
         if app.sender == SenderKind::Onesignal {
             let Target::User { user_id } = &spec.target else {
@@ -752,7 +771,11 @@ impl PushService {
                 )));
             };
             payload::build(app, spec, PayloadTarget::ExternalUser(user_id), now)?;
-            return Ok(vec![(Channel::Onesignal, None)]);
+            return Ok(NewDeliveries::Listed(vec![(Channel::Onesignal, None)]));
+        }
+        let debug = (app.sender == SenderKind::Debug).then_some(Channel::Debug);
+        if let Target::Broadcast { platform } = &spec.target {
+            return self.plan_broadcast(app, spec, *platform, debug).await;
         }
         let devices = self.target_devices(app, &spec.target).await?;
         let mut checked: BTreeSet<Platform> = BTreeSet::new();
@@ -761,14 +784,56 @@ impl PushService {
                 payload::build(app, spec, PayloadTarget::Device(&device.token), now)?;
             }
         }
-        let channel_of = |device: &Device| match app.sender {
-            SenderKind::Debug => Channel::Debug,
-            _ => Channel::from(device.platform()),
+        Ok(NewDeliveries::Listed(
+            devices
+                .iter()
+                .map(|d| (debug.unwrap_or(Channel::from(d.platform())), Some(d.id)))
+                .collect(),
+        ))
+    }
+
+    /// Checks a broadcast's payload against one device of each platform it reaches, walking
+    /// the devices a page at a time and stopping once every platform was seen; the store then
+    /// creates the deliveries itself. No device at all gives an empty list (an ERROR message).
+    async fn plan_broadcast(
+        &self,
+        app: &Application,
+        spec: &MessageSpec,
+        platform: Option<Platform>,
+        debug: Option<Channel>,
+    ) -> Result<NewDeliveries, SendError> {
+        let now = self.now();
+        let page = self.settings.device_page.max(1);
+        let mut filter = DeviceFilter {
+            platform,
+            active: Some(true),
+            limit: Some(page),
+            ..DeviceFilter::default()
         };
-        Ok(devices
-            .iter()
-            .map(|d| (channel_of(d), Some(d.id)))
-            .collect())
+        let reachable = match platform {
+            Some(_) => 1,
+            None => 3,
+        };
+        let mut checked: BTreeSet<Platform> = BTreeSet::new();
+        loop {
+            let batch = self.ports.devices.list_devices(&app.id, &filter).await?;
+            for device in &batch {
+                if checked.insert(device.platform()) {
+                    payload::build(app, spec, PayloadTarget::Device(&device.token), now)?;
+                }
+            }
+            if checked.len() >= reachable || batch.len() < page as usize {
+                break;
+            }
+            filter.after = batch.last().map(|d| d.id);
+        }
+        if checked.is_empty() {
+            return Ok(NewDeliveries::Listed(Vec::new()));
+        }
+        Ok(NewDeliveries::Broadcast {
+            platform,
+            channel: debug,
+        })
     }
 
     /// The active devices a target names.
@@ -832,22 +897,118 @@ impl PushService {
         }
     }
 
-    /// Makes one attempt at a claimed message: sends each due delivery, records each outcome
-    /// as soon as it is known, deactivates dead devices, concludes the attempt and releases the
-    /// claim.
+    /// Keeps `lease` on message `id`: renews it once half of it has passed. Returns `false`
+    /// when another worker took the message over.
+    async fn keep_lease(&self, id: MessageId, lease: &mut Lease) -> Result<bool, StoreError> {
+        let now = self.now();
+        if now + self.settings.lease / 2 < lease.until {
+            return Ok(true);
+        }
+        let renewed = self.lease(now);
+        let held = self.ports.messages.renew_lease(&[id], &renewed).await?;
+        if !held.contains(&id) {
+            return Ok(false);
+        }
+        *lease = renewed;
+        Ok(true)
+    }
+
+    /// Makes one attempt at a claimed message: sends its due deliveries a page at a time, records
+    /// each outcome as soon as it is known, deactivates dead devices, concludes the attempt and
+    /// releases the claim. The lease is renewed while sending; once it is lost the attempt
+    /// stops and saves nothing, since the worker that took the message over sends the rest.
     async fn attempt(
         &self,
         app: &Application,
         mut message: Message,
-    ) -> Result<Message, StoreError> {
+        mut lease: Lease,
+    ) -> Result<Attempted, StoreError> {
+        let store = &self.ports.messages;
         let started = self.now();
         if message.is_expired(&app.retry, started) {
-            if message.expire(started).is_ok() {
-                self.ports.messages.save_progress(&message).await?;
+            let expiry = Message::expiry();
+            if !store
+                .give_up_due_deliveries(message.id, &lease, &expiry, started)
+                .await?
+            {
+                return Ok(Attempted::Lost(message));
             }
-            return Ok(message);
+            message.give_up_due(&expiry, started);
+            let tally = store.delivery_tally(message.id).await?;
+            if message.expire_tallied(&tally, started).is_ok()
+                && !store.save_progress(&message, Some(&lease)).await?
+            {
+                return Ok(Attempted::Lost(message));
+            }
+            return Ok(Attempted::Done(message));
         }
-        let due: Vec<Delivery> = message.due_deliveries().cloned().collect();
+        let mut retry_after: Option<Duration> = None;
+        let page = self.settings.delivery_page.max(1);
+        let mut after = None;
+        loop {
+            if !self.keep_lease(message.id, &mut lease).await? {
+                return Ok(Attempted::Lost(message));
+            }
+            let due = store.due_deliveries(message.id, after, page).await?;
+            let Some(last) = due.last() else {
+                break;
+            };
+            after = Some(last.id);
+            let full = due.len() >= page as usize;
+            let kept = self
+                .send_page(
+                    app,
+                    &mut message,
+                    &mut lease,
+                    due,
+                    started,
+                    &mut retry_after,
+                )
+                .await?;
+            if !kept {
+                return Ok(Attempted::Lost(message));
+            }
+            if !full {
+                break;
+            }
+        }
+        let now = self.now();
+        let tally = store.delivery_tally(message.id).await?;
+        let end = match message.finish_attempt_tallied(&app.retry, retry_after, &tally, now) {
+            Ok(end) => end,
+            Err(_) => return Ok(Attempted::Done(message)),
+        };
+        if let AttemptEnd::GiveUp(_, give_up) = end {
+            if !store
+                .give_up_due_deliveries(message.id, &lease, &give_up, now)
+                .await?
+            {
+                return Ok(Attempted::Lost(message));
+            }
+            message.give_up_due(&give_up, now);
+            let tally = store.delivery_tally(message.id).await?;
+            if message.conclude_tallied(&tally, now).is_err() {
+                return Ok(Attempted::Done(message));
+            }
+        }
+        if !store.save_progress(&message, Some(&lease)).await? {
+            return Ok(Attempted::Lost(message));
+        }
+        Ok(Attempted::Done(message))
+    }
+
+    /// Sends one page of due deliveries concurrently, recording each outcome as soon as it is
+    /// known (also on the loaded copy in `message`, when it has one). Returns `false` when the
+    /// lease was lost; the sends still in flight are dropped then.
+    async fn send_page(
+        &self,
+        app: &Application,
+        message: &mut Message,
+        lease: &mut Lease,
+        due: Vec<Delivery>,
+        started: OffsetDateTime,
+        retry_after: &mut Option<Duration>,
+    ) -> Result<bool, StoreError> {
         let device_ids: Vec<DeviceId> = due.iter().filter_map(|d| d.device_id).collect();
         let devices: BTreeMap<DeviceId, Device> = if device_ids.is_empty() {
             BTreeMap::new()
@@ -860,8 +1021,6 @@ impl PushService {
                 .map(|d| (d.id, d))
                 .collect()
         };
-        let mut retry_after: Option<Duration> = None;
-        // Deliveries go out concurrently; each outcome is recorded as soon as it is known.
         let spec = message.spec.clone();
         let mut outcomes = stream::iter(due)
             .map(|delivery| {
@@ -872,13 +1031,13 @@ impl PushService {
                 }
             })
             .buffer_unordered(self.settings.delivery_concurrency.max(1));
-        while let Some((delivery, outcome)) = outcomes.next().await {
+        while let Some((mut delivery, outcome)) = outcomes.next().await {
             if let SendOutcome::Transient {
                 retry_after: Some(wait),
                 ..
             } = &outcome
             {
-                retry_after = Some(retry_after.map_or(*wait, |w| w.max(*wait)));
+                *retry_after = Some(retry_after.map_or(*wait, |w| w.max(*wait)));
             }
             if delivery.channel == Channel::Onesignal
                 && let SendOutcome::Accepted { details, .. } = &outcome
@@ -886,10 +1045,9 @@ impl PushService {
                 message.extra_sender_data.clone_from(details);
             }
             let now = self.now();
+            delivery.record(&outcome, now);
             message.record_outcome(delivery.id, &outcome, now);
-            if let Some(recorded) = message.deliveries.iter().find(|d| d.id == delivery.id) {
-                self.ports.messages.record_delivery(recorded).await?;
-            }
+            self.ports.messages.record_delivery(&delivery).await?;
             if let (SendOutcome::DeadToken { reason, .. }, Some(device)) =
                 (&outcome, delivery.device_id)
             {
@@ -898,13 +1056,11 @@ impl PushService {
                     .deactivate_device(&app.id, device, &format!("dead token: {reason}"), now)
                     .await?;
             }
+            if !self.keep_lease(message.id, lease).await? {
+                return Ok(false);
+            }
         }
-        drop(outcomes);
-        let now = self.now();
-        if message.finish_attempt(&app.retry, retry_after, now).is_ok() {
-            self.ports.messages.save_progress(&message).await?;
-        }
-        Ok(message)
+        Ok(true)
     }
 
     async fn send_one(
@@ -971,41 +1127,79 @@ impl PushService {
         while report.processed < limit {
             let room = u32::try_from(limit - report.processed).unwrap_or(u32::MAX);
             let now = self.now();
+            let lease = self.lease(now);
             let claimed = self
                 .ports
                 .messages
-                .claim_due(
-                    now,
-                    room.min(self.settings.claim_size.max(1)),
-                    &self.lease(now),
-                )
+                .claim_due(now, room.min(self.settings.claim_size.max(1)), &lease)
                 .await?;
             if claimed.is_empty() {
                 break;
             }
             let mut done = stream::iter(claimed)
-                .map(|message| self.process_claimed(message))
+                .map(|message| self.process_claimed(message, lease.clone()))
                 .buffer_unordered(self.settings.message_concurrency.max(1));
-            while let Some(message) = done.next().await {
-                let message = message?;
-                report.count(&message);
-                on_message(&message);
+            while let Some(attempted) = done.next().await {
+                match attempted? {
+                    Attempted::Done(message) => {
+                        report.count(&message);
+                        on_message(&message);
+                    }
+                    Attempted::Lost(_) => {
+                        report.processed += 1;
+                        report.lost += 1;
+                    }
+                }
             }
         }
         Ok(report)
     }
 
-    async fn process_claimed(&self, mut message: Message) -> Result<Message, StoreError> {
-        match self.apps.get(message.spec.app.as_str()) {
-            Ok(app) => self.attempt(app, message).await,
-            Err(_) => {
-                let reason = format!("application {} is no longer configured", message.spec.app);
-                if message.fail(&reason, self.now()).is_ok() {
-                    self.ports.messages.save_progress(&message).await?;
-                }
-                Ok(message)
+    async fn process_claimed(
+        &self,
+        mut message: Message,
+        lease: Lease,
+    ) -> Result<Attempted, StoreError> {
+        let Ok(app) = self.apps.get(message.spec.app.as_str()) else {
+            let reason = format!("application {} is no longer configured", message.spec.app);
+            let now = self.now();
+            let give_up = crate::message::GiveUp {
+                code: "failed".to_owned(),
+                reason: reason.clone(),
+            };
+            let store = &self.ports.messages;
+            if !store
+                .give_up_due_deliveries(message.id, &lease, &give_up, now)
+                .await?
+            {
+                return Ok(Attempted::Lost(message));
             }
-        }
+            if message.fail(&reason, now).is_ok()
+                && !store.save_progress(&message, Some(&lease)).await?
+            {
+                return Ok(Attempted::Lost(message));
+            }
+            return Ok(Attempted::Done(message));
+        };
+        self.attempt(app, message, lease).await
+    }
+
+    /// Releases every lease this worker holds, so that other workers take its messages at
+    /// once (a graceful shutdown). Returns how many were released.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store fails.
+    pub async fn release_leases(&self) -> Result<u64, StoreError> {
+        self.ports
+            .messages
+            .release_leases(&self.settings.worker_id)
+            .await
+    }
+
+    /// The id this worker's leases carry.
+    #[must_use]
+    pub fn worker_id(&self) -> &str {
+        &self.settings.worker_id
     }
 
     /// How many messages are due now.
@@ -1052,7 +1246,9 @@ impl PushService {
     pub async fn retry_message(&self, app: &str, id: MessageId) -> Result<Message, MessageError> {
         let mut message = self.get_message(app, id).await?;
         message.requeue(self.now())?;
-        self.ports.messages.save_progress(&message).await?;
+        if !self.ports.messages.save_progress(&message, None).await? {
+            return Err(MessageError::Busy(id));
+        }
         Ok(message)
     }
 
@@ -1064,7 +1260,9 @@ impl PushService {
     pub async fn cancel_message(&self, app: &str, id: MessageId) -> Result<Message, MessageError> {
         let mut message = self.get_message(app, id).await?;
         message.cancel(self.now())?;
-        self.ports.messages.save_progress(&message).await?;
+        if !self.ports.messages.save_progress(&message, None).await? {
+            return Err(MessageError::Busy(id));
+        }
         Ok(message)
     }
 
@@ -1254,6 +1452,22 @@ impl PushService {
     ) -> Result<Rendered, TemplateError> {
         let template = self.get_template(app, slug).await?;
         Ok(self.render(&template, context)?)
+    }
+}
+
+/// How an attempt at a claimed message ended.
+enum Attempted {
+    /// The attempt concluded (or found nothing to do) and saved what it did.
+    Done(Message),
+    /// Another worker took the message over; it finishes it, and nothing more was saved.
+    Lost(Message),
+}
+
+impl Attempted {
+    fn into_message(self) -> Message {
+        match self {
+            Attempted::Done(message) | Attempted::Lost(message) => message,
+        }
     }
 }
 

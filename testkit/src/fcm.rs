@@ -149,6 +149,23 @@ struct FcmState {
     sends: Recorder<FcmView>,
     /// Issued access tokens, and whether each is still valid.
     access_tokens: Mutex<HashMap<String, bool>>,
+    /// Random failures of valid sends, when set.
+    chaos: Mutex<Option<Chaos>>,
+}
+
+/// Random failures for load tests: a share of the valid sends is answered `500 INTERNAL`,
+/// `429 QUOTA_EXCEEDED` with `Retry-After`, or (a timeout) a success held back longer than the
+/// client waits, in equal parts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chaos {
+    /// The share of valid sends that fail, in percent.
+    pub failure_percent: u32,
+    /// The `Retry-After` of the 429 answers, in seconds.
+    pub retry_after_secs: u64,
+    /// How long a "timeout" holds its answer back.
+    pub hold: Duration,
+    /// The seed of the (deterministic) random choices.
+    pub seed: u64,
 }
 
 impl MockFcm {
@@ -176,6 +193,7 @@ impl MockFcm {
             tokens: Recorder::default(),
             sends: Recorder::default(),
             access_tokens: Mutex::new(HashMap::new()),
+            chaos: Mutex::new(None),
         });
         let server = Server::start(Arc::clone(&state) as Arc<dyn Respond>, None).await?;
         let _ = state
@@ -312,6 +330,27 @@ impl MockFcm {
         self.enqueue(unauthenticated());
     }
 
+    /// Fails a random share of the valid sends from now on (see [`Chaos`]); `None` stops it.
+    pub fn set_chaos(&self, chaos: Option<Chaos>) {
+        *lock_state(&self.state.chaos) = chaos;
+    }
+
+    /// How many valid sends were answered 200, by FCM registration token. A "timeout" of
+    /// [`Chaos`] counts too: the mock accepted it even though the client stopped waiting.
+    #[must_use]
+    pub fn accepted_by_token(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for request in self.state.sends.requests() {
+            if request.status == 200
+                && let Some((kind, token)) = &request.view.target
+                && kind == "token"
+            {
+                *counts.entry(token.clone()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
     /// Delays every send answer by `delay`.
     pub fn set_delay(&self, delay: Duration) {
         self.state.sends.set_delay(delay);
@@ -383,13 +422,58 @@ impl Respond for FcmState {
             (response, self.tokens.delay())
         } else {
             let (view, problems, response) = self.send(&request);
+            let (response, delay) = self.unsettle(response);
             self.sends.record(request, view, problems, &response);
-            (response, self.sends.delay())
+            (response, delay)
         }
     }
 }
 
 impl FcmState {
+    /// Applies [`Chaos`], when set, to a successful answer.
+    fn unsettle(&self, response: CannedResponse) -> (CannedResponse, Duration) {
+        let delay = self.sends.delay();
+        if response.status != 200 {
+            return (response, delay);
+        }
+        let mut chaos = lock_state(&self.chaos);
+        let Some(chaos) = chaos.as_mut() else {
+            return (response, delay);
+        };
+        // xorshift64*: deterministic for a seed, and plenty for spreading failures.
+        let mut x = chaos.seed.max(1);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        chaos.seed = x;
+        let roll = x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33;
+        if roll % 100 >= u64::from(chaos.failure_percent) {
+            return (response, delay);
+        }
+        match (roll / 100) % 3 {
+            0 => (
+                fcm_error(
+                    500,
+                    "INTERNAL",
+                    "Internal error encountered.",
+                    Some("INTERNAL"),
+                ),
+                delay,
+            ),
+            1 => (
+                fcm_error(
+                    429,
+                    "RESOURCE_EXHAUSTED",
+                    "Quota exceeded for quota metric 'Send requests'.",
+                    Some("QUOTA_EXCEEDED"),
+                )
+                .with_retry_after(chaos.retry_after_secs),
+                delay,
+            ),
+            _ => (response, chaos.hold),
+        }
+    }
+
     fn token(&self, request: &IncomingRequest) -> (FcmTokenView, Vec<String>, CannedResponse) {
         let mut view = FcmTokenView::default();
         let mut problems = Vec::new();

@@ -18,7 +18,8 @@ pub mod webpush;
 pub use apns::{ApnsMockConfig, ApnsView, MockApns, apns_test_key};
 pub use clock::ManualClock;
 pub use fcm::{
-    FcmMockConfig, FcmServiceAccount, FcmTokenView, FcmView, MockFcm, fcm_test_service_account,
+    Chaos, FcmMockConfig, FcmServiceAccount, FcmTokenView, FcmView, MockFcm,
+    fcm_test_service_account,
 };
 pub use onesignal::{MockOneSignal, OneSignalMockConfig, OneSignalView};
 pub use script::{CannedResponse, RecordedRequest};

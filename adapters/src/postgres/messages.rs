@@ -4,9 +4,12 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use clarion_domain::ids::{AppId, MessageId, RelatedObject, Slug};
-use clarion_domain::message::{Delivery, DeliveryState, Message};
-use clarion_domain::ports::{Lease, MessageFilter, MessageStore, NewMessage, StoreError};
+use clarion_domain::ids::{AppId, DeliveryId, MessageId, RelatedObject, Slug};
+use clarion_domain::message::{Channel, Delivery, DeliveryState, DeliveryTally, GiveUp, Message};
+use clarion_domain::ports::{
+    Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
+};
+use clarion_domain::token::Platform;
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
@@ -35,10 +38,23 @@ const CLAIM: &str = "UPDATE messages SET lease_owner = $2, lease_until = $3 WHER
     ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
     RETURNING id";
 
+/// Saves a message's progress and releases its lease: for a worker (`$10` its id) only while
+/// it holds the lease, for an operator (`$10` NULL) only while no lease runs at `$8`.
+const SAVE_PROGRESS: &str = "UPDATE messages SET state = $1, error = $2, \
+    number_of_send_attempts = $3, next_attempt_at = $4, sent_at = $5, queued_at = $6, \
+    extra_sender_data = $7::jsonb, changed_at = $8, lease_owner = NULL, lease_until = NULL \
+    WHERE id = $9 AND CASE WHEN $10::text IS NOT NULL THEN lease_owner = $10 \
+        ELSE (lease_owner IS NULL OR lease_until <= $8) END";
+
 impl PgStore {
     /// Loads the messages with the given ids, each with its related objects and deliveries,
-    /// in three queries. The result follows `ids`' order; missing ids are skipped.
-    async fn load_messages(&self, ids: &[i64]) -> Result<Vec<Message>, StoreError> {
+    /// in three queries (deliveries only when `with_deliveries`). The result follows `ids`'
+    /// order; missing ids are skipped.
+    async fn load_messages(
+        &self,
+        ids: &[i64],
+        with_deliveries: bool,
+    ) -> Result<Vec<Message>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -63,21 +79,23 @@ impl PgStore {
             related.entry(message).or_default().push(object);
         }
 
-        let sql = format!(
-            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ANY($1) ORDER BY id"
-        );
-        let delivery_rows: Vec<DeliveryRow> = sqlx::query_as(AssertSqlSafe(sql))
-            .bind(ids)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error("failed to read deliveries"))?;
         let mut deliveries: HashMap<MessageId, Vec<Delivery>> = HashMap::new();
-        for row in delivery_rows {
-            let delivery = row.into_domain()?;
-            deliveries
-                .entry(delivery.message_id)
-                .or_default()
-                .push(delivery);
+        if with_deliveries {
+            let sql = format!(
+                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ANY($1) ORDER BY id"
+            );
+            let delivery_rows: Vec<DeliveryRow> = sqlx::query_as(AssertSqlSafe(sql))
+                .bind(ids)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error("failed to read deliveries"))?;
+            for row in delivery_rows {
+                let delivery = row.into_domain()?;
+                deliveries
+                    .entry(delivery.message_id)
+                    .or_default()
+                    .push(delivery);
+            }
         }
 
         let mut by_id = HashMap::with_capacity(rows.len());
@@ -213,36 +231,63 @@ impl MessageStore for PgStore {
             .await
             .map_err(db_error("failed to insert related objects"))?;
         }
-        if !message.deliveries.is_empty() {
-            let devices: Vec<Option<i64>> = message
-                .deliveries
-                .iter()
-                .map(|(_, d)| d.map(|d| d.0))
-                .collect();
-            let channels: Vec<&str> = message.deliveries.iter().map(|(c, _)| c.as_str()).collect();
-            sqlx::query(
-                "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, \
-                 updated_at) \
-                 SELECT $1, device_id, channel, $4, 0, $5 \
-                 FROM UNNEST($2::bigint[], $3::text[]) WITH ORDINALITY AS d (device_id, channel, n) \
-                 ORDER BY n",
-            )
-            .bind(id)
-            .bind(devices)
-            .bind(channels)
-            .bind(DeliveryState::Pending.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("failed to insert deliveries"))?;
-        }
+        let listed = match &message.deliveries {
+            NewDeliveries::Listed(list) => {
+                if !list.is_empty() {
+                    let devices: Vec<Option<i64>> =
+                        list.iter().map(|(_, d)| d.map(|d| d.0)).collect();
+                    let channels: Vec<&str> = list.iter().map(|(c, _)| c.as_str()).collect();
+                    sqlx::query(
+                        "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, \
+                         updated_at) \
+                         SELECT $1, device_id, channel, $4, 0, $5 \
+                         FROM UNNEST($2::bigint[], $3::text[]) WITH ORDINALITY \
+                             AS d (device_id, channel, n) \
+                         ORDER BY n",
+                    )
+                    .bind(id)
+                    .bind(devices)
+                    .bind(channels)
+                    .bind(DeliveryState::Pending.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("failed to insert deliveries"))?;
+                }
+                true
+            }
+            NewDeliveries::Broadcast { platform, channel } => {
+                // One INSERT ... SELECT in the message's transaction: the devices never leave
+                // the database, and the message appears with all its deliveries or not at all.
+                // The devices' platform names are the channel names.
+                sqlx::query(
+                    "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, \
+                     updated_at) SELECT $1, id, COALESCE($2, platform), $3, 0, $4 FROM devices \
+                     WHERE app = $5 AND active AND ($6::text IS NULL OR platform = $6) \
+                     ORDER BY id",
+                )
+                .bind(id)
+                .bind(channel.map(Channel::as_str))
+                .bind(DeliveryState::Pending.as_str())
+                .bind(now)
+                .bind(spec.app.as_str().to_owned())
+                .bind(platform.map(Platform::as_str))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error("failed to insert a broadcast's deliveries"))?;
+                false
+            }
+        };
         tx.commit()
             .await
             .map_err(db_error("failed to commit a message"))?;
 
-        self.load_messages(&[id]).await?.pop().ok_or_else(|| {
-            StoreError::Unknown(anyhow::anyhow!("message {id} vanished after insert"))
-        })
+        self.load_messages(&[id], listed)
+            .await?
+            .pop()
+            .ok_or_else(|| {
+                StoreError::Unknown(anyhow::anyhow!("message {id} vanished after insert"))
+            })
     }
 
     async fn get_message(&self, app: &AppId, id: MessageId) -> Result<Option<Message>, StoreError> {
@@ -256,7 +301,7 @@ impl MessageStore for PgStore {
         let Some(id) = found else {
             return Ok(None);
         };
-        Ok(self.load_messages(&[id]).await?.pop())
+        Ok(self.load_messages(&[id], true).await?.pop())
     }
 
     async fn list_messages(&self, filter: &MessageFilter) -> Result<Vec<Message>, StoreError> {
@@ -304,7 +349,7 @@ impl MessageStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error("failed to list messages"))?;
-        self.load_messages(&ids).await
+        self.load_messages(&ids, true).await
     }
 
     async fn claim_due(
@@ -322,7 +367,7 @@ impl MessageStore for PgStore {
             .await
             .map_err(db_error("failed to claim due messages"))?;
         ids.sort_unstable();
-        self.load_messages(&ids).await
+        self.load_messages(&ids, false).await
     }
 
     async fn record_delivery(&self, delivery: &Delivery) -> Result<(), StoreError> {
@@ -334,34 +379,169 @@ impl MessageStore for PgStore {
         write_deliveries(&mut conn, std::slice::from_ref(delivery)).await
     }
 
-    async fn save_progress(&self, message: &Message) -> Result<(), StoreError> {
-        let progress = message.progress();
+    async fn renew_lease(
+        &self,
+        ids: &[MessageId],
+        lease: &Lease,
+    ) -> Result<Vec<MessageId>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raw: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        let mut renewed: Vec<i64> = sqlx::query_scalar(
+            "UPDATE messages SET lease_until = $1 WHERE lease_owner = $2 AND id = ANY($3) \
+             RETURNING id",
+        )
+        .bind(ms(lease.until))
+        .bind(lease.owner.clone())
+        .bind(raw)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("failed to renew leases"))?;
+        renewed.sort_unstable();
+        Ok(renewed.into_iter().map(MessageId).collect())
+    }
+
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE messages SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
+        )
+        .bind(owner.to_owned())
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("failed to release leases"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn due_deliveries(
+        &self,
+        message: MessageId,
+        after: Option<DeliveryId>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = $1 AND id > $2 \
+             AND state IN ('pending', 'retrying') ORDER BY id LIMIT $3"
+        );
+        let rows: Vec<DeliveryRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(message.0)
+            .bind(after.map_or(i64::MIN, |d| d.0))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("failed to read due deliveries"))?;
+        rows.into_iter().map(DeliveryRow::into_domain).collect()
+    }
+
+    async fn delivery_tally(&self, message: MessageId) -> Result<DeliveryTally, StoreError> {
+        // One round trip: the counts by state, each row carrying the first error.
+        let rows: Vec<(String, i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT d.state, COUNT(*), COUNT(d.error_code), f.error_code, f.error_text \
+             FROM deliveries d LEFT JOIN LATERAL (SELECT error_code, error_text \
+                 FROM deliveries WHERE message_id = $1 AND error_code IS NOT NULL \
+                 ORDER BY id LIMIT 1) f ON TRUE \
+             WHERE d.message_id = $1 GROUP BY d.state, f.error_code, f.error_text",
+        )
+        .bind(message.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("failed to count deliveries"))?;
+        let first = rows
+            .first()
+            .and_then(|row| row.3.clone().map(|code| (code, row.4.clone())));
+        let counts = rows
+            .into_iter()
+            .map(|(state, count, errors, _, _)| (state, count, errors))
+            .collect();
+        crate::sqlite::tally_from(counts, first)
+    }
+
+    async fn give_up_due_deliveries(
+        &self,
+        message: MessageId,
+        lease: &Lease,
+        give_up: &GiveUp,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(db_error("failed to begin a transaction"))?;
-        sqlx::query(
-            "UPDATE messages SET state = $1, error = $2, number_of_send_attempts = $3, \
-             next_attempt_at = $4, sent_at = $5, queued_at = $6, extra_sender_data = $7::jsonb, \
-             changed_at = $8, lease_owner = NULL, lease_until = NULL WHERE id = $9",
+        // The row lock keeps a claimer from taking the message over until this commits.
+        let held: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM messages WHERE id = $1 AND lease_owner = $2 FOR UPDATE",
         )
-        .bind(progress.state.as_str())
-        .bind(progress.error.clone())
-        .bind(i64::from(progress.number_of_send_attempts))
-        .bind(opt_ms(progress.next_attempt_at))
-        .bind(opt_ms(progress.sent_at))
-        .bind(ms(progress.queued_at))
-        .bind(opt_json_text(message.extra_sender_data.as_ref())?)
-        .bind(ms(message.changed_at))
-        .bind(message.id.0)
+        .bind(message.0)
+        .bind(lease.owner.clone())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error("failed to check a lease"))?;
+        if held.is_none() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE deliveries SET state = 'failed', error_code = $1, \
+             error_text = CASE WHEN error_text IS NULL THEN $2 \
+                 ELSE $2 || ' (last error: ' || error_text || ')' END, updated_at = $3 \
+             WHERE message_id = $4 AND state IN ('pending', 'retrying')",
+        )
+        .bind(give_up.code.clone())
+        .bind(give_up.reason.clone())
+        .bind(ms(now))
+        .bind(message.0)
         .execute(&mut *tx)
         .await
-        .map_err(db_error("failed to save a message's progress"))?;
+        .map_err(db_error("failed to give up deliveries"))?;
+        tx.commit()
+            .await
+            .map_err(db_error("failed to commit given-up deliveries"))?;
+        Ok(true)
+    }
+
+    async fn save_progress<'a>(
+        &self,
+        message: &Message,
+        lease: Option<&'a Lease>,
+    ) -> Result<bool, StoreError> {
+        let progress = message.progress();
+        let update = sqlx::query(SAVE_PROGRESS)
+            .bind(progress.state.as_str())
+            .bind(progress.error.clone())
+            .bind(i64::from(progress.number_of_send_attempts))
+            .bind(opt_ms(progress.next_attempt_at))
+            .bind(opt_ms(progress.sent_at))
+            .bind(ms(progress.queued_at))
+            .bind(opt_json_text(message.extra_sender_data.as_ref())?)
+            .bind(ms(message.changed_at))
+            .bind(message.id.0)
+            .bind(lease.map(|l| l.owner.clone()));
+        // A worker's message has no deliveries loaded (they were recorded one by one): one
+        // statement then, without a transaction's extra round trips.
+        if message.deliveries.is_empty() {
+            let done = update
+                .execute(&self.pool)
+                .await
+                .map_err(db_error("failed to save a message's progress"))?;
+            return Ok(done.rows_affected() > 0);
+        }
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_error("failed to begin a transaction"))?;
+        let done = update
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("failed to save a message's progress"))?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
         write_deliveries(&mut tx, &message.deliveries).await?;
         tx.commit()
             .await
-            .map_err(db_error("failed to commit a message's progress"))
+            .map_err(db_error("failed to commit a message's progress"))?;
+        Ok(true)
     }
 
     async fn find_template_message(

@@ -4,9 +4,12 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use clarion_domain::ids::{AppId, MessageId, RelatedObject, Slug};
-use clarion_domain::message::{Delivery, DeliveryState, Message};
-use clarion_domain::ports::{Lease, MessageFilter, MessageStore, NewMessage, StoreError};
+use clarion_domain::ids::{AppId, DeliveryId, MessageId, RelatedObject, Slug};
+use clarion_domain::message::{Channel, Delivery, DeliveryState, DeliveryTally, GiveUp, Message};
+use clarion_domain::ports::{
+    Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
+};
+use clarion_domain::token::Platform;
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection};
 use time::OffsetDateTime;
 
@@ -26,8 +29,13 @@ const DUE: &str = "(state = 'WAITING' OR (state = 'ERROR_RETRY' \
 
 impl SqliteStore {
     /// Loads the messages with the given ids, each with its related objects and deliveries,
-    /// in three queries. The result follows `ids`' order; missing ids are skipped.
-    async fn load_messages(&self, ids: &[i64]) -> Result<Vec<Message>, StoreError> {
+    /// in three queries (deliveries only when `with_deliveries`). The result follows `ids`'
+    /// order; missing ids are skipped.
+    async fn load_messages(
+        &self,
+        ids: &[i64],
+        with_deliveries: bool,
+    ) -> Result<Vec<Message>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -57,22 +65,24 @@ impl SqliteStore {
             related.entry(message).or_default().push(object);
         }
 
-        let delivery_rows: Vec<DeliveryRow> = select_in(
-            &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id IN ("),
-            ids,
-            ") ORDER BY id",
-        )
-        .build_query_as()
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error("failed to read deliveries"))?;
         let mut deliveries: HashMap<MessageId, Vec<Delivery>> = HashMap::new();
-        for row in delivery_rows {
-            let delivery = row.into_domain()?;
-            deliveries
-                .entry(delivery.message_id)
-                .or_default()
-                .push(delivery);
+        if with_deliveries {
+            let delivery_rows: Vec<DeliveryRow> = select_in(
+                &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id IN ("),
+                ids,
+                ") ORDER BY id",
+            )
+            .build_query_as()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("failed to read deliveries"))?;
+            for row in delivery_rows {
+                let delivery = row.into_domain()?;
+                deliveries
+                    .entry(delivery.message_id)
+                    .or_default()
+                    .push(delivery);
+            }
         }
 
         let mut by_id = HashMap::with_capacity(rows.len());
@@ -185,27 +195,54 @@ impl MessageStore for SqliteStore {
             .await
             .map_err(db_error("failed to insert a related object"))?;
         }
-        for (channel, device) in &message.deliveries {
-            sqlx::query(
-                "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, \
-                 updated_at) VALUES (?, ?, ?, ?, 0, ?)",
-            )
-            .bind(id)
-            .bind(device.map(|d| d.0))
-            .bind(channel.as_str())
-            .bind(DeliveryState::Pending.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("failed to insert a delivery"))?;
-        }
+        let listed = match &message.deliveries {
+            NewDeliveries::Listed(list) => {
+                for (channel, device) in list {
+                    sqlx::query(
+                        "INSERT INTO deliveries (message_id, device_id, channel, state, \
+                         attempts, updated_at) VALUES (?, ?, ?, ?, 0, ?)",
+                    )
+                    .bind(id)
+                    .bind(device.map(|d| d.0))
+                    .bind(channel.as_str())
+                    .bind(DeliveryState::Pending.as_str())
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error("failed to insert a delivery"))?;
+                }
+                true
+            }
+            NewDeliveries::Broadcast { platform, channel } => {
+                // The devices' platform names are the channel names.
+                sqlx::query(
+                    "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, \
+                     updated_at) SELECT ?, id, COALESCE(?, platform), ?, 0, ? FROM devices \
+                     WHERE app = ? AND active AND (? IS NULL OR platform = ?) ORDER BY id",
+                )
+                .bind(id)
+                .bind(channel.map(Channel::as_str))
+                .bind(DeliveryState::Pending.as_str())
+                .bind(now)
+                .bind(spec.app.as_str().to_owned())
+                .bind(platform.map(Platform::as_str))
+                .bind(platform.map(Platform::as_str))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error("failed to insert a broadcast's deliveries"))?;
+                false
+            }
+        };
         tx.commit()
             .await
             .map_err(db_error("failed to commit a message"))?;
 
-        self.load_messages(&[id]).await?.pop().ok_or_else(|| {
-            StoreError::Unknown(anyhow::anyhow!("message {id} vanished after insert"))
-        })
+        self.load_messages(&[id], listed)
+            .await?
+            .pop()
+            .ok_or_else(|| {
+                StoreError::Unknown(anyhow::anyhow!("message {id} vanished after insert"))
+            })
     }
 
     async fn get_message(&self, app: &AppId, id: MessageId) -> Result<Option<Message>, StoreError> {
@@ -219,7 +256,7 @@ impl MessageStore for SqliteStore {
         let Some(id) = found else {
             return Ok(None);
         };
-        Ok(self.load_messages(&[id]).await?.pop())
+        Ok(self.load_messages(&[id], true).await?.pop())
     }
 
     async fn list_messages(&self, filter: &MessageFilter) -> Result<Vec<Message>, StoreError> {
@@ -267,7 +304,7 @@ impl MessageStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error("failed to list messages"))?;
-        self.load_messages(&ids).await
+        self.load_messages(&ids, true).await
     }
 
     async fn claim_due(
@@ -295,7 +332,7 @@ impl MessageStore for SqliteStore {
             .await
             .map_err(db_error("failed to claim due messages"))?;
         ids.sort_unstable();
-        self.load_messages(&ids).await
+        self.load_messages(&ids, false).await
     }
 
     async fn record_delivery(&self, delivery: &Delivery) -> Result<(), StoreError> {
@@ -307,36 +344,190 @@ impl MessageStore for SqliteStore {
         write_delivery(&mut conn, delivery).await
     }
 
-    async fn save_progress(&self, message: &Message) -> Result<(), StoreError> {
+    async fn renew_lease(
+        &self,
+        ids: &[MessageId],
+        lease: &Lease,
+    ) -> Result<Vec<MessageId>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let raw: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        let mut query = QueryBuilder::<Sqlite>::new("UPDATE messages SET lease_until = ");
+        query.push_bind(millis(lease.until));
+        query
+            .push(" WHERE lease_owner = ")
+            .push_bind(lease.owner.clone());
+        query.push(" AND id IN (");
+        let mut list = query.separated(", ");
+        for id in &raw {
+            list.push_bind(*id);
+        }
+        query.push(") RETURNING id");
+        let mut renewed: Vec<i64> = query
+            .build_query_scalar()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("failed to renew leases"))?;
+        renewed.sort_unstable();
+        Ok(renewed.into_iter().map(MessageId).collect())
+    }
+
+    async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE messages SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?",
+        )
+        .bind(owner.to_owned())
+        .execute(&self.pool)
+        .await
+        .map_err(db_error("failed to release leases"))?;
+        Ok(done.rows_affected())
+    }
+
+    async fn due_deliveries(
+        &self,
+        message: MessageId,
+        after: Option<DeliveryId>,
+        limit: u32,
+    ) -> Result<Vec<Delivery>, StoreError> {
+        let sql = format!(
+            "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ? AND id > ? \
+             AND state IN ('pending', 'retrying') ORDER BY id LIMIT ?"
+        );
+        let rows: Vec<DeliveryRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(message.0)
+            .bind(after.map_or(i64::MIN, |d| d.0))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("failed to read due deliveries"))?;
+        rows.into_iter().map(DeliveryRow::into_domain).collect()
+    }
+
+    async fn delivery_tally(&self, message: MessageId) -> Result<DeliveryTally, StoreError> {
+        let counts: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT state, COUNT(*), COUNT(error_code) FROM deliveries WHERE message_id = ? \
+             GROUP BY state",
+        )
+        .bind(message.0)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("failed to count deliveries"))?;
+        let first: Option<(String, Option<String>)> = sqlx::query_as(
+            "SELECT error_code, error_text FROM deliveries WHERE message_id = ? \
+             AND error_code IS NOT NULL ORDER BY id LIMIT 1",
+        )
+        .bind(message.0)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error("failed to read a delivery error"))?;
+        tally_from(counts, first)
+    }
+
+    async fn give_up_due_deliveries(
+        &self,
+        message: MessageId,
+        lease: &Lease,
+        give_up: &GiveUp,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error("failed to begin a transaction"))?;
+        let held: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM messages WHERE id = ? AND lease_owner = ?")
+                .bind(message.0)
+                .bind(lease.owner.clone())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error("failed to check a lease"))?;
+        if held.is_none() {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE deliveries SET state = 'failed', error_code = ?, \
+             error_text = CASE WHEN error_text IS NULL THEN ? \
+                 ELSE ? || ' (last error: ' || error_text || ')' END, updated_at = ? \
+             WHERE message_id = ? AND state IN ('pending', 'retrying')",
+        )
+        .bind(give_up.code.clone())
+        .bind(give_up.reason.clone())
+        .bind(give_up.reason.clone())
+        .bind(millis(now))
+        .bind(message.0)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error("failed to give up deliveries"))?;
+        tx.commit()
+            .await
+            .map_err(db_error("failed to commit given-up deliveries"))?;
+        Ok(true)
+    }
+
+    async fn save_progress<'a>(
+        &self,
+        message: &Message,
+        lease: Option<&'a Lease>,
+    ) -> Result<bool, StoreError> {
         let progress = message.progress();
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a transaction"))?;
-        sqlx::query(
-            "UPDATE messages SET state = ?, error = ?, number_of_send_attempts = ?, \
-             next_attempt_at = ?, sent_at = ?, queued_at = ?, extra_sender_data = ?, \
-             changed_at = ?, lease_owner = NULL, lease_until = NULL WHERE id = ?",
-        )
-        .bind(progress.state.as_str())
-        .bind(progress.error.clone())
-        .bind(i64::from(progress.number_of_send_attempts))
-        .bind(opt_millis(progress.next_attempt_at))
-        .bind(opt_millis(progress.sent_at))
-        .bind(millis(progress.queued_at))
-        .bind(opt_json_text(message.extra_sender_data.as_ref())?)
-        .bind(millis(message.changed_at))
-        .bind(message.id.0)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error("failed to save a message's progress"))?;
+        let mut query = QueryBuilder::<Sqlite>::new("UPDATE messages SET state = ");
+        query.push_bind(progress.state.as_str());
+        query.push(", error = ").push_bind(progress.error.clone());
+        query
+            .push(", number_of_send_attempts = ")
+            .push_bind(i64::from(progress.number_of_send_attempts));
+        query
+            .push(", next_attempt_at = ")
+            .push_bind(opt_millis(progress.next_attempt_at));
+        query
+            .push(", sent_at = ")
+            .push_bind(opt_millis(progress.sent_at));
+        query
+            .push(", queued_at = ")
+            .push_bind(millis(progress.queued_at));
+        query
+            .push(", extra_sender_data = ")
+            .push_bind(opt_json_text(message.extra_sender_data.as_ref())?);
+        query
+            .push(", changed_at = ")
+            .push_bind(millis(message.changed_at));
+        query.push(", lease_owner = NULL, lease_until = NULL WHERE id = ");
+        query.push_bind(message.id.0);
+        match lease {
+            Some(lease) => {
+                query
+                    .push(" AND lease_owner = ")
+                    .push_bind(lease.owner.clone());
+            }
+            None => {
+                query
+                    .push(" AND (lease_owner IS NULL OR lease_until <= ")
+                    .push_bind(millis(message.changed_at))
+                    .push(")");
+            }
+        }
+        let done = query
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("failed to save a message's progress"))?;
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
         for delivery in &message.deliveries {
             write_delivery(&mut tx, delivery).await?;
         }
         tx.commit()
             .await
-            .map_err(db_error("failed to commit a message's progress"))
+            .map_err(db_error("failed to commit a message's progress"))?;
+        Ok(true)
     }
 
     async fn find_template_message(
@@ -379,6 +570,25 @@ impl MessageStore for SqliteStore {
             .map_err(db_error("failed to count due messages"))?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
+}
+
+/// A tally from `(state, count, count with an error code)` rows and the first error.
+pub(crate) fn tally_from(
+    counts: Vec<(String, i64, i64)>,
+    first: Option<(String, Option<String>)>,
+) -> Result<DeliveryTally, StoreError> {
+    let mut tally = DeliveryTally::default();
+    let mut errors = 0;
+    for (state, count, with_error) in counts {
+        let state: DeliveryState = state
+            .parse()
+            .map_err(|e| StoreError::Corrupt(format!("deliveries.state: {e}")))?;
+        tally.count(state, None, None, u64::try_from(count).unwrap_or(0));
+        errors += u64::try_from(with_error).unwrap_or(0);
+    }
+    tally.errors = errors;
+    tally.first_error = first;
+    Ok(tally)
 }
 
 #[cfg(test)]

@@ -5,6 +5,8 @@ mod devices;
 mod keys;
 mod messages;
 mod reports;
+
+pub(crate) use messages::tally_from;
 mod templates;
 
 /// The shared rows with SQLite's times: unix milliseconds.

@@ -21,12 +21,12 @@ use clarion_domain::auth::{ApiKeyId, KeyHash, KeyScope, NewApiKey};
 use clarion_domain::device::{DeviceFilter, DeviceUpdate, NewDevice, Registration};
 use clarion_domain::ids::{AppId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use clarion_domain::message::{
-    Channel, Content, DeliveryState, Message, MessageSpec, MessageState, Priority, Progress,
-    PushOptions, SendOutcome, Target,
+    Channel, Content, DeliveryState, GiveUp, Message, MessageSpec, MessageState, Priority,
+    Progress, PushOptions, SendOutcome, Target,
 };
 use clarion_domain::ports::{
     ApiKeyStore, DeviceCount, DeviceStore, ErrorSource, Lease, MessageFilter, MessageStore,
-    NewMessage, ReportStore, StateCount, TemplateStore,
+    NewDeliveries, NewMessage, ReportStore, StateCount, TemplateStore,
 };
 use clarion_domain::retry::RetryPolicy;
 use clarion_domain::template::TemplateSpec;
@@ -80,6 +80,13 @@ macro_rules! store_contract_tests {
             timestamps_round_trip_to_the_millisecond,
             updating_a_device_changes_only_the_given_fields,
             api_keys_are_found_by_hash_listed_and_revoked_once,
+            a_worker_saves_only_while_it_holds_the_lease,
+            renewing_extends_only_the_leases_still_held,
+            releasing_a_workers_leases_lets_others_claim_at_once,
+            an_operator_save_is_refused_while_a_worker_holds_a_running_lease,
+            due_deliveries_come_in_id_order_pages_without_finished_ones,
+            a_broadcast_creates_one_delivery_per_active_device_without_loading_them,
+            the_tally_counts_deliveries_and_giving_up_needs_the_lease,
             devices_are_found_by_the_start_of_their_token,
             reports_count_devices_by_platform_and_activity_of_one_app,
             reports_count_recent_messages_by_state_and_the_apps_backlog,
@@ -219,7 +226,7 @@ fn new_message(
         spec,
         sender: SenderKind::Direct,
         progress: Message::initial_progress(now),
-        deliveries,
+        deliveries: NewDeliveries::Listed(deliveries),
         lease: None,
         now,
     }
@@ -675,7 +682,10 @@ pub async fn a_message_to_a_user_round_trips_every_field<S: Stores>(store: &S) {
     assert_eq!(inserted.created_at, at(5));
     assert_eq!(inserted.changed_at, at(5));
     assert_eq!(inserted.deliveries.len(), 2);
-    for (delivery, (channel, device)) in inserted.deliveries.iter().zip(&new.deliveries) {
+    let NewDeliveries::Listed(listed) = &new.deliveries else {
+        panic!("a listed message");
+    };
+    for (delivery, (channel, device)) in inserted.deliveries.iter().zip(listed) {
         assert_eq!(delivery.message_id, inserted.id);
         assert_eq!(delivery.channel, *channel);
         assert_eq!(delivery.device_id, *device);
@@ -710,7 +720,7 @@ pub async fn messages_to_devices_and_broadcasts_round_trip_their_targets<S: Stor
     for target in targets {
         let mut new = new_message(spec("shop", target.clone()), Vec::new(), at(1));
         // A OneSignal delivery has no device.
-        new.deliveries = vec![(Channel::Onesignal, None)];
+        new.deliveries = NewDeliveries::Listed(vec![(Channel::Onesignal, None)]);
 
         let inserted = insert(store, &new).await;
 
@@ -902,7 +912,12 @@ pub async fn claiming_returns_waiting_and_due_retries_oldest_first<S: Stores>(st
         .expect("claim");
 
     assert_eq!(ids(&claimed), vec![waiting.id, due_retry.id, retry_now.id]);
-    assert_eq!(claimed[0], waiting, "claimed messages come with deliveries");
+    let mut without_deliveries = waiting.clone();
+    without_deliveries.deliveries.clear();
+    assert_eq!(
+        claimed[0], without_deliveries,
+        "claimed messages come without their deliveries, which are paged"
+    );
     let limited = store
         .claim_due(at(200), 2, &lease("worker-2", at(260)))
         .await
@@ -1084,6 +1099,11 @@ pub async fn saving_progress_persists_the_state_machine_result_and_releases_the_
         .expect("claim")
         .pop()
         .expect("claimed");
+    assert!(message.deliveries.is_empty(), "a claim loads no deliveries");
+    message.deliveries = store
+        .due_deliveries(message.id, None, 10)
+        .await
+        .expect("due deliveries");
     let (first, second) = (message.deliveries[0].id, message.deliveries[1].id);
     message.record_outcome(
         first,
@@ -1113,7 +1133,12 @@ pub async fn saving_progress_persists_the_state_machine_result_and_releases_the_
     assert_eq!(message.state(), MessageState::ErrorRetry);
     let next = message.next_attempt_at().expect("a retry time");
 
-    store.save_progress(&message).await.expect("save");
+    assert!(
+        store
+            .save_progress(&message, Some(&lease("worker", at(3_601))))
+            .await
+            .expect("save")
+    );
 
     let stored = store
         .get_message(&app("shop"), message.id)
@@ -1193,7 +1218,7 @@ pub async fn a_sent_message_keeps_its_accepted_and_failed_deliveries<S: Stores>(
         .expect("finish");
     assert_eq!(message.state(), MessageState::Sent);
 
-    store.save_progress(&message).await.expect("save");
+    assert!(store.save_progress(&message, None).await.expect("save"));
 
     let stored = store
         .get_message(&app("shop"), message.id)
@@ -1612,6 +1637,396 @@ pub async fn api_keys_are_found_by_hash_listed_and_revoked_once<S: Stores>(store
         .map(|k| (k.id, k.revoked_at.is_some()))
         .collect();
     assert_eq!(listed, vec![(admin.id, true), (shop.id, false)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lease ownership and paged deliveries.
+
+/// A message to `n` fresh APNs devices of `shop`, inserted at `at(0)`.
+async fn message_to_devices<S: Stores>(store: &S, n: u8) -> Message {
+    let mut devices = Vec::new();
+    for i in 0..n {
+        devices.push(register(store, &new_device("shop", apns(i + 1), None), at(0)).await);
+    }
+    let deliveries = devices.iter().map(|d| (Channel::Apns, Some(*d))).collect();
+    insert(
+        store,
+        &new_message(
+            spec(
+                "shop",
+                Target::Devices {
+                    device_ids: devices,
+                },
+            ),
+            deliveries,
+            at(0),
+        ),
+    )
+    .await
+}
+
+async fn stored_message<S: Stores>(store: &S, id: MessageId) -> Message {
+    store
+        .get_message(&app("shop"), id)
+        .await
+        .expect("get")
+        .expect("exists")
+}
+
+pub async fn a_worker_saves_only_while_it_holds_the_lease<S: Stores>(store: &S) {
+    let inserted = message_to_devices(store, 1).await;
+    let first = lease("worker-1", at(10));
+    let mut stale = store
+        .claim_due(at(1), 1, &first)
+        .await
+        .expect("claim")
+        .pop()
+        .expect("claimed");
+    // worker-1's lease expires and worker-2 takes the message over.
+    let second = lease("worker-2", at(71));
+    let taken = store.claim_due(at(11), 1, &second).await.expect("claim");
+    assert_eq!(ids(&taken), vec![inserted.id]);
+
+    stale.deliveries = store
+        .due_deliveries(inserted.id, None, 10)
+        .await
+        .expect("due");
+    stale.record_outcome(
+        stale.deliveries[0].id,
+        &SendOutcome::Permanent {
+            code: "BadTopic".to_owned(),
+            reason: "stale".to_owned(),
+            details: None,
+        },
+        at(12),
+    );
+    stale
+        .finish_attempt(&RetryPolicy::default(), None, at(12))
+        .expect("finish");
+    let saved = store
+        .save_progress(&stale, Some(&first))
+        .await
+        .expect("save");
+
+    assert!(!saved, "a lost lease must refuse the save");
+    let stored = stored_message(store, inserted.id).await;
+    assert_eq!(stored.state(), MessageState::Waiting);
+    assert_eq!(stored.deliveries[0].state, DeliveryState::Pending);
+    // The new owner still holds it: nobody else can claim it, and its own save goes through.
+    let none = store
+        .claim_due(at(20), 10, &lease("worker-3", at(80)))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&none), Vec::<MessageId>::new());
+    let mut fresh = stored;
+    fresh.record_outcome(
+        fresh.deliveries[0].id,
+        &SendOutcome::Accepted {
+            provider_id: None,
+            details: None,
+        },
+        at(21),
+    );
+    fresh
+        .finish_attempt(&RetryPolicy::default(), None, at(21))
+        .expect("finish");
+    assert!(
+        store
+            .save_progress(&fresh, Some(&second))
+            .await
+            .expect("save")
+    );
+    assert_eq!(
+        stored_message(store, inserted.id).await.state(),
+        MessageState::Sent
+    );
+}
+
+pub async fn renewing_extends_only_the_leases_still_held<S: Stores>(store: &S) {
+    let kept = message_to_devices(store, 1).await.id;
+    let lost = insert(store, &in_state("shop", MessageState::Waiting, None, at(0)))
+        .await
+        .id;
+    let claimed = store
+        .claim_due(at(1), 10, &lease("worker-1", at(10)))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&claimed), vec![kept, lost]);
+    // worker-1 renews `kept` in time but `lost` is taken over first.
+    let renewed = store
+        .renew_lease(&[kept], &lease("worker-1", at(100)))
+        .await
+        .expect("renew");
+    assert_eq!(renewed, vec![kept]);
+    let taken = store
+        .claim_due(at(11), 10, &lease("worker-2", at(200)))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&taken), vec![lost]);
+
+    let renewed = store
+        .renew_lease(&[kept, lost], &lease("worker-1", at(150)))
+        .await
+        .expect("renew");
+
+    assert_eq!(renewed, vec![kept]);
+    let none = store
+        .claim_due(at(120), 10, &lease("worker-3", at(180)))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&none), Vec::<MessageId>::new(), "kept runs to 150 s");
+    let after = store
+        .claim_due(at(150), 10, &lease("worker-3", at(210)))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&after), vec![kept]);
+}
+
+pub async fn releasing_a_workers_leases_lets_others_claim_at_once<S: Stores>(store: &S) {
+    let a = insert(store, &in_state("shop", MessageState::Waiting, None, at(0)))
+        .await
+        .id;
+    let b = insert(store, &in_state("shop", MessageState::Waiting, None, at(0)))
+        .await
+        .id;
+    let other = insert(store, &in_state("shop", MessageState::Waiting, None, at(0)))
+        .await
+        .id;
+    store
+        .claim_due(at(1), 2, &lease("worker-1", at(600)))
+        .await
+        .expect("claim");
+    store
+        .claim_due(at(1), 2, &lease("worker-2", at(600)))
+        .await
+        .expect("claim");
+
+    let released = store.release_leases("worker-1").await.expect("release");
+
+    assert_eq!(released, 2);
+    let claimed = store
+        .claim_due(at(2), 10, &lease("worker-3", at(600)))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&claimed), vec![a, b], "{other} stays with worker-2");
+    assert_eq!(store.release_leases("worker-1").await.expect("again"), 0);
+}
+
+pub async fn an_operator_save_is_refused_while_a_worker_holds_a_running_lease<S: Stores>(
+    store: &S,
+) {
+    let inserted = message_to_devices(store, 1).await;
+    store
+        .claim_due(at(1), 1, &lease("worker", at(100)))
+        .await
+        .expect("claim");
+    let mut cancelled = stored_message(store, inserted.id).await;
+    cancelled.cancel(at(50)).expect("cancel a waiting message");
+
+    let refused = store.save_progress(&cancelled, None).await.expect("save");
+
+    assert!(!refused);
+    let stored = stored_message(store, inserted.id).await;
+    assert_eq!(stored.state(), MessageState::Waiting);
+    assert_eq!(stored.deliveries[0].state, DeliveryState::Pending);
+    // Once the worker's lease has run out, the operator wins.
+    let mut late = stored;
+    late.cancel(at(100)).expect("cancel");
+    assert!(store.save_progress(&late, None).await.expect("save"));
+    assert_eq!(
+        stored_message(store, inserted.id).await.state(),
+        MessageState::Error
+    );
+}
+
+pub async fn due_deliveries_come_in_id_order_pages_without_finished_ones<S: Stores>(store: &S) {
+    let message = message_to_devices(store, 5).await;
+    let all: Vec<_> = message.deliveries.iter().map(|d| d.id).collect();
+    let mut accepted = message.deliveries[1].clone();
+    accepted.record(
+        &SendOutcome::Accepted {
+            provider_id: None,
+            details: None,
+        },
+        at(1),
+    );
+    store.record_delivery(&accepted).await.expect("record");
+    let mut retrying = message.deliveries[3].clone();
+    retrying.record(
+        &SendOutcome::Transient {
+            code: "UNAVAILABLE".to_owned(),
+            reason: "later".to_owned(),
+            retry_after: None,
+        },
+        at(1),
+    );
+    store.record_delivery(&retrying).await.expect("record");
+
+    let first = store
+        .due_deliveries(message.id, None, 2)
+        .await
+        .expect("page");
+    let second = store
+        .due_deliveries(message.id, first.last().map(|d| d.id), 2)
+        .await
+        .expect("page");
+    let third = store
+        .due_deliveries(message.id, second.last().map(|d| d.id), 2)
+        .await
+        .expect("page");
+
+    let page_ids = |page: &[clarion_domain::message::Delivery]| -> Vec<_> {
+        page.iter().map(|d| d.id).collect()
+    };
+    assert_eq!(page_ids(&first), vec![all[0], all[2]]);
+    assert_eq!(page_ids(&second), vec![all[3], all[4]]);
+    assert_eq!(second[0].state, DeliveryState::Retrying);
+    assert!(third.is_empty());
+}
+
+pub async fn a_broadcast_creates_one_delivery_per_active_device_without_loading_them<S: Stores>(
+    store: &S,
+) {
+    let mut apns_ids = Vec::new();
+    for i in 1..=3 {
+        apns_ids.push(register(store, &new_device("shop", apns(i), None), at(0)).await);
+    }
+    for i in 1..=2 {
+        register(store, &new_device("shop", fcm(i), None), at(0)).await;
+    }
+    let gone = register(store, &new_device("shop", apns(9), None), at(0)).await;
+    store
+        .deactivate_device(&app("shop"), gone, "test", at(0))
+        .await
+        .expect("deactivate");
+    register(store, &new_device("other", apns(1), None), at(0)).await;
+    let mut to_apns = new_message(
+        spec(
+            "shop",
+            Target::Broadcast {
+                platform: Some(Platform::Apns),
+            },
+        ),
+        Vec::new(),
+        at(0),
+    );
+    to_apns.deliveries = NewDeliveries::Broadcast {
+        platform: Some(Platform::Apns),
+        channel: None,
+    };
+    let mut to_all = new_message(
+        spec("shop", Target::Broadcast { platform: None }),
+        Vec::new(),
+        at(0),
+    );
+    to_all.deliveries = NewDeliveries::Broadcast {
+        platform: None,
+        channel: Some(Channel::Debug),
+    };
+
+    let apns_message = insert(store, &to_apns).await;
+    let all_message = insert(store, &to_all).await;
+
+    assert!(apns_message.deliveries.is_empty(), "not loaded");
+    let apns_deliveries = stored_message(store, apns_message.id).await.deliveries;
+    assert_eq!(
+        apns_deliveries
+            .iter()
+            .map(|d| (d.channel, d.device_id))
+            .collect::<Vec<_>>(),
+        apns_ids
+            .iter()
+            .map(|id| (Channel::Apns, Some(*id)))
+            .collect::<Vec<_>>()
+    );
+    let tally = store.delivery_tally(all_message.id).await.expect("tally");
+    assert_eq!((tally.total, tally.due), (5, 5));
+    let all_deliveries = stored_message(store, all_message.id).await.deliveries;
+    assert!(all_deliveries.iter().all(|d| d.channel == Channel::Debug
+        && d.state == DeliveryState::Pending
+        && d.device_id != Some(gone)));
+}
+
+pub async fn the_tally_counts_deliveries_and_giving_up_needs_the_lease<S: Stores>(store: &S) {
+    let message = message_to_devices(store, 3).await;
+    let held = lease("worker-1", at(60));
+    store.claim_due(at(1), 1, &held).await.expect("claim");
+    let mut accepted = message.deliveries[0].clone();
+    accepted.record(
+        &SendOutcome::Accepted {
+            provider_id: None,
+            details: None,
+        },
+        at(2),
+    );
+    store.record_delivery(&accepted).await.expect("record");
+    let mut retrying = message.deliveries[1].clone();
+    retrying.record(
+        &SendOutcome::Transient {
+            code: "UNAVAILABLE".to_owned(),
+            reason: "later".to_owned(),
+            retry_after: None,
+        },
+        at(2),
+    );
+    store.record_delivery(&retrying).await.expect("record");
+
+    let tally = store.delivery_tally(message.id).await.expect("tally");
+
+    assert_eq!(
+        (
+            tally.total,
+            tally.accepted,
+            tally.due,
+            tally.failed,
+            tally.errors
+        ),
+        (3, 1, 2, 0, 1)
+    );
+    assert_eq!(
+        tally.first_error,
+        Some(("UNAVAILABLE".to_owned(), Some("later".to_owned())))
+    );
+    let give_up = GiveUp {
+        code: "retries_exhausted".to_owned(),
+        reason: "gave up after 4 attempts".to_owned(),
+    };
+    let refused = store
+        .give_up_due_deliveries(message.id, &lease("worker-2", at(60)), &give_up, at(3))
+        .await
+        .expect("give up");
+    assert!(!refused, "worker-2 holds no lease");
+    assert_eq!(
+        store.delivery_tally(message.id).await.expect("tally"),
+        tally
+    );
+
+    assert!(
+        store
+            .give_up_due_deliveries(message.id, &held, &give_up, at(3))
+            .await
+            .expect("give up")
+    );
+
+    let after = store.delivery_tally(message.id).await.expect("tally");
+    assert_eq!(
+        (after.accepted, after.due, after.failed, after.errors),
+        (1, 0, 2, 2)
+    );
+    let stored = stored_message(store, message.id).await;
+    assert_eq!(
+        stored.deliveries[1].error_text.as_deref(),
+        Some("gave up after 4 attempts (last error: later)")
+    );
+    assert_eq!(
+        stored.deliveries[2].error_text.as_deref(),
+        Some("gave up after 4 attempts")
+    );
+    assert_eq!(
+        stored.deliveries[2].error_code.as_deref(),
+        Some("retries_exhausted")
+    );
+    assert_eq!(stored.deliveries[0].state, DeliveryState::Accepted);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -238,7 +238,9 @@ impl From<MessageError> for AdminError {
         match error {
             MessageError::UnknownApplication(e) => e.into(),
             MessageError::NotFound(_) => AdminError::NotFound(error.to_string()),
-            MessageError::Illegal(_) => AdminError::Conflict(error.to_string()),
+            MessageError::Illegal(_) | MessageError::Busy(_) => {
+                AdminError::Conflict(error.to_string())
+            }
             MessageError::Store(e) => e.into(),
         }
     }

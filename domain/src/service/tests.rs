@@ -19,7 +19,11 @@ use crate::token::EndpointPolicy;
 const NOW: OffsetDateTime = datetime!(2026-03-01 10:00 UTC);
 const APNS_TOKEN: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
+/// The deliveries the fake message store keeps, as the real stores would.
+type Shared = Arc<Mutex<Vec<Delivery>>>;
+
 struct Mocks {
+    deliveries: Shared,
     devices: MockDeviceStore,
     messages: MockMessageStore,
     templates: MockTemplateStore,
@@ -33,6 +37,7 @@ struct Mocks {
 impl Mocks {
     fn new(sender: SenderKind) -> Self {
         Self {
+            deliveries: Shared::default(),
             devices: MockDeviceStore::new(),
             messages: MockMessageStore::new(),
             templates: MockTemplateStore::new(),
@@ -44,7 +49,8 @@ impl Mocks {
         }
     }
 
-    fn service(self) -> PushService {
+    fn service(mut self) -> PushService {
+        serve_deliveries(&mut self.messages, &self.deliveries);
         let mut app = Application::new(AppId::parse("shop").unwrap(), self.sender);
         app.apns = Some(ApnsSettings {
             topic: "com.example.shop".into(),
@@ -123,8 +129,10 @@ fn stored(new: &NewMessage) -> Message {
         new.now,
         new.now,
     );
-    m.deliveries = new
-        .deliveries
+    let NewDeliveries::Listed(listed) = &new.deliveries else {
+        return m;
+    };
+    m.deliveries = listed
         .iter()
         .enumerate()
         .map(|(i, (channel, device))| Delivery {
@@ -142,6 +150,77 @@ fn stored(new: &NewMessage) -> Message {
         })
         .collect();
     m
+}
+
+/// An `insert_message` that keeps the new deliveries in `shared`.
+fn storing(shared: &Shared) -> impl Fn(&NewMessage) -> Result<Message, StoreError> + use<> {
+    let shared = shared.clone();
+    move |new| {
+        let m = stored(new);
+        shared.lock().unwrap().extend(m.deliveries.iter().cloned());
+        Ok(m)
+    }
+}
+
+/// A `record_delivery` that updates `shared`, never changing an accepted delivery.
+fn recording(shared: &Shared) -> impl Fn(&Delivery) -> Result<(), StoreError> + use<> {
+    let shared = shared.clone();
+    move |delivery| {
+        let mut all = shared.lock().unwrap();
+        if let Some(d) = all.iter_mut().find(|d| d.id == delivery.id)
+            && d.state.is_due()
+        {
+            *d = delivery.clone();
+        }
+        Ok(())
+    }
+}
+
+/// Pages, tallies and gives up the deliveries in `shared`; every lease is held and renewed.
+fn serve_deliveries(messages: &mut MockMessageStore, shared: &Shared) {
+    let all = shared.clone();
+    messages
+        .expect_due_deliveries()
+        .returning(move |id, after, limit| {
+            Ok(all
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|d| d.message_id == id && d.state.is_due())
+                .filter(|d| after.is_none_or(|a| d.id > a))
+                .take(limit as usize)
+                .cloned()
+                .collect())
+        });
+    let all = shared.clone();
+    messages.expect_delivery_tally().returning(move |id| {
+        let all = all.lock().unwrap();
+        let mine: Vec<Delivery> = all.iter().filter(|d| d.message_id == id).cloned().collect();
+        Ok(crate::message::DeliveryTally::of(&mine))
+    });
+    let all = shared.clone();
+    messages
+        .expect_give_up_due_deliveries()
+        .returning(move |id, _, give_up, now| {
+            let mut all = all.lock().unwrap();
+            let mut m = Message::from_storage(
+                id,
+                claimed_message(vec![], Message::initial_progress(now)).spec,
+                SenderKind::Direct,
+                Message::initial_progress(now),
+                now,
+                now,
+            );
+            m.deliveries = all.iter().filter(|d| d.message_id == id).cloned().collect();
+            m.give_up_due(give_up, now);
+            all.retain(|d| d.message_id != id);
+            all.extend(m.deliveries);
+            all.sort_by_key(|d| d.id);
+            Ok(true)
+        });
+    messages
+        .expect_renew_lease()
+        .returning(|ids, _| Ok(ids.to_vec()));
 }
 
 fn to_alice(body: &str) -> SendRequest {
@@ -184,10 +263,13 @@ fn provider(outcome: SendOutcome, times: usize) -> MockPushProvider {
 fn capture_saves(mocks: &mut Mocks) -> Arc<Mutex<Vec<Message>>> {
     let saved = Arc::new(Mutex::new(Vec::new()));
     let sink = saved.clone();
-    mocks.messages.expect_save_progress().returning(move |m| {
-        sink.lock().unwrap().push(m.clone());
-        Ok(())
-    });
+    mocks
+        .messages
+        .expect_save_progress()
+        .returning(move |m, _| {
+            sink.lock().unwrap().push(m.clone());
+            Ok(true)
+        });
     saved
 }
 
@@ -279,18 +361,18 @@ async fn a_user_with_devices_on_two_platforms_gets_one_delivery_each_with_its_ow
         .withf(|new| {
             new.lease.is_some()
                 && new.deliveries
-                    == vec![
+                    == NewDeliveries::Listed(vec![
                         (Channel::Apns, Some(DeviceId(1))),
                         (Channel::Fcm, Some(DeviceId(2))),
-                    ]
+                    ])
         })
         .times(1)
-        .returning(|new| Ok(stored(new)));
+        .returning(storing(&mocks.deliveries));
     mocks
         .messages
         .expect_record_delivery()
         .times(2)
-        .returning(|_| Ok(()));
+        .returning(recording(&mocks.deliveries));
     mocks
         .devices
         .expect_deactivate_device()
@@ -351,7 +433,7 @@ async fn a_user_without_active_devices_gets_an_error_message() {
         .messages
         .expect_insert_message()
         .times(1)
-        .returning(|new| Ok(stored(new)));
+        .returning(storing(&mocks.deliveries));
     let saved = capture_saves(&mut mocks);
     let service = mocks.service();
 
@@ -452,13 +534,13 @@ async fn the_onesignal_sender_makes_one_delivery_and_keeps_the_response() {
     mocks
         .messages
         .expect_insert_message()
-        .withf(|new| new.deliveries == vec![(Channel::Onesignal, None)])
-        .returning(|new| Ok(stored(new)));
+        .withf(|new| new.deliveries == NewDeliveries::Listed(vec![(Channel::Onesignal, None)]))
+        .returning(storing(&mocks.deliveries));
     mocks
         .messages
         .expect_record_delivery()
         .times(1)
-        .returning(|_| Ok(()));
+        .returning(recording(&mocks.deliveries));
     let saved = capture_saves(&mut mocks);
     mocks.providers.push((
         Channel::Onesignal,
@@ -496,12 +578,14 @@ async fn the_debug_sender_ends_in_debug_and_sends_nothing_else() {
     mocks
         .messages
         .expect_insert_message()
-        .withf(|new| new.deliveries == vec![(Channel::Debug, Some(DeviceId(1)))])
-        .returning(|new| Ok(stored(new)));
+        .withf(|new| {
+            new.deliveries == NewDeliveries::Listed(vec![(Channel::Debug, Some(DeviceId(1)))])
+        })
+        .returning(storing(&mocks.deliveries));
     mocks
         .messages
         .expect_record_delivery()
-        .returning(|_| Ok(()));
+        .returning(recording(&mocks.deliveries));
     capture_saves(&mut mocks);
     mocks
         .providers
@@ -528,7 +612,7 @@ async fn a_queued_message_is_stored_waiting_without_a_lease() {
         .expect_insert_message()
         .withf(|new| new.lease.is_none())
         .times(1)
-        .returning(|new| Ok(stored(new)));
+        .returning(storing(&mocks.deliveries));
     mocks
         .providers
         .push((Channel::Apns, provider(SendOutcome::Debug, 0)));
@@ -697,11 +781,11 @@ async fn a_template_message_keeps_its_slug_and_related_objects() {
                 && new.spec.content.heading.as_deref() == Some("Order 42")
                 && new.spec.related_objects.len() == 1
         })
-        .returning(|new| Ok(stored(new)));
+        .returning(storing(&mocks.deliveries));
     mocks
         .messages
         .expect_record_delivery()
-        .returning(|_| Ok(()));
+        .returning(recording(&mocks.deliveries));
     capture_saves(&mut mocks);
     mocks
         .providers
@@ -717,6 +801,12 @@ async fn a_template_message_keeps_its_slug_and_related_objects() {
         panic!("expected a sent message");
     };
     assert_eq!(message.state(), MessageState::Debug);
+}
+
+/// A claimed message as the store returns it: its deliveries stay in the store.
+fn claimed(shared: &Shared, mut message: Message) -> Message {
+    shared.lock().unwrap().append(&mut message.deliveries);
+    message
 }
 
 fn claimed_message(deliveries: Vec<(Channel, i64)>, progress: Progress) -> Message {
@@ -739,10 +829,12 @@ fn claimed_message(deliveries: Vec<(Channel, i64)>, progress: Progress) -> Messa
         },
         sender: SenderKind::Direct,
         progress,
-        deliveries: deliveries
-            .into_iter()
-            .map(|(c, d)| (c, Some(DeviceId(d))))
-            .collect(),
+        deliveries: NewDeliveries::Listed(
+            deliveries
+                .into_iter()
+                .map(|(c, d)| (c, Some(DeviceId(d))))
+                .collect(),
+        ),
         lease: None,
         now: NOW,
     };
@@ -754,9 +846,9 @@ async fn a_batch_retries_transient_failures_later_and_honours_retry_after() {
     let mut mocks = Mocks::new(SenderKind::Direct);
     let mut claims = vec![
         vec![],
-        vec![claimed_message(
-            vec![(Channel::Apns, 1)],
-            Message::initial_progress(NOW),
+        vec![claimed(
+            &mocks.deliveries,
+            claimed_message(vec![(Channel::Apns, 1)], Message::initial_progress(NOW)),
         )],
     ];
     mocks
@@ -775,7 +867,7 @@ async fn a_batch_retries_transient_failures_later_and_honours_retry_after() {
     mocks
         .messages
         .expect_record_delivery()
-        .returning(|_| Ok(()));
+        .returning(recording(&mocks.deliveries));
     let saved = capture_saves(&mut mocks);
     mocks.providers.push((
         Channel::Apns,
@@ -818,7 +910,13 @@ async fn a_batch_retries_transient_failures_later_and_honours_retry_after() {
 async fn a_batch_gives_up_an_expired_message_without_sending() {
     let mut mocks = Mocks::new(SenderKind::Direct);
     let old = Message::initial_progress(NOW - Duration::from_secs(7200));
-    let mut claims = vec![vec![], vec![claimed_message(vec![(Channel::Apns, 1)], old)]];
+    let mut claims = vec![
+        vec![],
+        vec![claimed(
+            &mocks.deliveries,
+            claimed_message(vec![(Channel::Apns, 1)], old),
+        )],
+    ];
     mocks
         .messages
         .expect_claim_due()
@@ -848,11 +946,11 @@ async fn a_missing_provider_fails_the_delivery_with_a_clear_reason() {
     mocks
         .messages
         .expect_insert_message()
-        .returning(|new| Ok(stored(new)));
+        .returning(storing(&mocks.deliveries));
     mocks
         .messages
         .expect_record_delivery()
-        .returning(|_| Ok(()));
+        .returning(recording(&mocks.deliveries));
     capture_saves(&mut mocks);
     let service = mocks.service();
 
@@ -1033,6 +1131,183 @@ async fn a_key_for_an_unknown_application_or_with_a_short_secret_is_refused() {
         .await;
     assert!(matches!(unknown, Err(KeyError::UnknownApplication(_))));
     assert!(matches!(short, Err(KeyError::WeakSecret)));
+}
+
+#[tokio::test]
+async fn an_operator_action_on_a_message_a_worker_holds_is_refused_as_busy() {
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    let waiting = claimed_message(vec![(Channel::Apns, 1)], Message::initial_progress(NOW));
+    mocks
+        .messages
+        .expect_get_message()
+        .returning(move |_, _| Ok(Some(waiting.clone())));
+    mocks
+        .messages
+        .expect_save_progress()
+        .withf(|_, lease| lease.is_none())
+        .times(1)
+        .returning(|_, _| Ok(false));
+    let service = mocks.service();
+
+    let result = service.cancel_message("shop", MessageId(1)).await;
+
+    assert!(matches!(result, Err(MessageError::Busy(MessageId(1)))));
+}
+
+#[tokio::test]
+async fn a_lost_lease_stops_the_attempt_without_saving() {
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    let message = claimed(
+        &mocks.deliveries,
+        claimed_message(
+            vec![(Channel::Apns, 1), (Channel::Apns, 2)],
+            Message::initial_progress(NOW),
+        ),
+    );
+    let mut claims = vec![vec![], vec![message]];
+    mocks
+        .messages
+        .expect_claim_due()
+        .returning(move |_, _, _| Ok(claims.pop().unwrap_or_default()));
+    mocks
+        .devices
+        .expect_get_devices()
+        .returning(|_, _| Ok(vec![apns_device(1), apns_device(2)]));
+    mocks
+        .messages
+        .expect_record_delivery()
+        .returning(recording(&mocks.deliveries));
+    // Another worker took the message over: renewing returns nothing.
+    mocks
+        .messages
+        .expect_renew_lease()
+        .returning(|_, _| Ok(vec![]));
+    mocks.messages.expect_save_progress().never();
+    mocks.messages.expect_give_up_due_deliveries().never();
+    mocks.providers.push((
+        Channel::Apns,
+        provider(
+            SendOutcome::Accepted {
+                provider_id: None,
+                details: None,
+            },
+            0,
+        ),
+    ));
+    // A lease of zero length is always at its half, so the first check renews it.
+    let mut service = mocks.service();
+    service.settings.lease = Duration::ZERO;
+
+    let report = service.process_batch(10, &|_| {}).await.unwrap();
+
+    assert_eq!(
+        report,
+        BatchReport {
+            processed: 1,
+            lost: 1,
+            ..BatchReport::default()
+        }
+    );
+}
+
+#[tokio::test]
+async fn the_lease_is_renewed_once_half_of_it_has_passed() {
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    let message = claimed(
+        &mocks.deliveries,
+        claimed_message(vec![(Channel::Apns, 1)], Message::initial_progress(NOW)),
+    );
+    let mut claims = vec![vec![], vec![message]];
+    mocks
+        .messages
+        .expect_claim_due()
+        .returning(move |_, _, _| Ok(claims.pop().unwrap_or_default()));
+    mocks
+        .devices
+        .expect_get_devices()
+        .returning(|_, _| Ok(vec![apns_device(1)]));
+    mocks
+        .messages
+        .expect_record_delivery()
+        .returning(recording(&mocks.deliveries));
+    let renewals = Arc::new(Mutex::new(Vec::new()));
+    let seen = renewals.clone();
+    mocks
+        .messages
+        .expect_renew_lease()
+        .returning(move |ids, lease| {
+            seen.lock().unwrap().push(lease.clone());
+            Ok(ids.to_vec())
+        });
+    let saved = Arc::new(Mutex::new(Vec::new()));
+    let sink = saved.clone();
+    mocks
+        .messages
+        .expect_save_progress()
+        .returning(move |m, lease| {
+            sink.lock().unwrap().push((m.state(), lease.cloned()));
+            Ok(true)
+        });
+    mocks.providers.push((
+        Channel::Apns,
+        provider(
+            SendOutcome::Accepted {
+                provider_id: None,
+                details: None,
+            },
+            1,
+        ),
+    ));
+    let mut service = mocks.service();
+    service.settings.lease = Duration::ZERO;
+
+    service.process_batch(10, &|_| {}).await.unwrap();
+
+    // Renewed before the page and after the outcome; the save carries the renewed lease.
+    let renewals = renewals.lock().unwrap();
+    assert_eq!(renewals.len(), 2);
+    let saved = saved.lock().unwrap();
+    assert_eq!(
+        saved.as_slice(),
+        &[(MessageState::Sent, renewals.last().cloned())]
+    );
+}
+
+#[tokio::test]
+async fn a_broadcast_checks_one_device_per_platform_and_lets_the_store_create_the_deliveries() {
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    mocks
+        .devices
+        .expect_list_devices()
+        .times(1)
+        .returning(|_, filter| {
+            assert_eq!(filter.active, Some(true));
+            assert!(filter.limit.is_some());
+            Ok(vec![apns_device(1), fcm_device(2)])
+        });
+    mocks
+        .messages
+        .expect_insert_message()
+        .withf(|new| {
+            new.lease.is_none()
+                && new.deliveries
+                    == NewDeliveries::Broadcast {
+                        platform: None,
+                        channel: None,
+                    }
+        })
+        .times(1)
+        .returning(storing(&mocks.deliveries));
+    let service = mocks.service();
+    let mut request = to_alice("hello");
+    request.target = Target::Broadcast { platform: None };
+
+    let message = service
+        .send("shop", request, Dispatch::Queue)
+        .await
+        .unwrap();
+
+    assert_eq!(message.state(), MessageState::Waiting);
 }
 
 #[tokio::test]

@@ -1,13 +1,16 @@
-//! The background worker: claims due messages in batches and sends them, polling the store
-//! when there is nothing to do.
+//! The batch worker loop shared by `clarion-server` and `clarion batch --watch`: claims due
+//! messages in batches through the domain service and sends them, polling the store when there
+//! is nothing to do, and releases its leases when it stops.
 
 use std::time::Duration;
 
-use clarion_adapters::config::WorkerConfig;
+use crate::config::WorkerConfig;
 use clarion_domain::service::PushService;
 use tokio::sync::watch;
 
-use crate::telemetry::BUSY_WORKERS;
+/// Gauge: 1 while this process's worker runs a batch, 0 otherwise (a no-op without a metrics
+/// recorder, as in the CLI).
+pub const BUSY_WORKERS: &str = "clarion_busy_workers";
 
 /// How the worker polls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,12 +32,10 @@ impl WorkerSettings {
 }
 
 /// Runs batches until `stop` turns true or its sender is dropped. A batch that is under way
-/// is finished first; a failed batch is logged and tried again after the poll interval.
-pub(crate) async fn run(
-    service: PushService,
-    settings: WorkerSettings,
-    mut stop: watch::Receiver<bool>,
-) {
+/// is finished first; a failed batch (the database is down, say) is logged and tried again
+/// after the poll interval. On the way out it releases the leases it still holds, so that other
+/// workers take those messages at once rather than after the lease expires.
+pub async fn run(service: PushService, settings: WorkerSettings, mut stop: watch::Receiver<bool>) {
     tracing::info!(
         poll_interval_secs = settings.poll_interval.as_secs_f64(),
         batch_size = settings.batch_size,
@@ -55,6 +56,7 @@ pub(crate) async fn run(
                     if report.processed > 0 {
                         tracing::info!(
                             processed = report.processed,
+                            lost = report.lost,
                             sent = report.sent,
                             debug = report.debug,
                             retrying = report.retrying,
@@ -78,7 +80,13 @@ pub(crate) async fn run(
             () = tokio::time::sleep(settings.poll_interval) => {}
         }
     }
-    tracing::info!("worker stopped");
+    match service.release_leases().await {
+        Ok(released) => tracing::info!(released, "worker stopped and released its leases"),
+        Err(error) => tracing::error!(
+            error = format!("{error:#}"),
+            "worker stopped but could not release its leases; they expire by themselves"
+        ),
+    }
 }
 
 fn stopping(stop: &watch::Receiver<bool>) -> bool {
