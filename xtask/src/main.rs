@@ -87,6 +87,10 @@ fn bench(mut args: Vec<String>) -> ExitCode {
         "clarion-server",
         "--package",
         "clarion-bench",
+        "--bin",
+        "clarion-bench",
+        "--bin",
+        "clarion-mocks",
     ];
     eprintln!("xtask: bench: cargo {}", build.join(" "));
     if let Err(failure) = run_cargo(&build) {
