@@ -951,7 +951,7 @@ impl PushService {
             }
             let now = self.now();
             message.record_outcome(delivery.id, &outcome, now);
-            if let Some(recorded) = message.deliveries.iter().find(|d| d.id == delivery.id) {
+            if let Some(recorded) = message.delivery(delivery.id) {
                 self.ports.messages.record_delivery(recorded).await?;
             }
             if let (SendOutcome::DeadToken { reason, .. }, Some(device)) =
