@@ -22,6 +22,9 @@ const MAX_LIMIT: u32 = 1000;
 /// same token (the update found nothing, then the insert found the row).
 const REGISTER_ROUNDS: usize = 3;
 
+/// The most ids one `SELECT` of `get_devices` binds, under SQLite's 32,766 parameters.
+const GET_DEVICES_PER_STATEMENT: usize = 10_000;
+
 /// The most devices one `INSERT` of a bulk registration writes: 10 parameters each, well
 /// under SQLite's limit of 32,766 parameters per statement.
 const BULK_ROWS_PER_STATEMENT: usize = 1000;
@@ -197,27 +200,34 @@ impl DeviceStore for SqliteStore {
     }
 
     async fn get_devices(&self, app: &AppId, ids: &[DeviceId]) -> Result<Vec<Device>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        // One statement binds at most 32,766 values, and a broadcast reads every device it
+        // targets: the ids go in chunks, and the chunks' rows are put back in id order.
+        let mut devices = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(GET_DEVICES_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices WHERE app = "
+            ));
+            query.push_bind(app.as_str().to_owned());
+            query.push(" AND id IN (");
+            let mut list = query.separated(", ");
+            for id in chunk {
+                list.push_bind(id.0);
+            }
+            query.push(") ORDER BY id");
+            let rows = query
+                .build_query_as::<DeviceRow>()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error("failed to read devices"))?;
+            for row in rows {
+                devices.push(row.into_domain()?);
+            }
         }
-        let mut query = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE app = "
-        ));
-        query.push_bind(app.as_str().to_owned());
-        query.push(" AND id IN (");
-        let mut list = query.separated(", ");
-        for id in ids {
-            list.push_bind(id.0);
+        if ids.len() > GET_DEVICES_PER_STATEMENT {
+            devices.sort_unstable_by_key(|d| d.id);
+            devices.dedup_by_key(|d| d.id);
         }
-        query.push(") ORDER BY id");
-        query
-            .build_query_as::<DeviceRow>()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error("failed to read devices"))?
-            .into_iter()
-            .map(DeviceRow::into_domain)
-            .collect()
+        Ok(devices)
     }
 
     async fn list_devices(

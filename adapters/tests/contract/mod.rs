@@ -56,6 +56,7 @@ macro_rules! store_contract_tests {
             registering_the_same_token_twice_updates_the_owner_and_reactivates,
             the_same_token_on_another_app_or_platform_is_a_separate_device,
             registering_devices_in_bulk_creates_new_tokens_and_updates_known_ones,
+            getting_more_devices_than_a_statement_binds_returns_them_all_in_id_order,
             a_web_push_subscription_keeps_its_keys_and_an_update_replaces_them,
             listing_devices_filters_by_owner_platform_and_activity_and_pages_by_id,
             getting_devices_ignores_ids_of_other_apps,
@@ -373,6 +374,54 @@ pub async fn registering_devices_in_bulk_creates_new_tokens_and_updates_known_on
         .find(|d| d.platform() == Platform::Webpush)
         .expect("the subscription");
     assert_eq!(subscription.token, webpush(3, P256DH, AUTH));
+}
+
+pub async fn getting_more_devices_than_a_statement_binds_returns_them_all_in_id_order<S: Stores>(
+    store: &S,
+) {
+    // SQLite binds at most 32,766 values per statement; a broadcast reads every device.
+    let devices: Vec<NewDevice> = (0..40_000_u32)
+        .map(|n| {
+            let token = DeviceToken::parse(
+                Platform::Apns,
+                &format!("{:064x}", 0x2_0000 + n),
+                None,
+                None,
+                EndpointPolicy::PublicOnly,
+            )
+            .expect("valid APNs token");
+            new_device("shop", token, None)
+        })
+        .collect();
+    for chunk in devices.chunks(5000) {
+        store.register_devices(chunk, at(0)).await.expect("bulk");
+    }
+    let mut ids = Vec::new();
+    loop {
+        let filter = DeviceFilter {
+            after: ids.last().copied(),
+            limit: Some(1000),
+            ..DeviceFilter::default()
+        };
+        let page = store
+            .list_devices(&app("shop"), &filter)
+            .await
+            .expect("list");
+        if page.is_empty() {
+            break;
+        }
+        ids.extend(page.iter().map(|d| d.id));
+    }
+    let reversed: Vec<DeviceId> = ids.iter().rev().copied().collect();
+
+    let found = store
+        .get_devices(&app("shop"), &reversed)
+        .await
+        .expect("get");
+
+    let found: Vec<DeviceId> = found.iter().map(|d| d.id).collect();
+    assert_eq!(found.len(), 40_000);
+    assert_eq!(found, ids);
 }
 
 pub async fn the_same_token_on_another_app_or_platform_is_a_separate_device<S: Stores>(store: &S) {
