@@ -113,6 +113,13 @@ pub struct DbResults {
     pub fanout_to_ceiling: f64,
 }
 
+/// A store whose run failed.
+#[derive(Debug, Serialize)]
+pub struct Failure {
+    pub db: Db,
+    pub error: String,
+}
+
 /// Everything the run measured, as written to the JSON file.
 #[derive(Debug, Serialize)]
 pub struct Results {
@@ -124,6 +131,8 @@ pub struct Results {
     pub api_clients: usize,
     pub api_requests: usize,
     pub runs: Vec<DbResults>,
+    /// Stores whose run failed, with the reason.
+    pub failures: Vec<Failure>,
     pub targets: Vec<report::Target>,
 }
 
@@ -160,14 +169,18 @@ async fn run() -> anyhow::Result<()> {
     let mocks = Mocks::start(&args.bin_dir, &work).await?;
     let settings = ServerSettings::default();
     let mut runs = Vec::new();
+    let mut failures = Vec::new();
     for &db in &args.dbs {
         eprintln!("clarion-bench: --- {db:?} ---");
-        let result = run_one(&args, &mocks, &settings, &work, db).await;
-        match result {
+        // A store whose run fails is reported as such; the other store's figures still count.
+        match run_one(&args, &mocks, &settings, &work, db).await {
             Ok(result) => runs.push(result),
             Err(error) => {
-                mocks.stop().await;
-                return Err(error.context(format!("the {db:?} run failed")));
+                eprintln!("clarion-bench: the {db:?} run failed: {error:#}");
+                failures.push(Failure {
+                    db,
+                    error: format!("{error:#}"),
+                });
             }
         }
     }
@@ -185,6 +198,7 @@ async fn run() -> anyhow::Result<()> {
         api_clients: api::CLIENTS,
         api_requests: args.api_requests,
         runs,
+        failures,
         targets,
     };
     report::print(&results);
@@ -194,6 +208,9 @@ async fn run() -> anyhow::Result<()> {
     std::fs::write(&out, serde_json::to_vec_pretty(&results)?)
         .with_context(|| format!("failed to write {}", out.display()))?;
     println!("\nresults: {}", out.display());
+    if let Some(failure) = results.failures.first() {
+        bail!("the {:?} run failed: {}", failure.db, failure.error);
+    }
     Ok(())
 }
 

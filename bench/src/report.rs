@@ -184,6 +184,9 @@ pub fn print(results: &Results) {
             cells.iter().map(|c| format!("{c:>16}")).collect::<String>()
         );
     }
+    for failure in &results.failures {
+        println!("\n{:?} run FAILED: {}", failure.db, failure.error);
+    }
     println!("\nTargets:");
     for t in &results.targets {
         println!(
