@@ -32,6 +32,9 @@ enum Area {
 fn area(matched: &str) -> Area {
     if matched.starts_with("/v1/keys") {
         Area::Keys
+    } else if matched == "/v1/apps/{app}/devices/bulk" {
+        // Bulk registration is for operators' imports, not for apps in the field.
+        Area::App
     } else if matched.starts_with("/v1/apps/{app}/devices") {
         Area::Devices
     } else {

@@ -9,7 +9,9 @@ use clarion_domain::device::DeviceFieldError;
 use clarion_domain::ids::IdError;
 use clarion_domain::message::OptionError;
 use clarion_domain::ports::{RenderError, StoreError};
-use clarion_domain::service::{DeviceError, KeyError, MessageError, SendError, TemplateError};
+use clarion_domain::service::{
+    BulkDeviceError, DeviceError, KeyError, MessageError, SendError, TemplateError,
+};
 use clarion_domain::token::TokenError;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -239,6 +241,31 @@ impl From<DeviceError> for ApiError {
             DeviceError::NotFound(id) => ApiError::NotFound(format!("device {id} not found")),
             DeviceError::Store(e) => e.into(),
         }
+    }
+}
+
+/// A bulk registration's error, with the field of an invalid device named by its place in
+/// the list (`devices[3].token`).
+pub(crate) fn bulk_error(error: BulkDeviceError) -> ApiError {
+    match error {
+        BulkDeviceError::UnknownApplication(e) => ApiError::NotFound(e.to_string()),
+        BulkDeviceError::TooMany { .. } => ApiError::invalid("devices", error),
+        BulkDeviceError::Invalid { index, error } => match ApiError::from(error) {
+            ApiError::Validation { errors, .. } => {
+                let errors: Vec<FieldError> = errors
+                    .into_iter()
+                    .map(|e| FieldError::new(format!("devices[{index}].{}", e.field), e.message))
+                    .collect();
+                let detail = errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.message))
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                ApiError::Validation { detail, errors }
+            }
+            other => other,
+        },
+        BulkDeviceError::Store(e) => e.into(),
     }
 }
 

@@ -94,6 +94,7 @@ impl Modify for BearerAuth {
 fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(devices::register_device, devices::list_devices))
+        .routes(routes!(devices::register_devices))
         .routes(routes!(
             devices::get_device,
             devices::update_device,

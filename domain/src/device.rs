@@ -109,6 +109,37 @@ pub enum Registration {
     Updated,
 }
 
+/// What a bulk registration did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct BulkRegistration {
+    /// Devices that did not exist.
+    pub created: u64,
+    /// Devices whose token was registered already, updated as a single registration would.
+    pub updated: u64,
+}
+
+/// The devices of a bulk registration with one device per application, platform and token:
+/// the last registration of a token wins, at the place of its first, as if they had been
+/// registered one by one. A store writes each token once per statement, which PostgreSQL's
+/// `ON CONFLICT DO UPDATE` requires.
+#[must_use]
+pub fn last_registration_of_each_token(devices: &[NewDevice]) -> Vec<&NewDevice> {
+    let mut position: std::collections::HashMap<(&AppId, Platform, &str), usize> =
+        std::collections::HashMap::with_capacity(devices.len());
+    let mut unique: Vec<&NewDevice> = Vec::with_capacity(devices.len());
+    for device in devices {
+        let key = (&device.app, device.token.platform(), device.token.key());
+        match position.get(&key) {
+            Some(&at) => unique[at] = device,
+            None => {
+                position.insert(key, unique.len());
+                unique.push(device);
+            }
+        }
+    }
+    unique
+}
+
 /// Filters for listing devices.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DeviceFilter {

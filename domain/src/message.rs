@@ -807,8 +807,24 @@ impl Message {
         outcome: &SendOutcome,
         now: OffsetDateTime,
     ) {
-        if let Some(d) = self.deliveries.iter_mut().find(|d| d.id == delivery) {
-            d.record(outcome, now);
+        if let Some(at) = self.delivery_index(delivery) {
+            self.deliveries[at].record(outcome, now);
+        }
+    }
+
+    /// The delivery with this id.
+    #[must_use]
+    pub fn delivery(&self, id: DeliveryId) -> Option<&Delivery> {
+        self.delivery_index(id).map(|at| &self.deliveries[at])
+    }
+
+    /// Where the delivery with this id is. The stores list deliveries in id order, so a binary
+    /// search finds it: a broadcast to a million devices records a million outcomes, and a
+    /// linear search for each made that quadratic. Any other order falls back to a scan.
+    fn delivery_index(&self, id: DeliveryId) -> Option<usize> {
+        match self.deliveries.binary_search_by_key(&id, |d| d.id) {
+            Ok(at) => Some(at),
+            Err(_) => self.deliveries.iter().position(|d| d.id == id),
         }
     }
 

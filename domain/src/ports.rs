@@ -12,7 +12,9 @@ use time::OffsetDateTime;
 
 use crate::app::SenderKind;
 use crate::auth::{ApiKey, ApiKeyId, KeyHash, NewApiKey};
-use crate::device::{Device, DeviceFilter, DeviceUpdate, NewDevice, Registration};
+use crate::device::{
+    BulkRegistration, Device, DeviceFilter, DeviceUpdate, NewDevice, Registration,
+};
 use crate::ids::{AppId, DeliveryId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use crate::message::SendOutcome;
 use crate::message::{
@@ -105,6 +107,19 @@ pub trait DeviceStore: Send + Sync + 'static {
         device: &NewDevice,
         now: OffsetDateTime,
     ) -> Result<(Device, Registration), StoreError>;
+
+    /// Registers many devices in one transaction: all of them or, on an error, none. Each is
+    /// inserted, or updates the device with the same application, platform and token as
+    /// [`DeviceStore::register_device`] does; a token given twice counts once, its last
+    /// registration winning (see [`crate::device::last_registration_of_each_token`]).
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure.
+    async fn register_devices(
+        &self,
+        devices: &[NewDevice],
+        now: OffsetDateTime,
+    ) -> Result<BulkRegistration, StoreError>;
 
     /// # Errors
     /// [`StoreError::Unknown`] on a database failure; [`StoreError::Corrupt`] for a row that

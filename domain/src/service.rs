@@ -17,7 +17,7 @@ use crate::auth::{
     ApiKey, ApiKeyId, AuthError, CreatedApiKey, KeyHash, KeyScope, NewApiKey, Principal,
 };
 use crate::device::{
-    Device, DeviceFieldError, DeviceFilter, DeviceUpdate, NewDevice, Registration,
+    BulkRegistration, Device, DeviceFieldError, DeviceFilter, DeviceUpdate, NewDevice, Registration,
 };
 use crate::ids::{DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use crate::message::{
@@ -179,6 +179,23 @@ pub enum DeviceError {
     InvalidField(#[from] DeviceFieldError),
     #[error("device {0} not found")]
     NotFound(DeviceId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The most devices one bulk registration takes.
+pub const MAX_BULK_DEVICES: usize = 5000;
+
+/// Why a bulk registration failed. Nothing is registered when one of these is returned.
+#[derive(Debug, thiserror::Error)]
+pub enum BulkDeviceError {
+    #[error(transparent)]
+    UnknownApplication(#[from] UnknownApplication),
+    #[error("{given} devices given; at most {MAX_BULK_DEVICES} are registered at once")]
+    TooMany { given: usize },
+    /// The device at `index` (from 0) of the list is invalid.
+    #[error("device {index}: {error}")]
+    Invalid { index: usize, error: DeviceError },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -384,6 +401,53 @@ impl PushService {
             .ports
             .devices
             .register_device(&device, self.now())
+            .await?)
+    }
+
+    /// Registers up to [`MAX_BULK_DEVICES`] devices at once, all or none, each as
+    /// [`PushService::register_device`] would (a token given twice is registered once, with
+    /// its last registration).
+    ///
+    /// # Errors
+    /// [`BulkDeviceError::UnknownApplication`], [`BulkDeviceError::TooMany`],
+    /// [`BulkDeviceError::Invalid`] for the first invalid device, or
+    /// [`BulkDeviceError::Store`].
+    pub async fn register_devices(
+        &self,
+        app: &str,
+        requests: Vec<RegisterDevice>,
+    ) -> Result<BulkRegistration, BulkDeviceError> {
+        let app = self.apps.get(app)?;
+        if requests.len() > MAX_BULK_DEVICES {
+            return Err(BulkDeviceError::TooMany {
+                given: requests.len(),
+            });
+        }
+        let mut devices = Vec::with_capacity(requests.len());
+        for (index, request) in requests.into_iter().enumerate() {
+            let invalid = |error: DeviceError| BulkDeviceError::Invalid { index, error };
+            let token = DeviceToken::parse(
+                request.platform,
+                &request.token,
+                request.p256dh.as_deref(),
+                request.auth.as_deref(),
+                app.endpoint_policy,
+            )
+            .map_err(|e| invalid(e.into()))?;
+            let device = NewDevice {
+                app: app.id.clone(),
+                token,
+                name: request.name,
+                user_id: request.user_id,
+                device_id: request.device_id,
+            };
+            device.validate().map_err(|e| invalid(e.into()))?;
+            devices.push(device);
+        }
+        Ok(self
+            .ports
+            .devices
+            .register_devices(&devices, self.now())
             .await?)
     }
 

@@ -3,7 +3,7 @@
 //! APNs": TLS, HTTP/2, ES256 provider tokens or TLS client certificates, and every header and
 //! payload rule those documents state.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -99,6 +99,10 @@ struct ApnsState {
     key: DecodingKey,
     recorder: Recorder<ApnsView>,
     jwts: Mutex<BTreeSet<String>>,
+    /// Provider tokens whose signature and claims checked out, with when they were issued; in
+    /// counting-only mode a token seen here is not verified again (ES256 verification would
+    /// otherwise cost the mock more than the client under test spends on a request).
+    verified_jwts: Mutex<BTreeMap<String, i64>>,
     handshake_failures: Mutex<Vec<String>>,
 }
 
@@ -154,6 +158,7 @@ impl MockApns {
             key,
             recorder: Recorder::default(),
             jwts: Mutex::new(BTreeSet::new()),
+            verified_jwts: Mutex::new(BTreeMap::new()),
             handshake_failures: Mutex::new(Vec::new()),
         });
         let server = Server::start(Arc::clone(&state) as Arc<dyn Respond>, Some(tls)).await?;
@@ -192,6 +197,20 @@ impl MockApns {
     #[must_use]
     pub fn request_count(&self) -> usize {
         self.state.recorder.count()
+    }
+
+    /// Stops recording requests, for load tests: each is still checked and answered, and
+    /// counted in [`MockApns::request_count`] (and [`MockApns::faulty_request_count`] when the mock found
+    /// a problem), but [`MockApns::requests`] stays empty, so that memory does not grow with the
+    /// number of requests.
+    pub fn count_only(&self) {
+        self.state.recorder.set_counting_only();
+    }
+
+    /// How many requests had a problem the mock reported (recorded or not).
+    #[must_use]
+    pub fn faulty_request_count(&self) -> usize {
+        self.state.recorder.faulty_count()
     }
 
     /// Every request received, in order.
@@ -416,6 +435,20 @@ impl ApnsState {
         };
         view.jwt = Some(token.to_owned());
         lock_state(&self.jwts).insert(token.to_owned());
+        if self.recorder.counting_only() {
+            let verified = lock_state(&self.verified_jwts).get(token).copied();
+            if let Some(iat) = verified {
+                let age = jwt::now_unix() - iat;
+                if age > 3600 {
+                    findings.reject(
+                        403,
+                        "ExpiredProviderToken",
+                        format!("the provider token is {age} s old, over one hour"),
+                    );
+                }
+                return;
+            }
+        }
 
         let invalid = |findings: &mut Findings, problem: String| {
             findings.reject(403, "InvalidProviderToken", problem);
@@ -469,7 +502,11 @@ impl ApnsState {
                 "ExpiredProviderToken",
                 format!("the provider token is {} s old, over one hour", now - iat),
             ),
-            Some(_) => {}
+            Some(iat) => {
+                if self.recorder.counting_only() && findings.first.is_none() {
+                    lock_state(&self.verified_jwts).insert(token.to_owned(), iat);
+                }
+            }
         }
     }
 

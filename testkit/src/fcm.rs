@@ -243,6 +243,21 @@ impl MockFcm {
         self.state.sends.count()
     }
 
+    /// Stops recording send and token requests, for load tests: each is still checked and answered, and
+    /// counted in [`MockFcm::request_count`] (and [`MockFcm::faulty_request_count`] when the mock found
+    /// a problem), but [`MockFcm::requests`] stays empty, so that memory does not grow with the
+    /// number of requests.
+    pub fn count_only(&self) {
+        self.state.sends.set_counting_only();
+        self.state.tokens.set_counting_only();
+    }
+
+    /// How many send requests had a problem the mock reported (recorded or not).
+    #[must_use]
+    pub fn faulty_request_count(&self) -> usize {
+        self.state.sends.faulty_count()
+    }
+
     /// Every send request received, in order.
     #[must_use]
     pub fn requests(&self) -> Vec<RecordedRequest<FcmView>> {

@@ -2,6 +2,7 @@
 //! record of every request received.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -150,6 +151,13 @@ impl IncomingRequest {
 #[derive(Debug)]
 pub(crate) struct Recorder<V> {
     requests: Mutex<Vec<RecordedRequest<V>>>,
+    /// Every request answered, recorded or not.
+    count: AtomicUsize,
+    /// The requests in which the mock found a problem, recorded or not.
+    faulty: AtomicUsize,
+    /// Whether requests are only counted: set for load tests, where a record of a million
+    /// requests would cost more memory than the process under test.
+    counting_only: AtomicBool,
     queue: Mutex<VecDeque<CannedResponse>>,
     delay: Mutex<Duration>,
 }
@@ -158,6 +166,9 @@ impl<V> Default for Recorder<V> {
     fn default() -> Self {
         Self {
             requests: Mutex::new(Vec::new()),
+            count: AtomicUsize::new(0),
+            faulty: AtomicUsize::new(0),
+            counting_only: AtomicBool::new(false),
             queue: Mutex::new(VecDeque::new()),
             delay: Mutex::new(Duration::ZERO),
         }
@@ -193,6 +204,13 @@ impl<V: Clone> Recorder<V> {
         problems: Vec<String>,
         response: &CannedResponse,
     ) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if !problems.is_empty() {
+            self.faulty.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.counting_only() {
+            return;
+        }
         lock(&self.requests).push(RecordedRequest {
             method: request.method,
             path: request.path,
@@ -210,7 +228,20 @@ impl<V: Clone> Recorder<V> {
     }
 
     pub fn count(&self) -> usize {
-        lock(&self.requests).len()
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn faulty_count(&self) -> usize {
+        self.faulty.load(Ordering::Relaxed)
+    }
+
+    /// Stops keeping requests (they are still checked, answered and counted).
+    pub fn set_counting_only(&self) {
+        self.counting_only.store(true, Ordering::Relaxed);
+    }
+
+    pub fn counting_only(&self) -> bool {
+        self.counting_only.load(Ordering::Relaxed)
     }
 }
 

@@ -267,6 +267,20 @@ impl MockWebPush {
         self.state.recorder.count()
     }
 
+    /// Stops recording requests, for load tests: each is still checked and answered, and
+    /// counted in [`MockWebPush::request_count`] (and [`MockWebPush::faulty_request_count`] when the mock found
+    /// a problem), but [`MockWebPush::requests`] stays empty, so that memory does not grow with the
+    /// number of requests.
+    pub fn count_only(&self) {
+        self.state.recorder.set_counting_only();
+    }
+
+    /// How many requests had a problem the mock reported (recorded or not).
+    #[must_use]
+    pub fn faulty_request_count(&self) -> usize {
+        self.state.recorder.faulty_count()
+    }
+
     /// Every request received, in order.
     #[must_use]
     pub fn requests(&self) -> Vec<RecordedRequest<WebPushView>> {

@@ -12,6 +12,10 @@ Usage: cargo xtask <task>
 Tasks:
   ci      check formatting, run clippy with warnings as errors, then run every test
           (cargo nextest, or cargo test when nextest is not installed)
+  bench   build release binaries and run the benchmark (docs/performance.md):
+          [--devices N (100000)] [--db sqlite|postgres|both (both)] [--out FILE]
+          [--api-requests N (10000)] [--postgres-url URL]; results go to
+          <target>/bench/results.json unless --out says otherwise
   help    print this message
 ";
 
@@ -19,6 +23,7 @@ fn main() -> ExitCode {
     let task = env::args().nth(1);
     match task.as_deref() {
         Some("ci") => ci(),
+        Some("bench") => bench(env::args().skip(2).collect()),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             ExitCode::SUCCESS
@@ -67,6 +72,63 @@ fn ci() -> ExitCode {
     }
     eprintln!("xtask: ci passed");
     ExitCode::SUCCESS
+}
+
+/// Builds `clarion-server`, `clarion-mocks` and `clarion-bench` in release, then runs the
+/// benchmark with the given options. Not part of `ci`: it takes minutes and wants a quiet
+/// machine.
+fn bench(mut args: Vec<String>) -> ExitCode {
+    let build = [
+        "build",
+        "--release",
+        "--package",
+        "clarion-http",
+        "--bin",
+        "clarion-server",
+        "--package",
+        "clarion-bench",
+        "--bin",
+        "clarion-bench",
+        "--bin",
+        "clarion-mocks",
+    ];
+    eprintln!("xtask: bench: cargo {}", build.join(" "));
+    if let Err(failure) = run_cargo(&build) {
+        eprintln!("xtask: bench: the release build failed: {failure}");
+        return ExitCode::FAILURE;
+    }
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    let target = if target.is_relative() {
+        workspace_root().join(target)
+    } else {
+        target
+    };
+    let bin_dir = target.join("release");
+    if !args.iter().any(|a| a == "--out") {
+        args.push("--out".to_owned());
+        args.push(
+            target
+                .join("bench")
+                .join("results.json")
+                .display()
+                .to_string(),
+        );
+    }
+    let status = Command::new(bin_dir.join("clarion-bench"))
+        .arg("--bin-dir")
+        .arg(&bin_dir)
+        .args(&args)
+        .current_dir(workspace_root())
+        .status();
+    match status {
+        Ok(status) if status.success() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::FAILURE,
+        Err(err) => {
+            eprintln!("xtask: bench: could not start clarion-bench: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn cargo() -> OsString {

@@ -1,7 +1,10 @@
 //! [`DeviceStore`] on PostgreSQL.
 
 use async_trait::async_trait;
-use clarion_domain::device::{Device, DeviceFilter, DeviceUpdate, NewDevice, Registration};
+use clarion_domain::device::{
+    BulkRegistration, Device, DeviceFilter, DeviceUpdate, NewDevice, Registration,
+    last_registration_of_each_token,
+};
 use clarion_domain::ids::{AppId, DeviceId};
 use clarion_domain::ports::{DeviceStore, StoreError};
 use clarion_domain::token::DeviceToken;
@@ -18,6 +21,10 @@ const MAX_LIMIT: u32 = 1000;
 /// How often a registration retries after losing a race with another registration of the
 /// same token (the update found nothing, then the insert found the row).
 const REGISTER_ROUNDS: usize = 3;
+
+/// The most devices one `INSERT` of a bulk registration writes: 10 parameters each, well
+/// under PostgreSQL's limit of 65,535 parameters per statement.
+const BULK_ROWS_PER_STATEMENT: usize = 1000;
 
 fn keys(token: &DeviceToken) -> (Option<&str>, Option<&str>) {
     match token {
@@ -110,6 +117,67 @@ impl DeviceStore for PgStore {
             device.token.platform(),
             device.app
         )))
+    }
+
+    async fn register_devices(
+        &self,
+        devices: &[NewDevice],
+        now: OffsetDateTime,
+    ) -> Result<BulkRegistration, StoreError> {
+        let devices = last_registration_of_each_token(devices);
+        if devices.is_empty() {
+            return Ok(BulkRegistration::default());
+        }
+        let now = ms(now);
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_error("failed to begin a bulk registration"))?;
+        let mut created = 0_u64;
+        for chunk in devices.chunks(BULK_ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Postgres>::new(
+                "INSERT INTO devices (app, platform, token_key, p256dh, auth, name, active, \
+                 user_id, device_id, created_at, updated_at) ",
+            );
+            query.push_values(chunk, |mut row, device| {
+                let (p256dh, auth) = keys(&device.token);
+                row.push_bind(device.app.as_str().to_owned())
+                    .push_bind(device.token.platform().as_str())
+                    .push_bind(device.token.key().to_owned())
+                    .push_bind(p256dh.map(str::to_owned))
+                    .push_bind(auth.map(str::to_owned))
+                    .push_bind(device.name.clone())
+                    .push("TRUE")
+                    .push_bind(device.user_id.as_ref().map(|u| u.as_str().to_owned()))
+                    .push_bind(device.device_id.clone())
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            // A row the statement inserted has no deleting transaction (`xmax = 0`); a row it
+            // updated was locked by this one.
+            query.push(
+                " ON CONFLICT (app, platform, token_key) DO UPDATE SET \
+                 user_id = EXCLUDED.user_id, name = EXCLUDED.name, \
+                 device_id = EXCLUDED.device_id, p256dh = EXCLUDED.p256dh, \
+                 auth = EXCLUDED.auth, active = TRUE, deactivated_at = NULL, \
+                 deactivation_reason = NULL, updated_at = EXCLUDED.updated_at \
+                 RETURNING (xmax = 0) AS inserted",
+            );
+            let inserted: Vec<(bool,)> = query
+                .build_query_as()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error("failed to register devices in bulk"))?;
+            created += inserted.iter().filter(|(new,)| *new).count() as u64;
+        }
+        tx.commit()
+            .await
+            .map_err(db_error("failed to commit a bulk registration"))?;
+        Ok(BulkRegistration {
+            created,
+            updated: devices.len() as u64 - created,
+        })
     }
 
     async fn get_device(&self, app: &AppId, id: DeviceId) -> Result<Option<Device>, StoreError> {

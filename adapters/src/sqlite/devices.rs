@@ -1,7 +1,10 @@
 //! [`DeviceStore`] on SQLite.
 
 use async_trait::async_trait;
-use clarion_domain::device::{Device, DeviceFilter, DeviceUpdate, NewDevice, Registration};
+use clarion_domain::device::{
+    BulkRegistration, Device, DeviceFilter, DeviceUpdate, NewDevice, Registration,
+    last_registration_of_each_token,
+};
 use clarion_domain::ids::{AppId, DeviceId};
 use clarion_domain::ports::{DeviceStore, StoreError};
 use clarion_domain::token::DeviceToken;
@@ -18,6 +21,13 @@ const MAX_LIMIT: u32 = 1000;
 /// How often a registration retries after losing a race with another registration of the
 /// same token (the update found nothing, then the insert found the row).
 const REGISTER_ROUNDS: usize = 3;
+
+/// The most ids one `SELECT` of `get_devices` binds, under SQLite's 32,766 parameters.
+const GET_DEVICES_PER_STATEMENT: usize = 10_000;
+
+/// The most devices one `INSERT` of a bulk registration writes: 10 parameters each, well
+/// under SQLite's limit of 32,766 parameters per statement.
+const BULK_ROWS_PER_STATEMENT: usize = 1000;
 
 fn keys(token: &DeviceToken) -> (Option<&str>, Option<&str>) {
     match token {
@@ -112,6 +122,71 @@ impl DeviceStore for SqliteStore {
         )))
     }
 
+    async fn register_devices(
+        &self,
+        devices: &[NewDevice],
+        now: OffsetDateTime,
+    ) -> Result<BulkRegistration, StoreError> {
+        let devices = last_registration_of_each_token(devices);
+        if devices.is_empty() {
+            return Ok(BulkRegistration::default());
+        }
+        let now = millis(now);
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_error("failed to begin a bulk registration"))?;
+        // Ids only grow (AUTOINCREMENT), and writers are serialised, so the rows this
+        // transaction creates are exactly those with an id above the largest one before it.
+        let (before,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM devices")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error("failed to read the largest device id"))?;
+        let mut created = 0_u64;
+        for chunk in devices.chunks(BULK_ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO devices (app, platform, token_key, p256dh, auth, name, active, \
+                 user_id, device_id, created_at, updated_at) ",
+            );
+            query.push_values(chunk, |mut row, device| {
+                let (p256dh, auth) = keys(&device.token);
+                row.push_bind(device.app.as_str().to_owned())
+                    .push_bind(device.token.platform().as_str())
+                    .push_bind(device.token.key().to_owned())
+                    .push_bind(p256dh.map(str::to_owned))
+                    .push_bind(auth.map(str::to_owned))
+                    .push_bind(device.name.clone())
+                    .push("1")
+                    .push_bind(device.user_id.as_ref().map(|u| u.as_str().to_owned()))
+                    .push_bind(device.device_id.clone())
+                    .push_bind(now)
+                    .push_bind(now);
+            });
+            query.push(
+                " ON CONFLICT (app, platform, token_key) DO UPDATE SET \
+                 user_id = excluded.user_id, name = excluded.name, \
+                 device_id = excluded.device_id, p256dh = excluded.p256dh, \
+                 auth = excluded.auth, active = 1, deactivated_at = NULL, \
+                 deactivation_reason = NULL, updated_at = excluded.updated_at \
+                 RETURNING id",
+            );
+            let ids: Vec<(i64,)> = query
+                .build_query_as()
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error("failed to register devices in bulk"))?;
+            created += ids.iter().filter(|(id,)| *id > before).count() as u64;
+        }
+        tx.commit()
+            .await
+            .map_err(db_error("failed to commit a bulk registration"))?;
+        Ok(BulkRegistration {
+            created,
+            updated: devices.len() as u64 - created,
+        })
+    }
+
     async fn get_device(&self, app: &AppId, id: DeviceId) -> Result<Option<Device>, StoreError> {
         let sql = format!("SELECT {DEVICE_COLUMNS} FROM devices WHERE app = ? AND id = ?");
         sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
@@ -125,27 +200,34 @@ impl DeviceStore for SqliteStore {
     }
 
     async fn get_devices(&self, app: &AppId, ids: &[DeviceId]) -> Result<Vec<Device>, StoreError> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        // One statement binds at most 32,766 values, and a broadcast reads every device it
+        // targets: the ids go in chunks, and the chunks' rows are put back in id order.
+        let mut devices = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(GET_DEVICES_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Sqlite>::new(format!(
+                "SELECT {DEVICE_COLUMNS} FROM devices WHERE app = "
+            ));
+            query.push_bind(app.as_str().to_owned());
+            query.push(" AND id IN (");
+            let mut list = query.separated(", ");
+            for id in chunk {
+                list.push_bind(id.0);
+            }
+            query.push(") ORDER BY id");
+            let rows = query
+                .build_query_as::<DeviceRow>()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error("failed to read devices"))?;
+            for row in rows {
+                devices.push(row.into_domain()?);
+            }
         }
-        let mut query = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE app = "
-        ));
-        query.push_bind(app.as_str().to_owned());
-        query.push(" AND id IN (");
-        let mut list = query.separated(", ");
-        for id in ids {
-            list.push_bind(id.0);
+        if ids.len() > GET_DEVICES_PER_STATEMENT {
+            devices.sort_unstable_by_key(|d| d.id);
+            devices.dedup_by_key(|d| d.id);
         }
-        query.push(") ORDER BY id");
-        query
-            .build_query_as::<DeviceRow>()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error("failed to read devices"))?
-            .into_iter()
-            .map(DeviceRow::into_domain)
-            .collect()
+        Ok(devices)
     }
 
     async fn list_devices(

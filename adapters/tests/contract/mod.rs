@@ -55,6 +55,8 @@ macro_rules! store_contract_tests {
         $crate::contract::store_contract_tests!(@each $factory;
             registering_the_same_token_twice_updates_the_owner_and_reactivates,
             the_same_token_on_another_app_or_platform_is_a_separate_device,
+            registering_devices_in_bulk_creates_new_tokens_and_updates_known_ones,
+            getting_more_devices_than_a_statement_binds_returns_them_all_in_id_order,
             a_web_push_subscription_keeps_its_keys_and_an_update_replaces_them,
             listing_devices_filters_by_owner_platform_and_activity_and_pages_by_id,
             getting_devices_ignores_ids_of_other_apps,
@@ -308,6 +310,125 @@ pub async fn registering_the_same_token_twice_updates_the_owner_and_reactivates<
         .await
         .expect("get");
     assert_eq!(stored, Some(updated));
+}
+
+pub async fn registering_devices_in_bulk_creates_new_tokens_and_updates_known_ones<S: Stores>(
+    store: &S,
+) {
+    let known = register(store, &new_device("shop", apns(1), Some("alice")), at(0)).await;
+    store
+        .deactivate_device(&app("shop"), known, "unregistered", at(1))
+        .await
+        .expect("deactivate");
+    // More devices than one statement writes, a token given twice (the last one wins), a
+    // known token, and every platform.
+    let mut devices = vec![new_device("shop", apns(1), Some("bob"))];
+    devices.extend((0..2500_u32).map(|n| {
+        let token = DeviceToken::parse(
+            Platform::Apns,
+            &format!("{:064x}", 0x1_0000 + n),
+            None,
+            None,
+            EndpointPolicy::PublicOnly,
+        )
+        .expect("valid APNs token");
+        new_device("shop", token, None)
+    }));
+    devices.push(new_device("shop", fcm(2), Some("carol")));
+    devices.push(new_device("shop", webpush(3, P256DH, AUTH), None));
+    devices.push(new_device("shop", fcm(2), Some("dave")));
+
+    let empty = store.register_devices(&[], at(2)).await.expect("empty");
+    let done = store.register_devices(&devices, at(2)).await.expect("bulk");
+
+    assert_eq!((empty.created, empty.updated), (0, 0));
+    assert_eq!((done.created, done.updated), (2502, 1));
+    let reregistered = store
+        .get_device(&app("shop"), known)
+        .await
+        .expect("get")
+        .expect("still there");
+    assert!(reregistered.active);
+    assert_eq!(reregistered.user_id, Some(user("bob")));
+    assert_eq!(reregistered.deactivation_reason, None);
+    assert_eq!(reregistered.created_at, at(0));
+    assert_eq!(reregistered.updated_at, at(2));
+    let mut all = Vec::new();
+    loop {
+        let filter = DeviceFilter {
+            after: all.last().map(|d: &clarion_domain::device::Device| d.id),
+            limit: Some(1000),
+            ..DeviceFilter::default()
+        };
+        let page = store
+            .list_devices(&app("shop"), &filter)
+            .await
+            .expect("list");
+        if page.is_empty() {
+            break;
+        }
+        all.extend(page);
+    }
+    assert_eq!(all.len(), 2503);
+    let fcm_owners: Vec<_> = all
+        .iter()
+        .filter(|d| d.platform() == Platform::Fcm)
+        .map(|d| d.user_id.clone())
+        .collect();
+    assert_eq!(fcm_owners, vec![Some(user("dave"))]);
+    let subscription = all
+        .iter()
+        .find(|d| d.platform() == Platform::Webpush)
+        .expect("the subscription");
+    assert_eq!(subscription.token, webpush(3, P256DH, AUTH));
+}
+
+pub async fn getting_more_devices_than_a_statement_binds_returns_them_all_in_id_order<S: Stores>(
+    store: &S,
+) {
+    // SQLite binds at most 32,766 values per statement; a broadcast reads every device.
+    let devices: Vec<NewDevice> = (0..40_000_u32)
+        .map(|n| {
+            let token = DeviceToken::parse(
+                Platform::Apns,
+                &format!("{:064x}", 0x2_0000 + n),
+                None,
+                None,
+                EndpointPolicy::PublicOnly,
+            )
+            .expect("valid APNs token");
+            new_device("shop", token, None)
+        })
+        .collect();
+    for chunk in devices.chunks(5000) {
+        store.register_devices(chunk, at(0)).await.expect("bulk");
+    }
+    let mut ids = Vec::new();
+    loop {
+        let filter = DeviceFilter {
+            after: ids.last().copied(),
+            limit: Some(1000),
+            ..DeviceFilter::default()
+        };
+        let page = store
+            .list_devices(&app("shop"), &filter)
+            .await
+            .expect("list");
+        if page.is_empty() {
+            break;
+        }
+        ids.extend(page.iter().map(|d| d.id));
+    }
+    let reversed: Vec<DeviceId> = ids.iter().rev().copied().collect();
+
+    let found = store
+        .get_devices(&app("shop"), &reversed)
+        .await
+        .expect("get");
+
+    let found: Vec<DeviceId> = found.iter().map(|d| d.id).collect();
+    assert_eq!(found.len(), 40_000);
+    assert_eq!(found, ids);
 }
 
 pub async fn the_same_token_on_another_app_or_platform_is_a_separate_device<S: Stores>(store: &S) {

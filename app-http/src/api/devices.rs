@@ -7,7 +7,7 @@ use axum::{Extension, Json};
 use clarion_domain::auth::Principal;
 use clarion_domain::device::{Device, DeviceFilter, DeviceUpdate, Registration};
 use clarion_domain::ids::{DeviceId, UserId};
-use clarion_domain::service::RegisterDevice;
+use clarion_domain::service::{MAX_BULK_DEVICES, RegisterDevice};
 use clarion_domain::token::{DeviceToken, Platform};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -15,7 +15,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::api::{paginate, parse_cursor, parse_limit, present};
 use crate::auth::device_owner;
-use crate::error::{ApiError, Problem, id_error};
+use crate::error::{ApiError, Problem, bulk_error, id_error};
 use crate::extract::{ApiJson, ApiPath, ApiQuery};
 use crate::routes::AppState;
 
@@ -234,6 +234,78 @@ pub(crate) async fn register_device(
         Registration::Updated => StatusCode::OK,
     };
     Ok((status, Json(device.into())))
+}
+
+/// Many device registrations at once.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterDevicesBody {
+    /// Up to 5,000 registrations, each as `POST /v1/apps/{app}/devices` takes it.
+    pub devices: Vec<RegisterDeviceBody>,
+}
+
+/// What a bulk registration did.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BulkRegistrationResponse {
+    /// Devices that did not exist.
+    pub created: u64,
+    /// Devices whose token was registered already, updated (owner, name, `active = true`).
+    pub updated: u64,
+}
+
+/// Register up to 5,000 devices in one transaction (imports, load tests): all of them, or
+/// none when one is invalid (the error names it, as `devices[3].token`). API keys only.
+#[utoipa::path(
+    post, path = "/v1/apps/{app}/devices/bulk", tag = "devices",
+    params(("app" = String, Path, description = "The application id")),
+    request_body = RegisterDevicesBody,
+    responses(
+        (status = 200, description = "How many devices were created and updated", body = BulkRegistrationResponse),
+        (status = 400, body = Problem), (status = 401, body = Problem), (status = 403, body = Problem),
+        (status = 404, body = Problem), (status = 413, body = Problem), (status = 422, body = Problem),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn register_devices(
+    State(state): State<AppState>,
+    ApiPath(app): ApiPath<String>,
+    ApiJson(body): ApiJson<RegisterDevicesBody>,
+) -> Result<Json<BulkRegistrationResponse>, ApiError> {
+    if body.devices.len() > MAX_BULK_DEVICES {
+        return Err(ApiError::invalid(
+            "devices",
+            format!(
+                "{} devices given; at most {MAX_BULK_DEVICES} are registered at once",
+                body.devices.len()
+            ),
+        ));
+    }
+    let mut requests = Vec::with_capacity(body.devices.len());
+    for (index, device) in body.devices.into_iter().enumerate() {
+        let owner = device
+            .user_id
+            .as_deref()
+            .map(|raw| user_id(&format!("devices[{index}].user_id"), raw))
+            .transpose()?;
+        requests.push(RegisterDevice {
+            platform: device.platform.into(),
+            token: device.token,
+            p256dh: device.p256dh,
+            auth: device.auth,
+            name: device.name,
+            user_id: owner,
+            device_id: device.device_id,
+        });
+    }
+    let done = state
+        .service
+        .register_devices(&app, requests)
+        .await
+        .map_err(bulk_error)?;
+    Ok(Json(BulkRegistrationResponse {
+        created: done.created,
+        updated: done.updated,
+    }))
 }
 
 /// List devices, in id order.

@@ -200,3 +200,65 @@ async fn a_web_push_device_keeps_its_keys() {
         _ => assert_eq!(reply.expect(422)["errors"][0]["field"], "token"),
     }
 }
+
+#[tokio::test]
+async fn devices_registered_in_bulk_are_counted_as_created_or_updated() {
+    let app = spawn_shop_and_news().await;
+    app.admin(
+        Method::POST,
+        "/v1/apps/shop/devices",
+        Some(&apns_device(1, "alice")),
+    )
+    .await
+    .expect(201);
+    let devices: Vec<Value> = (1..=3).map(|n| apns_device(n, "bob")).collect();
+
+    let done = app
+        .admin(
+            Method::POST,
+            "/v1/apps/shop/devices/bulk",
+            Some(&json!({ "devices": devices })),
+        )
+        .await
+        .expect(200);
+
+    assert_eq!(done, json!({"created": 2, "updated": 1}));
+    let page = app
+        .admin(Method::GET, "/v1/apps/shop/devices?user_id=bob", None)
+        .await
+        .expect(200);
+    assert_eq!(page["items"].as_array().map(Vec::len), Some(3));
+}
+
+#[tokio::test]
+async fn a_bulk_registration_with_one_bad_device_names_it_and_registers_none() {
+    let app = spawn_shop_and_news().await;
+    let devices = json!({"devices": [
+        apns_device(1, "alice"),
+        {"platform": "apns", "token": "not-hex"},
+    ]});
+
+    let refused = app
+        .admin(Method::POST, "/v1/apps/shop/devices/bulk", Some(&devices))
+        .await
+        .expect(422);
+    let client = app
+        .call(
+            Method::POST,
+            "/v1/apps/shop/devices/bulk",
+            Some(&client_token(SHOP_SECRET, "alice", 600)),
+            Some(&json!({"devices": [apns_device(2, "alice")]})),
+        )
+        .await;
+
+    assert_eq!(
+        refused["errors"][0]["field"], "devices[1].token",
+        "{refused}"
+    );
+    client.expect(403);
+    let page = app
+        .admin(Method::GET, "/v1/apps/shop/devices", None)
+        .await
+        .expect(200);
+    assert_eq!(page["items"], json!([]));
+}

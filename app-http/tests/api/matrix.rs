@@ -53,6 +53,7 @@ const fn route(method: &'static str, path: &'static str, area: Area, success: u1
 pub const ROUTES: &[Route] = &[
     route("post", "/v1/apps/{app}/devices", Area::Register, 201),
     route("get", "/v1/apps/{app}/devices", Area::List, 200),
+    route("post", "/v1/apps/{app}/devices/bulk", Area::App, 200),
     route("get", "/v1/apps/{app}/devices/{id}", Area::Owned, 200),
     route("patch", "/v1/apps/{app}/devices/{id}", Area::Owned, 200),
     route("delete", "/v1/apps/{app}/devices/{id}", Area::Owned, 204),
@@ -278,6 +279,9 @@ fn concrete(route: &Route, f: &Fixture) -> (String, Option<Value>) {
     let body = match (route.method, route.path) {
         ("post", "/v1/apps/{app}/devices") => Some(json!({
             "platform": "apns", "token": format!("{:064x}", n + 1), "user_id": "alice"
+        })),
+        ("post", "/v1/apps/{app}/devices/bulk") => Some(json!({
+            "devices": [{"platform": "apns", "token": format!("{:064x}", n + 1_000_000)}]
         })),
         ("patch", _) => Some(json!({"name": "renamed"})),
         ("post", "/v1/apps/{app}/messages") => {
