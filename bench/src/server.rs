@@ -112,8 +112,9 @@ pub struct ServerSettings {
     pub rate_limit: &'static str,
     /// Raised from 1 MiB so that a bulk request of 2,000 devices fits.
     pub body_limit_bytes: usize,
-    /// The broadcast is sent with `dispatch = "now"`; past this the request is answered 202
-    /// and the send goes on in the background.
+    /// The default. The broadcast is sent with `dispatch = "now"`; past this the request is
+    /// answered 202 and the send goes on in the background (it is timed to its last delivery
+    /// either way).
     pub send_wait_secs: u64,
 }
 
@@ -127,7 +128,7 @@ impl Default for ServerSettings {
             apns_concurrency: 100,
             rate_limit: "off",
             body_limit_bytes: 8 * 1024 * 1024,
-            send_wait_secs: 1,
+            send_wait_secs: 10,
         }
     }
 }
