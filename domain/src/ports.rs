@@ -287,13 +287,15 @@ pub trait MessageStore: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
 
-    /// Records one delivery's state as soon as it is known, whoever holds the message's lease:
-    /// a provider's answer is a fact worth keeping. Idempotent, and a delivery already recorded
-    /// as accepted or debug is never changed again.
+    /// Records the states of deliveries as soon as they are known, whoever holds their
+    /// message's lease: a provider's answer is a fact worth keeping. All of them in one write
+    /// (one transaction), so that a fan-out costs one commit per batch of answers rather than
+    /// one per device. Idempotent, and a delivery already recorded as accepted or debug is
+    /// never changed again.
     ///
     /// # Errors
-    /// [`StoreError::Unknown`] on a database failure.
-    async fn record_delivery(&self, delivery: &Delivery) -> Result<(), StoreError>;
+    /// [`StoreError::Unknown`] on a database failure; then none of them was recorded.
+    async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<(), StoreError>;
 
     /// Writes a message's progress, `extra_sender_data`, `changed_at` and its loaded
     /// deliveries (accepted and debug ones are never changed), and releases its lease, if the

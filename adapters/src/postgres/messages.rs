@@ -370,13 +370,13 @@ impl MessageStore for PgStore {
         self.load_messages(&ids, false).await
     }
 
-    async fn record_delivery(&self, delivery: &Delivery) -> Result<(), StoreError> {
+    async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {
         let mut conn = self
             .pool
             .acquire()
             .await
             .map_err(db_error("failed to get a database connection"))?;
-        write_deliveries(&mut conn, std::slice::from_ref(delivery)).await
+        write_deliveries(&mut conn, deliveries).await
     }
 
     async fn renew_lease(

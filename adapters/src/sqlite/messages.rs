@@ -335,13 +335,23 @@ impl MessageStore for SqliteStore {
         self.load_messages(&ids, false).await
     }
 
-    async fn record_delivery(&self, delivery: &Delivery) -> Result<(), StoreError> {
-        let mut conn = self
+    async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        // One transaction: the statement is prepared once and SQLite commits once for the
+        // whole batch.
+        let mut tx = self
             .pool
-            .acquire()
+            .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(db_error("failed to get a database connection"))?;
-        write_delivery(&mut conn, delivery).await
+            .map_err(db_error("failed to begin a transaction"))?;
+        for delivery in deliveries {
+            write_delivery(&mut tx, delivery).await?;
+        }
+        tx.commit()
+            .await
+            .map_err(db_error("failed to record deliveries"))
     }
 
     async fn renew_lease(
