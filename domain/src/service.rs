@@ -328,6 +328,12 @@ const RECORD_BATCH: usize = 512;
 
 /// The devices of one page of deliveries, by id.
 type PageDevices = BTreeMap<DeviceId, Device>;
+/// What one delivery needs to go out, or the outcome it gets without a request.
+enum Prepared<'a> {
+    Send(&'a Arc<dyn PushProvider>, Payload),
+    Done(SendOutcome),
+}
+
 /// One sent delivery with its outcome, or the store failure that ended the sending.
 type Sent = Result<(Delivery, SendOutcome), StoreError>;
 
@@ -1078,14 +1084,27 @@ impl PushService {
         let pages = self.due_pages(app, message.id);
         let sending = async move {
             let spec = &spec;
+            let mut built = BTreeMap::new();
             let mut sent = std::pin::pin!(
                 pages
                     .map_ok(|page| stream::iter(page).map(Ok::<_, StoreError>))
                     .try_flatten()
-                    .map(|due| async move {
-                        let (delivery, devices) = due?;
-                        let outcome = self.send_one(app, spec, &delivery, &devices, started).await;
-                        Ok((delivery, outcome))
+                    .map(move |due| {
+                        let prepared = due.map(|(delivery, devices)| {
+                            let prepared =
+                                self.prepare(app, spec, &delivery, &devices, started, &mut built);
+                            (delivery, prepared)
+                        });
+                        async move {
+                            let (delivery, prepared) = prepared?;
+                            let outcome = match prepared {
+                                Prepared::Send(provider, payload) => {
+                                    provider.send(&app.id, &payload).await
+                                }
+                                Prepared::Done(outcome) => outcome,
+                            };
+                            Ok((delivery, outcome))
+                        }
                     })
                     .buffer_unordered(concurrency)
             );
@@ -1215,53 +1234,83 @@ impl PushService {
         Ok(true)
     }
 
-    async fn send_one(
+    /// What delivery `delivery` needs to go out: its provider and payload, or the outcome it
+    /// gets without a request. `built` keeps the first payload of each platform, so that a
+    /// payload that does not depend on the device (APNs) is built once per attempt.
+    fn prepare(
         &self,
         app: &Application,
         spec: &MessageSpec,
         delivery: &Delivery,
-        devices: &BTreeMap<DeviceId, Device>,
+        devices: &PageDevices,
         now: OffsetDateTime,
-    ) -> SendOutcome {
+        built: &mut BTreeMap<Platform, Payload>,
+    ) -> Prepared<'_> {
         let payload = match delivery.device_id {
             Some(id) => match devices.get(&id) {
                 None => {
-                    return permanent("device_deleted", &format!("device {id} no longer exists"));
+                    return Prepared::Done(permanent(
+                        "device_deleted",
+                        &format!("device {id} no longer exists"),
+                    ));
                 }
                 Some(device) if !device.active => {
                     let why = device
                         .deactivation_reason
                         .as_deref()
                         .unwrap_or("deactivated");
-                    return permanent(
+                    return Prepared::Done(permanent(
                         "device_inactive",
                         &format!("device {id} is inactive: {why}"),
-                    );
+                    ));
                 }
                 Some(device) => {
-                    payload::build(app, spec, PayloadTarget::Device(&device.token), now)
+                    let platform = device.platform();
+                    match built
+                        .get(&platform)
+                        .and_then(|first| first.for_device(&device.token))
+                    {
+                        Some(payload) => Ok(payload),
+                        None => {
+                            let payload = payload::build(
+                                app,
+                                spec,
+                                PayloadTarget::Device(&device.token),
+                                now,
+                            );
+                            if let Ok(payload) = &payload {
+                                built.entry(platform).or_insert_with(|| payload.clone());
+                            }
+                            payload
+                        }
+                    }
                 }
             },
             None => match spec.target.recipient() {
                 Some(user) => payload::build(app, spec, PayloadTarget::ExternalUser(user), now),
-                None => return permanent("no_recipient", "a OneSignal delivery needs a user id"),
+                None => {
+                    return Prepared::Done(permanent(
+                        "no_recipient",
+                        "a OneSignal delivery needs a user id",
+                    ));
+                }
             },
         };
         let payload: Payload = match payload {
             Ok(p) => p,
-            Err(e) => return permanent("payload", &e.to_string()),
+            Err(e) => return Prepared::Done(permanent("payload", &e.to_string())),
         };
         let Some(provider) = self.providers.get(delivery.channel) else {
-            return SendOutcome::Misconfigured {
+            return Prepared::Done(SendOutcome::Misconfigured {
                 code: "no_provider".to_owned(),
                 reason: format!(
                     "no {} provider is configured for application {}",
                     delivery.channel.as_str(),
                     app.id
                 ),
-            };
+            });
         };
-        provider.send(&app.id, &payload).await
+        Prepared::Send(provider, payload)
     }
 
     /// Claims due messages and sends them, up to `limit` messages, calling `on_message` after

@@ -110,27 +110,47 @@ fn select_in(head: &str, ids: &[i64], tail: &str) -> QueryBuilder<Sqlite> {
     query
 }
 
-/// Writes one delivery unless it is already accepted or debug, which are final.
-async fn write_delivery(
+/// Rows per statement of [`write_deliveries`]: eight variables a row, well under SQLite's
+/// 32,766 variables a statement.
+const DELIVERY_ROWS_PER_STATEMENT: usize = 1000;
+
+/// Writes deliveries, each unless it is already accepted or debug, which are final: one
+/// `UPDATE ... FROM` statement per [`DELIVERY_ROWS_PER_STATEMENT`] deliveries.
+async fn write_deliveries(
     conn: &mut SqliteConnection,
-    delivery: &Delivery,
+    deliveries: &[Delivery],
 ) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE deliveries SET state = ?, attempts = ?, provider_id = ?, error_code = ?, \
-         error_text = ?, details = ?, updated_at = ? \
-         WHERE id = ? AND state NOT IN ('accepted', 'debug')",
-    )
-    .bind(delivery.state.as_str())
-    .bind(i64::from(delivery.attempts))
-    .bind(delivery.provider_id.clone())
-    .bind(delivery.error_code.clone())
-    .bind(delivery.error_text.clone())
-    .bind(opt_json_text(delivery.details.as_ref())?)
-    .bind(millis(delivery.updated_at))
-    .bind(delivery.id.0)
-    .execute(conn)
-    .await
-    .map_err(db_error("failed to record a delivery"))?;
+    for chunk in deliveries.chunks(DELIVERY_ROWS_PER_STATEMENT) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "WITH u (id, state, attempts, provider_id, error_code, error_text, details, \
+             updated_at) AS (",
+        );
+        let details = chunk
+            .iter()
+            .map(|d| opt_json_text(d.details.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        query.push_values(chunk.iter().zip(details), |mut row, (delivery, details)| {
+            row.push_bind(delivery.id.0)
+                .push_bind(delivery.state.as_str())
+                .push_bind(i64::from(delivery.attempts))
+                .push_bind(delivery.provider_id.clone())
+                .push_bind(delivery.error_code.clone())
+                .push_bind(delivery.error_text.clone())
+                .push_bind(details)
+                .push_bind(millis(delivery.updated_at));
+        });
+        query.push(
+            ") UPDATE deliveries SET state = u.state, attempts = u.attempts, \
+             provider_id = u.provider_id, error_code = u.error_code, error_text = u.error_text, \
+             details = u.details, updated_at = u.updated_at FROM u \
+             WHERE deliveries.id = u.id AND deliveries.state NOT IN ('accepted', 'debug')",
+        );
+        query
+            .build()
+            .execute(&mut *conn)
+            .await
+            .map_err(db_error("failed to record deliveries"))?;
+    }
     Ok(())
 }
 
@@ -339,16 +359,21 @@ impl MessageStore for SqliteStore {
         if deliveries.is_empty() {
             return Ok(());
         }
-        // One transaction: the statement is prepared once and SQLite commits once for the
-        // whole batch.
+        if deliveries.len() <= DELIVERY_ROWS_PER_STATEMENT {
+            // One statement, atomic on its own.
+            let mut conn = self
+                .pool
+                .acquire()
+                .await
+                .map_err(db_error("failed to get a database connection"))?;
+            return write_deliveries(&mut conn, deliveries).await;
+        }
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a transaction"))?;
-        for delivery in deliveries {
-            write_delivery(&mut tx, delivery).await?;
-        }
+        write_deliveries(&mut tx, deliveries).await?;
         tx.commit()
             .await
             .map_err(db_error("failed to record deliveries"))
@@ -531,9 +556,7 @@ impl MessageStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        for delivery in &message.deliveries {
-            write_delivery(&mut tx, delivery).await?;
-        }
+        write_deliveries(&mut tx, &message.deliveries).await?;
         tx.commit()
             .await
             .map_err(db_error("failed to commit a message's progress"))?;
