@@ -82,6 +82,15 @@ impl<S: MessageStore + ?Sized> MessageStore for InstrumentedMessages<S> {
         self.inner.get_message(app, id).await
     }
 
+    async fn get_message_head(
+        &self,
+        app: &AppId,
+        id: MessageId,
+        deliveries: u32,
+    ) -> Result<Option<Message>, StoreError> {
+        self.inner.get_message_head(app, id, deliveries).await
+    }
+
     async fn list_messages(&self, filter: &MessageFilter) -> Result<Vec<Message>, StoreError> {
         self.inner.list_messages(filter).await
     }

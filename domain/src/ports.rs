@@ -197,6 +197,10 @@ pub trait DeviceStore: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
 }
 
+/// The most deliveries a message carries when it is read to be shown (the API, the admin UI,
+/// the CLI); [`MessageStore::delivery_tally`] counts them all.
+pub const DELIVERIES_SHOWN: u32 = 1000;
+
 /// Messages, their deliveries and related objects, and the claim of due messages.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
@@ -210,14 +214,26 @@ pub trait MessageStore: Send + Sync + 'static {
     /// [`StoreError::Unknown`] on a database failure; nothing is stored then.
     async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError>;
 
-    /// A message of `app` with its deliveries and related objects.
+    /// A message of `app` with all its deliveries and related objects.
     ///
     /// # Errors
     /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
     async fn get_message(&self, app: &AppId, id: MessageId) -> Result<Option<Message>, StoreError>;
 
-    /// Messages matching the filter, newest first, each with its deliveries and related
-    /// objects.
+    /// A message of `app` with its related objects and its first `deliveries` deliveries (in id
+    /// order): what is shown of a message that may be a broadcast to a million devices.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
+    async fn get_message_head(
+        &self,
+        app: &AppId,
+        id: MessageId,
+        deliveries: u32,
+    ) -> Result<Option<Message>, StoreError>;
+
+    /// Messages matching the filter, newest first, each with its related objects and its first
+    /// [`DELIVERIES_SHOWN`] deliveries.
     ///
     /// # Errors
     /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].

@@ -24,14 +24,14 @@ use crate::device::{
 };
 use crate::ids::{DeliveryId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use crate::message::{
-    AttemptEnd, Channel, Content, Delivery, IllegalTransition, Message, MessageSpec, MessageState,
-    OptionError, Priority, PushOptions, SendOutcome, Target,
+    AttemptEnd, Channel, Content, Delivery, DeliveryTally, IllegalTransition, Message, MessageSpec,
+    MessageState, OptionError, Priority, PushOptions, SendOutcome, Target,
 };
 use crate::payload::{self, Payload, PayloadError, PayloadTarget};
 use crate::ports::{
-    ApiKeyStore, Clock, DeviceCount, DeviceStore, ErrorReason, Lease, MessageFilter, MessageStore,
-    NewDeliveries, NewMessage, PushProvider, RenderError, ReportStore, StateCount, StoreError,
-    TemplateRenderer, TemplateStore,
+    ApiKeyStore, Clock, DELIVERIES_SHOWN, DeviceCount, DeviceStore, ErrorReason, Lease,
+    MessageFilter, MessageStore, NewDeliveries, NewMessage, PushProvider, RenderError, ReportStore,
+    StateCount, StoreError, TemplateRenderer, TemplateStore,
 };
 use crate::template::{CannotSend, Rendered, Template, TemplateSpec};
 use crate::token::{DeviceToken, Platform, TokenError};
@@ -1413,10 +1413,30 @@ impl PushService {
 
     // ----- stored messages -----
 
+    /// A message as it is shown: with its first [`DELIVERIES_SHOWN`] deliveries, and the
+    /// tally of all of them.
+    ///
     /// # Errors
     /// [`MessageError::UnknownApplication`], [`MessageError::NotFound`] or
     /// [`MessageError::Store`].
-    pub async fn get_message(&self, app: &str, id: MessageId) -> Result<Message, MessageError> {
+    pub async fn get_message(
+        &self,
+        app: &str,
+        id: MessageId,
+    ) -> Result<(Message, DeliveryTally), MessageError> {
+        let app = self.apps.get(app)?;
+        let message = self
+            .ports
+            .messages
+            .get_message_head(&app.id, id, DELIVERIES_SHOWN)
+            .await?
+            .ok_or(MessageError::NotFound(id))?;
+        let tally = self.ports.messages.delivery_tally(id).await?;
+        Ok((message, tally))
+    }
+
+    /// A message with all its deliveries, for an operator's action on it.
+    async fn whole_message(&self, app: &str, id: MessageId) -> Result<Message, MessageError> {
         let app = self.apps.get(app)?;
         self.ports
             .messages
@@ -1445,7 +1465,7 @@ impl PushService {
     /// [`MessageError::Illegal`] unless the message is ERROR, and the errors of
     /// [`PushService::get_message`].
     pub async fn retry_message(&self, app: &str, id: MessageId) -> Result<Message, MessageError> {
-        let mut message = self.get_message(app, id).await?;
+        let mut message = self.whole_message(app, id).await?;
         message.requeue(self.now())?;
         if !self.ports.messages.save_progress(&message, None).await? {
             return Err(MessageError::Busy(id));
@@ -1459,7 +1479,7 @@ impl PushService {
     /// [`MessageError::Illegal`] unless the message is WAITING, and the errors of
     /// [`PushService::get_message`].
     pub async fn cancel_message(&self, app: &str, id: MessageId) -> Result<Message, MessageError> {
-        let mut message = self.get_message(app, id).await?;
+        let mut message = self.whole_message(app, id).await?;
         message.cancel(self.now())?;
         if !self.ports.messages.save_progress(&message, None).await? {
             return Err(MessageError::Busy(id));

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use clarion_domain::ids::{AppId, DeliveryId, MessageId, RelatedObject, Slug};
 use clarion_domain::message::{Channel, Delivery, DeliveryState, DeliveryTally, GiveUp, Message};
 use clarion_domain::ports::{
-    Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
+    DELIVERIES_SHOWN, Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
 };
 use clarion_domain::token::Platform;
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection};
@@ -34,7 +34,7 @@ impl SqliteStore {
     async fn load_messages(
         &self,
         ids: &[i64],
-        with_deliveries: bool,
+        deliveries_each: Option<u32>,
     ) -> Result<Vec<Message>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -66,16 +66,23 @@ impl SqliteStore {
         }
 
         let mut deliveries: HashMap<MessageId, Vec<Delivery>> = HashMap::new();
-        if with_deliveries {
-            let delivery_rows: Vec<DeliveryRow> = select_in(
-                &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id IN ("),
+        if let Some(each) = deliveries_each {
+            // The first `each` deliveries of every message.
+            let mut query = select_in(
+                &format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM (SELECT {DELIVERY_COLUMNS}, \
+                     ROW_NUMBER() OVER (PARTITION BY message_id ORDER BY id) AS nth \
+                     FROM deliveries WHERE message_id IN ("
+                ),
                 ids,
-                ") ORDER BY id",
-            )
-            .build_query_as()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error("failed to read deliveries"))?;
+                ")) WHERE nth <= ",
+            );
+            query.push_bind(i64::from(each)).push(" ORDER BY id");
+            let delivery_rows: Vec<DeliveryRow> = query
+                .build_query_as()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error("failed to read deliveries"))?;
             for row in delivery_rows {
                 let delivery = row.into_domain()?;
                 deliveries
@@ -255,7 +262,7 @@ impl MessageStore for SqliteStore {
             .await
             .map_err(db_error("failed to commit a message"))?;
 
-        self.load_messages(&[id], listed)
+        self.load_messages(&[id], listed.then_some(u32::MAX))
             .await?
             .pop()
             .ok_or_else(|| {
@@ -264,6 +271,15 @@ impl MessageStore for SqliteStore {
     }
 
     async fn get_message(&self, app: &AppId, id: MessageId) -> Result<Option<Message>, StoreError> {
+        self.get_message_head(app, id, u32::MAX).await
+    }
+
+    async fn get_message_head(
+        &self,
+        app: &AppId,
+        id: MessageId,
+        deliveries: u32,
+    ) -> Result<Option<Message>, StoreError> {
         let found: Option<i64> =
             sqlx::query_scalar("SELECT id FROM messages WHERE app = ? AND id = ?")
                 .bind(app.as_str().to_owned())
@@ -274,7 +290,7 @@ impl MessageStore for SqliteStore {
         let Some(id) = found else {
             return Ok(None);
         };
-        Ok(self.load_messages(&[id], true).await?.pop())
+        Ok(self.load_messages(&[id], Some(deliveries)).await?.pop())
     }
 
     async fn list_messages(&self, filter: &MessageFilter) -> Result<Vec<Message>, StoreError> {
@@ -322,7 +338,7 @@ impl MessageStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error("failed to list messages"))?;
-        self.load_messages(&ids, true).await
+        self.load_messages(&ids, Some(DELIVERIES_SHOWN)).await
     }
 
     async fn claim_due(
@@ -350,7 +366,7 @@ impl MessageStore for SqliteStore {
             .await
             .map_err(db_error("failed to claim due messages"))?;
         ids.sort_unstable();
-        self.load_messages(&ids, false).await
+        self.load_messages(&ids, None).await
     }
 
     async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {

@@ -75,6 +75,7 @@ macro_rules! store_contract_tests {
             two_concurrent_claimers_never_get_the_same_message,
             recording_a_delivery_never_changes_an_accepted_delivery,
             recording_a_batch_writes_every_delivery_but_the_final_ones,
+            the_head_of_a_message_holds_its_first_deliveries,
             saving_progress_persists_the_state_machine_result_and_releases_the_lease,
             a_sent_message_keeps_its_accepted_and_failed_deliveries,
             the_template_message_is_the_newest_one_linked_to_every_related_object,
@@ -1278,6 +1279,50 @@ pub async fn recording_a_batch_writes_every_delivery_but_the_final_ones<S: Store
     assert_eq!(stored.deliveries, vec![first, retrying, failed]);
     assert_eq!(stored.deliveries[1].state, DeliveryState::Retrying);
     assert_eq!(stored.deliveries[2].state, DeliveryState::Failed);
+}
+
+pub async fn the_head_of_a_message_holds_its_first_deliveries<S: Stores>(store: &S) {
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(register(store, &new_device("shop", apns(n), None), at(0)).await);
+    }
+    let message = insert(
+        store,
+        &new_message(
+            spec(
+                "shop",
+                Target::Devices {
+                    device_ids: ids.clone(),
+                },
+            ),
+            ids.iter().map(|id| (Channel::Apns, Some(*id))).collect(),
+            at(0),
+        ),
+    )
+    .await;
+
+    let head = store
+        .get_message_head(&app("shop"), message.id, 2)
+        .await
+        .expect("read")
+        .expect("exists");
+    let whole = store
+        .get_message(&app("shop"), message.id)
+        .await
+        .expect("read")
+        .expect("exists");
+
+    assert_eq!(head.deliveries, message.deliveries[..2].to_vec());
+    assert_eq!(whole.deliveries, message.deliveries);
+    assert_eq!(head.spec, whole.spec);
+    assert!(
+        store
+            .get_message_head(&app("news"), message.id, 2)
+            .await
+            .expect("read")
+            .is_none(),
+        "another application's message is not found"
+    );
 }
 
 pub async fn saving_progress_persists_the_state_machine_result_and_releases_the_lease<S: Stores>(
