@@ -2,6 +2,7 @@
 //! provider requests through the `metrics` facade, so that the domain stays free of metrics.
 //! Without an installed recorder (the CLI) every measurement is a no-op.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -81,6 +82,15 @@ impl<S: MessageStore + ?Sized> MessageStore for InstrumentedMessages<S> {
         self.inner.get_message(app, id).await
     }
 
+    async fn get_message_head(
+        &self,
+        app: &AppId,
+        id: MessageId,
+        deliveries: u32,
+    ) -> Result<Option<Message>, StoreError> {
+        self.inner.get_message_head(app, id, deliveries).await
+    }
+
     async fn list_messages(&self, filter: &MessageFilter) -> Result<Vec<Message>, StoreError> {
         self.inner.list_messages(filter).await
     }
@@ -94,15 +104,25 @@ impl<S: MessageStore + ?Sized> MessageStore for InstrumentedMessages<S> {
         self.inner.claim_due(now, limit, lease).await
     }
 
-    async fn record_delivery(&self, delivery: &Delivery) -> Result<(), StoreError> {
-        self.inner.record_delivery(delivery).await?;
-        metrics::counter!(
-            DELIVERIES_TOTAL,
-            "provider" => delivery.channel.as_str(),
-            "outcome" => delivery.state.as_str(),
-            "reason" => delivery.error_code.clone().unwrap_or_else(|| "none".to_owned()),
-        )
-        .increment(1);
+    async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {
+        self.inner.record_deliveries(deliveries).await?;
+        // One counter update per distinct label set of the batch, not one per delivery.
+        let mut counts: BTreeMap<(&'static str, &'static str, &str), u64> = BTreeMap::new();
+        for delivery in deliveries {
+            let reason = delivery.error_code.as_deref().unwrap_or("none");
+            *counts
+                .entry((delivery.channel.as_str(), delivery.state.as_str(), reason))
+                .or_default() += 1;
+        }
+        for ((provider, outcome, reason), count) in counts {
+            metrics::counter!(
+                DELIVERIES_TOTAL,
+                "provider" => provider,
+                "outcome" => outcome,
+                "reason" => reason.to_owned(),
+            )
+            .increment(count);
+        }
         Ok(())
     }
 

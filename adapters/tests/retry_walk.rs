@@ -122,7 +122,7 @@ async fn the_default_walk_is_error_retry_after_attempts_one_to_three_and_error_a
             service.process_batch(10, &|_| {}).await.unwrap().processed,
             0
         );
-        let message = service.get_message("shop", queued.id).await.unwrap();
+        let (message, _) = service.get_message("shop", queued.id).await.unwrap();
         walk.push((message.state(), message.number_of_send_attempts()));
         if let Some(next) = message.next_attempt_at() {
             waits.push((next - before).whole_seconds());
@@ -144,7 +144,7 @@ async fn the_default_walk_is_error_retry_after_attempts_one_to_three_and_error_a
         assert!((low..=high).contains(wait), "{waits:?}");
     }
     assert_eq!(provider.sends.load(Ordering::SeqCst), 4);
-    let message = service.get_message("shop", queued.id).await.unwrap();
+    let (message, _) = service.get_message("shop", queued.id).await.unwrap();
     assert_eq!(
         message.deliveries[0].error_code.as_deref(),
         Some("retries_exhausted")

@@ -450,7 +450,7 @@ async fn messages(out: &Out, config: Config, command: MessagesCommand) -> Result
     let service = &runtime.service;
     let message = match command {
         MessagesCommand::List(args) => return list_messages(out, service, app, args).await,
-        MessagesCommand::Show { id } => service.get_message(app.as_str(), MessageId(id)).await?,
+        MessagesCommand::Show { id } => service.get_message(app.as_str(), MessageId(id)).await?.0,
         MessagesCommand::Retry { id } => service.retry_message(app.as_str(), MessageId(id)).await?,
         MessagesCommand::Cancel { id } => {
             service.cancel_message(app.as_str(), MessageId(id)).await?

@@ -41,9 +41,31 @@ pub(crate) fn prometheus() -> PrometheusHandle {
                 PrometheusBuilder::new().build_recorder().handle()
             });
             describe();
+            spawn_upkeep(handle.clone());
             handle
         })
         .clone()
+}
+
+/// How often the recorder's histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Folds histogram samples into their buckets every [`UPKEEP_EVERY`]. The recorder keeps
+/// every sample until then: without it, memory would grow with every provider request
+/// between two scrapes of `/metrics` (or forever, with nobody scraping). A thread rather
+/// than a task, because the recorder outlives any one runtime.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let started = std::thread::Builder::new()
+        .name("metrics-upkeep".to_owned())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(error) = started {
+        tracing::warn!(error = %error, "cannot start the metrics upkeep thread");
+    }
 }
 
 fn install() -> Result<PrometheusHandle, BuildError> {

@@ -277,7 +277,12 @@ impl Server {
         let started = Instant::now();
         let mut child = Command::new(bin_dir.join("clarion-server"))
             .env("CLARION_CONFIG", &config)
-            .env("RUST_LOG", "warn")
+            // `CLARION_BENCH_SERVER_LOG` sets the server's log filter, e.g.
+            // `warn,sqlx::query=debug` to see every statement (default `warn`).
+            .env(
+                "RUST_LOG",
+                std::env::var("CLARION_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .current_dir(work)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

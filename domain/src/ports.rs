@@ -197,6 +197,10 @@ pub trait DeviceStore: Send + Sync + 'static {
     ) -> Result<u64, StoreError>;
 }
 
+/// The most deliveries a message carries when it is read to be shown (the API, the admin UI,
+/// the CLI); [`MessageStore::delivery_tally`] counts them all.
+pub const DELIVERIES_SHOWN: u32 = 1000;
+
 /// Messages, their deliveries and related objects, and the claim of due messages.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
@@ -210,14 +214,26 @@ pub trait MessageStore: Send + Sync + 'static {
     /// [`StoreError::Unknown`] on a database failure; nothing is stored then.
     async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError>;
 
-    /// A message of `app` with its deliveries and related objects.
+    /// A message of `app` with all its deliveries and related objects.
     ///
     /// # Errors
     /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
     async fn get_message(&self, app: &AppId, id: MessageId) -> Result<Option<Message>, StoreError>;
 
-    /// Messages matching the filter, newest first, each with its deliveries and related
-    /// objects.
+    /// A message of `app` with its related objects and its first `deliveries` deliveries (in id
+    /// order): what is shown of a message that may be a broadcast to a million devices.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
+    async fn get_message_head(
+        &self,
+        app: &AppId,
+        id: MessageId,
+        deliveries: u32,
+    ) -> Result<Option<Message>, StoreError>;
+
+    /// Messages matching the filter, newest first, each with its related objects and its first
+    /// [`DELIVERIES_SHOWN`] deliveries.
     ///
     /// # Errors
     /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
@@ -287,13 +303,15 @@ pub trait MessageStore: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError>;
 
-    /// Records one delivery's state as soon as it is known, whoever holds the message's lease:
-    /// a provider's answer is a fact worth keeping. Idempotent, and a delivery already recorded
-    /// as accepted or debug is never changed again.
+    /// Records the states of deliveries as soon as they are known, whoever holds their
+    /// message's lease: a provider's answer is a fact worth keeping. All of them in one write
+    /// (one transaction), so that a fan-out costs one commit per batch of answers rather than
+    /// one per device. Idempotent, and a delivery already recorded as accepted or debug is
+    /// never changed again.
     ///
     /// # Errors
-    /// [`StoreError::Unknown`] on a database failure.
-    async fn record_delivery(&self, delivery: &Delivery) -> Result<(), StoreError>;
+    /// [`StoreError::Unknown`] on a database failure; then none of them was recorded.
+    async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<(), StoreError>;
 
     /// Writes a message's progress, `extra_sender_data`, `changed_at` and its loaded
     /// deliveries (accepted and debug ones are never changed), and releases its lease, if the

@@ -7,7 +7,10 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::stream::{self, StreamExt as _};
+use futures_channel::mpsc;
+use futures_util::future;
+use futures_util::sink::SinkExt as _;
+use futures_util::stream::{self, Stream, StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -19,16 +22,16 @@ use crate::auth::{
 use crate::device::{
     BulkRegistration, Device, DeviceFieldError, DeviceFilter, DeviceUpdate, NewDevice, Registration,
 };
-use crate::ids::{DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
+use crate::ids::{DeliveryId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use crate::message::{
-    AttemptEnd, Channel, Content, Delivery, IllegalTransition, Message, MessageSpec, MessageState,
-    OptionError, Priority, PushOptions, SendOutcome, Target,
+    AttemptEnd, Channel, Content, Delivery, DeliveryTally, IllegalTransition, Message, MessageSpec,
+    MessageState, OptionError, Priority, PushOptions, SendOutcome, Target,
 };
 use crate::payload::{self, Payload, PayloadError, PayloadTarget};
 use crate::ports::{
-    ApiKeyStore, Clock, DeviceCount, DeviceStore, ErrorReason, Lease, MessageFilter, MessageStore,
-    NewDeliveries, NewMessage, PushProvider, RenderError, ReportStore, StateCount, StoreError,
-    TemplateRenderer, TemplateStore,
+    ApiKeyStore, Clock, DELIVERIES_SHOWN, DeviceCount, DeviceStore, ErrorReason, Lease,
+    MessageFilter, MessageStore, NewDeliveries, NewMessage, PushProvider, RenderError, ReportStore,
+    StateCount, StoreError, TemplateRenderer, TemplateStore,
 };
 use crate::template::{CannotSend, Rendered, Template, TemplateSpec};
 use crate::token::{DeviceToken, Platform, TokenError};
@@ -320,6 +323,19 @@ pub struct Overview {
 
 /// The most error reasons an overview lists.
 const OVERVIEW_ERRORS: u32 = 20;
+/// The most delivery outcomes written in one batch.
+const RECORD_BATCH: usize = 512;
+
+/// The devices of one page of deliveries, by id.
+type PageDevices = BTreeMap<DeviceId, Device>;
+/// What one delivery needs to go out, or the outcome it gets without a request.
+enum Prepared<'a> {
+    Send(&'a Arc<dyn PushProvider>, Payload),
+    Done(SendOutcome),
+}
+
+/// One sent delivery with its outcome, or the store failure that ended the sending.
+type Sent = Result<(Delivery, SendOutcome), StoreError>;
 
 /// What a prune did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -1007,34 +1023,11 @@ impl PushService {
             return Ok(Attempted::Done(message));
         }
         let mut retry_after: Option<Duration> = None;
-        let page = self.settings.delivery_page.max(1);
-        let mut after = None;
-        loop {
-            if !self.keep_lease(message.id, &mut lease).await? {
-                return Ok(Attempted::Lost(message));
-            }
-            let due = store.due_deliveries(message.id, after, page).await?;
-            let Some(last) = due.last() else {
-                break;
-            };
-            after = Some(last.id);
-            let full = due.len() >= page as usize;
-            let kept = self
-                .send_page(
-                    app,
-                    &mut message,
-                    &mut lease,
-                    due,
-                    started,
-                    &mut retry_after,
-                )
-                .await?;
-            if !kept {
-                return Ok(Attempted::Lost(message));
-            }
-            if !full {
-                break;
-            }
+        if !self
+            .send_due(app, &mut message, &mut lease, started, &mut retry_after)
+            .await?
+        {
+            return Ok(Attempted::Lost(message));
         }
         let now = self.now();
         let tally = store.delivery_tally(message.id).await?;
@@ -1061,64 +1054,178 @@ impl PushService {
         Ok(Attempted::Done(message))
     }
 
-    /// Sends one page of due deliveries concurrently, recording each outcome as soon as it is
-    /// known (also on the loaded copy in `message`, when it has one). Returns `false` when the
-    /// lease was lost; the sends still in flight are dropped then.
-    async fn send_page(
+    /// Sends every due delivery of `message`, `delivery_concurrency` at a time, and records
+    /// the outcomes as they come in (also on the loaded copy in `message`, when it has one).
+    ///
+    /// Two halves run side by side in one task. The sending half reads the due deliveries a
+    /// page at a time, with their devices, reading the next page while the last sends of the
+    /// previous one are still in flight, and keeps `delivery_concurrency` sends going. The
+    /// recording half writes outcomes in batches: every outcome that arrived while the
+    /// previous batch was being written, up to [`RECORD_BATCH`]. A slow provider thus has
+    /// its answers written nearly one by one, as they arrive, and a fast one costs one commit
+    /// per batch instead of one per device. When the recording half falls behind, the
+    /// channel between them fills and the sending half waits.
+    ///
+    /// Returns `false` when the lease was lost; the sends still in flight are dropped then.
+    async fn send_due(
         &self,
         app: &Application,
         message: &mut Message,
         lease: &mut Lease,
-        due: Vec<Delivery>,
         started: OffsetDateTime,
         retry_after: &mut Option<Duration>,
     ) -> Result<bool, StoreError> {
-        let device_ids: Vec<DeviceId> = due.iter().filter_map(|d| d.device_id).collect();
-        let devices: BTreeMap<DeviceId, Device> = if device_ids.is_empty() {
-            BTreeMap::new()
-        } else {
-            self.ports
-                .devices
-                .get_devices(&app.id, &device_ids)
-                .await?
-                .into_iter()
-                .map(|d| (d.id, d))
-                .collect()
-        };
+        if !self.keep_lease(message.id, lease).await? {
+            return Ok(false);
+        }
+        let (mut outcomes_tx, outcomes_rx) = mpsc::channel::<Sent>(RECORD_BATCH);
         let spec = message.spec.clone();
-        let mut outcomes = stream::iter(due)
-            .map(|delivery| {
-                let (spec, devices) = (&spec, &devices);
-                async move {
-                    let outcome = self.send_one(app, spec, &delivery, devices, started).await;
-                    (delivery, outcome)
+        let concurrency = self.settings.delivery_concurrency.max(1);
+        let pages = self.due_pages(app, message.id);
+        let sending = async move {
+            let spec = &spec;
+            let mut built = BTreeMap::new();
+            let mut sent = std::pin::pin!(
+                pages
+                    .map_ok(|page| stream::iter(page).map(Ok::<_, StoreError>))
+                    .try_flatten()
+                    .map(move |due| {
+                        let prepared = due.map(|(delivery, devices)| {
+                            let prepared =
+                                self.prepare(app, spec, &delivery, &devices, started, &mut built);
+                            (delivery, prepared)
+                        });
+                        async move {
+                            let (delivery, prepared) = prepared?;
+                            let outcome = match prepared {
+                                Prepared::Send(provider, payload) => {
+                                    provider.send(&app.id, &payload).await
+                                }
+                                Prepared::Done(outcome) => outcome,
+                            };
+                            Ok((delivery, outcome))
+                        }
+                    })
+                    .buffer_unordered(concurrency)
+            );
+            while let Some(item) = sent.next().await {
+                let failed = item.is_err();
+                // A closed channel means the recording half stopped: the lease was lost or
+                // the store failed, and the sends still in flight are dropped.
+                if outcomes_tx.send(item).await.is_err() || failed {
+                    break;
                 }
-            })
-            .buffer_unordered(self.settings.delivery_concurrency.max(1));
-        while let Some((mut delivery, outcome)) = outcomes.next().await {
-            if let SendOutcome::Transient {
-                retry_after: Some(wait),
-                ..
-            } = &outcome
-            {
-                *retry_after = Some(retry_after.map_or(*wait, |w| w.max(*wait)));
             }
-            if delivery.channel == Channel::Onesignal
-                && let SendOutcome::Accepted { details, .. } = &outcome
-            {
-                message.extra_sender_data.clone_from(details);
+        };
+        let recording = self.record_outcomes(app, message, lease, outcomes_rx, retry_after);
+        let ((), kept) = future::join(sending, recording).await;
+        kept
+    }
+
+    /// The due deliveries of message `id`, a page at a time, each with the devices of its
+    /// page.
+    fn due_pages<'a>(
+        &'a self,
+        app: &'a Application,
+        id: MessageId,
+    ) -> impl Stream<Item = Result<Vec<(Delivery, Arc<PageDevices>)>, StoreError>> + Send + 'a {
+        let page = self.settings.delivery_page.max(1);
+        // The state is the cursor: `None` once the last page was read.
+        stream::try_unfold(
+            Some(None),
+            move |cursor: Option<Option<DeliveryId>>| async move {
+                let Some(after) = cursor else {
+                    return Ok(None);
+                };
+                let due = self.ports.messages.due_deliveries(id, after, page).await?;
+                let Some(last) = due.last() else {
+                    return Ok(None);
+                };
+                let next = (due.len() >= page as usize).then_some(Some(last.id));
+                let device_ids: Vec<DeviceId> = due.iter().filter_map(|d| d.device_id).collect();
+                let devices: PageDevices = if device_ids.is_empty() {
+                    BTreeMap::new()
+                } else {
+                    self.ports
+                        .devices
+                        .get_devices(&app.id, &device_ids)
+                        .await?
+                        .into_iter()
+                        .map(|d| (d.id, d))
+                        .collect()
+                };
+                let devices = Arc::new(devices);
+                let page = due
+                    .into_iter()
+                    .map(|delivery| (delivery, Arc::clone(&devices)))
+                    .collect();
+                Ok(Some((page, next)))
+            },
+        )
+    }
+
+    /// The recording half of [`PushService::send_due`]. Returns `false` when the lease was
+    /// lost.
+    async fn record_outcomes(
+        &self,
+        app: &Application,
+        message: &mut Message,
+        lease: &mut Lease,
+        mut outcomes: mpsc::Receiver<Sent>,
+        retry_after: &mut Option<Duration>,
+    ) -> Result<bool, StoreError> {
+        let mut batch: Vec<Delivery> = Vec::with_capacity(RECORD_BATCH);
+        let mut dead: Vec<(DeviceId, String)> = Vec::new();
+        while let Some(first) = outcomes.next().await {
+            let mut failure = None;
+            let mut next = Some(first);
+            while let Some(item) = next {
+                let (mut delivery, outcome) = match item {
+                    Ok(sent) => sent,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                };
+                if let SendOutcome::Transient {
+                    retry_after: Some(wait),
+                    ..
+                } = &outcome
+                {
+                    *retry_after = Some(retry_after.map_or(*wait, |w| w.max(*wait)));
+                }
+                if delivery.channel == Channel::Onesignal
+                    && let SendOutcome::Accepted { details, .. } = &outcome
+                {
+                    message.extra_sender_data.clone_from(details);
+                }
+                let now = self.now();
+                delivery.record(&outcome, now);
+                message.record_outcome(delivery.id, &outcome, now);
+                if let (SendOutcome::DeadToken { reason, .. }, Some(device)) =
+                    (&outcome, delivery.device_id)
+                {
+                    dead.push((device, format!("dead token: {reason}")));
+                }
+                batch.push(delivery);
+                next = if batch.len() < RECORD_BATCH {
+                    outcomes.try_recv().ok()
+                } else {
+                    None
+                };
             }
+            // What was sent is recorded even when reading the next page failed.
+            self.ports.messages.record_deliveries(&batch).await?;
+            batch.clear();
             let now = self.now();
-            delivery.record(&outcome, now);
-            message.record_outcome(delivery.id, &outcome, now);
-            self.ports.messages.record_delivery(&delivery).await?;
-            if let (SendOutcome::DeadToken { reason, .. }, Some(device)) =
-                (&outcome, delivery.device_id)
-            {
+            for (device, reason) in dead.drain(..) {
                 self.ports
                     .devices
-                    .deactivate_device(&app.id, device, &format!("dead token: {reason}"), now)
+                    .deactivate_device(&app.id, device, &reason, now)
                     .await?;
+            }
+            if let Some(e) = failure {
+                return Err(e);
             }
             if !self.keep_lease(message.id, lease).await? {
                 return Ok(false);
@@ -1127,53 +1234,83 @@ impl PushService {
         Ok(true)
     }
 
-    async fn send_one(
+    /// What delivery `delivery` needs to go out: its provider and payload, or the outcome it
+    /// gets without a request. `built` keeps the first payload of each platform, so that a
+    /// payload that does not depend on the device (APNs) is built once per attempt.
+    fn prepare(
         &self,
         app: &Application,
         spec: &MessageSpec,
         delivery: &Delivery,
-        devices: &BTreeMap<DeviceId, Device>,
+        devices: &PageDevices,
         now: OffsetDateTime,
-    ) -> SendOutcome {
+        built: &mut BTreeMap<Platform, Payload>,
+    ) -> Prepared<'_> {
         let payload = match delivery.device_id {
             Some(id) => match devices.get(&id) {
                 None => {
-                    return permanent("device_deleted", &format!("device {id} no longer exists"));
+                    return Prepared::Done(permanent(
+                        "device_deleted",
+                        &format!("device {id} no longer exists"),
+                    ));
                 }
                 Some(device) if !device.active => {
                     let why = device
                         .deactivation_reason
                         .as_deref()
                         .unwrap_or("deactivated");
-                    return permanent(
+                    return Prepared::Done(permanent(
                         "device_inactive",
                         &format!("device {id} is inactive: {why}"),
-                    );
+                    ));
                 }
                 Some(device) => {
-                    payload::build(app, spec, PayloadTarget::Device(&device.token), now)
+                    let platform = device.platform();
+                    match built
+                        .get(&platform)
+                        .and_then(|first| first.for_device(&device.token))
+                    {
+                        Some(payload) => Ok(payload),
+                        None => {
+                            let payload = payload::build(
+                                app,
+                                spec,
+                                PayloadTarget::Device(&device.token),
+                                now,
+                            );
+                            if let Ok(payload) = &payload {
+                                built.entry(platform).or_insert_with(|| payload.clone());
+                            }
+                            payload
+                        }
+                    }
                 }
             },
             None => match spec.target.recipient() {
                 Some(user) => payload::build(app, spec, PayloadTarget::ExternalUser(user), now),
-                None => return permanent("no_recipient", "a OneSignal delivery needs a user id"),
+                None => {
+                    return Prepared::Done(permanent(
+                        "no_recipient",
+                        "a OneSignal delivery needs a user id",
+                    ));
+                }
             },
         };
         let payload: Payload = match payload {
             Ok(p) => p,
-            Err(e) => return permanent("payload", &e.to_string()),
+            Err(e) => return Prepared::Done(permanent("payload", &e.to_string())),
         };
         let Some(provider) = self.providers.get(delivery.channel) else {
-            return SendOutcome::Misconfigured {
+            return Prepared::Done(SendOutcome::Misconfigured {
                 code: "no_provider".to_owned(),
                 reason: format!(
                     "no {} provider is configured for application {}",
                     delivery.channel.as_str(),
                     app.id
                 ),
-            };
+            });
         };
-        provider.send(&app.id, &payload).await
+        Prepared::Send(provider, payload)
     }
 
     /// Claims due messages and sends them, up to `limit` messages, calling `on_message` after
@@ -1276,10 +1413,30 @@ impl PushService {
 
     // ----- stored messages -----
 
+    /// A message as it is shown: with its first [`DELIVERIES_SHOWN`] deliveries, and the
+    /// tally of all of them.
+    ///
     /// # Errors
     /// [`MessageError::UnknownApplication`], [`MessageError::NotFound`] or
     /// [`MessageError::Store`].
-    pub async fn get_message(&self, app: &str, id: MessageId) -> Result<Message, MessageError> {
+    pub async fn get_message(
+        &self,
+        app: &str,
+        id: MessageId,
+    ) -> Result<(Message, DeliveryTally), MessageError> {
+        let app = self.apps.get(app)?;
+        let message = self
+            .ports
+            .messages
+            .get_message_head(&app.id, id, DELIVERIES_SHOWN)
+            .await?
+            .ok_or(MessageError::NotFound(id))?;
+        let tally = self.ports.messages.delivery_tally(id).await?;
+        Ok((message, tally))
+    }
+
+    /// A message with all its deliveries, for an operator's action on it.
+    async fn whole_message(&self, app: &str, id: MessageId) -> Result<Message, MessageError> {
         let app = self.apps.get(app)?;
         self.ports
             .messages
@@ -1308,7 +1465,7 @@ impl PushService {
     /// [`MessageError::Illegal`] unless the message is ERROR, and the errors of
     /// [`PushService::get_message`].
     pub async fn retry_message(&self, app: &str, id: MessageId) -> Result<Message, MessageError> {
-        let mut message = self.get_message(app, id).await?;
+        let mut message = self.whole_message(app, id).await?;
         message.requeue(self.now())?;
         if !self.ports.messages.save_progress(&message, None).await? {
             return Err(MessageError::Busy(id));
@@ -1322,7 +1479,7 @@ impl PushService {
     /// [`MessageError::Illegal`] unless the message is WAITING, and the errors of
     /// [`PushService::get_message`].
     pub async fn cancel_message(&self, app: &str, id: MessageId) -> Result<Message, MessageError> {
-        let mut message = self.get_message(app, id).await?;
+        let mut message = self.whole_message(app, id).await?;
         message.cancel(self.now())?;
         if !self.ports.messages.save_progress(&message, None).await? {
             return Err(MessageError::Busy(id));

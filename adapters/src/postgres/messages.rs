@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use clarion_domain::ids::{AppId, DeliveryId, MessageId, RelatedObject, Slug};
 use clarion_domain::message::{Channel, Delivery, DeliveryState, DeliveryTally, GiveUp, Message};
 use clarion_domain::ports::{
-    Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
+    DELIVERIES_SHOWN, Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
 };
 use clarion_domain::token::Platform;
 use sqlx::{AssertSqlSafe, PgConnection, Postgres, QueryBuilder};
@@ -53,7 +53,7 @@ impl PgStore {
     async fn load_messages(
         &self,
         ids: &[i64],
-        with_deliveries: bool,
+        deliveries_each: Option<u32>,
     ) -> Result<Vec<Message>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -80,12 +80,16 @@ impl PgStore {
         }
 
         let mut deliveries: HashMap<MessageId, Vec<Delivery>> = HashMap::new();
-        if with_deliveries {
+        if let Some(each) = deliveries_each {
+            // The first `each` deliveries of every message.
             let sql = format!(
-                "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ANY($1) ORDER BY id"
+                "SELECT {DELIVERY_COLUMNS} FROM (SELECT {DELIVERY_COLUMNS}, \
+                 ROW_NUMBER() OVER (PARTITION BY message_id ORDER BY id) AS nth \
+                 FROM deliveries WHERE message_id = ANY($1)) AS d WHERE nth <= $2 ORDER BY id"
             );
             let delivery_rows: Vec<DeliveryRow> = sqlx::query_as(AssertSqlSafe(sql))
                 .bind(ids)
+                .bind(i64::from(each))
                 .fetch_all(&self.pool)
                 .await
                 .map_err(db_error("failed to read deliveries"))?;
@@ -282,7 +286,7 @@ impl MessageStore for PgStore {
             .await
             .map_err(db_error("failed to commit a message"))?;
 
-        self.load_messages(&[id], listed)
+        self.load_messages(&[id], listed.then_some(u32::MAX))
             .await?
             .pop()
             .ok_or_else(|| {
@@ -291,6 +295,15 @@ impl MessageStore for PgStore {
     }
 
     async fn get_message(&self, app: &AppId, id: MessageId) -> Result<Option<Message>, StoreError> {
+        self.get_message_head(app, id, u32::MAX).await
+    }
+
+    async fn get_message_head(
+        &self,
+        app: &AppId,
+        id: MessageId,
+        deliveries: u32,
+    ) -> Result<Option<Message>, StoreError> {
         let found: Option<i64> =
             sqlx::query_scalar("SELECT id FROM messages WHERE app = $1 AND id = $2")
                 .bind(app.as_str().to_owned())
@@ -301,7 +314,7 @@ impl MessageStore for PgStore {
         let Some(id) = found else {
             return Ok(None);
         };
-        Ok(self.load_messages(&[id], true).await?.pop())
+        Ok(self.load_messages(&[id], Some(deliveries)).await?.pop())
     }
 
     async fn list_messages(&self, filter: &MessageFilter) -> Result<Vec<Message>, StoreError> {
@@ -349,7 +362,7 @@ impl MessageStore for PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error("failed to list messages"))?;
-        self.load_messages(&ids, true).await
+        self.load_messages(&ids, Some(DELIVERIES_SHOWN)).await
     }
 
     async fn claim_due(
@@ -367,16 +380,16 @@ impl MessageStore for PgStore {
             .await
             .map_err(db_error("failed to claim due messages"))?;
         ids.sort_unstable();
-        self.load_messages(&ids, false).await
+        self.load_messages(&ids, None).await
     }
 
-    async fn record_delivery(&self, delivery: &Delivery) -> Result<(), StoreError> {
+    async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {
         let mut conn = self
             .pool
             .acquire()
             .await
             .map_err(db_error("failed to get a database connection"))?;
-        write_deliveries(&mut conn, std::slice::from_ref(delivery)).await
+        write_deliveries(&mut conn, deliveries).await
     }
 
     async fn renew_lease(

@@ -10,7 +10,9 @@ pub mod webpush;
 
 use std::sync::Arc;
 
-use clarion_domain::message::Channel;
+use clarion_domain::ids::AppId;
+use clarion_domain::message::{Channel, SendOutcome};
+use clarion_domain::payload::Payload;
 use clarion_domain::ports::PushProvider;
 use clarion_domain::service::Providers;
 
@@ -44,18 +46,74 @@ pub fn build(config: &Config) -> anyhow::Result<Providers> {
     }
     let roots = http::extra_roots(&config.tls)?;
     if let Some(apns) = apns::ApnsProvider::from_config(config, &roots)? {
-        providers = with(providers, Channel::Apns, Arc::new(apns));
+        providers = with(providers, Channel::Apns, OwnTasks::wrap(Arc::new(apns)));
     }
     if let Some(fcm) = fcm::FcmProvider::from_config(config, &roots)? {
-        providers = with(providers, Channel::Fcm, Arc::new(fcm));
+        providers = with(providers, Channel::Fcm, OwnTasks::wrap(Arc::new(fcm)));
     }
     if let Some(webpush) = webpush::WebPushProvider::from_config(config, &roots)? {
-        providers = with(providers, Channel::Webpush, Arc::new(webpush));
+        providers = with(
+            providers,
+            Channel::Webpush,
+            OwnTasks::wrap(Arc::new(webpush)),
+        );
     }
     if let Some(onesignal) = onesignal::OneSignalProvider::from_config(config, &roots)? {
-        providers = with(providers, Channel::Onesignal, Arc::new(onesignal));
+        providers = with(
+            providers,
+            Channel::Onesignal,
+            OwnTasks::wrap(Arc::new(onesignal)),
+        );
     }
     Ok(providers)
+}
+
+/// Runs each send of a provider on a Tokio task of its own. An attempt at a message awaits
+/// all of its sends from one task; on their own tasks, the requests' work (TLS, HTTP/2
+/// framing, reading the answers) spreads over every worker thread of the runtime instead of
+/// sharing the attempt's. A send whose caller stops waiting (the attempt lost its lease) is
+/// aborted, as it would be without the task.
+struct OwnTasks {
+    inner: Arc<dyn PushProvider>,
+}
+
+impl OwnTasks {
+    fn wrap(inner: Arc<dyn PushProvider>) -> Arc<dyn PushProvider> {
+        Arc::new(Self { inner })
+    }
+}
+
+impl std::fmt::Debug for OwnTasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnTasks").finish_non_exhaustive()
+    }
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<SendOutcome>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[async_trait::async_trait]
+impl PushProvider for OwnTasks {
+    async fn send(&self, app: &AppId, payload: &Payload) -> SendOutcome {
+        let (inner, app, payload) = (Arc::clone(&self.inner), app.clone(), payload.clone());
+        let mut task = AbortOnDrop(tokio::spawn(
+            async move { inner.send(&app, &payload).await },
+        ));
+        match (&mut task.0).await {
+            Ok(outcome) => outcome,
+            Err(error) => SendOutcome::Transient {
+                code: "internal".to_owned(),
+                reason: format!("the send did not finish: {error}"),
+                retry_after: None,
+            },
+        }
+    }
 }
 
 /// Loads each credential an application configures (the APNs key or certificate, the FCM
@@ -115,6 +173,79 @@ mod tests {
             timeout_secs: None,
         });
         app
+    }
+
+    /// Counts its sends as they finish, after a pause.
+    #[derive(Debug, Default)]
+    struct Slow {
+        finished: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait::async_trait]
+    impl PushProvider for Slow {
+        async fn send(&self, _: &AppId, payload: &Payload) -> SendOutcome {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            self.finished
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let Payload::Apns(request) = payload else {
+                panic!("an APNs payload");
+            };
+            SendOutcome::Accepted {
+                provider_id: Some(request.device_token.clone()),
+                details: None,
+            }
+        }
+    }
+
+    fn apns_payload(token: &str) -> Payload {
+        Payload::Apns(clarion_domain::payload::ApnsRequest {
+            device_token: token.to_owned(),
+            headers: clarion_domain::payload::ApnsHeaders {
+                topic: None,
+                push_type: clarion_domain::payload::ApnsPushType::Alert,
+                priority: 10,
+                expiration: None,
+                collapse_id: None,
+            },
+            body: b"{}".to_vec(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_send_on_its_own_task_returns_the_providers_outcome() {
+        let slow = Arc::new(Slow::default());
+        let provider = OwnTasks::wrap(slow.clone());
+
+        let outcome = provider
+            .send(&AppId::parse("shop").unwrap(), &apns_payload("ab12"))
+            .await;
+
+        assert_eq!(
+            outcome,
+            SendOutcome::Accepted {
+                provider_id: Some("ab12".to_owned()),
+                details: None,
+            }
+        );
+        assert_eq!(slow.finished.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_send_nobody_waits_for_any_more_is_aborted() {
+        let slow = Arc::new(Slow::default());
+        let provider = OwnTasks::wrap(slow.clone());
+        let app = AppId::parse("shop").unwrap();
+        let payload = apns_payload("ab12");
+
+        let gave_up = tokio::time::timeout(
+            std::time::Duration::from_millis(5),
+            provider.send(&app, &payload),
+        )
+        .await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+
+        assert!(gave_up.is_err());
+        assert_eq!(slow.finished.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use clarion_domain::ids::{AppId, DeliveryId, MessageId, RelatedObject, Slug};
 use clarion_domain::message::{Channel, Delivery, DeliveryState, DeliveryTally, GiveUp, Message};
 use clarion_domain::ports::{
-    Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
+    DELIVERIES_SHOWN, Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
 };
 use clarion_domain::token::Platform;
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection};
@@ -34,7 +34,7 @@ impl SqliteStore {
     async fn load_messages(
         &self,
         ids: &[i64],
-        with_deliveries: bool,
+        deliveries_each: Option<u32>,
     ) -> Result<Vec<Message>, StoreError> {
         if ids.is_empty() {
             return Ok(Vec::new());
@@ -66,16 +66,23 @@ impl SqliteStore {
         }
 
         let mut deliveries: HashMap<MessageId, Vec<Delivery>> = HashMap::new();
-        if with_deliveries {
-            let delivery_rows: Vec<DeliveryRow> = select_in(
-                &format!("SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id IN ("),
+        if let Some(each) = deliveries_each {
+            // The first `each` deliveries of every message.
+            let mut query = select_in(
+                &format!(
+                    "SELECT {DELIVERY_COLUMNS} FROM (SELECT {DELIVERY_COLUMNS}, \
+                     ROW_NUMBER() OVER (PARTITION BY message_id ORDER BY id) AS nth \
+                     FROM deliveries WHERE message_id IN ("
+                ),
                 ids,
-                ") ORDER BY id",
-            )
-            .build_query_as()
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error("failed to read deliveries"))?;
+                ")) WHERE nth <= ",
+            );
+            query.push_bind(i64::from(each)).push(" ORDER BY id");
+            let delivery_rows: Vec<DeliveryRow> = query
+                .build_query_as()
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error("failed to read deliveries"))?;
             for row in delivery_rows {
                 let delivery = row.into_domain()?;
                 deliveries
@@ -110,27 +117,45 @@ fn select_in(head: &str, ids: &[i64], tail: &str) -> QueryBuilder<Sqlite> {
     query
 }
 
-/// Writes one delivery unless it is already accepted or debug, which are final.
-async fn write_delivery(
+/// Writes deliveries, each unless it is already accepted or debug, which are final, in one
+/// statement. The rows travel as one JSON array bound to a single parameter, so the statement's
+/// text is the same whatever the number of rows: SQLite prepares it once per connection, and
+/// the connection's statement cache holds one small statement rather than one large statement
+/// for every batch size (which grew the server by hundreds of megabytes during a fan-out).
+async fn write_deliveries(
     conn: &mut SqliteConnection,
-    delivery: &Delivery,
+    deliveries: &[Delivery],
 ) -> Result<(), StoreError> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let mut rows = Vec::with_capacity(deliveries.len());
+    for delivery in deliveries {
+        rows.push(serde_json::json!([
+            delivery.id.0,
+            delivery.state.as_str(),
+            delivery.attempts,
+            delivery.provider_id,
+            delivery.error_code,
+            delivery.error_text,
+            opt_json_text(delivery.details.as_ref())?,
+            millis(delivery.updated_at),
+        ]));
+    }
+    let rows = serde_json::Value::Array(rows).to_string();
     sqlx::query(
-        "UPDATE deliveries SET state = ?, attempts = ?, provider_id = ?, error_code = ?, \
-         error_text = ?, details = ?, updated_at = ? \
-         WHERE id = ? AND state NOT IN ('accepted', 'debug')",
+        "WITH u (id, state, attempts, provider_id, error_code, error_text, details, \
+         updated_at) AS (SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, \
+         value ->> 4, value ->> 5, value ->> 6, value ->> 7 FROM json_each(?)) \
+         UPDATE deliveries SET state = u.state, attempts = u.attempts, \
+         provider_id = u.provider_id, error_code = u.error_code, error_text = u.error_text, \
+         details = u.details, updated_at = u.updated_at FROM u \
+         WHERE deliveries.id = u.id AND deliveries.state NOT IN ('accepted', 'debug')",
     )
-    .bind(delivery.state.as_str())
-    .bind(i64::from(delivery.attempts))
-    .bind(delivery.provider_id.clone())
-    .bind(delivery.error_code.clone())
-    .bind(delivery.error_text.clone())
-    .bind(opt_json_text(delivery.details.as_ref())?)
-    .bind(millis(delivery.updated_at))
-    .bind(delivery.id.0)
-    .execute(conn)
+    .bind(rows)
+    .execute(&mut *conn)
     .await
-    .map_err(db_error("failed to record a delivery"))?;
+    .map_err(db_error("failed to record deliveries"))?;
     Ok(())
 }
 
@@ -237,7 +262,7 @@ impl MessageStore for SqliteStore {
             .await
             .map_err(db_error("failed to commit a message"))?;
 
-        self.load_messages(&[id], listed)
+        self.load_messages(&[id], listed.then_some(u32::MAX))
             .await?
             .pop()
             .ok_or_else(|| {
@@ -246,6 +271,15 @@ impl MessageStore for SqliteStore {
     }
 
     async fn get_message(&self, app: &AppId, id: MessageId) -> Result<Option<Message>, StoreError> {
+        self.get_message_head(app, id, u32::MAX).await
+    }
+
+    async fn get_message_head(
+        &self,
+        app: &AppId,
+        id: MessageId,
+        deliveries: u32,
+    ) -> Result<Option<Message>, StoreError> {
         let found: Option<i64> =
             sqlx::query_scalar("SELECT id FROM messages WHERE app = ? AND id = ?")
                 .bind(app.as_str().to_owned())
@@ -256,7 +290,7 @@ impl MessageStore for SqliteStore {
         let Some(id) = found else {
             return Ok(None);
         };
-        Ok(self.load_messages(&[id], true).await?.pop())
+        Ok(self.load_messages(&[id], Some(deliveries)).await?.pop())
     }
 
     async fn list_messages(&self, filter: &MessageFilter) -> Result<Vec<Message>, StoreError> {
@@ -304,7 +338,7 @@ impl MessageStore for SqliteStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error("failed to list messages"))?;
-        self.load_messages(&ids, true).await
+        self.load_messages(&ids, Some(DELIVERIES_SHOWN)).await
     }
 
     async fn claim_due(
@@ -332,16 +366,20 @@ impl MessageStore for SqliteStore {
             .await
             .map_err(db_error("failed to claim due messages"))?;
         ids.sort_unstable();
-        self.load_messages(&ids, false).await
+        self.load_messages(&ids, None).await
     }
 
-    async fn record_delivery(&self, delivery: &Delivery) -> Result<(), StoreError> {
+    async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        // One statement, atomic on its own.
         let mut conn = self
             .pool
             .acquire()
             .await
             .map_err(db_error("failed to get a database connection"))?;
-        write_delivery(&mut conn, delivery).await
+        write_deliveries(&mut conn, deliveries).await
     }
 
     async fn renew_lease(
@@ -521,9 +559,7 @@ impl MessageStore for SqliteStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        for delivery in &message.deliveries {
-            write_delivery(&mut tx, delivery).await?;
-        }
+        write_deliveries(&mut tx, &message.deliveries).await?;
         tx.commit()
             .await
             .map_err(db_error("failed to commit a message's progress"))?;

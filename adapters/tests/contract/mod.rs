@@ -74,6 +74,8 @@ macro_rules! store_contract_tests {
             a_message_inserted_with_a_lease_is_not_claimed_until_the_lease_expires,
             two_concurrent_claimers_never_get_the_same_message,
             recording_a_delivery_never_changes_an_accepted_delivery,
+            recording_a_batch_writes_every_delivery_but_the_final_ones,
+            the_head_of_a_message_holds_its_first_deliveries,
             saving_progress_persists_the_state_machine_result_and_releases_the_lease,
             a_sent_message_keeps_its_accepted_and_failed_deliveries,
             the_template_message_is_the_newest_one_linked_to_every_related_object,
@@ -664,7 +666,10 @@ pub async fn dead_devices_are_those_whose_latest_delivery_hit_a_dead_token<S: St
         delivery.state = state;
         delivery.attempts = 1;
         delivery.updated_at = at(t);
-        store.record_delivery(&delivery).await.expect("record");
+        store
+            .record_deliveries(std::slice::from_ref(&delivery))
+            .await
+            .expect("record");
     };
     outcome_of("shop", dead, DeliveryState::DeadToken, 10).await;
     outcome_of("shop", revived, DeliveryState::DeadToken, 10).await;
@@ -1171,9 +1176,12 @@ pub async fn recording_a_delivery_never_changes_an_accepted_delivery<S: Stores>(
         },
         at(1),
     );
-    store.record_delivery(&delivery).await.expect("record");
     store
-        .record_delivery(&delivery)
+        .record_deliveries(std::slice::from_ref(&delivery))
+        .await
+        .expect("record");
+    store
+        .record_deliveries(std::slice::from_ref(&delivery))
         .await
         .expect("record the same again");
 
@@ -1185,7 +1193,7 @@ pub async fn recording_a_delivery_never_changes_an_accepted_delivery<S: Stores>(
     late_failure.error_text = Some("late report".to_owned());
     late_failure.updated_at = at(2);
     store
-        .record_delivery(&late_failure)
+        .record_deliveries(std::slice::from_ref(&late_failure))
         .await
         .expect("record late failure");
 
@@ -1195,6 +1203,126 @@ pub async fn recording_a_delivery_never_changes_an_accepted_delivery<S: Stores>(
         .expect("get")
         .expect("exists");
     assert_eq!(stored.deliveries, vec![delivery]);
+}
+
+pub async fn recording_a_batch_writes_every_delivery_but_the_final_ones<S: Stores>(store: &S) {
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(register(store, &new_device("shop", apns(n), None), at(0)).await);
+    }
+    let message = insert(
+        store,
+        &new_message(
+            spec(
+                "shop",
+                Target::Devices {
+                    device_ids: ids.clone(),
+                },
+            ),
+            ids.iter().map(|id| (Channel::Apns, Some(*id))).collect(),
+            at(0),
+        ),
+    )
+    .await;
+    let mut first = message.deliveries[0].clone();
+    first.record(
+        &SendOutcome::Accepted {
+            provider_id: Some("apns-id-1".to_owned()),
+            details: None,
+        },
+        at(1),
+    );
+    store
+        .record_deliveries(std::slice::from_ref(&first))
+        .await
+        .expect("record the first");
+    store.record_deliveries(&[]).await.expect("record nothing");
+
+    // One batch: a late failure of the accepted delivery (ignored), a retry and a failure.
+    let mut late = first.clone();
+    late.record(
+        &SendOutcome::Permanent {
+            code: "BadDeviceToken".to_owned(),
+            reason: "late".to_owned(),
+            details: None,
+        },
+        at(2),
+    );
+    let mut retrying = message.deliveries[1].clone();
+    retrying.record(
+        &SendOutcome::Transient {
+            code: "503".to_owned(),
+            reason: "ServiceUnavailable".to_owned(),
+            retry_after: None,
+        },
+        at(2),
+    );
+    let mut failed = message.deliveries[2].clone();
+    failed.record(
+        &SendOutcome::Permanent {
+            code: "BadDeviceToken".to_owned(),
+            reason: "the token is malformed".to_owned(),
+            details: None,
+        },
+        at(2),
+    );
+    store
+        .record_deliveries(&[late, retrying.clone(), failed.clone()])
+        .await
+        .expect("record the batch");
+
+    let stored = store
+        .get_message(&app("shop"), message.id)
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(stored.deliveries, vec![first, retrying, failed]);
+    assert_eq!(stored.deliveries[1].state, DeliveryState::Retrying);
+    assert_eq!(stored.deliveries[2].state, DeliveryState::Failed);
+}
+
+pub async fn the_head_of_a_message_holds_its_first_deliveries<S: Stores>(store: &S) {
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(register(store, &new_device("shop", apns(n), None), at(0)).await);
+    }
+    let message = insert(
+        store,
+        &new_message(
+            spec(
+                "shop",
+                Target::Devices {
+                    device_ids: ids.clone(),
+                },
+            ),
+            ids.iter().map(|id| (Channel::Apns, Some(*id))).collect(),
+            at(0),
+        ),
+    )
+    .await;
+
+    let head = store
+        .get_message_head(&app("shop"), message.id, 2)
+        .await
+        .expect("read")
+        .expect("exists");
+    let whole = store
+        .get_message(&app("shop"), message.id)
+        .await
+        .expect("read")
+        .expect("exists");
+
+    assert_eq!(head.deliveries, message.deliveries[..2].to_vec());
+    assert_eq!(whole.deliveries, message.deliveries);
+    assert_eq!(head.spec, whole.spec);
+    assert!(
+        store
+            .get_message_head(&app("news"), message.id, 2)
+            .await
+            .expect("read")
+            .is_none(),
+        "another application's message is not found"
+    );
 }
 
 pub async fn saving_progress_persists_the_state_machine_result_and_releases_the_lease<S: Stores>(
@@ -1971,7 +2099,10 @@ pub async fn due_deliveries_come_in_id_order_pages_without_finished_ones<S: Stor
         },
         at(1),
     );
-    store.record_delivery(&accepted).await.expect("record");
+    store
+        .record_deliveries(std::slice::from_ref(&accepted))
+        .await
+        .expect("record");
     let mut retrying = message.deliveries[3].clone();
     retrying.record(
         &SendOutcome::Transient {
@@ -1981,7 +2112,10 @@ pub async fn due_deliveries_come_in_id_order_pages_without_finished_ones<S: Stor
         },
         at(1),
     );
-    store.record_delivery(&retrying).await.expect("record");
+    store
+        .record_deliveries(std::slice::from_ref(&retrying))
+        .await
+        .expect("record");
 
     let first = store
         .due_deliveries(message.id, None, 2)
@@ -2080,7 +2214,10 @@ pub async fn the_tally_counts_deliveries_and_giving_up_needs_the_lease<S: Stores
         },
         at(2),
     );
-    store.record_delivery(&accepted).await.expect("record");
+    store
+        .record_deliveries(std::slice::from_ref(&accepted))
+        .await
+        .expect("record");
     let mut retrying = message.deliveries[1].clone();
     retrying.record(
         &SendOutcome::Transient {
@@ -2090,7 +2227,10 @@ pub async fn the_tally_counts_deliveries_and_giving_up_needs_the_lease<S: Stores
         },
         at(2),
     );
-    store.record_delivery(&retrying).await.expect("record");
+    store
+        .record_deliveries(std::slice::from_ref(&retrying))
+        .await
+        .expect("record");
 
     let tally = store.delivery_tally(message.id).await.expect("tally");
 
@@ -2289,7 +2429,10 @@ pub async fn reports_group_recent_errors_by_reason_latest_first<S: Stores>(store
         delivery.error_code = Some(code.to_owned());
         delivery.error_text = Some(text.to_owned());
         delivery.updated_at = at(t);
-        store.record_delivery(&delivery).await.expect("record");
+        store
+            .record_deliveries(std::slice::from_ref(&delivery))
+            .await
+            .expect("record");
     };
     failed("BadTopic", "old", 0).await;
     failed("BadTopic", "topic is wrong", 100).await;
@@ -2356,7 +2499,10 @@ pub async fn prune_counts_match_what_a_prune_then_does<S: Stores>(store: &S) {
     delivery.state = DeliveryState::DeadToken;
     delivery.attempts = 1;
     delivery.updated_at = at(10);
-    store.record_delivery(&delivery).await.expect("record");
+    store
+        .record_deliveries(std::slice::from_ref(&delivery))
+        .await
+        .expect("record");
     for (device, t) in [(old, 20), (recent, 200)] {
         store
             .deactivate_device(&app("shop"), device, "test", at(t))

@@ -123,6 +123,7 @@ impl Harness {
             .get_message(app, message.id)
             .await
             .expect("read the message")
+            .0
     }
 
     /// Reads a device back from the store.

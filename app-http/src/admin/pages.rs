@@ -755,11 +755,11 @@ pub(crate) async fn message(
         .parse::<i64>()
         .map(MessageId)
         .map_err(|_| AdminError::NotFound(format!("no message {id:?}")))?;
-    let message = state.service.get_message(app.as_str(), id).await?;
+    let (message, tally) = state.service.get_message(app.as_str(), id).await?;
     let chrome = Chrome::new(&state, &signed, Some(&app), "messages");
     render(
         "message.html",
-        page! { chrome, message => message_view(&message) },
+        page! { chrome, message => message_view(&message), deliveries_total => tally.total },
     )
 }
 

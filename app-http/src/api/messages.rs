@@ -16,7 +16,8 @@ use axum::http::StatusCode;
 use clarion_domain::app::SenderKind;
 use clarion_domain::ids::{DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use clarion_domain::message::{
-    Channel, Content, Delivery, DeliveryState, Message, MessageState, Priority, PushOptions, Target,
+    Channel, Content, Delivery, DeliveryState, DeliveryTally, Message, MessageState, Priority,
+    PushOptions, Target,
 };
 use clarion_domain::ports::MessageFilter;
 use clarion_domain::service::{
@@ -392,7 +393,23 @@ pub struct MessageResponse {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub changed_at: OffsetDateTime,
+    /// The message's deliveries in id order: all of them, or the first 1,000 of a larger
+    /// message (a broadcast); `deliveries_total` then says how many there are.
     pub deliveries: Vec<DeliveryResponse>,
+    /// How many deliveries the message has, when they were counted (reading one message by
+    /// its id, or a send answered 202); absent in lists and in other answers, whose
+    /// `deliveries` are complete for a message of up to 1,000 deliveries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deliveries_total: Option<u64>,
+}
+
+impl From<&(Message, DeliveryTally)> for MessageResponse {
+    fn from((message, tally): &(Message, DeliveryTally)) -> Self {
+        Self {
+            deliveries_total: Some(tally.total),
+            ..message.into()
+        }
+    }
 }
 
 impl From<&Message> for MessageResponse {
@@ -434,6 +451,7 @@ impl From<&Message> for MessageResponse {
             created_at: m.created_at,
             changed_at: m.changed_at,
             deliveries: m.deliveries.iter().map(Into::into).collect(),
+            deliveries_total: None,
         }
     }
 }

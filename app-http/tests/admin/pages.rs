@@ -466,12 +466,13 @@ async fn a_test_message_goes_to_each_selected_device_or_to_all_of_them_in_bulk()
     assert_eq!(bulk.status, 303);
     let to = location(&bulk).unwrap().to_owned();
     let id: i64 = to.rsplit('/').next().unwrap().parse().unwrap();
-    let message = app
+    let (message, tally) = app
         .service
         .get_message("shop", MessageId(id))
         .await
         .unwrap();
     assert_eq!(message.deliveries.len(), 2);
+    assert_eq!(tally.total, 2);
     assert_eq!(message.state(), MessageState::Debug);
     let page = browser.get(&to).await;
     assert!(

@@ -51,6 +51,7 @@ async fn sending_now_answers_201_with_a_debug_message_and_its_deliveries() {
         .await
         .expect(200);
     assert_eq!(read["deliveries"], message["deliveries"]);
+    assert_eq!(read["deliveries_total"], 2);
 }
 
 #[tokio::test]

@@ -65,7 +65,8 @@ async fn the_worker_sends_a_queued_message_through_the_debug_sender() {
             .service
             .get_message("default", id)
             .await
-            .expect("the message exists");
+            .expect("the message exists")
+            .0;
         (message.state() != MessageState::Waiting).then(|| message.state())
     })
     .await;
@@ -84,7 +85,8 @@ async fn the_worker_polls_for_messages_queued_while_it_runs() {
             .service
             .get_message("default", id)
             .await
-            .expect("the message exists");
+            .expect("the message exists")
+            .0;
         (message.state() != MessageState::Waiting).then(|| message.state())
     })
     .await;

@@ -281,6 +281,33 @@ mod tests {
     }
 
     #[test]
+    fn a_request_retargeted_to_another_device_equals_one_built_for_it() {
+        let options = PushOptions {
+            badge: Some(1),
+            time_to_live: Some(60),
+            ..PushOptions::default()
+        };
+        let spec = spec(text("Hello"), options);
+        let other = ApnsToken::parse(&"cd".repeat(32)).unwrap();
+        let first = crate::payload::Payload::Apns(build(&app(), &spec, &token(), now()).unwrap());
+
+        let retargeted = first
+            .for_device(&crate::token::DeviceToken::Apns {
+                token: other.clone(),
+            })
+            .expect("an APNs request can be retargeted");
+
+        assert_eq!(
+            retargeted,
+            crate::payload::Payload::Apns(build(&app(), &spec, &other, now()).unwrap())
+        );
+        let fcm = crate::token::DeviceToken::Fcm {
+            token: crate::token::FcmToken::parse(&"f".repeat(140)).unwrap(),
+        };
+        assert_eq!(first.for_device(&fcm), None, "not across platforms");
+    }
+
+    #[test]
     fn a_minimal_message_has_only_the_alert_body() {
         let request = build(
             &app(),

@@ -28,6 +28,27 @@ pub enum Payload {
     Onesignal(OneSignalRequest),
 }
 
+impl Payload {
+    /// The same notification for another device of the same platform, when the payload does
+    /// not depend on the device: an APNs request carries the token only in its path, so a
+    /// fan-out builds and checks its body once. `None` otherwise: an FCM message carries the
+    /// token in its body and Web Push encrypts for each subscription, so those are built for
+    /// each device.
+    #[must_use]
+    pub fn for_device(&self, token: &DeviceToken) -> Option<Payload> {
+        match (self, token) {
+            (Payload::Apns(request), DeviceToken::Apns { token }) => {
+                Some(Payload::Apns(ApnsRequest {
+                    device_token: token.as_str().to_owned(),
+                    headers: request.headers.clone(),
+                    body: request.body.clone(),
+                }))
+            }
+            _ => None,
+        }
+    }
+}
+
 /// Who one payload is for.
 #[derive(Debug, Clone, Copy)]
 pub enum PayloadTarget<'a> {

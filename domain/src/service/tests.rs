@@ -162,15 +162,17 @@ fn storing(shared: &Shared) -> impl Fn(&NewMessage) -> Result<Message, StoreErro
     }
 }
 
-/// A `record_delivery` that updates `shared`, never changing an accepted delivery.
-fn recording(shared: &Shared) -> impl Fn(&Delivery) -> Result<(), StoreError> + use<> {
+/// A `record_deliveries` that updates `shared`, never changing an accepted delivery.
+fn recording(shared: &Shared) -> impl Fn(&[Delivery]) -> Result<(), StoreError> + use<> {
     let shared = shared.clone();
-    move |delivery| {
+    move |deliveries| {
         let mut all = shared.lock().unwrap();
-        if let Some(d) = all.iter_mut().find(|d| d.id == delivery.id)
-            && d.state.is_due()
-        {
-            *d = delivery.clone();
+        for delivery in deliveries {
+            if let Some(d) = all.iter_mut().find(|d| d.id == delivery.id)
+                && d.state.is_due()
+            {
+                *d = delivery.clone();
+            }
         }
         Ok(())
     }
@@ -370,8 +372,8 @@ async fn a_user_with_devices_on_two_platforms_gets_one_delivery_each_with_its_ow
         .returning(storing(&mocks.deliveries));
     mocks
         .messages
-        .expect_record_delivery()
-        .times(2)
+        .expect_record_deliveries()
+        .times(1..=2)
         .returning(recording(&mocks.deliveries));
     mocks
         .devices
@@ -538,7 +540,7 @@ async fn the_onesignal_sender_makes_one_delivery_and_keeps_the_response() {
         .returning(storing(&mocks.deliveries));
     mocks
         .messages
-        .expect_record_delivery()
+        .expect_record_deliveries()
         .times(1)
         .returning(recording(&mocks.deliveries));
     let saved = capture_saves(&mut mocks);
@@ -584,7 +586,7 @@ async fn the_debug_sender_ends_in_debug_and_sends_nothing_else() {
         .returning(storing(&mocks.deliveries));
     mocks
         .messages
-        .expect_record_delivery()
+        .expect_record_deliveries()
         .returning(recording(&mocks.deliveries));
     capture_saves(&mut mocks);
     mocks
@@ -784,7 +786,7 @@ async fn a_template_message_keeps_its_slug_and_related_objects() {
         .returning(storing(&mocks.deliveries));
     mocks
         .messages
-        .expect_record_delivery()
+        .expect_record_deliveries()
         .returning(recording(&mocks.deliveries));
     capture_saves(&mut mocks);
     mocks
@@ -866,7 +868,7 @@ async fn a_batch_retries_transient_failures_later_and_honours_retry_after() {
         .returning(|_, _| Ok(vec![apns_device(1)]));
     mocks
         .messages
-        .expect_record_delivery()
+        .expect_record_deliveries()
         .returning(recording(&mocks.deliveries));
     let saved = capture_saves(&mut mocks);
     mocks.providers.push((
@@ -903,6 +905,79 @@ async fn a_batch_retries_transient_failures_later_and_honours_retry_after() {
     assert_eq!(
         message.next_attempt_at(),
         Some(NOW + Duration::from_secs(1800))
+    );
+}
+
+#[tokio::test]
+async fn a_fan_out_over_several_pages_records_every_outcome_once_in_batches() {
+    const DEVICES: i64 = 1_200;
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    let message = claimed(
+        &mocks.deliveries,
+        claimed_message(
+            (1..=DEVICES).map(|id| (Channel::Apns, id)).collect(),
+            Message::initial_progress(NOW),
+        ),
+    );
+    let mut claims = vec![vec![], vec![message]];
+    mocks
+        .messages
+        .expect_claim_due()
+        .returning(move |_, _, _| Ok(claims.pop().unwrap_or_default()));
+    mocks.devices.expect_get_devices().returning(|_, ids| {
+        assert!(ids.len() <= 500, "a page of devices, not all of them");
+        Ok(ids.iter().map(|id| apns_device(id.0)).collect())
+    });
+    let batches: Arc<Mutex<Vec<Vec<DeliveryId>>>> = Arc::default();
+    let (seen, record) = (batches.clone(), recording(&mocks.deliveries));
+    mocks
+        .messages
+        .expect_record_deliveries()
+        .returning(move |deliveries| {
+            seen.lock()
+                .unwrap()
+                .push(deliveries.iter().map(|d| d.id).collect());
+            record(deliveries)
+        });
+    let saved = capture_saves(&mut mocks);
+    mocks.providers.push((
+        Channel::Apns,
+        provider(
+            SendOutcome::Accepted {
+                provider_id: None,
+                details: None,
+            },
+            DEVICES as usize,
+        ),
+    ));
+    let deliveries = mocks.deliveries.clone();
+    let service = mocks.service();
+
+    let report = service.process_batch(10, &|_| ()).await.unwrap();
+
+    assert_eq!(report.processed, 1);
+    assert_eq!(report.sent, 1);
+    assert_eq!(
+        saved.lock().unwrap().last().unwrap().state(),
+        MessageState::Sent
+    );
+    let batches = batches.lock().unwrap();
+    let mut recorded: Vec<DeliveryId> = batches.iter().flatten().copied().collect();
+    recorded.sort_unstable();
+    let expected: Vec<DeliveryId> = (1..=DEVICES).map(DeliveryId).collect();
+    assert_eq!(recorded, expected, "every delivery recorded exactly once");
+    assert!(
+        batches.len() < DEVICES as usize / 10,
+        "{} writes for {DEVICES} outcomes",
+        batches.len()
+    );
+    assert!(batches.iter().all(|b| b.len() <= 512));
+    assert!(
+        deliveries
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|d| d.state == DeliveryState::Accepted)
     );
 }
 
@@ -949,7 +1024,7 @@ async fn a_missing_provider_fails_the_delivery_with_a_clear_reason() {
         .returning(storing(&mocks.deliveries));
     mocks
         .messages
-        .expect_record_delivery()
+        .expect_record_deliveries()
         .returning(recording(&mocks.deliveries));
     capture_saves(&mut mocks);
     let service = mocks.service();
@@ -1175,7 +1250,7 @@ async fn a_lost_lease_stops_the_attempt_without_saving() {
         .returning(|_, _| Ok(vec![apns_device(1), apns_device(2)]));
     mocks
         .messages
-        .expect_record_delivery()
+        .expect_record_deliveries()
         .returning(recording(&mocks.deliveries));
     // Another worker took the message over: renewing returns nothing.
     mocks
@@ -1228,7 +1303,7 @@ async fn the_lease_is_renewed_once_half_of_it_has_passed() {
         .returning(|_, _| Ok(vec![apns_device(1)]));
     mocks
         .messages
-        .expect_record_delivery()
+        .expect_record_deliveries()
         .returning(recording(&mocks.deliveries));
     let renewals = Arc::new(Mutex::new(Vec::new()));
     let seen = renewals.clone();

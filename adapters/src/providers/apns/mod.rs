@@ -19,7 +19,7 @@ use clarion_domain::payload::{ApnsRequest, Payload};
 use clarion_domain::ports::PushProvider;
 use jsonwebtoken::EncodingKey;
 use p256::pkcs8::DecodePrivateKey as _;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
@@ -37,6 +37,13 @@ pub const DEFAULT_CONCURRENCY: usize = 100;
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(60);
 
 const PROVIDER: &str = "APNs";
+
+const APNS_ID: HeaderName = HeaderName::from_static("apns-id");
+const APNS_PUSH_TYPE: HeaderName = HeaderName::from_static("apns-push-type");
+const APNS_PRIORITY: HeaderName = HeaderName::from_static("apns-priority");
+const APNS_TOPIC: HeaderName = HeaderName::from_static("apns-topic");
+const APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiration");
+const APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
 
 /// How an application authenticates to APNs, loaded and checked.
 pub enum ApnsCredentials {
@@ -174,6 +181,9 @@ struct AppClient {
     client: reqwest::Client,
     /// The base URL without a trailing `/`.
     endpoint: String,
+    /// `endpoint` parsed once: each request's URL is a copy with its path set, which spares
+    /// parsing the host again for every notification.
+    base_url: url::Url,
     auth: Auth,
     /// Bounds the requests in flight (`apns.concurrency`).
     in_flight: Semaphore,
@@ -256,10 +266,13 @@ impl AppClient {
         let client = builder
             .build()
             .with_context(|| format!("failed to build the APNs client of application {app}"))?;
+        let base_url = url::Url::parse(&endpoint)
+            .with_context(|| format!("apps.{app}.apns.endpoint: {endpoint:?} is not a URL"))?;
         Ok(Self {
             app: app.to_owned(),
             client,
             endpoint,
+            base_url,
             auth,
             in_flight: Semaphore::new(concurrency),
         })
@@ -356,23 +369,28 @@ impl AppClient {
         apns_id: &str,
         token: Option<&str>,
     ) -> Result<Response, reqwest::Error> {
-        let url = format!("{}/3/device/{}", self.endpoint, request.device_token);
+        let mut url = self.base_url.clone();
+        url.set_path(&format!(
+            "{}/3/device/{}",
+            self.base_url.path().trim_end_matches('/'),
+            request.device_token
+        ));
         let headers = &request.headers;
         let mut builder = self
             .client
             .post(url)
             .header(CONTENT_TYPE, "application/json")
-            .header("apns-id", apns_id)
-            .header("apns-push-type", headers.push_type.as_str())
-            .header("apns-priority", headers.priority.to_string());
+            .header(APNS_ID, apns_id)
+            .header(APNS_PUSH_TYPE, headers.push_type.as_str())
+            .header(APNS_PRIORITY, headers.priority.to_string());
         if let Some(topic) = topic {
-            builder = builder.header("apns-topic", topic);
+            builder = builder.header(APNS_TOPIC, topic);
         }
         if let Some(expiration) = headers.expiration {
-            builder = builder.header("apns-expiration", expiration.to_string());
+            builder = builder.header(APNS_EXPIRATION, expiration.to_string());
         }
         if let Some(collapse_id) = &headers.collapse_id {
-            builder = builder.header("apns-collapse-id", collapse_id);
+            builder = builder.header(APNS_COLLAPSE_ID, collapse_id);
         }
         if let Some(token) = token {
             builder = builder.header(AUTHORIZATION, format!("bearer {token}"));
