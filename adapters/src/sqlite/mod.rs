@@ -34,15 +34,29 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Row as _};
 
-/// How long a statement waits for another connection's write lock before it fails.
+/// How long a statement waits for another connection's write lock before it fails. Writes
+/// of this process queue for the writer connection instead; this wait is for other processes
+/// (the CLI) writing to the same file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections of a file database; SQLite serialises writers, so a few suffice.
-const FILE_POOL_SIZE: u32 = 8;
+/// Read-only connections of a file database.
+const READER_POOL_SIZE: u32 = 8;
 
-/// The SQLite implementation of the storage ports. Cloning it shares the connection pool.
+/// The SQLite implementation of the storage ports. Cloning it shares the connection pools.
+///
+/// SQLite lets one connection write at a time. When two connections of a pool write at once,
+/// the loser gets `SQLITE_BUSY` and sleeps in SQLite's busy handler (1, 2, 5, 10, ... ms)
+/// before it tries again, which under many concurrent requests turns into tail latency of
+/// tens of milliseconds. So every write of this process goes through `pool`, which has one
+/// connection, and waits for it in the pool's first-come, first-served queue; reads go
+/// through `readers`, read-only connections that in WAL mode never block the writer nor
+/// wait for it. An in-memory database has one connection, which both fields share.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// The writer: one connection, for every statement or transaction that writes (and for
+    /// a transaction that reads what it then writes).
     pool: SqlitePool,
+    /// Read-only connections, for statements that only read.
+    readers: SqlitePool,
 }
 
 impl SqliteStore {
@@ -54,31 +68,39 @@ impl SqliteStore {
     pub async fn connect(url_or_path: &str) -> anyhow::Result<SqliteStore> {
         let (options, in_memory) = connect_options(url_or_path)?;
         let options = options
-            .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT)
             .synchronous(SqliteSynchronous::Normal);
         // An in-memory database lives as long as its connections: one connection that is
-        // never closed keeps every query on the same database.
-        let pool_options = if in_memory {
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-        } else {
-            SqlitePoolOptions::new().max_connections(FILE_POOL_SIZE)
-        };
-        let pool = pool_options
-            .connect_with(options)
+        // never closed keeps every query on the same database. A file database gets one
+        // writer connection too, kept open like it.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone().create_if_missing(true))
             .await
             .with_context(|| format!("failed to open the SQLite database {url_or_path}"))?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
             .context("failed to migrate the SQLite database")?;
-        Ok(SqliteStore { pool })
+        if in_memory {
+            return Ok(SqliteStore {
+                readers: pool.clone(),
+                pool,
+            });
+        }
+        // Opened after the writer has created the file and put it in WAL mode. Read-only, so
+        // that a write sent to them by mistake fails rather than competing with the writer.
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READER_POOL_SIZE)
+            .connect_with(options.read_only(true))
+            .await
+            .with_context(|| format!("failed to open the SQLite database {url_or_path}"))?;
+        Ok(SqliteStore { pool, readers })
     }
 
     /// Checks that the database answers (`SELECT 1`). The schema is migrated at connect, so a
@@ -88,16 +110,22 @@ impl SqliteStore {
     /// When no connection can be had or the query fails.
     pub async fn ping(&self) -> anyhow::Result<()> {
         sqlx::query("SELECT 1")
-            .execute(&self.pool)
+            .execute(&self.readers)
             .await
             .context("the SQLite database does not answer")?;
         Ok(())
     }
 
-    /// The connection pool, for tests and maintenance.
+    /// The writer's pool (one connection), for tests and maintenance.
     #[must_use]
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// Closes the writer's and the readers' connections; later calls fail.
+    pub async fn close(&self) {
+        self.readers.close().await;
+        self.pool.close().await;
     }
 
     /// The number of rows of every table of Clarion's schema, by table name.
@@ -109,7 +137,7 @@ impl SqliteStore {
             "SELECT name FROM sqlite_master WHERE type = 'table' \
              AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx_%' ORDER BY name",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await
         .context("failed to list the tables")?;
         let mut counts = BTreeMap::new();
@@ -117,7 +145,7 @@ impl SqliteStore {
             // The name comes from sqlite_master, not from a caller; quoting it is enough.
             let sql = format!("SELECT COUNT(*) FROM \"{}\"", name.replace('"', "\"\""));
             let row = sqlx::query(AssertSqlSafe(sql))
-                .fetch_one(&self.pool)
+                .fetch_one(&self.readers)
                 .await
                 .with_context(|| format!("failed to count the rows of {name}"))?;
             let count: i64 = row
