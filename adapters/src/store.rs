@@ -42,7 +42,7 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) {
-        self.pool().close().await;
+        SqliteStore::close(self).await;
     }
 }
 

@@ -11,12 +11,17 @@
 mod contract;
 
 use std::ops::Deref;
+use std::time::{Duration, Instant};
 
 use clarion_adapters::sqlite::SqliteStore;
-use clarion_domain::device::DeviceFilter;
+use clarion_domain::device::{DeviceFilter, NewDevice};
 use clarion_domain::ids::AppId;
 use clarion_domain::ports::{DeviceStore, StoreError};
+use clarion_domain::token::{DeviceToken, EndpointPolicy, Platform};
+use sqlx::Connection as _;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
 use tempfile::TempDir;
+use time::OffsetDateTime;
 
 /// A store on a fresh database file in a temporary folder that lives as long as the store.
 struct Fixture {
@@ -107,5 +112,57 @@ async fn a_row_that_does_not_parse_is_reported_as_corrupt_naming_the_row_and_fie
             assert!(text.contains("devices row 12: platform"), "{text}");
         }
         other => panic!("expected a corrupt row, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn writes_reach_the_database_file_without_waiting_for_the_writer_to_checkpoint() {
+    // The writer checkpoints by itself only past 10,000 pages of log; below that, rows reach
+    // the database file (rather than only its write-ahead log) through the checkpointer.
+    let fixture = fresh_store().await;
+    let shop = AppId::parse("shop").expect("app");
+    let device = NewDevice {
+        app: shop.clone(),
+        token: DeviceToken::parse(
+            Platform::Apns,
+            &"ab".repeat(32),
+            None,
+            None,
+            EndpointPolicy::PublicOnly,
+        )
+        .expect("token"),
+        name: None,
+        user_id: None,
+        device_id: None,
+    };
+    fixture
+        .register_device(&device, OffsetDateTime::now_utc())
+        .await
+        .expect("register");
+    let file = fixture._dir.path().join("clarion.db");
+
+    // `immutable` reads the database file alone, ignoring the log.
+    let file_only = SqliteConnectOptions::new()
+        .filename(&file)
+        .read_only(true)
+        .immutable(true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut connection = SqliteConnection::connect_with(&file_only)
+            .await
+            .expect("open the file");
+        // Until the first checkpoint, even the schema is only in the log.
+        let count: Result<i64, sqlx::Error> = sqlx::query_scalar("SELECT COUNT(*) FROM devices")
+            .fetch_one(&mut connection)
+            .await;
+        connection.close().await.expect("close");
+        if matches!(count, Ok(1)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the device never reached the database file: {count:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -100,8 +100,8 @@ impl Application {
             leases: service.clone(),
             router: routes::router(
                 routes::AppState {
-                    service,
-                    client_tokens,
+                    service: Arc::new(service),
+                    client_tokens: Arc::new(client_tokens),
                     send_wait: Duration::from_secs(config.http.send_wait_secs),
                     limiter: RateLimiter::new(
                         config.http.rate_limit_per_second,

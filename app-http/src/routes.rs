@@ -30,11 +30,12 @@ use crate::ops;
 use crate::ratelimit::RateLimiter;
 use crate::telemetry;
 
-/// What every handler can reach.
+/// What every handler can reach. It is cloned for every request (by the authentication
+/// middleware and by each handler's `State`), so what owns maps or strings is behind an `Arc`.
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
-    pub(crate) service: PushService,
-    pub(crate) client_tokens: ClientTokens,
+    pub(crate) service: Arc<PushService>,
+    pub(crate) client_tokens: Arc<ClientTokens>,
     /// How long a `now` send may take before the request is answered 202.
     pub(crate) send_wait: Duration,
     /// The per-credential rate limit; `None` when it is off.

@@ -18,8 +18,8 @@ use crate::sqlite::{SqliteStore, db_error};
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
-/// How often a registration retries after losing a race with another registration of the
-/// same token (the update found nothing, then the insert found the row).
+/// How often a registration retries after another process inserted the same token between
+/// its update (which found nothing) and its insert (which then found the row).
 const REGISTER_ROUNDS: usize = 3;
 
 /// The most devices one `INSERT` of a bulk registration writes: 10 parameters each, well
@@ -35,62 +35,31 @@ fn keys(token: &DeviceToken) -> (Option<&str>, Option<&str>) {
     }
 }
 
-impl SqliteStore {
-    /// Updates the device with the same application, platform and token, if there is one.
-    async fn reregister(
-        &self,
-        device: &NewDevice,
-        now: i64,
-    ) -> Result<Option<DeviceRow>, StoreError> {
-        let (p256dh, auth) = keys(&device.token);
-        let sql = format!(
-            "UPDATE devices SET user_id = ?, name = ?, device_id = ?, p256dh = ?, auth = ?, \
-             active = 1, deactivated_at = NULL, deactivation_reason = NULL, updated_at = ? \
-             WHERE app = ? AND platform = ? AND token_key = ? RETURNING {DEVICE_COLUMNS}"
-        );
-        sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
-            .bind(device.user_id.as_ref().map(|u| u.as_str().to_owned()))
-            .bind(device.name.clone())
-            .bind(device.device_id.clone())
-            .bind(p256dh.map(str::to_owned))
-            .bind(auth.map(str::to_owned))
-            .bind(now)
-            .bind(device.app.as_str().to_owned())
-            .bind(device.token.platform().as_str())
-            .bind(device.token.key().to_owned())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error("failed to update a registered device"))
-    }
+/// A device as a registration left it, and whether the registration created it.
+#[derive(sqlx::FromRow)]
+struct RegisteredRow {
+    #[sqlx(flatten)]
+    device: DeviceRow,
+    created: bool,
+}
 
-    /// Inserts the device unless one with the same token appeared meanwhile.
-    async fn insert_device(
-        &self,
-        device: &NewDevice,
-        now: i64,
-    ) -> Result<Option<DeviceRow>, StoreError> {
-        let (p256dh, auth) = keys(&device.token);
-        let sql = format!(
-            "INSERT INTO devices (app, platform, token_key, p256dh, auth, name, active, \
-             user_id, device_id, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?) \
-             ON CONFLICT (app, platform, token_key) DO NOTHING RETURNING {DEVICE_COLUMNS}"
-        );
-        sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
-            .bind(device.app.as_str().to_owned())
-            .bind(device.token.platform().as_str())
-            .bind(device.token.key().to_owned())
-            .bind(p256dh.map(str::to_owned))
-            .bind(auth.map(str::to_owned))
-            .bind(device.name.clone())
-            .bind(device.user_id.as_ref().map(|u| u.as_str().to_owned()))
-            .bind(device.device_id.clone())
-            .bind(now)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error("failed to insert a device"))
-    }
+/// Registers a device in one command of two statements, which the writer connection runs back
+/// to back (numbered parameters, bound once, serve both): an update of the device with the
+/// same application, platform and token, then an insert if there is none. The insert checks
+/// for the row itself rather than relying on `ON CONFLICT`, so that an update does not use
+/// up an id (SQLite draws the id before it finds the conflict). Each statement is atomic.
+fn register_sql() -> String {
+    format!(
+        "UPDATE devices SET user_id = ?1, name = ?2, device_id = ?3, p256dh = ?4, auth = ?5, \
+         active = 1, deactivated_at = NULL, deactivation_reason = NULL, updated_at = ?6 \
+         WHERE app = ?7 AND platform = ?8 AND token_key = ?9 \
+         RETURNING {DEVICE_COLUMNS}, 0 AS created; \
+         INSERT INTO devices (app, platform, token_key, p256dh, auth, name, active, user_id, \
+         device_id, created_at, updated_at) \
+         SELECT ?7, ?8, ?9, ?4, ?5, ?2, 1, ?1, ?3, ?6, ?6 WHERE NOT EXISTS ( \
+             SELECT 1 FROM devices WHERE app = ?7 AND platform = ?8 AND token_key = ?9) \
+         RETURNING {DEVICE_COLUMNS}, 1 AS created"
+    )
 }
 
 #[async_trait]
@@ -101,15 +70,34 @@ impl DeviceStore for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<(Device, Registration), StoreError> {
         let now = millis(now);
-        // Each statement is atomic on its own: an update of the existing row, else an insert
-        // that does nothing if a concurrent registration inserted the row first, in which
-        // case the next round updates it.
+        let (p256dh, auth) = keys(&device.token);
+        let sql = register_sql();
+        // Writes of this process go through the one writer connection, one command at a
+        // time, so no other registration comes between the update and the insert. Another
+        // process can: should it insert the row in between, neither statement returns it
+        // and the next round updates it; should it delete the row in between, the insert
+        // creates it again, and the last row is the device as it now is.
         for _ in 0..REGISTER_ROUNDS {
-            if let Some(row) = self.reregister(device, now).await? {
-                return Ok((row.into_domain()?, Registration::Updated));
-            }
-            if let Some(row) = self.insert_device(device, now).await? {
-                return Ok((row.into_domain()?, Registration::Created));
+            let rows: Vec<RegisteredRow> = sqlx::query_as(AssertSqlSafe(sql.as_str()))
+                .bind(device.user_id.as_ref().map(|u| u.as_str().to_owned()))
+                .bind(device.name.clone())
+                .bind(device.device_id.clone())
+                .bind(p256dh.map(str::to_owned))
+                .bind(auth.map(str::to_owned))
+                .bind(now)
+                .bind(device.app.as_str().to_owned())
+                .bind(device.token.platform().as_str())
+                .bind(device.token.key().to_owned())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error("failed to register a device"))?;
+            if let Some(row) = rows.into_iter().next_back() {
+                let how = if row.created {
+                    Registration::Created
+                } else {
+                    Registration::Updated
+                };
+                return Ok((row.device.into_domain()?, how));
             }
         }
         Err(StoreError::Conflict(format!(
@@ -129,9 +117,11 @@ impl DeviceStore for SqliteStore {
             return Ok(BulkRegistration::default());
         }
         let now = millis(now);
+        // `IMMEDIATE` takes the write lock before the first read, so that no other writer (of
+        // another process) commits between that read and the inserts.
         let mut tx = self
             .pool
-            .begin()
+            .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a bulk registration"))?;
         // Ids only grow (AUTOINCREMENT), and writers are serialised, so the rows this
@@ -189,7 +179,7 @@ impl DeviceStore for SqliteStore {
         sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
             .bind(app.as_str().to_owned())
             .bind(id.0)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await
             .map_err(db_error("failed to read a device"))?
             .map(DeviceRow::into_domain)
@@ -210,7 +200,7 @@ impl DeviceStore for SqliteStore {
         )))
         .bind(app.as_str().to_owned())
         .bind(ids.to_string())
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await
         .map_err(db_error("failed to read devices"))?;
         rows.into_iter().map(DeviceRow::into_domain).collect()
@@ -253,7 +243,7 @@ impl DeviceStore for SqliteStore {
             .push_bind(i64::from(limit));
         query
             .build_query_as::<DeviceRow>()
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(db_error("failed to list devices"))?
             .into_iter()

@@ -36,7 +36,7 @@ impl ApiKeyStore for SqliteStore {
         let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE hash = ?");
         sqlx::query_as::<_, ApiKeyRow>(AssertSqlSafe(sql))
             .bind(hash.as_str().to_owned())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await
             .map_err(db_error("failed to look up an API key"))?
             .map(ApiKeyRow::into_domain)
@@ -46,7 +46,7 @@ impl ApiKeyStore for SqliteStore {
     async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY id");
         sqlx::query_as::<_, ApiKeyRow>(AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(db_error("failed to list API keys"))?
             .into_iter()

@@ -45,7 +45,7 @@ impl SqliteStore {
             ")",
         )
         .build_query_as()
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await
         .map_err(db_error("failed to read messages"))?;
 
@@ -56,7 +56,7 @@ impl SqliteStore {
             ") ORDER BY id",
         )
         .build_query_as()
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await
         .map_err(db_error("failed to read related objects"))?;
         let mut related: HashMap<MessageId, Vec<RelatedObject>> = HashMap::new();
@@ -80,7 +80,7 @@ impl SqliteStore {
             query.push_bind(i64::from(each)).push(" ORDER BY id");
             let delivery_rows: Vec<DeliveryRow> = query
                 .build_query_as()
-                .fetch_all(&self.pool)
+                .fetch_all(&self.readers)
                 .await
                 .map_err(db_error("failed to read deliveries"))?;
             for row in delivery_rows {
@@ -284,7 +284,7 @@ impl MessageStore for SqliteStore {
             sqlx::query_scalar("SELECT id FROM messages WHERE app = ? AND id = ?")
                 .bind(app.as_str().to_owned())
                 .bind(id.0)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.readers)
                 .await
                 .map_err(db_error("failed to read a message"))?;
         let Some(id) = found else {
@@ -335,7 +335,7 @@ impl MessageStore for SqliteStore {
             .push_bind(i64::from(limit));
         let ids: Vec<i64> = query
             .build_query_scalar()
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(db_error("failed to list messages"))?;
         self.load_messages(&ids, Some(DELIVERIES_SHOWN)).await
@@ -436,7 +436,7 @@ impl MessageStore for SqliteStore {
             .bind(message.0)
             .bind(after.map_or(i64::MIN, |d| d.0))
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(db_error("failed to read due deliveries"))?;
         rows.into_iter().map(DeliveryRow::into_domain).collect()
@@ -448,7 +448,7 @@ impl MessageStore for SqliteStore {
              GROUP BY state",
         )
         .bind(message.0)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await
         .map_err(db_error("failed to count deliveries"))?;
         let first: Option<(String, Option<String>)> = sqlx::query_as(
@@ -456,7 +456,7 @@ impl MessageStore for SqliteStore {
              AND error_code IS NOT NULL ORDER BY id LIMIT 1",
         )
         .bind(message.0)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.readers)
         .await
         .map_err(db_error("failed to read a delivery error"))?;
         tally_from(counts, first)
@@ -591,7 +591,7 @@ impl MessageStore for SqliteStore {
         query.push(" ORDER BY id DESC LIMIT 1");
         let id: Option<i64> = query
             .build_query_scalar()
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await
             .map_err(db_error("failed to look for a template's message"))?;
         Ok(id.map(MessageId))
@@ -601,7 +601,7 @@ impl MessageStore for SqliteStore {
         let sql = format!("SELECT COUNT(*) FROM messages WHERE {DUE}");
         let count: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
             .bind(millis(now))
-            .fetch_one(&self.pool)
+            .fetch_one(&self.readers)
             .await
             .map_err(db_error("failed to count due messages"))?;
         Ok(u64::try_from(count).unwrap_or(0))

@@ -25,6 +25,7 @@ mod rows {
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -32,17 +33,48 @@ use clarion_domain::ports::StoreError;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row as _};
+use sqlx::{AssertSqlSafe, Connection as _, Row as _, SqliteConnection};
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
 
-/// How long a statement waits for another connection's write lock before it fails.
+/// How long a statement waits for another connection's write lock before it fails. Writes
+/// of this process queue for the writer connection instead; this wait is for other processes
+/// (the CLI) writing to the same file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections of a file database; SQLite serialises writers, so a few suffice.
-const FILE_POOL_SIZE: u32 = 8;
+/// Read-only connections of a file database.
+const READER_POOL_SIZE: u32 = 8;
+/// How often the checkpointer copies the write-ahead log of a file database back into the
+/// database. At a few thousand writes a second this keeps the log at about a thousand pages,
+/// SQLite's default point for a checkpoint.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+/// The log size, in pages, past which the writer checkpoints by itself, should the
+/// checkpointer fall behind (SQLite's default is 1,000).
+const WRITER_AUTOCHECKPOINT_PAGES: &str = "10000";
 
-/// The SQLite implementation of the storage ports. Cloning it shares the connection pool.
+/// The SQLite implementation of the storage ports. Cloning it shares the connection pools.
+///
+/// SQLite lets one connection write at a time. When two connections of a pool write at once,
+/// the loser gets `SQLITE_BUSY` and sleeps in SQLite's busy handler (1, 2, 5, 10, ... ms)
+/// before it tries again, which under many concurrent requests turns into tail latency of
+/// tens of milliseconds. So every write of this process goes through `pool`, which has one
+/// connection, and waits for it in the pool's first-come, first-served queue; reads go
+/// through `readers`, read-only connections that in WAL mode never block the writer nor
+/// wait for it. An in-memory database has one connection, which both fields share.
+///
+/// A checkpoint (copying the write-ahead log back into the database, with two `fsync`s) run
+/// by the writer stalls every write queued behind it for milliseconds. So a file database has
+/// a checkpointer: a task with a connection of its own that checkpoints in the background
+/// (`PASSIVE`, which never blocks the writer), while the writer checkpoints only if the log
+/// grows large.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// The writer: one connection, for every statement or transaction that writes (and for
+    /// a transaction that reads what it then writes).
     pool: SqlitePool,
+    /// Read-only connections, for statements that only read.
+    readers: SqlitePool,
+    /// Stops the checkpointer when told to, or when the last clone of the store is dropped.
+    checkpointer: Option<Arc<watch::Sender<bool>>>,
 }
 
 impl SqliteStore {
@@ -54,31 +86,56 @@ impl SqliteStore {
     pub async fn connect(url_or_path: &str) -> anyhow::Result<SqliteStore> {
         let (options, in_memory) = connect_options(url_or_path)?;
         let options = options
-            .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT)
             .synchronous(SqliteSynchronous::Normal);
         // An in-memory database lives as long as its connections: one connection that is
-        // never closed keeps every query on the same database.
-        let pool_options = if in_memory {
-            SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
+        // never closed keeps every query on the same database. A file database gets one
+        // writer connection too, kept open like it.
+        let writer_options = if in_memory {
+            options.clone()
         } else {
-            SqlitePoolOptions::new().max_connections(FILE_POOL_SIZE)
+            options
+                .clone()
+                .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
         };
-        let pool = pool_options
-            .connect_with(options)
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(writer_options.create_if_missing(true))
             .await
             .with_context(|| format!("failed to open the SQLite database {url_or_path}"))?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
             .context("failed to migrate the SQLite database")?;
-        Ok(SqliteStore { pool })
+        if in_memory {
+            return Ok(SqliteStore {
+                readers: pool.clone(),
+                pool,
+                checkpointer: None,
+            });
+        }
+        // Opened after the writer has created the file and put it in WAL mode. Read-only, so
+        // that a write sent to them by mistake fails rather than competing with the writer.
+        let readers = SqlitePoolOptions::new()
+            .max_connections(READER_POOL_SIZE)
+            .connect_with(options.clone().read_only(true))
+            .await
+            .with_context(|| format!("failed to open the SQLite database {url_or_path}"))?;
+        let connection = SqliteConnection::connect_with(&options)
+            .await
+            .with_context(|| format!("failed to open the SQLite database {url_or_path}"))?;
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(checkpoint(connection, stopped));
+        Ok(SqliteStore {
+            pool,
+            readers,
+            checkpointer: Some(Arc::new(stop)),
+        })
     }
 
     /// Checks that the database answers (`SELECT 1`). The schema is migrated at connect, so a
@@ -88,16 +145,26 @@ impl SqliteStore {
     /// When no connection can be had or the query fails.
     pub async fn ping(&self) -> anyhow::Result<()> {
         sqlx::query("SELECT 1")
-            .execute(&self.pool)
+            .execute(&self.readers)
             .await
             .context("the SQLite database does not answer")?;
         Ok(())
     }
 
-    /// The connection pool, for tests and maintenance.
+    /// The writer's pool (one connection), for tests and maintenance.
     #[must_use]
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// Stops the checkpointer and closes the writer's and the readers' connections; later
+    /// calls fail.
+    pub async fn close(&self) {
+        if let Some(stop) = &self.checkpointer {
+            stop.send_replace(true);
+        }
+        self.readers.close().await;
+        self.pool.close().await;
     }
 
     /// The number of rows of every table of Clarion's schema, by table name.
@@ -109,7 +176,7 @@ impl SqliteStore {
             "SELECT name FROM sqlite_master WHERE type = 'table' \
              AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx_%' ORDER BY name",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await
         .context("failed to list the tables")?;
         let mut counts = BTreeMap::new();
@@ -117,7 +184,7 @@ impl SqliteStore {
             // The name comes from sqlite_master, not from a caller; quoting it is enough.
             let sql = format!("SELECT COUNT(*) FROM \"{}\"", name.replace('"', "\"\""));
             let row = sqlx::query(AssertSqlSafe(sql))
-                .fetch_one(&self.pool)
+                .fetch_one(&self.readers)
                 .await
                 .with_context(|| format!("failed to count the rows of {name}"))?;
             let count: i64 = row
@@ -127,6 +194,31 @@ impl SqliteStore {
         }
         Ok(counts)
     }
+}
+
+/// Checkpoints the log every [`CHECKPOINT_INTERVAL`] until the store is closed or dropped. A
+/// checkpoint that fails (the database is busy, say) is tried again at the next tick.
+async fn checkpoint(mut connection: SqliteConnection, mut stopped: watch::Receiver<bool>) {
+    let mut ticks = tokio::time::interval(CHECKPOINT_INTERVAL);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            // An error means that every sender, so every clone of the store, is gone.
+            changed = stopped.changed() => {
+                if changed.is_err() || *stopped.borrow() {
+                    break;
+                }
+            }
+        }
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut connection)
+            .await
+        {
+            tracing::debug!(error = %error, "a background checkpoint failed");
+        }
+    }
+    let _ = connection.close().await;
 }
 
 /// Parses the accepted spellings of a database location; the flag says whether it is in

@@ -93,7 +93,7 @@ impl TemplateStore for SqliteStore {
         sqlx::query_as::<_, TemplateRow>(AssertSqlSafe(sql))
             .bind(app.as_str().to_owned())
             .bind(slug.as_str().to_owned())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await
             .map_err(db_error("failed to read a template"))?
             .map(TemplateRow::into_domain)
@@ -104,7 +104,7 @@ impl TemplateStore for SqliteStore {
         let sql = format!("SELECT {TEMPLATE_COLUMNS} FROM templates WHERE app = ? ORDER BY slug");
         sqlx::query_as::<_, TemplateRow>(AssertSqlSafe(sql))
             .bind(app.as_str().to_owned())
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await
             .map_err(db_error("failed to list templates"))?
             .into_iter()

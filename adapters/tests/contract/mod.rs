@@ -54,6 +54,8 @@ macro_rules! store_contract_tests {
     ($factory:expr) => {
         $crate::contract::store_contract_tests!(@each $factory;
             registering_the_same_token_twice_updates_the_owner_and_reactivates,
+            registering_one_token_from_many_tasks_at_once_creates_one_device,
+            writes_from_many_tasks_at_once_all_succeed,
             the_same_token_on_another_app_or_platform_is_a_separate_device,
             registering_devices_in_bulk_creates_new_tokens_and_updates_known_ones,
             getting_more_devices_than_a_statement_binds_returns_them_all_in_id_order,
@@ -312,6 +314,112 @@ pub async fn registering_the_same_token_twice_updates_the_owner_and_reactivates<
         .await
         .expect("get");
     assert_eq!(stored, Some(updated));
+}
+
+/// Tasks that write at once in the concurrency contracts, as many as the clients of the
+/// registration benchmark.
+const CONCURRENT_TASKS: usize = 64;
+
+fn numbered_apns(n: usize) -> DeviceToken {
+    DeviceToken::parse(
+        Platform::Apns,
+        &format!("{:064x}", 0x3_0000 + n),
+        None,
+        None,
+        EndpointPolicy::PublicOnly,
+    )
+    .expect("valid APNs token")
+}
+
+pub async fn registering_one_token_from_many_tasks_at_once_creates_one_device<S: Stores>(
+    store: &S,
+) {
+    let tasks: Vec<_> = (0..CONCURRENT_TASKS)
+        .map(|n| {
+            let store = store.clone();
+            let device = new_device("shop", apns(7), Some(&format!("user-{n}")));
+            tokio::spawn(async move { store.register_device(&device, at(0)).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for task in tasks {
+        outcomes.push(task.await.expect("task").expect("registration"));
+    }
+
+    let created = outcomes
+        .iter()
+        .filter(|(_, how)| *how == Registration::Created)
+        .count();
+    assert_eq!(created, 1, "exactly one registration creates the device");
+    let ids: BTreeSet<DeviceId> = outcomes.iter().map(|(device, _)| device.id).collect();
+    assert_eq!(ids.len(), 1, "every registration names the same device");
+    let listed = store
+        .list_devices(&app("shop"), &DeviceFilter::default())
+        .await
+        .expect("list");
+    assert_eq!(device_ids(&listed), ids.into_iter().collect::<Vec<_>>());
+}
+
+pub async fn writes_from_many_tasks_at_once_all_succeed<S: Stores>(store: &S) {
+    // Each task mixes the kinds of write: a bulk registration (a transaction that reads, then
+    // writes), a registration, an update, a message (a transaction) and a deactivation.
+    const BULK: usize = 10;
+    let tasks: Vec<_> = (0..CONCURRENT_TASKS)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let bulk: Vec<NewDevice> = (0..BULK)
+                    .map(|k| new_device("shop", numbered_apns(1000 + n * BULK + k), None))
+                    .collect();
+                store.register_devices(&bulk, at(0)).await?;
+                let owner = format!("user-{n}");
+                let device = new_device("shop", numbered_apns(n), Some(&owner));
+                let (device, _) = store.register_device(&device, at(0)).await?;
+                let rename = DeviceUpdate {
+                    name: Some(Some(format!("phone {n}"))),
+                    ..DeviceUpdate::default()
+                };
+                store
+                    .update_device(&app("shop"), device.id, &rename, at(1))
+                    .await?;
+                let to_device = spec(
+                    "shop",
+                    Target::Devices {
+                        device_ids: vec![device.id],
+                    },
+                );
+                store
+                    .insert_message(&new_message(
+                        to_device,
+                        vec![(Channel::Apns, Some(device.id))],
+                        at(1),
+                    ))
+                    .await?;
+                store
+                    .deactivate_device(&app("shop"), device.id, "unregistered", at(2))
+                    .await?;
+                Ok::<_, clarion_domain::ports::StoreError>(())
+            })
+        })
+        .collect();
+
+    for task in tasks {
+        task.await.expect("task").expect("every write succeeds");
+    }
+
+    let counts = store.count_devices(&app("shop")).await.expect("count");
+    let active: u64 = counts.iter().filter(|c| c.active).map(|c| c.count).sum();
+    let inactive: u64 = counts.iter().filter(|c| !c.active).map(|c| c.count).sum();
+    assert_eq!(active, (CONCURRENT_TASKS * BULK) as u64);
+    assert_eq!(inactive, CONCURRENT_TASKS as u64);
+    let messages = store
+        .list_messages(&MessageFilter {
+            limit: Some(1000),
+            ..MessageFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(messages.len(), CONCURRENT_TASKS);
 }
 
 pub async fn registering_devices_in_bulk_creates_new_tokens_and_updates_known_ones<S: Stores>(
