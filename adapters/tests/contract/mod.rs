@@ -1313,12 +1313,13 @@ pub async fn recording_a_delivery_never_changes_an_accepted_delivery<S: Stores>(
     assert_eq!(stored.deliveries, vec![delivery]);
 }
 
-pub async fn recording_a_batch_writes_every_delivery_but_the_final_ones<S: Stores>(store: &S) {
+/// A message of `shop` to three new APNs devices, with its three pending deliveries.
+async fn message_to_three_devices<S: Stores>(store: &S) -> Message {
     let mut ids = Vec::new();
     for n in 1..=3 {
         ids.push(register(store, &new_device("shop", apns(n), None), at(0)).await);
     }
-    let message = insert(
+    insert(
         store,
         &new_message(
             spec(
@@ -1331,7 +1332,11 @@ pub async fn recording_a_batch_writes_every_delivery_but_the_final_ones<S: Store
             at(0),
         ),
     )
-    .await;
+    .await
+}
+
+pub async fn recording_a_batch_writes_every_delivery_but_the_final_ones<S: Stores>(store: &S) {
+    let message = message_to_three_devices(store).await;
     let mut first = message.deliveries[0].clone();
     first.record(
         &SendOutcome::Accepted {
@@ -1390,24 +1395,7 @@ pub async fn recording_a_batch_writes_every_delivery_but_the_final_ones<S: Store
 }
 
 pub async fn the_head_of_a_message_holds_its_first_deliveries<S: Stores>(store: &S) {
-    let mut ids = Vec::new();
-    for n in 1..=3 {
-        ids.push(register(store, &new_device("shop", apns(n), None), at(0)).await);
-    }
-    let message = insert(
-        store,
-        &new_message(
-            spec(
-                "shop",
-                Target::Devices {
-                    device_ids: ids.clone(),
-                },
-            ),
-            ids.iter().map(|id| (Channel::Apns, Some(*id))).collect(),
-            at(0),
-        ),
-    )
-    .await;
+    let message = message_to_three_devices(store).await;
 
     let head = store
         .get_message_head(&app("shop"), message.id, 2)
