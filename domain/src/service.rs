@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_channel::mpsc;
-use futures_util::future;
+use futures_util::future::{self, Either};
 use futures_util::sink::SinkExt as _;
 use futures_util::stream::{self, Stream, StreamExt as _, TryStreamExt as _};
 use serde::{Deserialize, Serialize};
@@ -1118,8 +1118,15 @@ impl PushService {
             }
         };
         let recording = self.record_outcomes(app, message, lease, outcomes_rx, retry_after);
-        let ((), kept) = future::join(sending, recording).await;
-        kept
+        let (sending, recording) = (std::pin::pin!(sending), std::pin::pin!(recording));
+        match future::select(sending, recording).await {
+            // Everything was sent: the recording half writes what is left and ends when the
+            // channel closes.
+            Either::Left(((), recording)) => recording.await,
+            // The recording half stopped first (the lease was lost or the store failed): the
+            // sends still in flight are dropped at once.
+            Either::Right((kept, _sending)) => kept,
+        }
     }
 
     /// The due deliveries of message `id`, a page at a time, each with the devices of its
