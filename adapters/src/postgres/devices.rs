@@ -18,10 +18,6 @@ use crate::postgres::{PgStore, db_error, ms};
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
-/// How often a registration retries after losing a race with another registration of the
-/// same token (the update found nothing, then the insert found the row).
-const REGISTER_ROUNDS: usize = 3;
-
 /// The most devices one `INSERT` of a bulk registration writes: 10 parameters each, well
 /// under PostgreSQL's limit of 65,535 parameters per statement.
 const BULK_ROWS_PER_STATEMENT: usize = 1000;
@@ -35,62 +31,12 @@ fn keys(token: &DeviceToken) -> (Option<&str>, Option<&str>) {
     }
 }
 
-impl PgStore {
-    /// Updates the device with the same application, platform and token, if there is one.
-    async fn reregister(
-        &self,
-        device: &NewDevice,
-        now: OffsetDateTime,
-    ) -> Result<Option<DeviceRow>, StoreError> {
-        let (p256dh, auth) = keys(&device.token);
-        let sql = format!(
-            "UPDATE devices SET user_id = $1, name = $2, device_id = $3, p256dh = $4, auth = $5, \
-             active = TRUE, deactivated_at = NULL, deactivation_reason = NULL, updated_at = $6 \
-             WHERE app = $7 AND platform = $8 AND token_key = $9 RETURNING {DEVICE_COLUMNS}"
-        );
-        sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
-            .bind(device.user_id.as_ref().map(|u| u.as_str().to_owned()))
-            .bind(device.name.clone())
-            .bind(device.device_id.clone())
-            .bind(p256dh.map(str::to_owned))
-            .bind(auth.map(str::to_owned))
-            .bind(now)
-            .bind(device.app.as_str().to_owned())
-            .bind(device.token.platform().as_str())
-            .bind(device.token.key().to_owned())
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error("failed to update a registered device"))
-    }
-
-    /// Inserts the device unless one with the same token appeared meanwhile.
-    async fn insert_device(
-        &self,
-        device: &NewDevice,
-        now: OffsetDateTime,
-    ) -> Result<Option<DeviceRow>, StoreError> {
-        let (p256dh, auth) = keys(&device.token);
-        let sql = format!(
-            "INSERT INTO devices (app, platform, token_key, p256dh, auth, name, active, \
-             user_id, device_id, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $9, $10) \
-             ON CONFLICT (app, platform, token_key) DO NOTHING RETURNING {DEVICE_COLUMNS}"
-        );
-        sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
-            .bind(device.app.as_str().to_owned())
-            .bind(device.token.platform().as_str())
-            .bind(device.token.key().to_owned())
-            .bind(p256dh.map(str::to_owned))
-            .bind(auth.map(str::to_owned))
-            .bind(device.name.clone())
-            .bind(device.user_id.as_ref().map(|u| u.as_str().to_owned()))
-            .bind(device.device_id.clone())
-            .bind(now)
-            .bind(now)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error("failed to insert a device"))
-    }
+/// A device as a registration left it, and whether the registration created it.
+#[derive(sqlx::FromRow)]
+struct RegisteredRow {
+    #[sqlx(flatten)]
+    device: DeviceRow,
+    created: bool,
 }
 
 #[async_trait]
@@ -101,22 +47,39 @@ impl DeviceStore for PgStore {
         now: OffsetDateTime,
     ) -> Result<(Device, Registration), StoreError> {
         let now = ms(now);
-        // Each statement is atomic on its own: an update of the existing row, else an insert
-        // that does nothing if a concurrent registration inserted the row first, in which
-        // case the next round updates it.
-        for _ in 0..REGISTER_ROUNDS {
-            if let Some(row) = self.reregister(device, now).await? {
-                return Ok((row.into_domain()?, Registration::Updated));
-            }
-            if let Some(row) = self.insert_device(device, now).await? {
-                return Ok((row.into_domain()?, Registration::Created));
-            }
-        }
-        Err(StoreError::Conflict(format!(
-            "the {} token of application {} is being registered concurrently",
-            device.token.platform(),
-            device.app
-        )))
+        let (p256dh, auth) = keys(&device.token);
+        // One atomic upsert, whoever registers the same token at the same time. A row that
+        // the statement inserted has no deleting or locking transaction yet (`xmax = 0`);
+        // one it updated has this transaction's.
+        let sql = format!(
+            "INSERT INTO devices (app, platform, token_key, p256dh, auth, name, active, \
+             user_id, device_id, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $9, $9) \
+             ON CONFLICT (app, platform, token_key) DO UPDATE SET \
+             user_id = EXCLUDED.user_id, name = EXCLUDED.name, device_id = EXCLUDED.device_id, \
+             p256dh = EXCLUDED.p256dh, auth = EXCLUDED.auth, active = TRUE, \
+             deactivated_at = NULL, deactivation_reason = NULL, updated_at = EXCLUDED.updated_at \
+             RETURNING {DEVICE_COLUMNS}, (xmax = 0) AS created"
+        );
+        let row = sqlx::query_as::<_, RegisteredRow>(AssertSqlSafe(sql))
+            .bind(device.app.as_str().to_owned())
+            .bind(device.token.platform().as_str())
+            .bind(device.token.key().to_owned())
+            .bind(p256dh.map(str::to_owned))
+            .bind(auth.map(str::to_owned))
+            .bind(device.name.clone())
+            .bind(device.user_id.as_ref().map(|u| u.as_str().to_owned()))
+            .bind(device.device_id.clone())
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error("failed to register a device"))?;
+        let registration = if row.created {
+            Registration::Created
+        } else {
+            Registration::Updated
+        };
+        Ok((row.device.into_domain()?, registration))
     }
 
     async fn register_devices(
