@@ -31,6 +31,39 @@ fn keys(token: &DeviceToken) -> (Option<&str>, Option<&str>) {
     }
 }
 
+/// An `INSERT` of `devices` that updates the device with the same application, platform
+/// and token instead where there is one, returning `returning`. A row the statement inserted
+/// has no deleting or locking transaction yet (`xmax = 0`); a row it updated has this one's.
+fn upsert(devices: &[&NewDevice], now: OffsetDateTime, returning: &str) -> QueryBuilder<Postgres> {
+    let mut query = QueryBuilder::<Postgres>::new(
+        "INSERT INTO devices (app, platform, token_key, p256dh, auth, name, active, \
+         user_id, device_id, created_at, updated_at) ",
+    );
+    query.push_values(devices, |mut row, device| {
+        let (p256dh, auth) = keys(&device.token);
+        row.push_bind(device.app.as_str().to_owned())
+            .push_bind(device.token.platform().as_str())
+            .push_bind(device.token.key().to_owned())
+            .push_bind(p256dh.map(str::to_owned))
+            .push_bind(auth.map(str::to_owned))
+            .push_bind(device.name.clone())
+            .push("TRUE")
+            .push_bind(device.user_id.as_ref().map(|u| u.as_str().to_owned()))
+            .push_bind(device.device_id.clone())
+            .push_bind(now)
+            .push_bind(now);
+    });
+    query.push(
+        " ON CONFLICT (app, platform, token_key) DO UPDATE SET \
+         user_id = EXCLUDED.user_id, name = EXCLUDED.name, \
+         device_id = EXCLUDED.device_id, p256dh = EXCLUDED.p256dh, \
+         auth = EXCLUDED.auth, active = TRUE, deactivated_at = NULL, \
+         deactivation_reason = NULL, updated_at = EXCLUDED.updated_at RETURNING ",
+    );
+    query.push(returning);
+    query
+}
+
 /// A device as a registration left it, and whether the registration created it.
 #[derive(sqlx::FromRow)]
 struct RegisteredRow {
@@ -46,34 +79,16 @@ impl DeviceStore for PgStore {
         device: &NewDevice,
         now: OffsetDateTime,
     ) -> Result<(Device, Registration), StoreError> {
-        let now = ms(now);
-        let (p256dh, auth) = keys(&device.token);
-        // One atomic upsert, whoever registers the same token at the same time. A row that
-        // the statement inserted has no deleting or locking transaction yet (`xmax = 0`);
-        // one it updated has this transaction's.
-        let sql = format!(
-            "INSERT INTO devices (app, platform, token_key, p256dh, auth, name, active, \
-             user_id, device_id, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, TRUE, $7, $8, $9, $9) \
-             ON CONFLICT (app, platform, token_key) DO UPDATE SET \
-             user_id = EXCLUDED.user_id, name = EXCLUDED.name, device_id = EXCLUDED.device_id, \
-             p256dh = EXCLUDED.p256dh, auth = EXCLUDED.auth, active = TRUE, \
-             deactivated_at = NULL, deactivation_reason = NULL, updated_at = EXCLUDED.updated_at \
-             RETURNING {DEVICE_COLUMNS}, (xmax = 0) AS created"
-        );
-        let row = sqlx::query_as::<_, RegisteredRow>(AssertSqlSafe(sql))
-            .bind(device.app.as_str().to_owned())
-            .bind(device.token.platform().as_str())
-            .bind(device.token.key().to_owned())
-            .bind(p256dh.map(str::to_owned))
-            .bind(auth.map(str::to_owned))
-            .bind(device.name.clone())
-            .bind(device.user_id.as_ref().map(|u| u.as_str().to_owned()))
-            .bind(device.device_id.clone())
-            .bind(now)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_error("failed to register a device"))?;
+        // One atomic upsert, whoever registers the same token at the same time.
+        let row = upsert(
+            &[device],
+            ms(now),
+            &format!("{DEVICE_COLUMNS}, (xmax = 0) AS created"),
+        )
+        .build_query_as::<RegisteredRow>()
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error("failed to register a device"))?;
         let registration = if row.created {
             Registration::Created
         } else {
@@ -99,34 +114,7 @@ impl DeviceStore for PgStore {
             .map_err(db_error("failed to begin a bulk registration"))?;
         let mut created = 0_u64;
         for chunk in devices.chunks(BULK_ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Postgres>::new(
-                "INSERT INTO devices (app, platform, token_key, p256dh, auth, name, active, \
-                 user_id, device_id, created_at, updated_at) ",
-            );
-            query.push_values(chunk, |mut row, device| {
-                let (p256dh, auth) = keys(&device.token);
-                row.push_bind(device.app.as_str().to_owned())
-                    .push_bind(device.token.platform().as_str())
-                    .push_bind(device.token.key().to_owned())
-                    .push_bind(p256dh.map(str::to_owned))
-                    .push_bind(auth.map(str::to_owned))
-                    .push_bind(device.name.clone())
-                    .push("TRUE")
-                    .push_bind(device.user_id.as_ref().map(|u| u.as_str().to_owned()))
-                    .push_bind(device.device_id.clone())
-                    .push_bind(now)
-                    .push_bind(now);
-            });
-            // A row the statement inserted has no deleting transaction (`xmax = 0`); a row it
-            // updated was locked by this one.
-            query.push(
-                " ON CONFLICT (app, platform, token_key) DO UPDATE SET \
-                 user_id = EXCLUDED.user_id, name = EXCLUDED.name, \
-                 device_id = EXCLUDED.device_id, p256dh = EXCLUDED.p256dh, \
-                 auth = EXCLUDED.auth, active = TRUE, deactivated_at = NULL, \
-                 deactivation_reason = NULL, updated_at = EXCLUDED.updated_at \
-                 RETURNING (xmax = 0) AS inserted",
-            );
+            let mut query = upsert(chunk, now, "(xmax = 0) AS inserted");
             let inserted: Vec<(bool,)> = query
                 .build_query_as()
                 .fetch_all(&mut *tx)

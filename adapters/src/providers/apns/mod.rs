@@ -179,10 +179,8 @@ pub struct ApnsProvider {
 struct AppClient {
     app: String,
     client: reqwest::Client,
-    /// The base URL without a trailing `/`.
-    endpoint: String,
-    /// `endpoint` parsed once: each request's URL is a copy with its path set, which spares
-    /// parsing the host again for every notification.
+    /// The base URL, parsed once: each request's URL is a copy with its path set, which
+    /// spares parsing the host again for every notification.
     base_url: url::Url,
     auth: Auth,
     /// Bounds the requests in flight (`apns.concurrency`).
@@ -198,7 +196,7 @@ impl fmt::Debug for AppClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AppClient")
             .field("app", &self.app)
-            .field("endpoint", &self.endpoint)
+            .field("endpoint", &self.base_url.as_str())
             .field(
                 "auth",
                 &match &self.auth {
@@ -271,7 +269,6 @@ impl AppClient {
         Ok(Self {
             app: app.to_owned(),
             client,
-            endpoint,
             base_url,
             auth,
             in_flight: Semaphore::new(concurrency),
