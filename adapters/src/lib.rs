@@ -8,6 +8,7 @@ pub mod keys;
 pub mod metrics;
 pub mod postgres;
 pub mod providers;
+mod registrations;
 pub mod render;
 mod reports;
 mod rows;

@@ -1,26 +1,25 @@
 //! [`DeviceStore`] on SQLite.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use clarion_domain::device::{
     BulkRegistration, Device, DeviceFilter, DeviceUpdate, NewDevice, Registration,
     last_registration_of_each_token,
 };
-use clarion_domain::ids::{AppId, DeviceId};
+use clarion_domain::ids::{AppId, DeviceId, UserId};
 use clarion_domain::ports::{DeviceStore, StoreError};
 use clarion_domain::token::DeviceToken;
-use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite};
+use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 
+use crate::registrations::{GroupedRegistrations, Pending, RegisterMany};
 use crate::sqlite::rows::{DEVICE_COLUMNS, DeviceRow, millis};
 use crate::sqlite::{SqliteStore, db_error};
 
 /// The default and the largest page of `list_devices`.
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
-
-/// How often a registration retries after another process inserted the same token between
-/// its update (which found nothing) and its insert (which then found the row).
-const REGISTER_ROUNDS: usize = 3;
 
 /// The most devices one `INSERT` of a bulk registration writes: 10 parameters each, well
 /// under SQLite's limit of 32,766 parameters per statement.
@@ -43,23 +42,91 @@ struct RegisteredRow {
     created: bool,
 }
 
-/// Registers a device in one command of two statements, which the writer connection runs back
-/// to back (numbered parameters, bound once, serve both): an update of the device with the
-/// same application, platform and token, then an insert if there is none. The insert checks
-/// for the row itself rather than relying on `ON CONFLICT`, so that an update does not use
-/// up an id (SQLite draws the id before it finds the conflict). Each statement is atomic.
-fn register_sql() -> String {
-    format!(
-        "UPDATE devices SET user_id = ?1, name = ?2, device_id = ?3, p256dh = ?4, auth = ?5, \
-         active = 1, deactivated_at = NULL, deactivation_reason = NULL, updated_at = ?6 \
-         WHERE app = ?7 AND platform = ?8 AND token_key = ?9 \
-         RETURNING {DEVICE_COLUMNS}, 0 AS created; \
-         INSERT INTO devices (app, platform, token_key, p256dh, auth, name, active, user_id, \
-         device_id, created_at, updated_at) \
-         SELECT ?7, ?8, ?9, ?4, ?5, ?2, 1, ?1, ?3, ?6, ?6 WHERE NOT EXISTS ( \
-             SELECT 1 FROM devices WHERE app = ?7 AND platform = ?8 AND token_key = ?9) \
-         RETURNING {DEVICE_COLUMNS}, 1 AS created"
-    )
+/// Registers devices with distinct tokens in one command of two statements, which the writer
+/// connection runs back to back over the same rows (one JSON array bound once as `?1`, each
+/// row `[app, platform, token_key, p256dh, auth, name, user_id, device_id, now]`): an update
+/// of the devices that exist, then an insert of those that do not. The insert checks for the
+/// row itself rather than relying on `ON CONFLICT`, so that an update does not use up an id
+/// (SQLite draws the id before it finds the conflict). Each statement is atomic, and each
+/// finds a device through the unique index of its application, platform and token.
+fn register_statements() -> [String; 2] {
+    let rows = "WITH r (r_app, r_platform, r_token, r_p256dh, r_auth, r_name, r_user, \
+                r_device, r_now) AS (SELECT value ->> 0, value ->> 1, value ->> 2, \
+                value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7, value ->> 8 \
+                FROM json_each(?1))";
+    [
+        format!(
+            "{rows} UPDATE devices SET user_id = r_user, name = r_name, device_id = r_device, \
+             p256dh = r_p256dh, auth = r_auth, active = 1, deactivated_at = NULL, \
+             deactivation_reason = NULL, updated_at = r_now FROM r \
+             WHERE app = r_app AND platform = r_platform AND token_key = r_token \
+             RETURNING {DEVICE_COLUMNS}, 0 AS created"
+        ),
+        format!(
+            "{rows} INSERT INTO devices (app, platform, token_key, p256dh, auth, name, active, \
+             user_id, device_id, created_at, updated_at) \
+             SELECT r_app, r_platform, r_token, r_p256dh, r_auth, r_name, 1, r_user, \
+             r_device, r_now, r_now FROM r WHERE NOT EXISTS (SELECT 1 FROM devices \
+             WHERE app = r_app AND platform = r_platform AND token_key = r_token) \
+             RETURNING {DEVICE_COLUMNS}, 1 AS created"
+        ),
+    ]
+}
+
+/// The statement of [`GroupedRegistrations`] on SQLite: [`register_sql`] on the writer.
+pub(crate) struct SqliteRegistrations {
+    pub(crate) writer: SqlitePool,
+    pub(crate) sql: String,
+}
+
+#[async_trait]
+impl RegisterMany for SqliteRegistrations {
+    async fn register_many(
+        &self,
+        devices: &[&Pending],
+    ) -> Result<Vec<(Device, Registration)>, StoreError> {
+        let rows: Vec<_> = devices
+            .iter()
+            .map(|(device, now)| {
+                let (p256dh, auth) = keys(&device.token);
+                serde_json::json!([
+                    device.app.as_str(),
+                    device.token.platform().as_str(),
+                    device.token.key(),
+                    p256dh,
+                    auth,
+                    device.name,
+                    device.user_id.as_ref().map(UserId::as_str),
+                    device.device_id,
+                    millis(*now),
+                ])
+            })
+            .collect();
+        let rows: Vec<RegisteredRow> = sqlx::query_as(AssertSqlSafe(self.sql.as_str()))
+            .bind(serde_json::Value::Array(rows).to_string())
+            .fetch_all(&self.writer)
+            .await
+            .map_err(db_error("failed to register devices"))?;
+        rows.into_iter()
+            .map(|row| {
+                let how = if row.created {
+                    Registration::Created
+                } else {
+                    Registration::Updated
+                };
+                Ok((row.device.into_domain()?, how))
+            })
+            .collect()
+    }
+}
+
+impl SqliteRegistrations {
+    pub(crate) fn grouped(writer: SqlitePool) -> GroupedRegistrations {
+        GroupedRegistrations::new(Arc::new(SqliteRegistrations {
+            writer,
+            sql: register_statements().join("; "),
+        }))
+    }
 }
 
 /// Reads the devices whose ids are in a JSON array (`?1`) of application `?2`.
@@ -83,42 +150,9 @@ impl DeviceStore for SqliteStore {
         device: &NewDevice,
         now: OffsetDateTime,
     ) -> Result<(Device, Registration), StoreError> {
-        let now = millis(now);
-        let (p256dh, auth) = keys(&device.token);
-        let sql = register_sql();
-        // Writes of this process go through the one writer connection, one command at a
-        // time, so no other registration comes between the update and the insert. Another
-        // process can: should it insert the row in between, neither statement returns it
-        // and the next round updates it; should it delete the row in between, the insert
-        // creates it again, and the last row is the device as it now is.
-        for _ in 0..REGISTER_ROUNDS {
-            let rows: Vec<RegisteredRow> = sqlx::query_as(AssertSqlSafe(sql.as_str()))
-                .bind(device.user_id.as_ref().map(|u| u.as_str().to_owned()))
-                .bind(device.name.clone())
-                .bind(device.device_id.clone())
-                .bind(p256dh.map(str::to_owned))
-                .bind(auth.map(str::to_owned))
-                .bind(now)
-                .bind(device.app.as_str().to_owned())
-                .bind(device.token.platform().as_str())
-                .bind(device.token.key().to_owned())
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error("failed to register a device"))?;
-            if let Some(row) = rows.into_iter().next_back() {
-                let how = if row.created {
-                    Registration::Created
-                } else {
-                    Registration::Updated
-                };
-                return Ok((row.device.into_domain()?, how));
-            }
-        }
-        Err(StoreError::Conflict(format!(
-            "the {} token of application {} is being registered concurrently",
-            device.token.platform(),
-            device.app
-        )))
+        // Writes of this process go through the one writer connection; registrations made
+        // at the same time are written together, as one command.
+        self.registrations.register(device.clone(), now).await
     }
 
     async fn register_devices(
@@ -394,13 +428,13 @@ mod tests {
 
     /// The plan of a statement, one line per step, as `EXPLAIN QUERY PLAN` gives it.
     async fn plan(store: &SqliteStore, sql: &str) -> String {
+        let mut query =
+            sqlx::query_as(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"))).bind("[1, 2, 3]");
+        if sql.contains("?2") {
+            query = query.bind("app");
+        }
         let steps: Vec<(i64, i64, i64, String)> =
-            sqlx::query_as(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
-                .bind("[1, 2, 3]")
-                .bind("app")
-                .fetch_all(store.pool())
-                .await
-                .expect("plan");
+            query.fetch_all(store.pool()).await.expect("plan");
         steps
             .into_iter()
             .map(|(_, _, _, detail)| detail)
@@ -420,5 +454,23 @@ mod tests {
         );
         assert!(!plan.contains("SCAN devices"), "{plan}");
         assert!(!plan.contains("INDEX devices_app"), "{plan}");
+    }
+
+    #[tokio::test]
+    async fn registrations_find_their_devices_by_the_unique_token_index() {
+        let store = SqliteStore::connect("sqlite::memory:")
+            .await
+            .expect("in-memory database");
+        for statement in register_statements() {
+            let plan = plan(&store, &statement).await;
+            assert!(
+                plan.contains(
+                    "SEARCH devices USING COVERING INDEX sqlite_autoindex_devices_1 \
+                     (app=? AND platform=? AND token_key=?)"
+                ),
+                "{plan}"
+            );
+            assert!(!plan.contains("SCAN devices"), "{plan}");
+        }
     }
 }

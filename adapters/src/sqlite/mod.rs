@@ -35,6 +35,9 @@ use sqlx::sqlite::{
 };
 use sqlx::{AssertSqlSafe, Connection as _, Row as _, SqliteConnection};
 use tokio::sync::watch;
+
+use crate::registrations::GroupedRegistrations;
+use devices::SqliteRegistrations;
 use tokio::time::MissedTickBehavior;
 
 /// How long a statement waits for another connection's write lock before it fails. Writes
@@ -75,6 +78,8 @@ pub struct SqliteStore {
     readers: SqlitePool,
     /// Stops the checkpointer when told to, or when the last clone of the store is dropped.
     checkpointer: Option<Arc<watch::Sender<bool>>>,
+    /// Registrations made at the same time, written together by the writer.
+    registrations: GroupedRegistrations,
 }
 
 impl SqliteStore {
@@ -115,6 +120,7 @@ impl SqliteStore {
         if in_memory {
             return Ok(SqliteStore {
                 readers: pool.clone(),
+                registrations: SqliteRegistrations::grouped(pool.clone()),
                 pool,
                 checkpointer: None,
             });
@@ -132,6 +138,7 @@ impl SqliteStore {
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(checkpoint(connection, stopped));
         Ok(SqliteStore {
+            registrations: SqliteRegistrations::grouped(pool.clone()),
             pool,
             readers,
             checkpointer: Some(Arc::new(stop)),
