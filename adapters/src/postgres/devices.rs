@@ -1,5 +1,7 @@
 //! [`DeviceStore`] on PostgreSQL.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use clarion_domain::device::{
     BulkRegistration, Device, DeviceFilter, DeviceUpdate, NewDevice, Registration,
@@ -8,11 +10,12 @@ use clarion_domain::device::{
 use clarion_domain::ids::{AppId, DeviceId};
 use clarion_domain::ports::{DeviceStore, StoreError};
 use clarion_domain::token::DeviceToken;
-use sqlx::{AssertSqlSafe, Postgres, QueryBuilder};
+use sqlx::{AssertSqlSafe, PgPool, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
 use crate::postgres::rows::{DEVICE_COLUMNS, DeviceRow};
 use crate::postgres::{PgStore, db_error, ms};
+use crate::registrations::{GroupedRegistrations, Pending, RegisterMany};
 
 /// The default and the largest page of `list_devices`.
 const DEFAULT_LIMIT: u32 = 100;
@@ -34,12 +37,16 @@ fn keys(token: &DeviceToken) -> (Option<&str>, Option<&str>) {
 /// An `INSERT` of `devices` that updates the device with the same application, platform
 /// and token instead where there is one, returning `returning`. A row the statement inserted
 /// has no deleting or locking transaction yet (`xmax = 0`); a row it updated has this one's.
-fn upsert(devices: &[&NewDevice], now: OffsetDateTime, returning: &str) -> QueryBuilder<Postgres> {
+fn upsert<'a>(
+    devices: impl IntoIterator<Item = (&'a NewDevice, OffsetDateTime)>,
+    returning: &str,
+) -> QueryBuilder<Postgres> {
     let mut query = QueryBuilder::<Postgres>::new(
         "INSERT INTO devices (app, platform, token_key, p256dh, auth, name, active, \
          user_id, device_id, created_at, updated_at) ",
     );
-    query.push_values(devices, |mut row, device| {
+    query.push_values(devices, |mut row, (device, now)| {
+        let now = ms(now);
         let (p256dh, auth) = keys(&device.token);
         row.push_bind(device.app.as_str().to_owned())
             .push_bind(device.token.platform().as_str())
@@ -72,6 +79,45 @@ struct RegisteredRow {
     created: bool,
 }
 
+/// The statement of [`GroupedRegistrations`] on PostgreSQL: one atomic upsert of every
+/// device of the batch, whoever registers the same tokens at the same time.
+pub(crate) struct PgRegistrations {
+    pub(crate) pool: PgPool,
+}
+
+impl PgRegistrations {
+    pub(crate) fn grouped(pool: PgPool) -> GroupedRegistrations {
+        GroupedRegistrations::new(Arc::new(PgRegistrations { pool }))
+    }
+}
+
+#[async_trait]
+impl RegisterMany for PgRegistrations {
+    async fn register_many(
+        &self,
+        devices: &[&Pending],
+    ) -> Result<Vec<(Device, Registration)>, StoreError> {
+        let rows: Vec<RegisteredRow> = upsert(
+            devices.iter().map(|(device, now)| (device, *now)),
+            &format!("{DEVICE_COLUMNS}, (xmax = 0) AS created"),
+        )
+        .build_query_as()
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error("failed to register devices"))?;
+        rows.into_iter()
+            .map(|row| {
+                let how = if row.created {
+                    Registration::Created
+                } else {
+                    Registration::Updated
+                };
+                Ok((row.device.into_domain()?, how))
+            })
+            .collect()
+    }
+}
+
 #[async_trait]
 impl DeviceStore for PgStore {
     async fn register_device(
@@ -79,22 +125,8 @@ impl DeviceStore for PgStore {
         device: &NewDevice,
         now: OffsetDateTime,
     ) -> Result<(Device, Registration), StoreError> {
-        // One atomic upsert, whoever registers the same token at the same time.
-        let row = upsert(
-            &[device],
-            ms(now),
-            &format!("{DEVICE_COLUMNS}, (xmax = 0) AS created"),
-        )
-        .build_query_as::<RegisteredRow>()
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_error("failed to register a device"))?;
-        let registration = if row.created {
-            Registration::Created
-        } else {
-            Registration::Updated
-        };
-        Ok((row.device.into_domain()?, registration))
+        // Registrations made at the same time are written together, as one upsert.
+        self.registrations.register(device.clone(), now).await
     }
 
     async fn register_devices(
@@ -106,7 +138,6 @@ impl DeviceStore for PgStore {
         if devices.is_empty() {
             return Ok(BulkRegistration::default());
         }
-        let now = ms(now);
         let mut tx = self
             .pool
             .begin()
@@ -114,7 +145,10 @@ impl DeviceStore for PgStore {
             .map_err(db_error("failed to begin a bulk registration"))?;
         let mut created = 0_u64;
         for chunk in devices.chunks(BULK_ROWS_PER_STATEMENT) {
-            let mut query = upsert(chunk, now, "(xmax = 0) AS inserted");
+            let mut query = upsert(
+                chunk.iter().map(|device| (*device, now)),
+                "(xmax = 0) AS inserted",
+            );
             let inserted: Vec<(bool,)> = query
                 .build_query_as()
                 .fetch_all(&mut *tx)

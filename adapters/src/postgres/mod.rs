@@ -19,6 +19,8 @@ use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, Row as _};
 use time::OffsetDateTime;
 
 use crate::config::redact_url;
+use crate::registrations::GroupedRegistrations;
+use devices::PgRegistrations;
 
 /// Connections per process when the configuration does not say.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
@@ -49,6 +51,8 @@ impl Default for PgSettings {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Registrations made at the same time, written together.
+    registrations: GroupedRegistrations,
 }
 
 impl PgStore {
@@ -103,7 +107,10 @@ impl PgStore {
             .run(&pool)
             .await
             .context("failed to migrate the PostgreSQL database")?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            registrations: PgRegistrations::grouped(pool.clone()),
+            pool,
+        })
     }
 
     /// The connection pool, for tests and maintenance.

@@ -13,12 +13,12 @@
     reason = "test code: a failed expectation is a failed test"
 )]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use clarion_domain::app::SenderKind;
 use clarion_domain::auth::{ApiKeyId, KeyHash, KeyScope, NewApiKey};
-use clarion_domain::device::{DeviceFilter, DeviceUpdate, NewDevice, Registration};
+use clarion_domain::device::{Device, DeviceFilter, DeviceUpdate, NewDevice, Registration};
 use clarion_domain::ids::{AppId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use clarion_domain::message::{
     Channel, Content, DeliveryState, GiveUp, Message, MessageSpec, MessageState, Priority,
@@ -55,6 +55,7 @@ macro_rules! store_contract_tests {
         $crate::contract::store_contract_tests!(@each $factory;
             registering_the_same_token_twice_updates_the_owner_and_reactivates,
             registering_one_token_from_many_tasks_at_once_creates_one_device,
+            registrations_made_at_once_each_get_their_own_device_back,
             writes_from_many_tasks_at_once_all_succeed,
             the_same_token_on_another_app_or_platform_is_a_separate_device,
             registering_devices_in_bulk_creates_new_tokens_and_updates_known_ones,
@@ -358,6 +359,68 @@ pub async fn registering_one_token_from_many_tasks_at_once_creates_one_device<S:
         .await
         .expect("list");
     assert_eq!(device_ids(&listed), ids.into_iter().collect::<Vec<_>>());
+}
+
+/// Registrations made at the same time are written together; each must still get back the
+/// device it registered, as it left it, whatever the platform.
+pub async fn registrations_made_at_once_each_get_their_own_device_back<S: Stores>(store: &S) {
+    fn token(n: usize) -> DeviceToken {
+        let k = u8::try_from(n).expect("small");
+        match n % 3 {
+            0 => numbered_apns(n),
+            1 => fcm(k),
+            _ if n.is_multiple_of(2) => webpush(k, P256DH, AUTH),
+            _ => webpush(k, OTHER_P256DH, OTHER_AUTH),
+        }
+    }
+    async fn wave<S: Stores>(
+        store: &S,
+        name: &'static str,
+        seconds: i64,
+        which: impl Iterator<Item = usize>,
+    ) -> BTreeMap<usize, (Device, Registration)> {
+        let tasks: Vec<_> = which
+            .map(|n| {
+                let store = store.clone();
+                let mut device = new_device("shop", token(n), Some(&format!("user-{n}")));
+                device.name = Some(format!("{name} {n}"));
+                let task =
+                    tokio::spawn(async move { store.register_device(&device, at(seconds)).await });
+                (n, task)
+            })
+            .collect();
+        let mut outcomes = BTreeMap::new();
+        for (n, task) in tasks {
+            outcomes.insert(n, task.await.expect("task").expect("registration"));
+        }
+        outcomes
+    }
+
+    // The even ones first; then all of them at once, so that each batch of the second wave
+    // mixes devices it creates with devices it updates.
+    let first = wave(store, "first", 0, (0..CONCURRENT_TASKS).step_by(2)).await;
+    let second = wave(store, "second", 5, 0..CONCURRENT_TASKS).await;
+    for (n, (device, how)) in &second {
+        let earlier = first.get(n);
+        let expected = if earlier.is_some() {
+            Registration::Updated
+        } else {
+            Registration::Created
+        };
+        assert_eq!(*how, expected, "{n}");
+        assert_eq!(device.token, token(*n), "{n}");
+        assert_eq!(device.name.as_deref(), Some(format!("second {n}").as_str()));
+        assert_eq!(device.user_id, Some(user(&format!("user-{n}"))));
+        assert_eq!(device.updated_at, at(5), "{n}");
+        if let Some((created, how)) = earlier {
+            assert_eq!(*how, Registration::Created, "{n}");
+            assert_eq!(created.name.as_deref(), Some(format!("first {n}").as_str()));
+            assert_eq!(device.id, created.id, "{n}");
+            assert_eq!(device.created_at, at(0), "{n}");
+        }
+    }
+    let ids: BTreeSet<DeviceId> = second.values().map(|(d, _)| d.id).collect();
+    assert_eq!(ids.len(), CONCURRENT_TASKS);
 }
 
 pub async fn writes_from_many_tasks_at_once_all_succeed<S: Stores>(store: &S) {
