@@ -203,7 +203,9 @@ pub struct WorkerConfig {
     /// How many claimed messages a worker sends at once.
     pub message_concurrency: usize,
     /// How many deliveries of one message a worker sends at once. A worker has at most
-    /// `message_concurrency × delivery_concurrency` requests in flight.
+    /// `message_concurrency × delivery_concurrency` requests in flight. A broadcast sends at
+    /// most `delivery_concurrency` deliveries per round trip to the provider: 100 at a 50 ms
+    /// round trip is 2,000 a second (APNs' own limit per connection is `apns.concurrency`).
     pub delivery_concurrency: usize,
 }
 
@@ -215,7 +217,7 @@ impl Default for WorkerConfig {
             batch_size: 100,
             lease_secs: 60,
             message_concurrency: 8,
-            delivery_concurrency: 32,
+            delivery_concurrency: 100,
         }
     }
 }

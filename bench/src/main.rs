@@ -25,6 +25,7 @@ use crate::server::{Mocks, ServerSettings};
 const USAGE: &str = "\
 Usage: clarion-bench --bin-dir DIR [--devices N] [--db sqlite|postgres|both] [--out FILE]
                      [--api-requests N] [--postgres-url URL] [--work-dir DIR]
+                     [--delivery-concurrency N]
 
   --bin-dir       the folder holding release builds of clarion-server and clarion-mocks
   --devices       devices loaded for the broadcast (default 100000)
@@ -35,6 +36,9 @@ Usage: clarion-bench --bin-dir DIR [--devices N] [--db sqlite|postgres|both] [--
                   postgres://postgres@127.0.0.1:5432/test); each run makes a schema of its own
   --work-dir      where databases, configuration and logs go (default a fresh folder under
                   the system's temporary folder)
+  --delivery-concurrency
+                  the server's worker.delivery_concurrency, and the ceiling's requests in
+                  flight (default the server's default, 100)
 ";
 
 /// Which stores to measure.
@@ -54,6 +58,7 @@ struct Args {
     api_requests: usize,
     postgres_url: String,
     work_dir: Option<PathBuf>,
+    delivery_concurrency: Option<usize>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -66,6 +71,7 @@ fn parse_args() -> anyhow::Result<Args> {
         postgres_url: std::env::var("CLARION_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned()),
         work_dir: None,
+        delivery_concurrency: None,
     };
     let mut given = std::env::args().skip(1);
     while let Some(flag) = given.next() {
@@ -91,6 +97,13 @@ fn parse_args() -> anyhow::Result<Args> {
             "--api-requests" => args.api_requests = value.parse().context("--api-requests")?,
             "--postgres-url" => args.postgres_url = value,
             "--work-dir" => args.work_dir = Some(PathBuf::from(value)),
+            "--delivery-concurrency" => {
+                let n: usize = value.parse().context("--delivery-concurrency")?;
+                if n == 0 {
+                    bail!("--delivery-concurrency must be at least 1");
+                }
+                args.delivery_concurrency = Some(n);
+            }
             other => bail!("unknown option {other}\n\n{USAGE}"),
         }
     }
@@ -167,7 +180,10 @@ async fn run() -> anyhow::Result<()> {
     eprintln!("clarion-bench: working in {}", work.display());
 
     let mocks = Mocks::start(&args.bin_dir, &work).await?;
-    let settings = ServerSettings::default();
+    let mut settings = ServerSettings::default();
+    if let Some(n) = args.delivery_concurrency {
+        settings.worker_delivery_concurrency = n;
+    }
     let mut runs = Vec::new();
     let mut failures = Vec::new();
     for &db in &args.dbs {

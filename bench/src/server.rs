@@ -123,7 +123,7 @@ impl Default for ServerSettings {
         Self {
             worker_batch_size: 100,
             worker_message_concurrency: 8,
-            worker_delivery_concurrency: 32,
+            worker_delivery_concurrency: 100,
             worker_poll_interval_secs: 1,
             apns_concurrency: 100,
             rate_limit: "off",

@@ -109,7 +109,7 @@ impl Default for ServiceSettings {
             device_page: 1000,
             delivery_page: 500,
             message_concurrency: 8,
-            delivery_concurrency: 32,
+            delivery_concurrency: 100,
         }
     }
 }
