@@ -82,10 +82,13 @@ impl PgStore {
         let mut deliveries: HashMap<MessageId, Vec<Delivery>> = HashMap::new();
         if let Some(each) = deliveries_each {
             // The first `each` deliveries of every message.
+            // Each message's first deliveries come straight from the index on (message_id,
+            // id). A window function (`ROW_NUMBER() OVER (PARTITION BY message_id)`) sorted
+            // every delivery of every message instead: 0.6 s for a broadcast to 1,000,000.
             let sql = format!(
-                "SELECT {DELIVERY_COLUMNS} FROM (SELECT {DELIVERY_COLUMNS}, \
-                 ROW_NUMBER() OVER (PARTITION BY message_id ORDER BY id) AS nth \
-                 FROM deliveries WHERE message_id = ANY($1)) AS d WHERE nth <= $2 ORDER BY id"
+                "SELECT {DELIVERY_COLUMNS} FROM UNNEST($1::BIGINT[]) AS wanted (message) \
+                 CROSS JOIN LATERAL (SELECT {DELIVERY_COLUMNS} FROM deliveries \
+                 WHERE message_id = wanted.message ORDER BY id LIMIT $2) AS d ORDER BY id"
             );
             let delivery_rows: Vec<DeliveryRow> = sqlx::query_as(AssertSqlSafe(sql))
                 .bind(ids)

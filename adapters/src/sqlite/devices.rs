@@ -425,29 +425,14 @@ impl DeviceStore for SqliteStore {
 mod tests {
     use super::*;
     use crate::sqlite::SqliteStore;
-
-    /// The plan of a statement, one line per step, as `EXPLAIN QUERY PLAN` gives it.
-    async fn plan(store: &SqliteStore, sql: &str) -> String {
-        let mut query =
-            sqlx::query_as(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}"))).bind("[1, 2, 3]");
-        if sql.contains("?2") {
-            query = query.bind("app");
-        }
-        let steps: Vec<(i64, i64, i64, String)> =
-            query.fetch_all(store.pool()).await.expect("plan");
-        steps
-            .into_iter()
-            .map(|(_, _, _, detail)| detail)
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
+    use crate::sqlite::tests::plan_of;
 
     #[tokio::test]
     async fn devices_read_by_id_are_looked_up_by_primary_key() {
         let store = SqliteStore::connect("sqlite::memory:")
             .await
             .expect("in-memory database");
-        let plan = plan(&store, &get_devices_sql()).await;
+        let plan = plan_of(&store, &get_devices_sql(), &["[1, 2, 3]", "app"]).await;
         assert!(
             plan.contains("SEARCH devices USING INTEGER PRIMARY KEY"),
             "{plan}"
@@ -462,7 +447,7 @@ mod tests {
             .await
             .expect("in-memory database");
         for statement in register_statements() {
-            let plan = plan(&store, &statement).await;
+            let plan = plan_of(&store, &statement, &["[]"]).await;
             assert!(
                 plan.contains(
                     "SEARCH devices USING COVERING INDEX sqlite_autoindex_devices_1 \

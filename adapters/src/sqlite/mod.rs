@@ -265,8 +265,24 @@ fn db_error(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// The plan SQLite makes for `sql` with `params` bound, one line per step, as
+    /// `EXPLAIN QUERY PLAN` gives it.
+    pub(crate) async fn plan_of(store: &SqliteStore, sql: &str, params: &[&str]) -> String {
+        let mut query = sqlx::query_as(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")));
+        for param in params {
+            query = query.bind(*param);
+        }
+        let steps: Vec<(i64, i64, i64, String)> =
+            query.fetch_all(store.pool()).await.expect("plan");
+        steps
+            .into_iter()
+            .map(|(_, _, _, detail)| detail)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 
     #[test]
     fn every_spelling_of_a_location_is_accepted() {
