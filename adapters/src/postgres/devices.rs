@@ -182,8 +182,15 @@ impl DeviceStore for PgStore {
             return Ok(Vec::new());
         }
         let ids: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        // One primary-key look-up per id, whatever the statistics say. As `app = $1 AND id =
+        // ANY($2)`, PostgreSQL planned with the statistics from before a bulk load (the
+        // application looked empty) and read every device of the application through the
+        // (app, active) index: 160 ms for each page of 500 of a broadcast to 100,000
+        // devices. `OFFSET 0` keeps the look-up from being merged into the outer query.
         let sql = format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE app = $1 AND id = ANY($2) ORDER BY id"
+            "SELECT {DEVICE_COLUMNS} FROM UNNEST($2::BIGINT[]) AS wanted (device) \
+             CROSS JOIN LATERAL (SELECT {DEVICE_COLUMNS} FROM devices \
+             WHERE id = wanted.device OFFSET 0) AS d WHERE app = $1 ORDER BY id"
         );
         sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
             .bind(app.as_str().to_owned())
