@@ -21,17 +21,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clarion_adapters::config::Config;
-use clarion_adapters::postgres::{PgSettings, PgStore};
+use clarion_adapters::postgres::{ANALYZE_AFTER_DELIVERIES, PgSettings, PgStore};
 use clarion_adapters::wiring;
 use clarion_domain::app::SenderKind;
-use clarion_domain::device::DeviceFilter;
+use clarion_domain::device::{DeviceFilter, NewDevice};
 use clarion_domain::ids::{AppId, MessageId, UserId};
 use clarion_domain::message::{Content, Message, MessageSpec, Priority, PushOptions, Target};
 use clarion_domain::ports::{
     DeviceStore, Lease, MessageStore, NewDeliveries, NewMessage, StoreError,
 };
 use clarion_domain::service::RegisterDevice;
-use clarion_domain::token::Platform;
+use clarion_domain::token::{DeviceToken, EndpointPolicy, Platform};
 use sqlx::{ConnectOptions as _, Connection as _, PgConnection};
 use time::OffsetDateTime;
 use time::macros::datetime;
@@ -437,4 +437,54 @@ async fn the_wiring_builds_a_working_runtime_on_a_postgres_url() {
         .await
         .expect("count");
     assert_eq!(in_schema, 1);
+}
+
+/// The planner's estimate of the rows of `table`, which `ANALYZE` sets (-1 or 0 before).
+async fn estimated_rows(store: &PgStore, table: &str) -> f32 {
+    sqlx::query_scalar("SELECT reltuples FROM pg_class WHERE oid = $1::regclass")
+        .bind(table)
+        .fetch_one(store.pool())
+        .await
+        .expect("read pg_class")
+}
+
+#[tokio::test]
+async fn a_large_broadcast_leaves_the_deliveries_table_analysed_for_the_planner() {
+    let fixture = fresh_store().await;
+    let count = usize::try_from(ANALYZE_AFTER_DELIVERIES).unwrap();
+    let devices: Vec<NewDevice> = (0..count)
+        .map(|n| NewDevice {
+            app: AppId::parse("shop").unwrap(),
+            token: DeviceToken::parse(
+                Platform::Apns,
+                &format!("{n:064x}"),
+                None,
+                None,
+                EndpointPolicy::PublicOnly,
+            )
+            .unwrap(),
+            name: None,
+            user_id: None,
+            device_id: None,
+        })
+        .collect();
+    fixture.register_devices(&devices, at(0)).await.unwrap();
+    let broadcast = |n: i64| {
+        let mut message = to_alice(at(n));
+        message.spec.target = Target::Broadcast { platform: None };
+        message.deliveries = NewDeliveries::Broadcast {
+            platform: None,
+            channel: None,
+        };
+        message
+    };
+    assert!(estimated_rows(&fixture, "deliveries").await <= 0.0);
+
+    fixture.insert_message(&broadcast(1)).await.unwrap();
+
+    let estimate = estimated_rows(&fixture, "deliveries").await;
+    assert!(
+        (estimate - count as f32).abs() < 1.0,
+        "estimate {estimate} after a broadcast to {count} devices"
+    );
 }

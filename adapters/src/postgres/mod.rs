@@ -5,6 +5,7 @@
 mod devices;
 mod keys;
 mod messages;
+pub use messages::ANALYZE_AFTER_DELIVERIES;
 mod reports;
 mod templates;
 
