@@ -49,6 +49,16 @@ pub(crate) trait RegisterMany: Send + Sync + 'static {
     ) -> Result<Vec<(Device, Registration)>, StoreError>;
 }
 
+/// A device as a registration statement returned it, with whether the statement created it.
+pub(crate) fn registered(device: Device, created: bool) -> (Device, Registration) {
+    let how = if created {
+        Registration::Created
+    } else {
+        Registration::Updated
+    };
+    (device, how)
+}
+
 /// Gathers concurrent registrations into batches for a [`RegisterMany`].
 #[derive(Clone)]
 pub(crate) struct GroupedRegistrations {

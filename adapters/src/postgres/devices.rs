@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 use crate::postgres::rows::{DEVICE_COLUMNS, DeviceRow};
 use crate::postgres::{PgStore, db_error, ms};
-use crate::registrations::{GroupedRegistrations, Pending, RegisterMany};
+use crate::registrations::{GroupedRegistrations, Pending, RegisterMany, registered};
 
 /// The default and the largest page of `list_devices`.
 const DEFAULT_LIMIT: u32 = 100;
@@ -106,14 +106,7 @@ impl RegisterMany for PgRegistrations {
         .await
         .map_err(db_error("failed to register devices"))?;
         rows.into_iter()
-            .map(|row| {
-                let how = if row.created {
-                    Registration::Created
-                } else {
-                    Registration::Updated
-                };
-                Ok((row.device.into_domain()?, how))
-            })
+            .map(|row| Ok(registered(row.device.into_domain()?, row.created)))
             .collect()
     }
 }

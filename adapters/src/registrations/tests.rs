@@ -105,10 +105,12 @@ impl RegisterMany for Fake {
     }
 }
 
-async fn register_all(
-    group: &GroupedRegistrations,
-    devices: Vec<NewDevice>,
-) -> Vec<tokio::task::JoinHandle<Registered>> {
+/// Registers `devices` at once while the first one's statement is held, so that the others
+/// queue behind it; returns the fake store and each registration's outcome, in order.
+async fn behind_a_held_statement(devices: Vec<NewDevice>) -> (Arc<Fake>, Vec<Registered>) {
+    let fake = Fake::new(false);
+    let group = GroupedRegistrations::new(fake.clone());
+    let queued = devices.len() - 1;
     let mut handles = Vec::new();
     for device in devices {
         let group = group.clone();
@@ -118,25 +120,23 @@ async fn register_all(
         // Each registration is queued before the next one starts.
         tokio::task::yield_now().await;
     }
-    handles
+    while group.shared.queue().waiting.len() < queued {
+        tokio::task::yield_now().await;
+    }
+    fake.gate.add_permits(Semaphore::MAX_PERMITS / 2);
+    let mut outcomes = Vec::new();
+    for handle in handles {
+        outcomes.push(handle.await.expect("task"));
+    }
+    (fake, outcomes)
 }
 
 #[tokio::test]
 async fn registrations_that_arrive_during_a_batch_are_written_together() {
-    let fake = Fake::new(false);
-    let group = GroupedRegistrations::new(fake.clone());
-    let handles = register_all(
-        &group,
-        (0..50).map(|n| new_device(n, &n.to_string())).collect(),
-    )
-    .await;
-    // The first registration's statement is held until the other 49 are queued.
-    while group.shared.queue().waiting.len() < 49 {
-        tokio::task::yield_now().await;
-    }
-    fake.gate.add_permits(Semaphore::MAX_PERMITS / 2);
-    for (n, handle) in handles.into_iter().enumerate() {
-        let (device, how) = handle.await.expect("task").expect("registered");
+    let (fake, outcomes) =
+        behind_a_held_statement((0..50).map(|n| new_device(n, &n.to_string())).collect()).await;
+    for (n, outcome) in outcomes.into_iter().enumerate() {
+        let (device, how) = outcome.expect("registered");
         assert_eq!(device.name.as_deref(), Some(n.to_string().as_str()));
         assert_eq!(device.token, token(u32::try_from(n).expect("n")));
         assert_eq!(how, Registration::Created);
@@ -147,28 +147,21 @@ async fn registrations_that_arrive_during_a_batch_are_written_together() {
 
 #[tokio::test]
 async fn a_token_registered_twice_in_a_batch_is_written_in_order() {
-    let fake = Fake::new(false);
-    let group = GroupedRegistrations::new(fake.clone());
-    let handles = register_all(
-        &group,
-        vec![
-            new_device(0, "first"),
-            new_device(1, "a"),
-            new_device(1, "b"),
-            new_device(2, "c"),
-            new_device(1, "d"),
-        ],
-    )
+    let (fake, outcomes) = behind_a_held_statement(vec![
+        new_device(0, "first"),
+        new_device(1, "a"),
+        new_device(1, "b"),
+        new_device(2, "c"),
+        new_device(1, "d"),
+    ])
     .await;
-    while group.shared.queue().waiting.len() < 4 {
-        tokio::task::yield_now().await;
-    }
-    fake.gate.add_permits(Semaphore::MAX_PERMITS / 2);
-    let mut outcomes = Vec::new();
-    for handle in handles {
-        let (device, how) = handle.await.expect("task").expect("registered");
-        outcomes.push((device.name.unwrap_or_default(), how));
-    }
+    let outcomes: Vec<_> = outcomes
+        .into_iter()
+        .map(|outcome| {
+            let (device, how) = outcome.expect("registered");
+            (device.name.unwrap_or_default(), how)
+        })
+        .collect();
     use Registration::{Created, Updated};
     assert_eq!(
         outcomes,
@@ -194,26 +187,17 @@ async fn a_token_registered_twice_in_a_batch_is_written_in_order() {
 
 #[tokio::test]
 async fn a_failing_batch_is_written_again_one_by_one_so_only_the_bad_one_fails() {
-    let fake = Fake::new(false);
-    let group = GroupedRegistrations::new(fake.clone());
-    let handles = register_all(
-        &group,
-        vec![
-            new_device(0, "first"),
-            new_device(1, "ok1"),
-            new_device(2, "bad"),
-            new_device(3, "ok2"),
-        ],
-    )
+    let (fake, outcomes) = behind_a_held_statement(vec![
+        new_device(0, "first"),
+        new_device(1, "ok1"),
+        new_device(2, "bad"),
+        new_device(3, "ok2"),
+    ])
     .await;
-    while group.shared.queue().waiting.len() < 3 {
-        tokio::task::yield_now().await;
-    }
-    fake.gate.add_permits(Semaphore::MAX_PERMITS / 2);
-    let mut outcomes = Vec::new();
-    for handle in handles {
-        outcomes.push(handle.await.expect("task").map(|(d, _)| d.name));
-    }
+    let outcomes: Vec<_> = outcomes
+        .into_iter()
+        .map(|outcome| outcome.map(|(d, _)| d.name))
+        .collect();
     assert!(matches!(&outcomes[0], Ok(Some(n)) if n == "first"));
     assert!(matches!(&outcomes[1], Ok(Some(n)) if n == "ok1"));
     assert!(

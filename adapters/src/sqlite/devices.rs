@@ -13,7 +13,7 @@ use clarion_domain::token::DeviceToken;
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 
-use crate::registrations::{GroupedRegistrations, Pending, RegisterMany};
+use crate::registrations::{GroupedRegistrations, Pending, RegisterMany, registered};
 use crate::sqlite::rows::{DEVICE_COLUMNS, DeviceRow, millis};
 use crate::sqlite::{SqliteStore, db_error};
 
@@ -108,14 +108,7 @@ impl RegisterMany for SqliteRegistrations {
             .await
             .map_err(db_error("failed to register devices"))?;
         rows.into_iter()
-            .map(|row| {
-                let how = if row.created {
-                    Registration::Created
-                } else {
-                    Registration::Updated
-                };
-                Ok((row.device.into_domain()?, how))
-            })
+            .map(|row| Ok(registered(row.device.into_domain()?, row.created)))
             .collect()
     }
 }
