@@ -170,7 +170,7 @@ async fn write_batches(shared: Arc<Shared>) {
 }
 
 /// The key that makes a device unique: application, platform and token.
-fn key_of_new(device: &NewDevice) -> (&str, &str, &str) {
+pub(crate) fn key_of_new(device: &NewDevice) -> (&str, &str, &str) {
     (
         device.app.as_str(),
         device.token.platform().as_str(),
@@ -205,8 +205,9 @@ async fn write_batch(store: &dyn RegisterMany, pending: &[Pending]) -> Vec<Regis
                 }
             }
         }
-        let mut indexes: Vec<usize> = round.values().copied().collect();
-        indexes.sort_unstable();
+        // In key order: two processes writing overlapping batches lock the rows in the same
+        // order, so that neither waits for the other in a cycle (a deadlock on PostgreSQL).
+        let indexes: Vec<usize> = round.values().copied().collect();
         let devices: Vec<&Pending> = indexes.iter().map(|&i| &pending[i]).collect();
         match store.register_many(&devices).await {
             Ok(written) => {

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 use crate::postgres::rows::{DEVICE_COLUMNS, DeviceRow};
 use crate::postgres::{PgStore, db_error, ms};
-use crate::registrations::{GroupedRegistrations, Pending, RegisterMany, registered};
+use crate::registrations::{GroupedRegistrations, Pending, RegisterMany, key_of_new, registered};
 
 /// The default and the largest page of `list_devices`.
 const DEFAULT_LIMIT: u32 = 100;
@@ -127,10 +127,13 @@ impl DeviceStore for PgStore {
         devices: &[NewDevice],
         now: OffsetDateTime,
     ) -> Result<BulkRegistration, StoreError> {
-        let devices = last_registration_of_each_token(devices);
+        let mut devices = last_registration_of_each_token(devices);
         if devices.is_empty() {
             return Ok(BulkRegistration::default());
         }
+        // In key order, as registrations in batches: writers that overlap lock the rows in
+        // the same order and cannot deadlock.
+        devices.sort_by(|a, b| key_of_new(a).cmp(&key_of_new(b)));
         let mut tx = self
             .pool
             .begin()

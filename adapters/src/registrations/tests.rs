@@ -264,3 +264,23 @@ async fn a_writing_task_that_dies_fails_its_registrations_instead_of_hanging() {
     }
     assert!(!group.shared.queue().writing);
 }
+
+#[tokio::test]
+async fn a_batch_writes_its_devices_in_token_order_whatever_their_arrival() {
+    let (fake, outcomes) = behind_a_held_statement(vec![
+        new_device(9, "first"),
+        new_device(3, "three"),
+        new_device(1, "one"),
+        new_device(2, "two"),
+    ])
+    .await;
+    let names: Vec<_> = outcomes
+        .into_iter()
+        .map(|outcome| outcome.expect("registered").0.name.unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["first", "three", "one", "two"], "each gets its own");
+    assert_eq!(
+        fake.statements(),
+        [vec!["first"], vec!["one", "two", "three"]]
+    );
+}
