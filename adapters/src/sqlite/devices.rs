@@ -73,7 +73,7 @@ fn register_statements() -> [String; 2] {
     ]
 }
 
-/// The statement of [`GroupedRegistrations`] on SQLite: [`register_sql`] on the writer.
+/// The statement of [`GroupedRegistrations`] on SQLite: [`register_statements`] on the writer.
 pub(crate) struct SqliteRegistrations {
     pub(crate) writer: SqlitePool,
     pub(crate) sql: String,
@@ -127,7 +127,7 @@ impl SqliteRegistrations {
 /// `CROSS JOIN` makes SQLite walk the ids and look each device up by its primary key.
 /// Written as `app = ? AND id IN (SELECT value FROM json_each(?))`, the planner (with no
 /// statistics) chose the `(app, active)` index instead and read every device of the
-/// application for each call: a broadcast's page of 1,000 ids read all 1,000,000 devices,
+/// application for each call: a broadcast's page of 500 ids read all 1,000,000 devices,
 /// and a single send read them all as well.
 fn get_devices_sql() -> String {
     format!(
