@@ -78,10 +78,6 @@ impl<S: MessageStore + ?Sized> MessageStore for InstrumentedMessages<S> {
         Ok(stored)
     }
 
-    async fn get_message(&self, app: &AppId, id: MessageId) -> Result<Option<Message>, StoreError> {
-        self.inner.get_message(app, id).await
-    }
-
     async fn get_message_head(
         &self,
         app: &AppId,

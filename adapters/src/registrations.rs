@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use anyhow::anyhow;
 use async_trait::async_trait;
 use clarion_domain::device::{Device, NewDevice, Registration};
+use clarion_domain::ids::AppId;
 use clarion_domain::ports::StoreError;
+use clarion_domain::token::DeviceToken;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
 
@@ -170,20 +172,13 @@ async fn write_batches(shared: Arc<Shared>) {
 }
 
 /// The key that makes a device unique: application, platform and token.
-pub(crate) fn key_of_new(device: &NewDevice) -> (&str, &str, &str) {
-    (
-        device.app.as_str(),
-        device.token.platform().as_str(),
-        device.token.key(),
-    )
+fn key<'a>(app: &'a AppId, token: &'a DeviceToken) -> (&'a str, &'a str, &'a str) {
+    (app.as_str(), token.platform().as_str(), token.key())
 }
 
-fn key_of(device: &Device) -> (&str, &str, &str) {
-    (
-        device.app.as_str(),
-        device.token.platform().as_str(),
-        device.token.key(),
-    )
+/// The key of a device to register.
+pub(crate) fn key_of_new(device: &NewDevice) -> (&str, &str, &str) {
+    key(&device.app, &device.token)
 }
 
 /// Writes one batch in rounds of distinct tokens, and returns an outcome for each
@@ -212,7 +207,7 @@ async fn write_batch(store: &dyn RegisterMany, pending: &[Pending]) -> Vec<Regis
         match store.register_many(&devices).await {
             Ok(written) => {
                 for (device, how) in written {
-                    if let Some(&i) = round.get(&key_of(&device)) {
+                    if let Some(&i) = round.get(&key(&device.app, &device.token)) {
                         outcomes[i] = Some(Ok((device, how)));
                     }
                 }

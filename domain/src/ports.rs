@@ -214,11 +214,14 @@ pub trait MessageStore: Send + Sync + 'static {
     /// [`StoreError::Unknown`] on a database failure; nothing is stored then.
     async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError>;
 
-    /// A message of `app` with all its deliveries and related objects.
+    /// A message of `app` with all its deliveries and related objects: its head with every
+    /// delivery.
     ///
     /// # Errors
     /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
-    async fn get_message(&self, app: &AppId, id: MessageId) -> Result<Option<Message>, StoreError>;
+    async fn get_message(&self, app: &AppId, id: MessageId) -> Result<Option<Message>, StoreError> {
+        self.get_message_head(app, id, u32::MAX).await
+    }
 
     /// A message of `app` with its related objects and its first `deliveries` deliveries (in id
     /// order): what is shown of a message that may be a broadcast to a million devices.

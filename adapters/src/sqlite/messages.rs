@@ -286,10 +286,6 @@ impl MessageStore for SqliteStore {
             })
     }
 
-    async fn get_message(&self, app: &AppId, id: MessageId) -> Result<Option<Message>, StoreError> {
-        self.get_message_head(app, id, u32::MAX).await
-    }
-
     async fn get_message_head(
         &self,
         app: &AppId,
