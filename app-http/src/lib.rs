@@ -123,6 +123,8 @@ impl Application {
                             secure: config.admin.secure_cookies,
                         },
                     )),
+                    sign_ins: RateLimiter::per_minute(config.admin.sign_in_per_minute)
+                        .map(Arc::new),
                 },
                 routes::HttpSettings {
                     body_limit_bytes: config.http.body_limit_bytes,

@@ -47,6 +47,8 @@ pub(crate) struct AppState {
     pub(crate) metrics: PrometheusHandle,
     /// The admin UI's signed-in browsers.
     pub(crate) sessions: Arc<Sessions>,
+    /// The admin sign-in's limit per client address; `None` when it is off.
+    pub(crate) sign_ins: Option<Arc<RateLimiter>>,
 }
 
 /// Settings of the HTTP layer.
