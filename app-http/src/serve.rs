@@ -12,7 +12,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,7 @@ pub(crate) async fn serve<F>(
             builder: Arc::clone(&builder),
             router: router.clone(),
             watcher: graceful.watcher(),
+            header_read_timeout: settings.header_read_timeout,
             idle_timeout: settings.idle_timeout,
         };
         tokio::spawn(async move {
@@ -173,12 +174,18 @@ struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     router: Router,
     watcher: Watcher,
+    header_read_timeout: Duration,
     idle_timeout: Duration,
 }
 
 impl Connection {
     /// Serves the connection until it ends, or closes it once it has moved no bytes for the
-    /// idle timeout. Each request carries the peer's address as [`ConnectInfo`].
+    /// idle timeout, or when its first request's headers are not in within the header read
+    /// timeout. Each request carries the peer's address as [`ConnectInfo`].
+    ///
+    /// hyper times the headers of HTTP/1.1 requests itself, but only once it knows the
+    /// connection is HTTP/1.1: before that, while the first bytes are read to tell HTTP/1.1
+    /// from HTTP/2, a client that sends nothing would only meet the idle timeout.
     async fn serve(self, stream: TcpStream, peer: SocketAddr) {
         let activity = Arc::new(Activity::new());
         let io = TokioIo::new(Tracked {
@@ -186,7 +193,9 @@ impl Connection {
             activity: Arc::clone(&activity),
         });
         let router = self.router;
+        let requests = Arc::clone(&activity);
         let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            requests.requested.store(true, Ordering::Relaxed);
             request.extensions_mut().insert(ConnectInfo(peer));
             router.clone().oneshot(request)
         });
@@ -200,6 +209,18 @@ impl Connection {
                 tracing::debug!(%peer, "closing a connection idle for http.idle_timeout_secs");
                 return;
             }
+            let mut wait = self.idle_timeout - idle;
+            if !activity.requested.load(Ordering::Relaxed) {
+                let open = activity.opened.elapsed();
+                if open >= self.header_read_timeout {
+                    tracing::debug!(
+                        %peer,
+                        "closing a connection without a request after http.header_read_timeout_secs"
+                    );
+                    return;
+                }
+                wait = wait.min(self.header_read_timeout - open);
+            }
             tokio::select! {
                 result = &mut served => {
                     if let Err(error) = result {
@@ -207,17 +228,19 @@ impl Connection {
                     }
                     return;
                 }
-                () = tokio::time::sleep(self.idle_timeout - idle) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }
 }
 
-/// When a connection last moved bytes, as milliseconds since it opened.
+/// When a connection last moved bytes, as milliseconds since it opened, and whether a request
+/// has come in on it.
 #[derive(Debug)]
 struct Activity {
     opened: Instant,
     last_ms: AtomicU64,
+    requested: AtomicBool,
 }
 
 impl Activity {
@@ -225,6 +248,7 @@ impl Activity {
         Self {
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),
+            requested: AtomicBool::new(false),
         }
     }
 

@@ -92,13 +92,25 @@ async fn a_connection_that_sends_its_headers_too_slowly_is_closed() {
 }
 
 #[tokio::test]
-async fn a_connection_that_moves_no_bytes_is_closed_after_the_idle_timeout() {
+async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
+    let app = spawn_with(|config| config.http.header_read_timeout_secs = 1).await;
+    let mut silent = connect(&app).await;
+
+    assert!(
+        closed_by_the_server(&mut silent).await,
+        "the connection is still open"
+    );
+}
+
+#[tokio::test]
+async fn a_connection_that_stops_moving_bytes_is_closed_after_the_idle_timeout() {
     let app = spawn_with(|config| {
         config.http.header_read_timeout_secs = 600;
         config.http.idle_timeout_secs = 1;
     })
     .await;
     let mut idle = connect(&app).await;
+    assert!(healthz_on(&mut idle).await.contains("200"));
 
     assert!(
         closed_by_the_server(&mut idle).await,
