@@ -222,6 +222,9 @@ impl Default for WorkerConfig {
     }
 }
 
+/// The smallest `http.max_header_bytes`: below it, ordinary browsers' requests would be refused.
+pub const MIN_HEADER_BYTES: usize = 1024;
+
 /// The HTTP API of `clarion-server`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -240,6 +243,24 @@ pub struct HttpConfig {
     /// How long a stop (SIGTERM, Ctrl-C) waits for the open requests and the worker's
     /// current batch before the process exits anyway.
     pub shutdown_grace_secs: u64,
+    /// How long a client has to send a request's headers, from the moment the server waits
+    /// for them: on a new connection, and on a kept-alive one after the previous answer. A
+    /// connection that takes longer is closed.
+    pub header_read_timeout_secs: u64,
+    /// How long a connection may move no bytes in either direction before it is closed (a
+    /// client that stops reading its answer, an HTTP/2 connection with no request).
+    pub idle_timeout_secs: u64,
+    /// How long a client has to send a request's whole body once the server reads it; a body
+    /// that takes longer is answered 408.
+    pub body_read_timeout_secs: u64,
+    /// The most connections served at once. Beyond it, new connections wait in the listen
+    /// queue until one closes. Keep it well below the process's file-descriptor limit
+    /// (`ulimit -n`), which the database pool, the providers' connections and the log also
+    /// use.
+    pub max_connections: usize,
+    /// The largest request line plus headers accepted, in bytes (also: at most 100 header
+    /// fields); a larger one is answered 431 (414 when the request line alone is too long).
+    pub max_header_bytes: usize,
 }
 
 impl Default for HttpConfig {
@@ -250,6 +271,11 @@ impl Default for HttpConfig {
             rate_limit_per_second: 50,
             rate_limit_burst: 100,
             shutdown_grace_secs: 30,
+            header_read_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            body_read_timeout_secs: 30,
+            max_connections: 4096,
+            max_header_bytes: 16 * 1024,
         }
     }
 }
@@ -264,6 +290,10 @@ pub struct AdminConfig {
     /// serves plain HTTP itself: set this to true whenever a TLS proxy serves it, and leave it
     /// false only for plain-HTTP access (localhost), where browsers would drop the cookie.
     pub secure_cookies: bool,
+    /// How many sign-in attempts one client address may make per minute (in a burst, refilled
+    /// evenly over the minute); more are answered 429. The address is the TCP peer's: behind a
+    /// reverse proxy every browser shares the proxy's address. 0 turns the limit off.
+    pub sign_in_per_minute: u32,
 }
 
 impl Default for AdminConfig {
@@ -271,6 +301,7 @@ impl Default for AdminConfig {
         Self {
             session_ttl_secs: 8 * 60 * 60,
             secure_cookies: false,
+            sign_in_per_minute: 10,
         }
     }
 }
@@ -668,10 +699,32 @@ impl Config {
                 "must be at least 1".to_owned(),
             ));
         }
-        if self.http.send_wait_secs == 0 {
+        for (key, value) in [
+            ("http.send_wait_secs", self.http.send_wait_secs),
+            (
+                "http.header_read_timeout_secs",
+                self.http.header_read_timeout_secs,
+            ),
+            ("http.idle_timeout_secs", self.http.idle_timeout_secs),
+            (
+                "http.body_read_timeout_secs",
+                self.http.body_read_timeout_secs,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1".to_owned()));
+            }
+        }
+        if self.http.max_connections == 0 {
             return Err(invalid(
-                "http.send_wait_secs",
+                "http.max_connections",
                 "must be at least 1".to_owned(),
+            ));
+        }
+        if self.http.max_header_bytes < MIN_HEADER_BYTES {
+            return Err(invalid(
+                "http.max_header_bytes",
+                format!("must be at least {MIN_HEADER_BYTES}"),
             ));
         }
         for (id, app) in &self.apps {
@@ -1203,6 +1256,12 @@ mod tests {
                 "worker.poll_interval_secs",
             ),
             ("[apps.Shop]\nsender = \"debug\"\n", "apps.Shop"),
+            (
+                "[http]\nheader_read_timeout_secs = 0\n",
+                "http.header_read_timeout_secs",
+            ),
+            ("[http]\nmax_connections = 0\n", "http.max_connections"),
+            ("[http]\nmax_header_bytes = 10\n", "http.max_header_bytes"),
             (
                 "[apps.shop.retry]\nmax_attempts = 0\n",
                 "retry.max_attempts must be at least 1",

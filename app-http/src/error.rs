@@ -70,6 +70,9 @@ pub enum ApiError {
     /// 405: the path exists but not with this method.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// 408: the body did not arrive within `http.body_read_timeout_secs`.
+    #[error("{0}")]
+    RequestTimeout(String),
     /// 409: the request conflicts with the current state (a slug that exists, an illegal
     /// state transition, a template that may not send).
     #[error("{0}")]
@@ -77,6 +80,13 @@ pub enum ApiError {
     /// 413: the body is larger than `http.body_limit_bytes`.
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// 414: the request line is longer than `http.max_header_bytes`.
+    #[error("{0}")]
+    UriTooLong(String),
+    /// 431: the request line and headers are larger than `http.max_header_bytes`, or there
+    /// are too many header fields.
+    #[error("{0}")]
+    HeadersTooLarge(String),
     /// 422: the request is well-formed but some fields are not valid; `errors` names them.
     #[error("{detail}")]
     Validation {
@@ -115,8 +125,11 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Validation { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotReady(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -131,8 +144,11 @@ impl ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound(_) => "not-found",
             ApiError::MethodNotAllowed(_) => "method-not-allowed",
+            ApiError::RequestTimeout(_) => "request-timeout",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload-too-large",
+            ApiError::UriTooLong(_) => "uri-too-long",
+            ApiError::HeadersTooLarge(_) => "request-header-fields-too-large",
             ApiError::Validation { .. } => "validation",
             ApiError::TooManyRequests { .. } => "too-many-requests",
             ApiError::NotReady(_) => "not-ready",
@@ -378,6 +394,11 @@ impl From<QueryRejection> for ApiError {
 
 impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
+        if crate::limits::is_body_timeout(&rejection) {
+            return ApiError::RequestTimeout(
+                "the request body did not arrive in time (http.body_read_timeout_secs)".into(),
+            );
+        }
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge("the request body is larger than the server accepts".into())
         } else {

@@ -6,12 +6,15 @@ mod api;
 mod auth;
 mod error;
 mod extract;
+mod limits;
 mod ops;
+mod problem_fallback;
 mod ratelimit;
 mod routes;
+mod serve;
 mod telemetry;
 
-use std::future::{Future, IntoFuture as _};
+use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,7 +29,9 @@ use clarion_domain::service::PushService;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
+use crate::limits::RequestLimits;
 use crate::ratelimit::RateLimiter;
+use crate::serve::ServeSettings;
 
 pub use crate::routes::openapi;
 pub use clarion_adapters::worker::WorkerSettings;
@@ -42,6 +47,8 @@ pub struct Application {
     leases: PushService,
     /// How long a stop waits for the open requests and the worker's batch.
     grace: Duration,
+    /// How connections are accepted and timed out.
+    serving: ServeSettings,
 }
 
 impl Application {
@@ -116,13 +123,25 @@ impl Application {
                             secure: config.admin.secure_cookies,
                         },
                     )),
+                    sign_ins: RateLimiter::per_minute(config.admin.sign_in_per_minute)
+                        .map(Arc::new),
                 },
                 routes::HttpSettings {
                     body_limit_bytes: config.http.body_limit_bytes,
+                    limits: RequestLimits {
+                        header_bytes: config.http.max_header_bytes,
+                        body_read_timeout: Duration::from_secs(config.http.body_read_timeout_secs),
+                    },
                 },
             ),
             worker,
             grace: Duration::from_secs(config.http.shutdown_grace_secs),
+            serving: ServeSettings {
+                header_read_timeout: Duration::from_secs(config.http.header_read_timeout_secs),
+                idle_timeout: Duration::from_secs(config.http.idle_timeout_secs),
+                max_connections: config.http.max_connections,
+                max_header_bytes: config.http.max_header_bytes,
+            },
         })
     }
 
@@ -163,7 +182,7 @@ impl Application {
         let mut worker = self.worker.map(|(service, settings)| {
             tokio::spawn(clarion_adapters::worker::run(service, settings, stopped))
         });
-        let serve = axum::serve(self.listener, self.router).with_graceful_shutdown(async move {
+        let serve = serve::serve(self.listener, self.router, self.serving, async move {
             shutdown.await;
             tracing::info!(
                 grace_secs = grace.as_secs(),
@@ -174,7 +193,7 @@ impl Application {
             let _ = stop.send(true);
             let _ = signalled.send(());
         });
-        let mut server = tokio::spawn(serve.into_future());
+        let mut server = tokio::spawn(serve);
         // Wait for the stop, or for the server to end by itself (it failed).
         let ended = tokio::select! {
             served = &mut server => Some(served),
@@ -217,9 +236,7 @@ impl Application {
             return Ok(());
         };
         tracing::info!("clarion-server stopped");
-        served
-            .context("the HTTP server task failed")?
-            .context("the HTTP server failed")
+        served.context("the HTTP server task failed")
     }
 }
 

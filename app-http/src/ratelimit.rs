@@ -1,6 +1,7 @@
-//! The per-credential rate limit: a token bucket for each credential that authenticated,
-//! keyed by the SHA-256 of the credential so that no credential is kept in memory longer
-//! than its request.
+//! Rate limits as token buckets: the API's, one bucket for each credential that
+//! authenticated, and the admin sign-in's, one for each client address. Buckets are keyed by
+//! the SHA-256 of what they count, so that no credential is kept in memory longer than its
+//! request.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -12,7 +13,8 @@ use clarion_domain::auth::KeyHash;
 /// dropped, so that the map does not grow with every client token ever seen.
 const PRUNE_ABOVE: usize = 10_000;
 
-/// Token buckets by credential: `burst` requests at once, refilled at `per_second`.
+/// Token buckets by credential or address: `burst` requests at once, refilled at
+/// `per_second`.
 #[derive(Debug)]
 pub(crate) struct RateLimiter {
     per_second: f64,
@@ -44,6 +46,19 @@ impl RateLimiter {
         Some(RateLimiter {
             per_second: f64::from(per_second),
             burst: f64::from(burst),
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The limiter of `per_minute` requests at once, refilled evenly over a minute; `None` (no
+    /// limit) when it is 0.
+    pub(crate) fn per_minute(per_minute: u32) -> Option<RateLimiter> {
+        if per_minute == 0 {
+            return None;
+        }
+        Some(RateLimiter {
+            per_second: f64::from(per_minute) / 60.0,
+            burst: f64::from(per_minute),
             buckets: Mutex::new(HashMap::new()),
         })
     }
@@ -110,6 +125,21 @@ mod tests {
         let later = start + Duration::from_millis(500);
         assert!(limiter.check_at("key-a", later).is_ok());
         assert!(limiter.check_at("key-a", later).is_err());
+    }
+
+    #[test]
+    fn a_per_minute_limit_allows_its_count_at_once_then_one_more_each_share_of_the_minute() {
+        let limiter = RateLimiter::per_minute(3).unwrap();
+        let start = Instant::now();
+
+        for _ in 0..3 {
+            assert!(limiter.check_at("127.0.0.1", start).is_ok());
+        }
+        let wait = limiter.check_at("127.0.0.1", start).unwrap_err();
+
+        assert_eq!(retry_after_secs(wait), 20);
+        assert!(limiter.check_at("127.0.0.2", start).is_ok());
+        assert!(RateLimiter::per_minute(0).is_none());
     }
 
     #[test]

@@ -26,7 +26,9 @@ use crate::admin::session::Sessions;
 use crate::api::{devices, keys, messages, templates};
 use crate::auth::authorize;
 use crate::error::ApiError;
+use crate::limits::{self, RequestLimits};
 use crate::ops;
+use crate::problem_fallback::ensure_problem;
 use crate::ratelimit::RateLimiter;
 use crate::telemetry;
 
@@ -45,12 +47,15 @@ pub(crate) struct AppState {
     pub(crate) metrics: PrometheusHandle,
     /// The admin UI's signed-in browsers.
     pub(crate) sessions: Arc<Sessions>,
+    /// The admin sign-in's limit per client address; `None` when it is off.
+    pub(crate) sign_ins: Option<Arc<RateLimiter>>,
 }
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct HttpSettings {
     pub(crate) body_limit_bytes: usize,
+    pub(crate) limits: RequestLimits,
 }
 
 #[derive(OpenApi)]
@@ -131,7 +136,8 @@ pub(crate) fn router(state: AppState, settings: HttpSettings) -> Router {
     let (v1, document) = api();
     let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     // Layers added later wrap the ones added before: the request id is set first, then the
-    // span that carries it opens, and the metrics see the matched route.
+    // span that carries it opens, and the metrics see the matched route. The request limits
+    // run before any route, and every error answer from inside passes the problem fallback.
     Router::new()
         .merge(v1)
         .merge(admin::router())
@@ -142,6 +148,11 @@ pub(crate) fn router(state: AppState, settings: HttpSettings) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
+        .layer(middleware::from_fn_with_state(
+            settings.limits,
+            limits::enforce,
+        ))
+        .layer(middleware::from_fn(ensure_problem))
         .layer(middleware::from_fn(telemetry::track))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(

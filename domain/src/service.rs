@@ -1537,14 +1537,27 @@ impl PushService {
         &self,
         secret: &str,
     ) -> Result<Result<Principal, AuthError>, StoreError> {
-        let presented = KeyHash::of(secret);
-        let Some(key) = self.ports.keys.find_api_key(&presented).await? else {
+        self.authenticate_key_hash(&KeyHash::of(secret)).await
+    }
+
+    /// The principal the key whose secret hashes to `presented` acts for, asked again for
+    /// each request of a session that signed in with it (the admin UI keeps the hash, not
+    /// the key), so that revoking the key ends its sessions at once, also when another
+    /// process revoked it.
+    ///
+    /// # Errors
+    /// As [`PushService::authenticate_key`].
+    pub async fn authenticate_key_hash(
+        &self,
+        presented: &KeyHash,
+    ) -> Result<Result<Principal, AuthError>, StoreError> {
+        let Some(key) = self.ports.keys.find_api_key(presented).await? else {
             return Ok(Err(AuthError::UnknownKey));
         };
         if !key
             .hash
             .as_ref()
-            .is_some_and(|stored| stored.matches(&presented))
+            .is_some_and(|stored| stored.matches(presented))
         {
             return Ok(Err(AuthError::UnknownKey));
         }

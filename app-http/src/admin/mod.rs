@@ -316,6 +316,16 @@ impl FromRequestParts<AppState> for Signed {
     ) -> Result<Self, Self::Rejection> {
         let id = cookie(&parts.headers, SESSION_COOKIE).ok_or(AdminError::SignIn)?;
         let session = state.sessions.get(id).ok_or(AdminError::SignIn)?;
+        // The key is asked for on every request, through the store, so that a revocation by
+        // any process (the API, the CLI, another server) ends the session at once.
+        match state.service.authenticate_key_hash(&session.key).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => {
+                state.sessions.remove(id);
+                return Err(AdminError::SignIn);
+            }
+            Err(error) => return Err(error.into()),
+        }
         Ok(Signed {
             id: id.to_owned(),
             session,

@@ -2,13 +2,14 @@
 //! renders a template; actions end with a 303 to the page that shows their result.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use clarion_adapters::keys::looks_like_secret;
-use clarion_domain::auth::Principal;
+use clarion_domain::auth::{KeyHash, Principal};
 use clarion_domain::device::{Device, DeviceFilter, DeviceUpdate};
 use clarion_domain::ids::{AppId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use clarion_domain::message::{
@@ -26,6 +27,7 @@ use time::{OffsetDateTime, PrimitiveDateTime};
 
 use crate::admin::session::{LOGIN_COOKIE, cookie, random_token, same_secret};
 use crate::admin::{AdminError, Chrome, Fields, Posted, Signed, render};
+use crate::ratelimit::retry_after_secs;
 use crate::routes::AppState;
 
 /// Rows per page of the device and message lists.
@@ -96,11 +98,26 @@ fn login_page(
         .into_response())
 }
 
+/// Signs in with a key from the form. Each attempt counts against the client address's
+/// sign-in limit (`admin.sign_in_per_minute`), so that keys cannot be guessed quickly; the
+/// address is the TCP peer's, which behind a reverse proxy is the proxy's for every browser.
 pub(crate) async fn login(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, AdminError> {
+    if let Some(limiter) = &state.sign_ins
+        && let Err(wait) = limiter.check(&peer.ip().to_string())
+    {
+        let secs = retry_after_secs(wait);
+        let text =
+            format!("Too many sign-in attempts from your address. Try again in {secs} seconds.");
+        let mut page = login_page(&state, Some(&text), StatusCode::TOO_MANY_REQUESTS)?;
+        page.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return Ok(page);
+    }
     let fields = Fields::parse(&body);
     let expected = cookie(&headers, LOGIN_COOKIE);
     match (expected, fields.get("csrf")) {
@@ -127,7 +144,7 @@ pub(crate) async fn login(
     }
     let id = state
         .sessions
-        .create(principal)
+        .create(principal, KeyHash::of(key))
         .map_err(AdminError::Internal)?;
     let mut response = Redirect::to("/admin").into_response();
     let cookies = response.headers_mut();

@@ -1,7 +1,8 @@
 //! Admin sessions, kept in this process's memory and keyed by a random id that travels in a
-//! cookie. A session holds the principal a key signed in as, never the key, and a CSRF token
-//! that every form of the session carries. Sessions end at sign-out or after a fixed time
-//! (`admin.session_ttl_secs`), however busy; a restart signs everyone out.
+//! cookie. A session holds the principal a key signed in as and the key's hash (as the store
+//! keeps it, never the key), and a CSRF token that every form of the session carries.
+//! Sessions end at sign-out, after a fixed time (`admin.session_ttl_secs`) however busy, or
+//! at the first request after their key is revoked; a restart signs everyone out.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use axum::http::HeaderMap;
 use axum::http::header;
-use clarion_domain::auth::Principal;
+use clarion_domain::auth::{KeyHash, Principal};
 
 /// The cookie that holds the session id.
 pub(crate) const SESSION_COOKIE: &str = "clarion_session";
@@ -26,6 +27,9 @@ const MAX_SESSIONS: usize = 10_000;
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
     pub(crate) principal: Principal,
+    /// The hash of the key that signed in, checked on every request so that a revoked key's
+    /// sessions end at once.
+    pub(crate) key: KeyHash,
     /// Carried by every form of the session and checked on every POST.
     pub(crate) csrf: String,
     expires: Instant,
@@ -91,11 +95,13 @@ impl Sessions {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Starts a session for `principal` and returns its id.
-    pub(crate) fn create(&self, principal: Principal) -> anyhow::Result<String> {
+    /// Starts a session for `principal`, signed in with the key whose hash is `key`, and
+    /// returns its id.
+    pub(crate) fn create(&self, principal: Principal, key: KeyHash) -> anyhow::Result<String> {
         let id = random_token()?;
         let session = Session {
             principal,
+            key,
             csrf: random_token()?,
             expires: Instant::now() + self.settings.ttl,
             flash: None,
@@ -188,11 +194,11 @@ mod tests {
     #[test]
     fn a_session_holds_its_principal_until_it_expires() {
         let live = sessions(Duration::from_secs(60));
-        let id = live.create(Principal::Admin).unwrap();
+        let id = live.create(Principal::Admin, KeyHash::of("k")).unwrap();
         assert_eq!(live.get(&id).map(|s| s.principal), Some(Principal::Admin));
 
         let expired = sessions(Duration::ZERO);
-        let id = expired.create(Principal::Admin).unwrap();
+        let id = expired.create(Principal::Admin, KeyHash::of("k")).unwrap();
         assert!(expired.get(&id).is_none());
     }
 
@@ -200,8 +206,8 @@ mod tests {
     fn ids_and_csrf_tokens_are_distinct_and_long() {
         let live = sessions(Duration::from_secs(60));
         let (a, b) = (
-            live.create(Principal::Admin).unwrap(),
-            live.create(Principal::Admin).unwrap(),
+            live.create(Principal::Admin, KeyHash::of("k")).unwrap(),
+            live.create(Principal::Admin, KeyHash::of("k")).unwrap(),
         );
         assert_ne!(a, b);
         assert_eq!(a.len(), 64);

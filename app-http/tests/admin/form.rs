@@ -51,10 +51,17 @@ pub fn encode(fields: &[(&str, &str)]) -> String {
 
 impl<'a> Browser<'a> {
     pub fn new(app: &'a TestApp) -> Self {
+        Self::from_address(app, std::net::Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// A browser whose connections leave from `address` (any of 127.0.0.0/8 works on Linux),
+    /// so that the server sees another client address.
+    pub fn from_address(app: &'a TestApp, address: std::net::IpAddr) -> Self {
         Self {
             app,
             client: reqwest::Client::builder()
                 .redirect(reqwest::redirect::Policy::none())
+                .local_address(address)
                 .build()
                 .unwrap(),
             session: None,

@@ -9,3 +9,4 @@ mod form;
 #[path = "../api/helpers.rs"]
 mod helpers;
 mod pages;
+mod sign_in;

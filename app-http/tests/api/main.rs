@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod bad_input;
+mod connections;
 mod devices;
 mod health;
 mod helpers;
@@ -12,6 +13,7 @@ mod matrix;
 mod messages;
 mod openapi;
 mod ops;
+mod problems;
 mod process;
 mod templates;
 mod worker;

@@ -1,5 +1,6 @@
 //! The real `clarion-server` binary: its JSON logs carry request ids and never credentials,
-//! and SIGTERM stops it gracefully with exit status 0.
+//! SIGTERM stops it gracefully with exit status 0, and running out of file descriptors
+//! neither stops nor wedges it.
 
 use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -21,8 +22,24 @@ impl Server {
     /// Starts the binary on a free port with a fresh database and the given grace period,
     /// and waits until it logs that it listens.
     fn start(grace_secs: u64) -> Server {
+        Server::start_with(grace_secs, None, &[])
+    }
+
+    /// Starts the binary as [`Server::start`] does, with at most `fd_limit` open files
+    /// (`ulimit -n`, through `sh`) and more environment variables.
+    fn start_with(grace_secs: u64, fd_limit: Option<u32>, env: &[(&str, &str)]) -> Server {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_clarion-server"))
+        let binary = env!("CARGO_BIN_EXE_clarion-server");
+        let mut command = match fd_limit {
+            Some(limit) => {
+                let mut shell = Command::new("sh");
+                shell.args(["-c", &format!("ulimit -n {limit} && exec \"$0\""), binary]);
+                shell
+            }
+            None => Command::new(binary),
+        };
+        let mut child = command
+            .envs(env.iter().copied())
             .current_dir(dir.path())
             .env_remove("CLARION_CONFIG")
             .env("CLARION_LISTEN", "127.0.0.1:0")
@@ -169,4 +186,46 @@ async fn sigterm_stops_the_server_gracefully_with_exit_status_0() {
     assert!(logs.contains("shutting down"), "{logs}");
     assert!(logs.contains("worker stopped"), "{logs}");
     assert!(logs.contains("clarion-server stopped"), "{logs}");
+}
+
+#[tokio::test]
+async fn out_of_file_descriptors_the_server_keeps_going_and_answers_once_they_free() {
+    // Fewer descriptors than connections, and a maximum above them, so that `accept` fails.
+    let mut server = Server::start_with(
+        5,
+        Some(96),
+        &[
+            ("CLARION_HTTP__MAX_CONNECTIONS", "1000"),
+            ("CLARION_HTTP__HEADER_READ_TIMEOUT_SECS", "1"),
+        ],
+    );
+    let mut silent = Vec::new();
+    for _ in 0..150 {
+        silent.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", server.port))
+                .await
+                .unwrap(),
+        );
+    }
+
+    server.wait_for_line("failed to accept a connection");
+    for stream in &mut silent {
+        let mut byte = [0u8; 1];
+        let closed = tokio::time::timeout(
+            Duration::from_secs(60),
+            tokio::io::AsyncReadExt::read(stream, &mut byte),
+        )
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a silent connection was never closed by the server"
+        );
+    }
+    let health = reqwest::get(server.url("/healthz")).await.unwrap();
+
+    assert_eq!(health.status(), 200);
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "the server exited"
+    );
 }
