@@ -5,7 +5,10 @@
 //! Rust string can hold is stored by both (PostgreSQL databases are UTF8, and a `str` is valid
 //! UTF-8 with no lone surrogates). So that both stores take and refuse the same input, text is
 //! checked here, where it enters the domain, and a NUL is refused with an error naming the
-//! field instead of failing in one store only.
+//! field instead of failing in one store only. Text Clarion records rather than accepts from
+//! someone (what a push service answered) is made storable with [`lossy`] instead.
+
+use std::borrow::Cow;
 
 use serde_json::{Map, Value};
 
@@ -52,6 +55,18 @@ pub fn storable<'a>(field: &str, text: &'a str) -> Result<&'a str, UnstorableTex
         });
     }
     Ok(text)
+}
+
+/// `text` with each NUL character replaced by U+FFFD, for text Clarion records but cannot
+/// refuse: a push service's answer (a Web Push endpoint is any server a client chose) must not
+/// make the outcome of a send impossible to store.
+#[must_use]
+pub fn lossy(text: &str) -> Cow<'_, str> {
+    if text.contains(NUL) {
+        Cow::Owned(text.replace(NUL, "\u{fffd}"))
+    } else {
+        Cow::Borrowed(text)
+    }
 }
 
 /// Checks an optional text as [`storable`] does.
@@ -157,6 +172,12 @@ mod tests {
             let value = json!({ text.clone(): [text, number, null, true, {"x": 1.5}] });
             prop_assert_eq!(storable_json("extra_data", &value), Ok(()));
         }
+    }
+
+    #[test]
+    fn recorded_text_has_its_nul_characters_replaced() {
+        assert_eq!(lossy("bad\0request\0"), "bad\u{fffd}request\u{fffd}");
+        assert!(matches!(lossy("fine"), Cow::Borrowed("fine")));
     }
 
     #[test]

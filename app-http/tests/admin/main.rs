@@ -9,3 +9,6 @@ mod form;
 #[path = "../api/helpers.rs"]
 mod helpers;
 mod pages;
+#[path = "../api/postgres.rs"]
+mod postgres;
+mod unstorable_text;

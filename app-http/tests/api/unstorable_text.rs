@@ -259,3 +259,99 @@ async fn a_nul_in_any_text_field_is_a_422_naming_the_field_on_both_stores_and_st
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Writes a NUL into text an older version stored on SQLite, behind the service's back.
+async fn store_nul_behind_the_service(database: &std::path::Path) {
+    use sqlx::Connection as _;
+
+    let url = format!("sqlite://{}", database.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("the database opens");
+    for sql in [
+        "UPDATE devices SET name = ?1, device_id = ?1",
+        "UPDATE messages SET heading = ?1, body = ?1, url = ?1, \
+         extra_data = '{\"a\\u0000b\": \"c\\u0000d\"}'",
+        "UPDATE templates SET body = ?1 || '{{ name }}'",
+        "UPDATE api_keys SET name = ?1",
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind("a\u{0}b")
+            .execute(&mut conn)
+            .await
+            .expect("the old row is written");
+    }
+    conn.close().await.ok();
+}
+
+#[tokio::test]
+async fn text_with_a_nul_stored_on_sqlite_by_an_older_version_still_reads_and_is_refused_only_when_sent()
+ {
+    let (runtime, dir) = crate::helpers::runtime_with(crate::helpers::shop_and_news).await;
+    let database = dir.path().join("clarion.db");
+    let app = crate::helpers::spawn(runtime, dir).await;
+    let device = app
+        .admin(
+            Method::POST,
+            DEVICES,
+            Some(&json!({"platform": "fcm", "token": "fcm-token-1", "user_id": "alice"})),
+        )
+        .await
+        .expect(201)["id"]
+        .clone();
+    let message = app
+        .admin(Method::POST, MESSAGES, Some(&message(&json!({}))))
+        .await
+        .expect(201)["id"]
+        .clone();
+    app.admin(
+        Method::POST,
+        TEMPLATES,
+        Some(&json!({"slug": "greet", "body": "Hi {{ name }}"})),
+    )
+    .await
+    .expect(201);
+    store_nul_behind_the_service(&database).await;
+
+    let read_device = app
+        .admin(Method::GET, &format!("{DEVICES}/{device}"), None)
+        .await
+        .expect(200);
+    let read_message = app
+        .admin(Method::GET, &format!("{MESSAGES}/{message}"), None)
+        .await
+        .expect(200);
+    let read_template = app
+        .admin(Method::GET, &format!("{TEMPLATES}/greet"), None)
+        .await
+        .expect(200);
+    let keys = app.admin(Method::GET, "/v1/keys", None).await.expect(200);
+    for list in [DEVICES, MESSAGES, TEMPLATES] {
+        app.admin(Method::GET, list, None).await.expect(200);
+    }
+    let renamed = app
+        .admin(
+            Method::PATCH,
+            &format!("{DEVICES}/{device}"),
+            Some(&json!({"name": "phone"})),
+        )
+        .await
+        .expect(200);
+    let sent = app
+        .admin(
+            Method::POST,
+            &format!("{MESSAGES}/template"),
+            Some(&from_template(&json!({}))),
+        )
+        .await
+        .expect(422);
+
+    assert_eq!(read_device["name"], "a\u{0}b");
+    assert_eq!(read_device["device_id"], "a\u{0}b");
+    assert_eq!(read_message["heading"], "a\u{0}b");
+    assert_eq!(read_message["extra_data"], json!({"a\u{0}b": "c\u{0}d"}));
+    assert_eq!(read_template["body"], "a\u{0}b{{ name }}");
+    assert!(keys.to_string().contains(r#""name":"a\u0000b""#), "{keys}");
+    assert_eq!(renamed["name"], "phone");
+    assert_eq!(sent["errors"][0]["field"], "body", "{sent}");
+}
