@@ -236,16 +236,16 @@ async fn a_nul_in_any_text_field_is_a_422_naming_the_field_on_both_stores_and_st
             let after = snapshot(&app).await;
 
             let what = format!("{store:?} {} {}", case.method, case.path);
-            let fields: Vec<String> = serde_json::from_str::<Value>(&reply.body)
-                .ok()
-                .and_then(|problem| problem["errors"].as_array().cloned())
-                .unwrap_or_default()
-                .iter()
-                .filter_map(|e| e["field"].as_str().map(str::to_owned))
-                .collect();
+            let problem = serde_json::from_str::<Value>(&reply.body).unwrap_or_default();
+            let fields: Vec<&str> = problem["errors"]
+                .as_array()
+                .map(|errors| errors.iter().filter_map(|e| e["field"].as_str()).collect())
+                .unwrap_or_default();
+            let detail = problem["detail"].as_str().unwrap_or_default();
             if reply.status != 422
                 || reply.content_type != "application/problem+json"
                 || fields != [case.field]
+                || !detail.starts_with(&format!("{}: ", case.field))
             {
                 failures.push(format!(
                     "{what}: want 422 naming {:?}, got {}: {}",
