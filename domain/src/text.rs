@@ -174,6 +174,163 @@ mod tests {
         }
     }
 
+    /// The field a NUL was put in, and the field the error names, for each type that takes
+    /// free text.
+    fn refused_field(field: usize, text: &str) -> (&'static str, Option<String>) {
+        use crate::device::{DeviceFieldError, DeviceUpdate, NewDevice};
+        use crate::ids::{AppId, Slug};
+        use crate::message::{Content, OptionError, PushOptions};
+        use crate::template::TemplateSpec;
+        use crate::token::{DeviceToken, EndpointPolicy, Platform};
+
+        let app = AppId::parse("shop").expect("an app id");
+        let some = Some(text.to_owned());
+        let content = |content: Content| content_field(&content);
+        let options = |options: PushOptions| match options.validate() {
+            Err(OptionError::Unstorable(e)) => Some(e.field().to_owned()),
+            _ => None,
+        };
+        let device = |name, device_id| {
+            let token =
+                DeviceToken::parse(Platform::Fcm, "t", None, None, EndpointPolicy::default());
+            let device = NewDevice {
+                app: app.clone(),
+                token: token.expect("a token"),
+                name,
+                user_id: None,
+                device_id,
+            };
+            match device.validate() {
+                Err(DeviceFieldError::Unstorable(e)) => Some(e.field().to_owned()),
+                _ => None,
+            }
+        };
+        let template = |body: &str, heading| {
+            let spec = TemplateSpec {
+                app: app.clone(),
+                slug: Slug::parse("t").expect("a slug"),
+                body: body.to_owned(),
+                heading,
+                url: None,
+                is_active: true,
+                allow_duplicates: false,
+            };
+            spec.validate().err().map(|e| e.field().to_owned())
+        };
+        match field {
+            0 => (
+                "heading",
+                content(Content {
+                    heading: some,
+                    body: "x".into(),
+                    ..Content::default()
+                }),
+            ),
+            1 => (
+                "body",
+                content(Content {
+                    body: text.to_owned(),
+                    ..Content::default()
+                }),
+            ),
+            2 => (
+                "url",
+                content(Content {
+                    url: some,
+                    body: "x".into(),
+                    ..Content::default()
+                }),
+            ),
+            3 => {
+                let extra_data = Map::from_iter([("k".to_owned(), Value::String(text.to_owned()))]);
+                let content = Content {
+                    extra_data: Some(extra_data),
+                    body: "x".into(),
+                    ..Content::default()
+                };
+                ("extra_data.k", content_field(&content))
+            }
+            4 => (
+                "options.sound",
+                options(PushOptions {
+                    sound: some,
+                    ..PushOptions::default()
+                }),
+            ),
+            5 => (
+                "options.thread_id",
+                options(PushOptions {
+                    thread_id: some,
+                    ..PushOptions::default()
+                }),
+            ),
+            6 => (
+                "options.category",
+                options(PushOptions {
+                    category: some,
+                    ..PushOptions::default()
+                }),
+            ),
+            7 => ("name", device(some, None)),
+            8 => ("device_id", device(None, some)),
+            9 => {
+                let update = DeviceUpdate {
+                    name: Some(some),
+                    ..DeviceUpdate::default()
+                };
+                let refused = match update.validate() {
+                    Err(DeviceFieldError::Unstorable(e)) => Some(e.field().to_owned()),
+                    _ => None,
+                };
+                ("name", refused)
+            }
+            10 => ("body", template(text, None)),
+            11 => ("heading", template("x", some)),
+            _ => {
+                let token =
+                    DeviceToken::parse(Platform::Fcm, text, None, None, EndpointPolicy::default());
+                let refused = match token {
+                    Err(crate::token::TokenError::Unstorable(e)) => Some(e.field().to_owned()),
+                    _ => None,
+                };
+                ("token", refused)
+            }
+        }
+    }
+
+    /// The field a content's error names, when the content cannot be stored.
+    fn content_field(content: &crate::message::Content) -> Option<String> {
+        use crate::message::{OptionError, PushOptions};
+
+        match content.validate(&PushOptions::default()) {
+            Err(OptionError::Unstorable(e)) => Some(e.field().to_owned()),
+            _ => None,
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_type_that_takes_free_text_refuses_a_nul_naming_its_field(
+            field in 0usize..13,
+            before in "[a-z]{0,8}",
+            after in any::<String>(),
+        ) {
+            let (expected, refused) = refused_field(field, &format!("{before}\0{after}"));
+
+            prop_assert_eq!(refused.as_deref(), Some(expected));
+        }
+
+        #[test]
+        fn every_type_that_takes_free_text_accepts_it_without_a_nul(
+            field in 0usize..13,
+            text in "[a-z]{1,8}",
+        ) {
+            let (_, refused) = refused_field(field, &text);
+
+            prop_assert_eq!(refused, None);
+        }
+    }
+
     #[test]
     fn recorded_text_has_its_nul_characters_replaced() {
         assert_eq!(lossy("bad\0request\0"), "bad\u{fffd}request\u{fffd}");
