@@ -266,6 +266,26 @@ async fn a_413_fails_the_message_for_good() {
 }
 
 #[tokio::test]
+async fn a_nul_in_the_push_services_answer_is_recorded_as_a_replacement_character() {
+    let (mock, key) = mock().await;
+    let harness = harness(&mock, &key, 5).await;
+    // A client chooses its endpoint, so any server may answer anything; PostgreSQL could not
+    // store the reason with the NUL in it.
+    mock.enqueue(CannedResponse {
+        status: 400,
+        headers: Vec::new(),
+        body: b"bad\0request".to_vec(),
+    });
+
+    let (message, _) = send_to_alice(&harness, &mock).await;
+
+    let (state, code, text) = only_delivery_error(&message);
+    assert_eq!((state, code), (DeliveryState::Failed, Some("bad_request")));
+    let text = text.unwrap_or_default();
+    assert!(text.ends_with(": bad\u{fffd}request"), "{text:?}");
+}
+
+#[tokio::test]
 async fn a_rejected_vapid_key_is_a_configuration_error() {
     let (mock, _) = mock().await;
     let other_key = VapidTestKey::generate().unwrap();

@@ -97,9 +97,9 @@ impl From<MessageError> for CliError {
 impl From<TemplateError> for CliError {
     fn from(error: TemplateError) -> Self {
         match error {
-            TemplateError::UnknownApplication(_) | TemplateError::Render(_) => {
-                CliError::input(&error)
-            }
+            TemplateError::UnknownApplication(_)
+            | TemplateError::Render(_)
+            | TemplateError::Unstorable(_) => CliError::input(&error),
             TemplateError::NotFound(_) => CliError::not_found(&error),
             TemplateError::Store(e) => e.into(),
         }
@@ -109,7 +109,9 @@ impl From<TemplateError> for CliError {
 impl From<KeyError> for CliError {
     fn from(error: KeyError) -> Self {
         match error {
-            KeyError::UnknownApplication(_) | KeyError::BadName => CliError::input(&error),
+            KeyError::UnknownApplication(_) | KeyError::BadName | KeyError::Unstorable(_) => {
+                CliError::input(&error)
+            }
             KeyError::NotFound(_) => CliError::not_found(&error),
             KeyError::WeakSecret => CliError::Failure(anyhow::Error::new(error)),
             KeyError::Store(e) => e.into(),

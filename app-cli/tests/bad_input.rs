@@ -313,6 +313,48 @@ const CASES: &[Case] = &[
         exit: 2,
         names: "slug may only hold",
     },
+    // A NUL cannot be passed in an argument, but JSON options can spell it `\u0000`.
+    Case {
+        name: "a NUL in a string of extra data",
+        args: &[
+            "send",
+            "--user",
+            "alice",
+            "--body",
+            "Hi",
+            "--extra-data",
+            r#"{"order": {"lines": ["one", "a\u0000b"]}}"#,
+        ],
+        exit: 2,
+        names: "extra_data.order.lines[1]: contains a NUL character (U+0000), which cannot be stored",
+    },
+    Case {
+        name: "a NUL in a key of extra data",
+        args: &[
+            "send",
+            "--user",
+            "alice",
+            "--body",
+            "Hi",
+            "--extra-data",
+            r#"{"a\u0000b": 1}"#,
+        ],
+        exit: 2,
+        names: r#"extra_data["a\u0000b"]: the key contains a NUL character (U+0000)"#,
+    },
+    Case {
+        name: "a template that renders a NUL from its context",
+        args: &[
+            "send-template",
+            "order-shipped",
+            "--user",
+            "alice",
+            "--context",
+            r#"{"order_id": "4\u00002"}"#,
+        ],
+        exit: 2,
+        names: "heading: contains a NUL character (U+0000), which cannot be stored",
+    },
     Case {
         name: "missing configuration file",
         args: &["--config", "missing.toml", "devices", "list"],

@@ -12,6 +12,7 @@ use clarion_domain::ports::{RenderError, StoreError};
 use clarion_domain::service::{
     BulkDeviceError, DeviceError, KeyError, MessageError, SendError, TemplateError,
 };
+use clarion_domain::text::UnstorableText;
 use clarion_domain::token::TokenError;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -238,7 +239,17 @@ fn token_field(error: &TokenError) -> &'static str {
 
 impl From<TokenError> for ApiError {
     fn from(error: TokenError) -> Self {
-        ApiError::invalid(token_field(&error), &error)
+        match error {
+            TokenError::Unstorable(e) => e.into(),
+            other => ApiError::invalid(token_field(&other), &other),
+        }
+    }
+}
+
+/// A 422 naming the field whose text cannot be stored (it holds a NUL character).
+impl From<UnstorableText> for ApiError {
+    fn from(error: UnstorableText) -> Self {
+        ApiError::invalid(error.field(), error.reason())
     }
 }
 
@@ -251,6 +262,7 @@ impl From<DeviceError> for ApiError {
                 let field = match e {
                     DeviceFieldError::NameTooLong(_) => "name",
                     DeviceFieldError::DeviceIdTooLong(_) => "device_id",
+                    DeviceFieldError::Unstorable(e) => return e.into(),
                 };
                 ApiError::invalid(field, e)
             }
@@ -298,12 +310,16 @@ fn option_field(error: &OptionError) -> String {
         OptionError::Url(_) => "url".to_owned(),
         OptionError::ExtraData(_) => "extra_data".to_owned(),
         OptionError::NoDevices => "target.device_ids".to_owned(),
+        OptionError::Unstorable(e) => e.field().to_owned(),
     }
 }
 
 impl From<OptionError> for ApiError {
     fn from(error: OptionError) -> Self {
-        ApiError::invalid(option_field(&error), &error)
+        match error {
+            OptionError::Unstorable(e) => e.into(),
+            other => ApiError::invalid(option_field(&other), &other),
+        }
     }
 }
 
@@ -356,6 +372,7 @@ impl From<TemplateError> for ApiError {
                 ApiError::NotFound(format!("template {slug} not found"))
             }
             TemplateError::Render(e) => e.into(),
+            TemplateError::Unstorable(e) => e.into(),
             TemplateError::Store(e) => e.into(),
         }
     }
@@ -366,6 +383,7 @@ impl From<KeyError> for ApiError {
         match error {
             KeyError::UnknownApplication(e) => ApiError::invalid("scope", e),
             KeyError::BadName => ApiError::invalid("name", &error),
+            KeyError::Unstorable(e) => e.into(),
             KeyError::NotFound(id) => ApiError::NotFound(format!("API key {id} not found")),
             KeyError::WeakSecret => ApiError::Internal(anyhow::Error::new(error)),
             KeyError::Store(e) => e.into(),

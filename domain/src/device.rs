@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::ids::{AppId, DeviceId, UserId};
+use crate::text::{UnstorableText, storable_opt};
 use crate::token::{DeviceToken, Platform};
 
 /// A device as the store keeps it.
@@ -51,6 +52,8 @@ pub enum DeviceFieldError {
     NameTooLong(usize),
     #[error("device_id is {0} characters long; at most 255 are allowed")]
     DeviceIdTooLong(usize),
+    #[error(transparent)]
+    Unstorable(#[from] UnstorableText),
 }
 
 impl NewDevice {
@@ -59,6 +62,8 @@ impl NewDevice {
     /// # Errors
     /// A [`DeviceFieldError`] naming the field.
     pub fn validate(&self) -> Result<(), DeviceFieldError> {
+        storable_opt("name", self.name.as_deref())?;
+        storable_opt("device_id", self.device_id.as_deref())?;
         if let Some(name) = &self.name {
             let len = name.chars().count();
             if len > 255 {
@@ -91,6 +96,8 @@ impl DeviceUpdate {
     /// # Errors
     /// A [`DeviceFieldError`] naming the field.
     pub fn validate(&self) -> Result<(), DeviceFieldError> {
+        storable_opt("name", self.name.as_ref().and_then(Option::as_deref))?;
+        storable_opt("reason", self.reason.as_deref())?;
         if let Some(Some(name)) = &self.name {
             let len = name.chars().count();
             if len > 255 {
@@ -151,4 +158,14 @@ pub struct DeviceFilter {
     /// Only devices with an id greater than this (cursor pagination).
     pub after: Option<DeviceId>,
     pub limit: Option<u32>,
+}
+
+impl DeviceFilter {
+    /// Checks the free-text filter: a store cannot even compare with text it cannot hold.
+    ///
+    /// # Errors
+    /// [`DeviceFieldError::Unstorable`] naming `token` for a prefix holding a NUL character.
+    pub fn validate(&self) -> Result<(), DeviceFieldError> {
+        Ok(storable_opt("token", self.token_prefix.as_deref())?)
+    }
 }

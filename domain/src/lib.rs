@@ -11,4 +11,5 @@ pub mod ports;
 pub mod retry;
 pub mod service;
 pub mod template;
+pub mod text;
 pub mod token;

@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use crate::app::SenderKind;
 use crate::ids::{AppId, DeliveryId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use crate::retry::{RetryPolicy, jitter_for};
+use crate::text::{UnstorableText, storable, storable_object, storable_opt};
 use crate::token::Platform;
 
 /// The state of a message (pymess's states).
@@ -197,6 +198,8 @@ pub enum OptionError {
     ExtraData(&'static str),
     #[error("a message to device ids needs at least one device id")]
     NoDevices,
+    #[error(transparent)]
+    Unstorable(#[from] UnstorableText),
 }
 
 impl PushOptions {
@@ -205,6 +208,14 @@ impl PushOptions {
     /// # Errors
     /// An [`OptionError`] naming the option.
     pub fn validate(&self) -> Result<(), OptionError> {
+        for (field, value) in [
+            ("options.sound", &self.sound),
+            ("options.thread_id", &self.thread_id),
+            ("options.category", &self.category),
+            ("options.collapse_key", &self.collapse_key),
+        ] {
+            storable_opt(field, value.as_deref())?;
+        }
         if let Some(key) = &self.collapse_key {
             if key.len() > MAX_COLLAPSE_KEY_BYTES {
                 return Err(OptionError::CollapseKeyTooLong(key.len()));
@@ -251,11 +262,18 @@ pub struct Content {
 }
 
 impl Content {
-    /// Checks the content: something to show or a silent push, and an absolute URL.
+    /// Checks the content: text every store can keep (also when a template rendered it),
+    /// something to show or a silent push, and an absolute URL.
     ///
     /// # Errors
     /// An [`OptionError`] naming what is wrong.
     pub fn validate(&self, options: &PushOptions) -> Result<(), OptionError> {
+        storable_opt("heading", self.heading.as_deref())?;
+        storable("body", &self.body)?;
+        storable_opt("url", self.url.as_deref())?;
+        if let Some(extra_data) = &self.extra_data {
+            storable_object("extra_data", extra_data)?;
+        }
         let has_heading = self.heading.as_deref().is_some_and(|h| !h.is_empty());
         if self.body.is_empty() && !has_heading && !options.content_available {
             return Err(OptionError::NothingToSend);

@@ -34,6 +34,7 @@ use crate::ports::{
     StateCount, StoreError, TemplateRenderer, TemplateStore,
 };
 use crate::template::{CannotSend, Rendered, Template, TemplateSpec};
+use crate::text::{UnstorableText, storable};
 use crate::token::{DeviceToken, Platform, TokenError};
 
 /// The ports the services use.
@@ -257,6 +258,8 @@ pub enum TemplateError {
     #[error(transparent)]
     Render(#[from] RenderError),
     #[error(transparent)]
+    Unstorable(#[from] UnstorableText),
+    #[error(transparent)]
     Store(#[from] StoreError),
 }
 
@@ -269,6 +272,8 @@ pub enum KeyError {
     BadName,
     #[error("a key secret must be at least 32 characters")]
     WeakSecret,
+    #[error(transparent)]
+    Unstorable(#[from] UnstorableText),
     #[error("API key {0} not found")]
     NotFound(ApiKeyId),
     #[error(transparent)]
@@ -479,20 +484,23 @@ impl PushService {
     }
 
     /// # Errors
-    /// [`DeviceError::UnknownApplication`] or [`DeviceError::Store`].
+    /// [`DeviceError::UnknownApplication`], [`DeviceError::InvalidField`] for a token prefix
+    /// that cannot be stored, or [`DeviceError::Store`].
     pub async fn list_devices(
         &self,
         app: &str,
         filter: &DeviceFilter,
     ) -> Result<Vec<Device>, DeviceError> {
         let app = self.apps.get(app)?;
+        filter.validate()?;
         Ok(self.ports.devices.list_devices(&app.id, filter).await?)
     }
 
     /// Deactivates a device with the operator's reason.
     ///
     /// # Errors
-    /// [`DeviceError::UnknownApplication`], [`DeviceError::NotFound`] or [`DeviceError::Store`].
+    /// [`DeviceError::UnknownApplication`], [`DeviceError::InvalidField`] for a reason that
+    /// cannot be stored, [`DeviceError::NotFound`] or [`DeviceError::Store`].
     pub async fn deactivate_device(
         &self,
         app: &str,
@@ -500,6 +508,7 @@ impl PushService {
         reason: &str,
     ) -> Result<Device, DeviceError> {
         let app = self.apps.get(app)?;
+        storable("reason", reason).map_err(DeviceFieldError::from)?;
         if !self
             .ports
             .devices
@@ -1500,15 +1509,16 @@ impl PushService {
     /// returns it with the secret: the only time the secret is seen.
     ///
     /// # Errors
-    /// [`KeyError::BadName`], [`KeyError::WeakSecret`], [`KeyError::UnknownApplication`] for
-    /// an application scope that is not configured, or [`KeyError::Store`].
+    /// [`KeyError::BadName`], [`KeyError::Unstorable`] naming `name`, [`KeyError::WeakSecret`],
+    /// [`KeyError::UnknownApplication`] for an application scope that is not configured, or
+    /// [`KeyError::Store`].
     pub async fn create_api_key(
         &self,
         name: &str,
         scope: KeyScope,
         secret: String,
     ) -> Result<CreatedApiKey, KeyError> {
-        let name = name.trim();
+        let name = storable("name", name.trim())?;
         if name.is_empty() || name.chars().count() > 100 {
             return Err(KeyError::BadName);
         }
@@ -1606,13 +1616,15 @@ impl PushService {
     /// Creates or replaces a template after checking that each field parses.
     ///
     /// # Errors
-    /// [`TemplateError::Render`] (a syntax error naming the field),
-    /// [`TemplateError::UnknownApplication`] or [`TemplateError::Store`].
+    /// [`TemplateError::Unstorable`] naming the field, [`TemplateError::Render`] (a syntax
+    /// error naming the field), [`TemplateError::UnknownApplication`] or
+    /// [`TemplateError::Store`].
     pub async fn put_template(
         &self,
         spec: TemplateSpec,
     ) -> Result<(Template, Registration), TemplateError> {
         self.apps.get(spec.app.as_str())?;
+        spec.validate()?;
         let renderer = &self.ports.renderer;
         renderer.check("body", &spec.body)?;
         if let Some(heading) = &spec.heading {
@@ -1659,13 +1671,15 @@ impl PushService {
     /// storing and sending nothing.
     ///
     /// # Errors
-    /// [`TemplateError::UnknownApplication`] or [`TemplateError::Render`] naming the field.
+    /// [`TemplateError::UnknownApplication`], or [`TemplateError::Unstorable`] or
+    /// [`TemplateError::Render`] naming the field, as saving it would.
     pub fn render_unsaved(
         &self,
         spec: &TemplateSpec,
         context: &Map<String, Value>,
     ) -> Result<Rendered, TemplateError> {
         self.apps.get(spec.app.as_str())?;
+        spec.validate()?;
         let now = self.now();
         let template = Template {
             app: spec.app.clone(),

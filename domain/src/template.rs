@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::ids::{AppId, Slug};
+use crate::text::{UnstorableText, storable, storable_opt};
 
 /// A stored template. `body`, `heading` and `url` are MiniJinja source.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +33,19 @@ pub struct TemplateSpec {
     pub url: Option<String>,
     pub is_active: bool,
     pub allow_duplicates: bool,
+}
+
+impl TemplateSpec {
+    /// Checks that every store can keep the template's text. Whether the text parses is the
+    /// renderer's to say.
+    ///
+    /// # Errors
+    /// [`UnstorableText`] naming `body`, `heading` or `url`.
+    pub fn validate(&self) -> Result<(), UnstorableText> {
+        storable("body", &self.body)?;
+        storable_opt("heading", self.heading.as_deref())?;
+        storable_opt("url", self.url.as_deref())
+    }
 }
 
 /// Why a template may not send.

@@ -9,6 +9,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
 
+use crate::text::{UnstorableText, storable, storable_opt};
+
 /// The push service a device is registered with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -94,6 +96,8 @@ pub enum TokenError {
         expected: Platform,
         what: &'static str,
     },
+    #[error(transparent)]
+    Unstorable(#[from] UnstorableText),
 }
 
 /// An APNs device token: hexadecimal, even length, 64 to 200 characters, stored lower-case.
@@ -369,8 +373,10 @@ impl DeviceToken {
     /// plus `p256dh` and `auth` for Web Push.
     ///
     /// # Errors
-    /// The [`TokenError`] of the platform's parser, or [`TokenError::WrongShape`] when a Web
-    /// Push subscription lacks its keys.
+    /// [`TokenError::Unstorable`] naming `token`, `p256dh` or `auth` when one holds a NUL
+    /// character (a URL parser would percent-encode it in an endpoint's path: refused all the
+    /// same, as in every other field), the [`TokenError`] of the platform's parser, or
+    /// [`TokenError::WrongShape`] when a Web Push subscription lacks its keys.
     pub fn parse(
         platform: Platform,
         token: &str,
@@ -378,6 +384,9 @@ impl DeviceToken {
         auth: Option<&str>,
         policy: EndpointPolicy,
     ) -> Result<Self, TokenError> {
+        storable("token", token)?;
+        storable_opt("p256dh", p256dh)?;
+        storable_opt("auth", auth)?;
         match platform {
             Platform::Apns => Ok(DeviceToken::Apns {
                 token: ApnsToken::parse(token)?,

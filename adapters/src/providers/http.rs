@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clarion_domain::message::SendOutcome;
+use clarion_domain::text::lossy;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
 use crate::config::TlsConfig;
@@ -130,11 +131,13 @@ pub async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, reqwe
     Ok(body)
 }
 
-/// The start of a body as `: text` for an error reason, or nothing when it is empty.
+/// The start of a body as `: text` for an error reason, or nothing when it is empty. Any
+/// server can answer anything (a Web Push endpoint is chosen by a client): the text is made
+/// storable, so that the reason can be recorded on every store.
 #[must_use]
 pub fn snippet(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
-    let text: String = text.trim().chars().take(200).collect();
+    let text: String = lossy(text.trim()).chars().take(200).collect();
     if text.is_empty() {
         String::new()
     } else {
@@ -181,6 +184,13 @@ mod tests {
         );
         assert_eq!(retry_after(&headers("soon"), now), None);
         assert_eq!(retry_after(&HeaderMap::new(), now), None);
+    }
+
+    #[test]
+    fn a_body_snippet_holds_no_nul_character_whatever_the_server_answered() {
+        assert_eq!(snippet(b"  bad\0request \n"), ": bad\u{fffd}request");
+        assert_eq!(snippet(b"\0"), ": \u{fffd}");
+        assert_eq!(snippet(b"   "), "");
     }
 
     #[test]

@@ -251,7 +251,9 @@ impl From<TemplateError> for AdminError {
         match error {
             TemplateError::UnknownApplication(e) => e.into(),
             TemplateError::NotFound(_) => AdminError::NotFound(error.to_string()),
-            TemplateError::Render(_) => AdminError::BadRequest(error.to_string()),
+            TemplateError::Render(_) | TemplateError::Unstorable(_) => {
+                AdminError::BadRequest(error.to_string())
+            }
             TemplateError::Store(e) => e.into(),
         }
     }

@@ -961,7 +961,9 @@ pub(crate) async fn save_template(
                 json!({ "preview": rendered }),
             )?
             .into_response()),
-            Err(TemplateError::Render(error)) => invalid(error.to_string()),
+            Err(error @ (TemplateError::Render(_) | TemplateError::Unstorable(_))) => {
+                invalid(error.to_string())
+            }
             Err(other) => Err(other.into()),
         };
     }
@@ -972,7 +974,9 @@ pub(crate) async fn save_template(
             &format!("/admin/apps/{app}/templates/{}", template.slug),
             format!("Saved template {}.", template.slug),
         )),
-        Err(TemplateError::Render(error)) => invalid(error.to_string()),
+        Err(error @ (TemplateError::Render(_) | TemplateError::Unstorable(_))) => {
+            invalid(error.to_string())
+        }
         Err(other) => Err(other.into()),
     }
 }

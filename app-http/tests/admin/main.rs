@@ -10,3 +10,6 @@ mod form;
 mod helpers;
 mod pages;
 mod sign_in;
+#[path = "../api/postgres.rs"]
+mod postgres;
+mod unstorable_text;

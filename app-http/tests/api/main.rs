@@ -1,5 +1,6 @@
 //! End-to-end tests of clarion-server, in process: a real listener on a free port, a fresh
-//! SQLite database per test, and the debug sender.
+//! SQLite database per test (and a fresh PostgreSQL schema for the tests that must hold on
+//! both stores), and the debug sender.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -14,6 +15,8 @@ mod messages;
 mod openapi;
 mod ops;
 mod problems;
+mod postgres;
 mod process;
 mod templates;
+mod unstorable_text;
 mod worker;
