@@ -198,7 +198,11 @@ impl Suite {
         };
         let mark = if result.is_ok() { "pass" } else { "FAIL" };
         let text = result.as_ref().unwrap_or_else(|e| e);
-        println!("{mark} [{}] {name}: {text}", self.area);
+        println!(
+            "{mark} [{}] {name}: {text} (server RSS up to {} MiB)",
+            self.area,
+            peak.main_rss >> 20
+        );
         self.outcomes.push(Outcome {
             area: self.area,
             name: name.to_owned(),

@@ -53,10 +53,6 @@ const HEAVY: &[(&str, &str)] = &[
     ("batch-huge", "{{ ([1]|batch(100000000, 0))|length }}"),
     ("slice-huge", "{{ ([1]|slice(100000000, 0))|length }}"),
     (
-        "tojson-indent-huge",
-        "{{ ([[[[[[[[1]]]]]]]]|tojson(indent=100000000))|length }}",
-    ),
-    (
         "nested-ranges",
         "{% for i in range(100000) %}{% for j in range(100000) %}{{ j }}{% endfor %}{% endfor %}",
     ),
