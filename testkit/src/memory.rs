@@ -207,11 +207,16 @@ impl MemoryWatch {
         self.pid.store(pid, Ordering::Relaxed);
     }
 
-    /// The peaks since the previous call (or the start), and whether the watch killed the
-    /// process in that time.
+    /// The peaks since the previous call (or the start), now included, and whether the
+    /// watch killed the process in that time.
     pub fn take(&self) -> (Peak, Option<String>) {
+        let now = tree_memory(self.pid.load(Ordering::Relaxed));
         let mut samples = self.samples.lock().unwrap_or_else(PoisonError::into_inner);
-        let peak = std::mem::take(&mut samples.since_take);
+        let mut peak = std::mem::take(&mut samples.since_take);
+        if let Some(now) = now {
+            peak.include(&now);
+            samples.overall.include(&now);
+        }
         (peak, samples.killed.take())
     }
 

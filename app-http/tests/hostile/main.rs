@@ -7,6 +7,8 @@
 //!
 //! Run it with `cargo nextest run -p clarion-http --test hostile --no-capture` to see every
 //! case's result, the `/healthz` percentiles and the peak memory.
+//! `HOSTILE_SERVER_BIN=target/release/clarion-server` attacks another build of the server
+//! instead of this checkout's debug binary (the secrets test in app-cli covers the CLI).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

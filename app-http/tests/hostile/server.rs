@@ -252,7 +252,7 @@ pub fn spawn(dir: &TempDir, env: &[(String, String)]) -> Result<Spawned, String>
     command
         .arg("-c")
         .arg(format!("ulimit -v {ADDRESS_SPACE_KIB} && exec \"$0\""))
-        .arg(env!("CARGO_BIN_EXE_clarion-server"))
+        .arg(binary())
         .current_dir(dir.path());
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("CLARION_") {
@@ -262,6 +262,14 @@ pub fn spawn(dir: &TempDir, env: &[(String, String)]) -> Result<Spawned, String>
     command.env("CLARION_CONFIG", dir.path().join("clarion.toml"));
     command.envs(env.iter().map(|(k, v)| (k, v)));
     Spawned::spawn(command).map_err(|e| format!("cannot start: {e}"))
+}
+
+/// The binary under attack: `$HOSTILE_SERVER_BIN` when set (a release build, or another
+/// checkout's), else the debug build of this one.
+fn binary() -> std::ffi::OsString {
+    std::env::var_os("HOSTILE_SERVER_BIN")
+        .filter(|path| !path.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_clarion-server").into())
 }
 
 /// The port in the "clarion-server is listening" log line.
