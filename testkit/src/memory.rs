@@ -251,3 +251,33 @@ fn kill_tree(pid: u32) {
     }
     let _ = command.stdout(Stdio::null()).stderr(Stdio::null()).status();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_process_is_found_with_its_memory_and_a_missing_process_has_none() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        let own = std::process::id();
+
+        let tree = tree_memory(own).unwrap();
+        let found = descendants(own).contains(&child.id());
+        let _ = child.kill();
+        let _ = child.wait();
+
+        assert!(
+            found,
+            "sleep {} is not among {:?}",
+            child.id(),
+            descendants(own)
+        );
+        assert!(
+            tree.main.rss > 0 && tree.main.hwm >= tree.main.rss,
+            "{tree:?}"
+        );
+        assert!(tree.total_rss() >= tree.main.rss);
+        assert_eq!(parent_of(own), Some(std::os::unix::process::parent_id()));
+        assert_eq!(process_memory(u32::MAX), None);
+    }
+}

@@ -269,3 +269,44 @@ fn percentile(sorted: &[Duration], percent: usize) -> Duration {
     let rank = (sorted.len() * percent).div_ceil(100).max(1);
     sorted[rank.min(sorted.len()) - 1]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_response_is_complete_only_when_its_framing_says_so() {
+        let head = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 4\r\n\r\n";
+        assert_eq!(parse(head, false).unwrap(), None);
+        let mut whole = head.to_vec();
+        whole.extend_from_slice(b"{}{}");
+        let response = parse(&whole, false).unwrap().unwrap();
+        assert_eq!(response.status, 431);
+        assert_eq!(response.header("content-length"), Some("4"));
+        assert_eq!(response.body, b"{}{}");
+    }
+
+    #[test]
+    fn a_chunked_body_is_joined_and_an_unframed_one_ends_with_the_connection() {
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(parse(chunked, false).unwrap().unwrap().body, b"abcde");
+        assert_eq!(parse(&chunked[..chunked.len() - 5], false).unwrap(), None);
+        let unframed = b"HTTP/1.1 408 Request Timeout\r\n\r\nslow";
+        assert_eq!(parse(unframed, false).unwrap(), None);
+        assert_eq!(parse(unframed, true).unwrap().unwrap().body, b"slow");
+    }
+
+    #[test]
+    fn an_answer_that_is_not_http_is_an_error() {
+        assert!(parse(b"SSH-2.0-OpenSSH\r\n\r\n", true).is_err());
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let sorted: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&sorted, 50), Duration::from_millis(50));
+        assert_eq!(percentile(&sorted, 99), Duration::from_millis(99));
+        assert_eq!(percentile(&sorted[..1], 99), Duration::from_millis(1));
+        assert_eq!(percentile(&[], 99), Duration::ZERO);
+    }
+}
