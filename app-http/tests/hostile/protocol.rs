@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 use crate::server::{Auth, Call};
 use crate::suite::{Suite, expect};
 
+/// Words a detail about a refused credential holds.
+const CREDENTIAL: &[&str] = &["credential", "authorization", "key", "token"];
 /// Words a detail about a size limit holds.
 const SIZE: &[&str] = &["limit", "large", "bytes", "size"];
 
@@ -25,7 +27,7 @@ pub async fn run(suite: &mut Suite) {
             "unknown route outside /v1",
             Call::get("/no-such-page"),
             vec![404],
-            &[],
+            &["route"],
         ),
         (
             "wrong method",
@@ -37,7 +39,7 @@ pub async fn run(suite: &mut Suite) {
             "malformed JSON",
             Call::new(Method::POST, devices).body("application/json", b"{\"platform\": ".to_vec()),
             vec![400, 422],
-            &[],
+            &["json"],
         ),
         (
             "wrong content type",
@@ -49,7 +51,7 @@ pub async fn run(suite: &mut Suite) {
             "no content type",
             Call::new(Method::POST, devices).body("", Vec::new()),
             vec![400, 415],
-            &[],
+            &["content-type", "content type", "json"],
         ),
         (
             "a body over http.body_limit_bytes (2 MiB)",
@@ -61,7 +63,7 @@ pub async fn run(suite: &mut Suite) {
             "no credential",
             Call::get(devices).auth(Auth::None),
             vec![401],
-            &[],
+            CREDENTIAL,
         ),
         (
             "an unknown key",
@@ -69,13 +71,13 @@ pub async fn run(suite: &mut Suite) {
                 "clk_NoSuchKeyNoSuchKeyNoSuchKeyNoSuchKey0123".to_owned(),
             )),
             vec![401],
-            &[],
+            CREDENTIAL,
         ),
         (
             "a credential that is not a key or a token",
             Call::get(devices).auth(Auth::Bearer("\u{1F600}".repeat(300))),
             vec![401],
-            &[],
+            CREDENTIAL,
         ),
         (
             "another application's route",
@@ -103,13 +105,20 @@ pub async fn run(suite: &mut Suite) {
         request.into_bytes()
     };
     suite
-        .raw_row("200 headers", headers(200, 8), &expect(&[431], &[]))
+        .raw_row("200 headers", headers(200, 8), &expect(&[431], &["header"]))
+        .await;
+    suite
+        .raw_row(
+            "a 20 KiB header",
+            headers(1, 20 * 1024),
+            &expect(&[431], &["header"]),
+        )
         .await;
     suite
         .raw_row(
             "a 64 KiB header",
             headers(1, 64 * 1024),
-            &expect(&[431], &[]),
+            &expect(&[431], &["header"]),
         )
         .await;
     suite
@@ -135,7 +144,7 @@ pub async fn run(suite: &mut Suite) {
             "JSON nested 100,000 deep",
             Call::new(Method::POST, messages).body("application/json", nested.into_bytes()),
             vec![400, 422],
-            &[],
+            &["recursion", "nest", "depth", "deep"],
         ),
         (
             "5,001 devices in one bulk request",
@@ -155,7 +164,7 @@ pub async fn run(suite: &mut Suite) {
                     .to_vec(),
             ),
             vec![400, 422],
-            &[],
+            &["number", "badge"],
         ),
         (
             "a device id of 10^20",
@@ -164,7 +173,7 @@ pub async fn run(suite: &mut Suite) {
                 br#"{"target": {"device_ids": [100000000000000000000]}, "body": "b"}"#.to_vec(),
             ),
             vec![400, 422],
-            &[],
+            &["device_ids"],
         ),
         (
             "a negative time to live",
@@ -220,7 +229,7 @@ pub async fn run(suite: &mut Suite) {
                 br#"{"platform": "fcm", "token": "\ud800"}"#.to_vec(),
             ),
             vec![400, 422],
-            &[],
+            &["json", "token", "unicode", "utf-8"],
         ),
         (
             "a body that is not UTF-8",
@@ -229,7 +238,7 @@ pub async fn run(suite: &mut Suite) {
                 b"{\"platform\": \"fcm\", \"token\": \"\xc0\xaf\"}".to_vec(),
             ),
             vec![400, 422],
-            &[],
+            &["json", "token", "unicode", "utf-8"],
         ),
         (
             "a device name of emoji, a right-to-left override and a zero-width space",
@@ -248,13 +257,16 @@ pub async fn run(suite: &mut Suite) {
     }
     let long_query = format!(
         "GET /v1/apps/shop/messages?tag={} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-        "q".repeat(100 * 1024)
+        "q".repeat(32 * 1024)
     );
     suite
         .raw_row(
-            "a 100 KiB query string",
+            "a 32 KiB query string",
             long_query.into_bytes(),
-            &expect(&[400, 414, 422, 431], &[]),
+            &expect(
+                &[400, 414, 422, 431],
+                &["uri", "request line", "query", "header", "long", "large"],
+            ),
         )
         .await;
 }
