@@ -4,12 +4,20 @@
 //! request with the problems it found, and can be scripted with canned responses and delays.
 //!
 //! Every mock binds 127.0.0.1 port 0 on the current tokio runtime and stops when dropped.
+//!
+//! For tests of a real server process: [`Spawned`] starts a binary and captures its output,
+//! [`tree_memory`] and [`MemoryWatch`] read and bound the memory of a process and its
+//! descendants, and [`HealthProbe`] asks a health route throughout a test and reports its
+//! latencies.
 
 pub mod apns;
 pub mod clock;
 pub mod fcm;
 mod jwt;
+pub mod memory;
 pub mod onesignal;
+pub mod probe;
+pub mod process;
 pub mod script;
 mod server;
 pub mod tls;
@@ -21,7 +29,10 @@ pub use fcm::{
     Chaos, FcmMockConfig, FcmServiceAccount, FcmTokenView, FcmView, MockFcm,
     fcm_test_service_account,
 };
+pub use memory::{MemoryWatch, Peak, TreeMemory, tree_memory};
 pub use onesignal::{MockOneSignal, OneSignalMockConfig, OneSignalView};
+pub use probe::{HealthProbe, ProbeReport, RawResponse};
+pub use process::{Spawned, Stream};
 pub use script::{CannedResponse, RecordedRequest};
 pub use tls::{ClientIdentity, TestCa, TestClientCa, install_default_crypto_provider};
 pub use webpush::{MockWebPush, TestSubscription, VapidTestKey, WebPushMockConfig, WebPushView};
