@@ -4,9 +4,13 @@
 //! request with the problems it found, and can be scripted with canned responses and delays.
 //!
 //! Every mock binds 127.0.0.1 port 0 on the current tokio runtime and stops when dropped.
+//!
+//! [`faults`] makes real infrastructure faults: a small disk to fill or turn read-only, and a
+//! PostgreSQL cluster of the test's own to stop and start.
 
 pub mod apns;
 pub mod clock;
+pub mod faults;
 pub mod fcm;
 mod jwt;
 pub mod onesignal;
@@ -17,6 +21,7 @@ pub mod webpush;
 
 pub use apns::{ApnsMockConfig, ApnsView, MockApns, apns_test_key};
 pub use clock::ManualClock;
+pub use faults::{PrivatePostgres, ReadOnlyFile, SmallDisk, require_root};
 pub use fcm::{
     Chaos, FcmMockConfig, FcmServiceAccount, FcmTokenView, FcmView, MockFcm,
     fcm_test_service_account,

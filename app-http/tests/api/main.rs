@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod devices;
+mod faults;
 mod health;
 mod helpers;
 mod keys;
