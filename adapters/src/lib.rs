@@ -4,6 +4,7 @@ pub mod client_token;
 pub mod clock;
 pub mod config;
 pub mod debug;
+mod faults;
 pub mod keys;
 pub mod metrics;
 pub mod postgres;

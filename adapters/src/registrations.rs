@@ -11,7 +11,8 @@
 //! A batch holds each token at most once (a statement cannot write the same row twice); a
 //! second registration of a token in the same batch is written in a later round, so the last
 //! registration to arrive is the one that stays. Should a batch fail, each registration in
-//! it is written again on its own, so that one bad registration fails alone.
+//! it is written again on its own, so that one bad registration fails alone, unless the
+//! database itself is unavailable, which fails the whole batch at once.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, VecDeque};
@@ -221,6 +222,14 @@ async fn write_batch(store: &dyn RegisterMany, pending: &[Pending]) -> Vec<Regis
                     } else {
                         outcomes[i] = Some(Err(raced(&pending[i].0)));
                     }
+                }
+            }
+            // The database cannot write now (a full disk, a server that is down): no
+            // registration of the batch is at fault, and writing each alone would only fail
+            // as many times more.
+            Err(StoreError::Unavailable(reason)) => {
+                for i in indexes {
+                    outcomes[i] = Some(Err(StoreError::Unavailable(reason.clone())));
                 }
             }
             Err(error) if indexes.len() == 1 => outcomes[indexes[0]] = Some(Err(error)),

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 
 use async_trait::async_trait;
-use clarion_domain::ports::{ApiKeyStore, DeviceStore, MessageStore, ReportStore, TemplateStore};
+use clarion_domain::ports::{
+    ApiKeyStore, DeviceStore, MessageStore, ReportStore, StoreError, TemplateStore,
+};
 
 use crate::postgres::PgStore;
 use crate::sqlite::SqliteStore;
@@ -21,11 +23,12 @@ pub trait Store:
     /// On a database failure.
     async fn table_counts(&self) -> anyhow::Result<BTreeMap<String, i64>>;
 
-    /// Checks that the database answers (for readiness probes).
+    /// Checks that the database can be used now, a write included (for readiness probes).
     ///
     /// # Errors
-    /// When it does not.
-    async fn ping(&self) -> anyhow::Result<()>;
+    /// [`StoreError::Unavailable`] with the reason when it cannot; [`StoreError::Unknown`]
+    /// for another failure.
+    async fn check_ready(&self) -> Result<(), StoreError>;
 
     /// Closes every connection; later calls fail. For shutdown.
     async fn close(&self);
@@ -37,8 +40,8 @@ impl Store for SqliteStore {
         SqliteStore::table_counts(self).await
     }
 
-    async fn ping(&self) -> anyhow::Result<()> {
-        SqliteStore::ping(self).await
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        SqliteStore::check_ready(self).await
     }
 
     async fn close(&self) {
@@ -52,8 +55,8 @@ impl Store for PgStore {
         PgStore::table_counts(self).await
     }
 
-    async fn ping(&self) -> anyhow::Result<()> {
-        PgStore::ping(self).await
+    async fn check_ready(&self) -> Result<(), StoreError> {
+        PgStore::check_ready(self).await
     }
 
     async fn close(&self) {

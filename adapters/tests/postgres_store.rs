@@ -354,11 +354,12 @@ async fn table_counts_name_every_table_of_the_schema() {
             "devices",
             "message_related_objects",
             "messages",
+            "readiness_probe",
             "templates"
         ]
     );
     assert!(counts.values().all(|n| *n == 0));
-    fixture.ping().await.expect("ping");
+    fixture.check_ready().await.expect("ready");
 }
 
 #[tokio::test]
@@ -430,7 +431,7 @@ async fn the_wiring_builds_a_working_runtime_on_a_postgres_url() {
 
     let counts = runtime.store.table_counts().await.expect("counts");
     assert_eq!(counts.get("devices"), Some(&1));
-    runtime.store.ping().await.expect("ping");
+    runtime.store.check_ready().await.expect("ready");
     let in_schema: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM devices WHERE id = $1")
         .bind(device.id.0)
         .fetch_one(schema.store().await.pool())

@@ -85,6 +85,7 @@ async fn table_counts_name_every_table_of_the_schema() {
             "devices",
             "message_related_objects",
             "messages",
+            "readiness_probe",
             "templates"
         ]
     );

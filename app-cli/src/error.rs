@@ -48,7 +48,15 @@ impl CliError {
 
 impl From<StoreError> for CliError {
     fn from(error: StoreError) -> Self {
-        CliError::Failure(anyhow::Error::new(error))
+        match error {
+            // A failure of the database, not of the input (exit code 1), with the reason and
+            // what to do about it.
+            StoreError::Unavailable(reason) => CliError::Failure(anyhow::anyhow!(
+                "the database cannot be used now: {reason}; nothing was written, run the \
+                 command again once the database is fixed"
+            )),
+            other => CliError::Failure(anyhow::Error::new(other)),
+        }
     }
 }
 
@@ -116,5 +124,25 @@ impl From<KeyError> for CliError {
             KeyError::WeakSecret => CliError::Failure(anyhow::Error::new(error)),
             KeyError::Store(e) => e.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_unavailable_database_exits_1_saying_why_and_that_nothing_was_written() {
+        let error = CliError::from(StoreError::Unavailable(
+            "the disk holding the database is full".to_owned(),
+        ));
+
+        assert_eq!(error.exit_code(), ExitCode::from(1));
+        let text = error.to_string();
+        assert!(
+            text.contains("the disk holding the database is full"),
+            "{text}"
+        );
+        assert!(text.contains("nothing was written"), "{text}");
     }
 }

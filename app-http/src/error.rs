@@ -17,6 +17,10 @@ use clarion_domain::token::TokenError;
 use serde::Serialize;
 use utoipa::ToSchema;
 
+/// The `Retry-After` of a 503: about how long a full disk takes to be noticed and freed, or a
+/// database server to restart; clients that retry sooner only add load.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 5;
+
 /// An RFC 9457 problem document.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Problem {
@@ -98,10 +102,13 @@ pub enum ApiError {
     /// `http.rate_limit_per_second` and `http.rate_limit_burst` allow.
     #[error("too many requests with this credential; retry in {retry_after_secs} s")]
     TooManyRequests { retry_after_secs: u64 },
-    /// 503: the server is not ready (`/readyz`); the text says why, with no secret.
+    /// 503, with `Retry-After`: the server is not ready (`/readyz`); the text says why, with
+    /// no secret.
     #[error("{0}")]
     NotReady(String),
-    /// 503: a dependency (the store) failed while authenticating; the cause is logged.
+    /// 503, with `Retry-After`: the store cannot be reached or cannot write now (a full disk,
+    /// a read-only or damaged file, a database server that is down), or it failed while
+    /// authenticating; the cause is logged.
     #[error("service unavailable")]
     Unavailable(#[source] anyhow::Error),
     /// 500: anything else; the cause is logged and the answer is opaque.
@@ -203,6 +210,12 @@ impl IntoResponse for ApiError {
         if let ApiError::TooManyRequests { retry_after_secs } = self {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
         }
+        if let ApiError::NotReady(_) | ApiError::Unavailable(_) = self {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(UNAVAILABLE_RETRY_AFTER_SECS),
+            );
+        }
         response
     }
 }
@@ -213,6 +226,10 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Conflict(detail) => ApiError::Conflict(detail),
+            // The database cannot be reached or cannot write now: the client may try again.
+            unavailable @ StoreError::Unavailable(_) => {
+                ApiError::Unavailable(anyhow::Error::new(unavailable))
+            }
             other => ApiError::Internal(anyhow::Error::new(other)),
         }
     }

@@ -1,5 +1,5 @@
 //! The operations routes, open to any caller: `/healthz` (liveness), `/readyz` (the
-//! database answers) and `/metrics` (Prometheus text).
+//! database can read and write now) and `/metrics` (Prometheus text).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use clarion_adapters::store::Store;
+use clarion_domain::ports::StoreError;
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -32,12 +33,22 @@ pub(crate) async fn healthz() -> Json<Status> {
     Json(Status { status: "ok" })
 }
 
-/// Readiness: the database answers `SELECT 1`. The store migrates the schema when it
-/// connects and the server only starts once it has, so a database that answers has its
-/// migrations applied.
+/// Readiness: the database can be used now, a committed write included (and, for SQLite,
+/// its disk has room), so that a full disk, a read-only or damaged file or a stopped
+/// database server turns the server unready until it is fixed, without a restart. The store
+/// migrates the schema when it connects and the server only starts once it has, so a
+/// database that answers has its migrations applied.
 pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Status>, ApiError> {
-    match tokio::time::timeout(READY_TIMEOUT, state.database.ping()).await {
+    match tokio::time::timeout(READY_TIMEOUT, state.database.check_ready()).await {
         Ok(Ok(())) => Ok(Json(Status { status: "ready" })),
+        // The reason is the driver's short sentence (a full disk, a read-only file, a server
+        // that refuses connections), which names no secret.
+        Ok(Err(StoreError::Unavailable(reason))) => {
+            tracing::warn!(reason, "not ready: the database is unavailable");
+            Err(ApiError::NotReady(format!(
+                "the database is unavailable: {reason}"
+            )))
+        }
         Ok(Err(error)) => {
             // The cause may name files or hosts: it goes to the log, not to the caller.
             tracing::warn!(

@@ -34,6 +34,12 @@ pub enum StoreError {
     /// names the table, the row and the field.
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// The database cannot be reached or cannot write now: its disk is full, its file is
+    /// read-only or damaged, it is locked by another process for too long, or its server is
+    /// down. Nothing was written; the same call may succeed later, without a restart. The
+    /// text says why in words that name no secret.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     #[error(transparent)]
     Unknown(#[from] anyhow::Error),
 }

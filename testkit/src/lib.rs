@@ -9,9 +9,13 @@
 //! [`tree_memory`] and [`MemoryWatch`] read and bound the memory of a process and its
 //! descendants, and [`HealthProbe`] asks a health route throughout a test and reports its
 //! latencies.
+//!
+//! [`faults`] makes real infrastructure faults: a small disk to fill or turn read-only, and a
+//! PostgreSQL cluster of the test's own to stop and start.
 
 pub mod apns;
 pub mod clock;
+pub mod faults;
 pub mod fcm;
 mod jwt;
 pub mod memory;
@@ -25,6 +29,7 @@ pub mod webpush;
 
 pub use apns::{ApnsMockConfig, ApnsView, MockApns, apns_test_key};
 pub use clock::ManualClock;
+pub use faults::{PrivatePostgres, ReadOnlyFile, SmallDisk, require_root};
 pub use fcm::{
     Chaos, FcmMockConfig, FcmServiceAccount, FcmTokenView, FcmView, MockFcm,
     fcm_test_service_account,

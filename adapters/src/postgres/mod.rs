@@ -20,6 +20,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, Row as _};
 use time::OffsetDateTime;
 
 use crate::config::redact_url;
+use crate::faults::{PROBE_WRITE, db_error, probe_time};
 use crate::registrations::GroupedRegistrations;
 use devices::PgRegistrations;
 
@@ -149,15 +150,19 @@ impl PgStore {
         Ok(counts)
     }
 
-    /// Checks that the database answers (for readiness probes).
+    /// Checks that the database can write now, for readiness probes: one row is written
+    /// and committed.
     ///
     /// # Errors
-    /// When no connection can be had or the query fails.
-    pub async fn ping(&self) -> anyhow::Result<()> {
-        sqlx::query("SELECT 1")
+    /// [`StoreError::Unavailable`] with the reason when the server cannot be reached or
+    /// cannot write (stopped, restarting, a full disk, a read-only standby);
+    /// [`StoreError::Unknown`] for another failure.
+    pub async fn check_ready(&self) -> Result<(), StoreError> {
+        sqlx::query(PROBE_WRITE)
+            .bind(probe_time())
             .execute(&self.pool)
             .await
-            .context("PostgreSQL does not answer")?;
+            .map_err(db_error("failed to write the readiness probe"))?;
         Ok(())
     }
 }
@@ -238,22 +243,6 @@ mod rows {
     /// [`crate::rows::DELIVERY_COLUMNS`] with the jsonb column read as text.
     pub(super) const DELIVERY_COLUMNS: &str = "id, message_id, device_id, channel, state, \
         attempts, provider_id, error_code, error_text, details::text AS details, updated_at";
-}
-
-/// Turns a driver error into a store error: a unique violation is a conflict, a value that
-/// cannot be decoded is corrupt data, and the rest is unknown with `doing` as context.
-fn db_error(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |error| {
-        if let Some(db) = error.as_database_error()
-            && db.is_unique_violation()
-        {
-            return StoreError::Conflict(db.message().to_owned());
-        }
-        if let sqlx::Error::ColumnDecode { index, source } = &error {
-            return StoreError::Corrupt(format!("{doing}: column {index}: {source}"));
-        }
-        StoreError::Unknown(anyhow::Error::new(error).context(doing))
-    }
 }
 
 #[cfg(test)]

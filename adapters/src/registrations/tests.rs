@@ -67,6 +67,9 @@ impl RegisterMany for Fake {
         if names.iter().any(|n| n == "bad") {
             return Err(StoreError::Unknown(anyhow!("bad device")));
         }
+        if names.iter().any(|n| n == "full") {
+            return Err(StoreError::Unavailable("the disk is full".to_owned()));
+        }
         let mut written = Vec::new();
         let mut stored = self.devices.lock().expect("lock");
         for (device, now) in devices {
@@ -182,6 +185,28 @@ async fn a_token_registered_twice_in_a_batch_is_written_in_order() {
         stored[token(1).key()].name.as_deref(),
         Some("d"),
         "the last registration stays"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_that_finds_the_database_unavailable_fails_whole_without_writing_each_alone() {
+    let (fake, outcomes) = behind_a_held_statement(vec![
+        new_device(0, "first"),
+        new_device(1, "ok1"),
+        new_device(2, "full"),
+        new_device(3, "ok2"),
+    ])
+    .await;
+    assert!(outcomes[0].is_ok(), "{:?}", outcomes[0]);
+    for outcome in &outcomes[1..] {
+        assert!(
+            matches!(outcome, Err(StoreError::Unavailable(reason)) if reason == "the disk is full"),
+            "{outcome:?}"
+        );
+    }
+    assert_eq!(
+        fake.statements(),
+        [vec!["first"], vec!["ok1", "full", "ok2"]]
     );
 }
 

@@ -28,6 +28,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
 use anyhow::Context as _;
 use clarion_domain::ports::StoreError;
 use sqlx::sqlite::{
@@ -36,6 +39,7 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection as _, Row as _, SqliteConnection};
 use tokio::sync::watch;
 
+use crate::faults::{PROBE_WRITE, db_error, probe_time, unavailability};
 use crate::registrations::GroupedRegistrations;
 use devices::SqliteRegistrations;
 use tokio::time::MissedTickBehavior;
@@ -53,6 +57,9 @@ const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
 /// The log size, in pages, past which the writer checkpoints by itself, should the
 /// checkpointer fall behind (SQLite's default is 1,000).
 const WRITER_AUTOCHECKPOINT_PAGES: &str = "10000";
+/// The room the readiness check asks of the disk holding a file database: enough for a
+/// large write (a bulk registration of a thousand devices takes a few hundred kilobytes).
+const SPACE_PROBE_BYTES: usize = 1 << 20;
 
 /// The SQLite implementation of the storage ports. Cloning it shares the connection pools.
 ///
@@ -80,6 +87,8 @@ pub struct SqliteStore {
     checkpointer: Option<Arc<watch::Sender<bool>>>,
     /// Registrations made at the same time, written together by the writer.
     registrations: GroupedRegistrations,
+    /// The database file; `None` in memory.
+    file: Option<PathBuf>,
 }
 
 impl SqliteStore {
@@ -87,9 +96,12 @@ impl SqliteStore {
     /// `sqlite://path`, `sqlite:path`, a plain path, or `sqlite::memory:`.
     ///
     /// # Errors
-    /// When the URL is malformed, the file cannot be opened or a migration fails.
+    /// When the URL is malformed, the file cannot be opened, a migration fails, or the file
+    /// is damaged or read-only (the error names the file and the problem).
     pub async fn connect(url_or_path: &str) -> anyhow::Result<SqliteStore> {
         let (options, in_memory) = connect_options(url_or_path)?;
+        let location = url_or_path.trim();
+        let file = (!in_memory).then(|| options.get_filename().to_owned());
         let options = options
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)
@@ -105,24 +117,37 @@ impl SqliteStore {
                 .clone()
                 .pragma("wal_autocheckpoint", WRITER_AUTOCHECKPOINT_PAGES)
         };
-        let pool = SqlitePoolOptions::new()
+        let mut writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
-            .max_lifetime(None)
+            .max_lifetime(None);
+        // Not in memory: closing that connection would lose the database.
+        if !in_memory {
+            writer = writer
+                .after_release(|connection, _| Box::pin(replace_if_in_transaction(connection)));
+        }
+        let pool = writer
             .connect_with(writer_options.create_if_missing(true))
             .await
-            .with_context(|| format!("failed to open the SQLite database {url_or_path}"))?;
+            .map_err(|error| refused(location, file.as_deref(), error))?;
         sqlx::migrate!("./migrations/sqlite")
             .run(&pool)
             .await
-            .context("failed to migrate the SQLite database")?;
+            .map_err(|error| match error {
+                sqlx::migrate::MigrateError::Execute(error) => {
+                    refused(location, file.as_deref(), error)
+                }
+                other => anyhow::Error::new(other)
+                    .context(format!("failed to migrate the SQLite database {location}")),
+            })?;
         if in_memory {
             return Ok(SqliteStore {
                 readers: pool.clone(),
                 registrations: SqliteRegistrations::grouped(pool.clone()),
                 pool,
                 checkpointer: None,
+                file: None,
             });
         }
         // Opened after the writer has created the file and put it in WAL mode. Read-only, so
@@ -131,10 +156,27 @@ impl SqliteStore {
             .max_connections(READER_POOL_SIZE)
             .connect_with(options.clone().read_only(true))
             .await
-            .with_context(|| format!("failed to open the SQLite database {url_or_path}"))?;
+            .map_err(|error| refused(location, file.as_deref(), error))?;
+        // A read-only or damaged file is refused here rather than reported by every request:
+        // the schema and the first page of every table are read, and one row is written.
+        // Reading every page (`PRAGMA integrity_check`) would make a large database slow to
+        // start.
+        let checked = async {
+            read_every_table(&readers).await?;
+            probe_write(&pool).await
+        };
+        if let Err(error) = checked.await {
+            pool.close().await;
+            readers.close().await;
+            let reason = match error {
+                StoreError::Unavailable(reason) => reason,
+                other => format!("{:#}", anyhow::Error::new(other)),
+            };
+            return Err(unusable(location, file.as_deref(), &reason));
+        }
         let connection = SqliteConnection::connect_with(&options)
             .await
-            .with_context(|| format!("failed to open the SQLite database {url_or_path}"))?;
+            .map_err(|error| refused(location, file.as_deref(), error))?;
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(checkpoint(connection, stopped));
         Ok(SqliteStore {
@@ -142,19 +184,25 @@ impl SqliteStore {
             pool,
             readers,
             checkpointer: Some(Arc::new(stop)),
+            file,
         })
     }
 
-    /// Checks that the database answers (`SELECT 1`). The schema is migrated at connect, so a
-    /// store that answers has its migrations applied.
+    /// Checks that the database can be used now, for readiness probes: its schema and the
+    /// first page of every table can be read, a row can be written and committed, and (for a
+    /// file) the disk that holds it has room for [`SPACE_PROBE_BYTES`] more. The disk is
+    /// tried with a file of its own because SQLite reuses the room of its write-ahead log,
+    /// so that a small write can succeed on a full disk while a larger one fails.
     ///
     /// # Errors
-    /// When no connection can be had or the query fails.
-    pub async fn ping(&self) -> anyhow::Result<()> {
-        sqlx::query("SELECT 1")
-            .execute(&self.readers)
-            .await
-            .context("the SQLite database does not answer")?;
+    /// [`StoreError::Unavailable`] with the reason when the database cannot be used now;
+    /// [`StoreError::Unknown`] for another failure.
+    pub async fn check_ready(&self) -> Result<(), StoreError> {
+        read_every_table(&self.readers).await?;
+        probe_write(&self.pool).await?;
+        if let Some(file) = &self.file {
+            probe_space(file).await?;
+        }
         Ok(())
     }
 
@@ -228,6 +276,129 @@ async fn checkpoint(mut connection: SqliteConnection, mut stopped: watch::Receiv
     let _ = connection.close().await;
 }
 
+/// The error of a database that cannot be opened, naming the file and, when the driver says
+/// so, what is wrong with it (damaged, read-only, no room, locked).
+fn refused(location: &str, file: Option<&Path>, error: sqlx::Error) -> anyhow::Error {
+    match unavailability(&error) {
+        Some(reason) => unusable(location, file, &reason),
+        None => anyhow::Error::new(error)
+            .context(format!("failed to open the SQLite database {location}")),
+    }
+}
+
+/// The error of a database that cannot be used for `reason`, with why its file cannot be
+/// written when that is so: SQLite says only "unable to open database file" of a file on a
+/// read-only file system.
+fn unusable(location: &str, file: Option<&Path>, reason: &str) -> anyhow::Error {
+    let why = file
+        .and_then(why_unwritable)
+        .map(|why| format!("{why}; "))
+        .unwrap_or_default();
+    anyhow::anyhow!("the SQLite database {location} cannot be used: {why}{reason}")
+}
+
+/// Why the database file, or a file next to it (SQLite keeps its log and its lock there),
+/// cannot be written, if it cannot.
+fn why_unwritable(file: &Path) -> Option<String> {
+    let opened = if file.exists() {
+        std::fs::OpenOptions::new().write(true).open(file).map(drop)
+    } else {
+        Ok(())
+    };
+    let probe = sibling(file, "-open-probe");
+    let attempt = opened.and_then(|()| {
+        let created = std::fs::File::create(&probe).map(drop);
+        let _ = std::fs::remove_file(&probe);
+        created
+    });
+    attempt.err().map(|error| match error.kind() {
+        std::io::ErrorKind::ReadOnlyFilesystem => {
+            format!("the file system holding it is read-only ({error})")
+        }
+        _ => format!("it cannot be written ({error})"),
+    })
+}
+
+/// The path of `file` with `suffix` added to its name.
+fn sibling(file: &Path, suffix: &str) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Closes the writer connection instead of returning it to the pool when it is still inside
+/// a transaction, so that the pool opens a fresh one for the next write.
+///
+/// A transaction whose COMMIT (or a statement) failed on a full or failing disk may have been
+/// rolled back by SQLite itself; the rollback sqlx then sends fails ("no transaction is
+/// active"), and sqlx would keep counting the connection as inside a transaction, so that
+/// every later `BEGIN` failed until a restart. The ping first waits for the rollback that a
+/// dropped transaction queued on the connection.
+async fn replace_if_in_transaction(connection: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    connection.ping().await?;
+    if connection.is_in_transaction() {
+        tracing::warn!(
+            "the SQLite writer connection was left inside a failed transaction; replacing it"
+        );
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Reads the schema and the first row of every table: a file that is not a database, or
+/// whose first pages are damaged, fails here. Cheap whatever the size of the database.
+async fn read_every_table(readers: &SqlitePool) -> Result<(), StoreError> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+    )
+    .fetch_all(readers)
+    .await
+    .map_err(db_error("failed to read the schema"))?;
+    for name in names {
+        // The name comes from sqlite_master, not from a caller; quoting it is enough.
+        let sql = format!("SELECT * FROM \"{}\" LIMIT 1", name.replace('"', "\"\""));
+        sqlx::query(AssertSqlSafe(sql))
+            .fetch_optional(readers)
+            .await
+            .map_err(db_error("failed to read a table"))?;
+    }
+    Ok(())
+}
+
+/// Writes and commits the probe row through the writer.
+async fn probe_write(pool: &SqlitePool) -> Result<(), StoreError> {
+    sqlx::query(PROBE_WRITE)
+        .bind(probe_time())
+        .execute(pool)
+        .await
+        .map_err(db_error("failed to write the readiness probe"))?;
+    Ok(())
+}
+
+/// Writes [`SPACE_PROBE_BYTES`] to a file next to the database, then removes it.
+async fn probe_space(database: &Path) -> Result<(), StoreError> {
+    let probe = sibling(database, "-space-probe");
+    let written = tokio::task::spawn_blocking(move || {
+        let written = std::fs::File::create(&probe)
+            .and_then(|mut file| file.write_all(&vec![0_u8; SPACE_PROBE_BYTES]));
+        // Removed whether or not the write succeeded; a probe that was never created is fine.
+        let _ = std::fs::remove_file(&probe);
+        written
+    })
+    .await
+    .map_err(|e| StoreError::Unknown(anyhow::Error::new(e).context("the space probe stopped")))?;
+    written.map_err(|error| {
+        let reason = match error.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                "the disk holding the database is full"
+            }
+            std::io::ErrorKind::ReadOnlyFilesystem => "the database's file system is read-only",
+            _ => "the database's folder cannot be written",
+        };
+        StoreError::Unavailable(format!("{reason}: {error}"))
+    })
+}
+
 /// Parses the accepted spellings of a database location; the flag says whether it is in
 /// memory.
 fn connect_options(url_or_path: &str) -> anyhow::Result<(SqliteConnectOptions, bool)> {
@@ -246,22 +417,6 @@ fn connect_options(url_or_path: &str) -> anyhow::Result<(SqliteConnectOptions, b
         return Ok((options, true));
     }
     Ok((SqliteConnectOptions::new().filename(trimmed), false))
-}
-
-/// Turns a driver error into a store error: a unique violation is a conflict, a value that
-/// cannot be decoded is corrupt data, and the rest is unknown with `doing` as context.
-fn db_error(doing: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
-    move |error| {
-        if let Some(db) = error.as_database_error()
-            && db.is_unique_violation()
-        {
-            return StoreError::Conflict(db.message().to_owned());
-        }
-        if let sqlx::Error::ColumnDecode { index, source } = &error {
-            return StoreError::Corrupt(format!("{doing}: column {index}: {source}"));
-        }
-        StoreError::Unknown(anyhow::Error::new(error).context(doing))
-    }
 }
 
 #[cfg(test)]

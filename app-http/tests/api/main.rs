@@ -7,6 +7,7 @@
 mod bad_input;
 mod connections;
 mod devices;
+mod faults;
 mod health;
 mod helpers;
 mod keys;

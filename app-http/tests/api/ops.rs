@@ -28,7 +28,12 @@ async fn readyz_is_503_with_a_reason_when_the_database_is_gone_while_healthz_sta
 
     let problem = ready.expect(503);
     assert_eq!(problem["type"], "urn:clarion:problem:not-ready");
-    assert_eq!(problem["detail"], "the database does not answer");
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("the database is unavailable: "),
+        "{detail}"
+    );
+    assert_eq!(ready.headers["retry-after"], "5");
     assert!(!ready.body.contains("clarion.db"), "{ready:?}");
     assert_eq!(healthy.status, 200);
 }
