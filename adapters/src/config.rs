@@ -39,8 +39,8 @@ const ENV_PREFIX: &str = "CLARION_";
 const DEFAULT_FILE: &str = "clarion.toml";
 /// The application that exists when none is configured.
 pub const DEFAULT_APP: &str = "default";
-/// What a redacted value prints as.
-const REDACTED: &str = "[redacted]";
+pub use crate::url_secrets::redact_url;
+use crate::url_secrets::{REDACTED, without_password};
 
 /// The whole configuration of a Clarion process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,41 +149,10 @@ impl DatabaseConfig {
         }
     }
 
-    /// The URL with any password replaced, for logs and output.
+    /// The URL with its password and secret query parameters replaced, for logs and output.
     #[must_use]
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
-    }
-}
-
-/// `text` with the password of `url`, if it has one, replaced by `[redacted]`, for driver
-/// errors that might quote it.
-fn without_password(text: &str, url: &str) -> String {
-    let password = url::Url::parse(url)
-        .ok()
-        .and_then(|url| url.password().map(str::to_owned))
-        .filter(|password| !password.is_empty());
-    match password {
-        Some(password) => text.replace(&password, REDACTED),
-        None => text.to_owned(),
-    }
-}
-
-/// Replaces the password of a URL, if it has one, with `[redacted]`.
-#[must_use]
-pub fn redact_url(raw: &str) -> String {
-    let Some((scheme, rest)) = raw.split_once("://") else {
-        return raw.to_owned();
-    };
-    // The user information ends at the last `@`: a password that was not percent-encoded may
-    // itself hold `@` or `/`.
-    let Some(at) = rest.rfind('@') else {
-        return raw.to_owned();
-    };
-    let (userinfo, host_and_path) = rest.split_at(at);
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:{REDACTED}{host_and_path}"),
-        None => raw.to_owned(),
     }
 }
 
@@ -1319,7 +1288,9 @@ mod tests {
     fn config_with_secrets() -> Config {
         let mut config = Config::default();
         // Port 1 refuses connections at once, so `check` fails fast and offline.
-        config.database.url = "postgres://clarion:db-password@127.0.0.1:1/clarion".to_owned();
+        config.database.url =
+            "postgres://clarion:db-password@127.0.0.1:1/clarion?sslpassword=query-password"
+                .to_owned();
         config.apps.insert(
             "shop".to_owned(),
             AppConfig {
@@ -1352,6 +1323,7 @@ mod tests {
         for shown in [&debug, &toml] {
             assert!(!shown.contains("inline-api-key"), "{shown}");
             assert!(!shown.contains("db-password"), "{shown}");
+            assert!(!shown.contains("query-password"), "{shown}");
             assert!(shown.contains("[redacted]"), "{shown}");
             assert!(shown.contains("sa.json"), "{shown}");
             assert!(shown.contains("SHOP_JWT"), "{shown}");
@@ -1391,7 +1363,9 @@ mod tests {
             let database = find("database.url");
             assert!(!database.ok);
             assert!(
-                database.detail.contains("127.0.0.1:1") && !database.detail.contains("db-password"),
+                database.detail.contains("127.0.0.1:1")
+                    && !database.detail.contains("db-password")
+                    && !database.detail.contains("query-password"),
                 "{database:?}"
             );
             assert!(find("apps.shop.onesignal.api_key").ok);
