@@ -171,6 +171,10 @@ pub struct WorkerConfig {
     pub lease_secs: u64,
     /// How many claimed messages a worker sends at once.
     pub message_concurrency: usize,
+    /// How many of those may belong to one application while other applications have
+    /// messages due (default: half of `message_concurrency`, rounded up). When no other
+    /// application has, one application may use every slot but one.
+    pub app_concurrency: Option<usize>,
     /// How many deliveries of one message a worker sends at once. A worker has at most
     /// `message_concurrency × delivery_concurrency` requests in flight. A broadcast sends at
     /// most `delivery_concurrency` deliveries per round trip to the provider: 100 at a 50 ms
@@ -186,8 +190,21 @@ impl Default for WorkerConfig {
             batch_size: 100,
             lease_secs: 60,
             message_concurrency: 8,
+            app_concurrency: None,
             delivery_concurrency: 100,
         }
+    }
+}
+
+impl WorkerConfig {
+    /// How many messages of one application a worker sends at once while other applications
+    /// have messages due: `app_concurrency`, or half of `message_concurrency` rounded up.
+    #[must_use]
+    pub fn app_concurrency(&self) -> usize {
+        let slots = self.message_concurrency.max(1);
+        self.app_concurrency
+            .unwrap_or_else(|| slots.div_ceil(2))
+            .clamp(1, slots)
     }
 }
 

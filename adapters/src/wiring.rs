@@ -56,6 +56,7 @@ pub async fn build(config: Config, worker_id: &str) -> anyhow::Result<Runtime> {
         lease: Duration::from_secs(config.worker.lease_secs),
         claim_size: config.worker.batch_size,
         message_concurrency: config.worker.message_concurrency.max(1),
+        app_concurrency: config.worker.app_concurrency(),
         delivery_concurrency: config.worker.delivery_concurrency.max(1),
         ..ServiceSettings::default()
     };
