@@ -286,7 +286,13 @@ pub struct AppConfig {
     /// The HS256 secret of the client tokens (JWT) of this application's apps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_token_secret: Option<Secret>,
+    /// The longest a client token may live: `exp - iat`, or `exp` minus the time it is
+    /// presented when it has no `iat`.
+    pub client_token_max_lifetime_secs: u64,
 }
+
+/// The default of `client_token_max_lifetime_secs`: 30 days.
+pub const CLIENT_TOKEN_MAX_LIFETIME_SECS: u64 = 30 * 24 * 3600;
 
 impl Default for AppConfig {
     fn default() -> Self {
@@ -298,6 +304,7 @@ impl Default for AppConfig {
             webpush: None,
             onesignal: None,
             client_token_secret: None,
+            client_token_max_lifetime_secs: CLIENT_TOKEN_MAX_LIFETIME_SECS,
         }
     }
 }
@@ -636,6 +643,12 @@ impl Config {
                 "must be at least 1".to_owned(),
             ));
         }
+        if self.worker.app_concurrency == Some(0) {
+            return Err(invalid(
+                "worker.app_concurrency",
+                "must be at least 1".to_owned(),
+            ));
+        }
         if self.worker.delivery_concurrency == 0 {
             return Err(invalid(
                 "worker.delivery_concurrency",
@@ -667,6 +680,12 @@ impl Config {
             app.retry
                 .validate()
                 .map_err(|error| invalid(&format!("{key}.retry"), error.to_string()))?;
+            if app.client_token_max_lifetime_secs == 0 {
+                return Err(invalid(
+                    &format!("{key}.client_token_max_lifetime_secs"),
+                    "must be at least 1".to_owned(),
+                ));
+            }
             if app.sender == SenderKind::Onesignal && app.onesignal.is_none() {
                 return Err(invalid(
                     &format!("{key}.sender"),
