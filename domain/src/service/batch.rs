@@ -128,8 +128,8 @@ impl PushService {
     /// and the messages under way are done.
     ///
     /// # Errors
-    /// [`StoreError`] when the store fails; messages already processed keep their results and
-    /// claimed ones are taken over when their lease expires.
+    /// [`StoreError`] when the store fails; no more messages are claimed then, the ones under
+    /// way finish first, and messages already processed keep their results.
     pub async fn process_due(
         &self,
         limit: u64,
@@ -137,25 +137,41 @@ impl PushService {
         on_message: &(dyn Fn(&Message) + Send + Sync),
     ) -> Result<BatchReport, StoreError> {
         let mut report = BatchReport::default();
-        let mut slots = Slots::new(
-            self.settings.message_concurrency,
-            self.settings.app_concurrency,
-        );
+        let slots_total = self.settings.message_concurrency;
+        // With one application there is nobody to keep a slot for.
+        let per_app = if self.apps.iter().nth(1).is_none() {
+            slots_total
+        } else {
+            self.settings.app_concurrency
+        };
+        let mut slots = Slots::new(slots_total, per_app);
         let mut sending = FuturesUnordered::new();
         let mut taken: u64 = 0;
+        // The first store failure: no more claims then, and the messages under way finish
+        // (dropping them mid-send would leave their outcomes unrecorded until their leases
+        // expire) before it is returned.
+        let mut failure: Option<StoreError> = None;
         let mut stopped = false;
         let mut claim_now = true;
         let mut poll: Option<BoxFuture<'static, bool>> = None;
         loop {
             if std::mem::take(&mut claim_now) && !stopped && taken < limit {
-                for (message, lease) in self.claim_for(&slots, limit - taken).await? {
-                    taken += 1;
-                    slots.take(&message.spec.app);
-                    sending.push(self.start(message, lease));
+                match self.claim_for(&slots, limit - taken).await {
+                    Ok(claimed) => {
+                        for (message, lease) in claimed {
+                            taken += 1;
+                            slots.take(&message.spec.app);
+                            sending.push(self.start(message, lease));
+                        }
+                    }
+                    Err(error) => {
+                        failure.get_or_insert(error);
+                        stopped = true;
+                    }
                 }
             }
             if sending.is_empty() {
-                return Ok(report);
+                break;
             }
             let polling = !stopped && taken < limit && slots.free() > 0;
             let event = if polling {
@@ -170,25 +186,33 @@ impl PushService {
             match event {
                 Either::Left(Some((app, attempted))) => {
                     slots.give_back(&app);
-                    match attempted? {
-                        Attempted::Done(message) => {
+                    match attempted {
+                        Ok(Attempted::Done(message)) => {
                             report.count(&message);
                             on_message(&message);
                         }
-                        Attempted::Lost(_) => {
+                        Ok(Attempted::Lost(_)) => {
                             report.processed += 1;
                             report.lost += 1;
+                        }
+                        Err(error) => {
+                            failure.get_or_insert(error);
+                            stopped = true;
                         }
                     }
                     claim_now = slots.worth_a_claim();
                 }
-                Either::Left(None) => return Ok(report),
+                Either::Left(None) => break,
                 Either::Right(go_on) => {
                     poll = None;
-                    stopped = !go_on;
+                    stopped |= !go_on;
                     claim_now = go_on;
                 }
             }
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(report),
         }
     }
 
