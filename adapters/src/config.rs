@@ -39,8 +39,8 @@ const ENV_PREFIX: &str = "CLARION_";
 const DEFAULT_FILE: &str = "clarion.toml";
 /// The application that exists when none is configured.
 pub const DEFAULT_APP: &str = "default";
-/// What a redacted value prints as.
-const REDACTED: &str = "[redacted]";
+pub use crate::url_secrets::redact_url;
+use crate::url_secrets::{REDACTED, without_password};
 
 /// The whole configuration of a Clarion process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,41 +149,10 @@ impl DatabaseConfig {
         }
     }
 
-    /// The URL with any password replaced, for logs and output.
+    /// The URL with its password and secret query parameters replaced, for logs and output.
     #[must_use]
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
-    }
-}
-
-/// `text` with the password of `url`, if it has one, replaced by `[redacted]`, for driver
-/// errors that might quote it.
-fn without_password(text: &str, url: &str) -> String {
-    let password = url::Url::parse(url)
-        .ok()
-        .and_then(|url| url.password().map(str::to_owned))
-        .filter(|password| !password.is_empty());
-    match password {
-        Some(password) => text.replace(&password, REDACTED),
-        None => text.to_owned(),
-    }
-}
-
-/// Replaces the password of a URL, if it has one, with `[redacted]`.
-#[must_use]
-pub fn redact_url(raw: &str) -> String {
-    let Some((scheme, rest)) = raw.split_once("://") else {
-        return raw.to_owned();
-    };
-    // The user information ends at the last `@`: a password that was not percent-encoded may
-    // itself hold `@` or `/`.
-    let Some(at) = rest.rfind('@') else {
-        return raw.to_owned();
-    };
-    let (userinfo, host_and_path) = rest.split_at(at);
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:{REDACTED}{host_and_path}"),
-        None => raw.to_owned(),
     }
 }
 
@@ -202,6 +171,10 @@ pub struct WorkerConfig {
     pub lease_secs: u64,
     /// How many claimed messages a worker sends at once.
     pub message_concurrency: usize,
+    /// How many of those may belong to one application while other applications have
+    /// messages due (default: half of `message_concurrency`, rounded up). When no other
+    /// application has, one application may use every slot but one.
+    pub app_concurrency: Option<usize>,
     /// How many deliveries of one message a worker sends at once. A worker has at most
     /// `message_concurrency × delivery_concurrency` requests in flight. A broadcast sends at
     /// most `delivery_concurrency` deliveries per round trip to the provider: 100 at a 50 ms
@@ -217,8 +190,21 @@ impl Default for WorkerConfig {
             batch_size: 100,
             lease_secs: 60,
             message_concurrency: 8,
+            app_concurrency: None,
             delivery_concurrency: 100,
         }
+    }
+}
+
+impl WorkerConfig {
+    /// How many messages of one application a worker sends at once while other applications
+    /// have messages due: `app_concurrency`, or half of `message_concurrency` rounded up.
+    #[must_use]
+    pub fn app_concurrency(&self) -> usize {
+        let slots = self.message_concurrency.max(1);
+        self.app_concurrency
+            .unwrap_or_else(|| slots.div_ceil(2))
+            .clamp(1, slots)
     }
 }
 
@@ -331,7 +317,13 @@ pub struct AppConfig {
     /// The HS256 secret of the client tokens (JWT) of this application's apps.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_token_secret: Option<Secret>,
+    /// The longest a client token may live: `exp - iat`, or `exp` minus the time it is
+    /// presented when it has no `iat`.
+    pub client_token_max_lifetime_secs: u64,
 }
+
+/// The default of `client_token_max_lifetime_secs`: 30 days.
+pub const CLIENT_TOKEN_MAX_LIFETIME_SECS: u64 = 30 * 24 * 3600;
 
 impl Default for AppConfig {
     fn default() -> Self {
@@ -343,6 +335,7 @@ impl Default for AppConfig {
             webpush: None,
             onesignal: None,
             client_token_secret: None,
+            client_token_max_lifetime_secs: CLIENT_TOKEN_MAX_LIFETIME_SECS,
         }
     }
 }
@@ -681,6 +674,12 @@ impl Config {
                 "must be at least 1".to_owned(),
             ));
         }
+        if self.worker.app_concurrency == Some(0) {
+            return Err(invalid(
+                "worker.app_concurrency",
+                "must be at least 1".to_owned(),
+            ));
+        }
         if self.worker.delivery_concurrency == 0 {
             return Err(invalid(
                 "worker.delivery_concurrency",
@@ -734,6 +733,12 @@ impl Config {
             app.retry
                 .validate()
                 .map_err(|error| invalid(&format!("{key}.retry"), error.to_string()))?;
+            if app.client_token_max_lifetime_secs == 0 {
+                return Err(invalid(
+                    &format!("{key}.client_token_max_lifetime_secs"),
+                    "must be at least 1".to_owned(),
+                ));
+            }
             if app.sender == SenderKind::Onesignal && app.onesignal.is_none() {
                 return Err(invalid(
                     &format!("{key}.sender"),
@@ -1378,7 +1383,9 @@ mod tests {
     fn config_with_secrets() -> Config {
         let mut config = Config::default();
         // Port 1 refuses connections at once, so `check` fails fast and offline.
-        config.database.url = "postgres://clarion:db-password@127.0.0.1:1/clarion".to_owned();
+        config.database.url =
+            "postgres://clarion:db-password@127.0.0.1:1/clarion?sslpassword=query-password"
+                .to_owned();
         config.apps.insert(
             "shop".to_owned(),
             AppConfig {
@@ -1411,6 +1418,7 @@ mod tests {
         for shown in [&debug, &toml] {
             assert!(!shown.contains("inline-api-key"), "{shown}");
             assert!(!shown.contains("db-password"), "{shown}");
+            assert!(!shown.contains("query-password"), "{shown}");
             assert!(shown.contains("[redacted]"), "{shown}");
             assert!(shown.contains("sa.json"), "{shown}");
             assert!(shown.contains("SHOP_JWT"), "{shown}");
@@ -1450,7 +1458,9 @@ mod tests {
             let database = find("database.url");
             assert!(!database.ok);
             assert!(
-                database.detail.contains("127.0.0.1:1") && !database.detail.contains("db-password"),
+                database.detail.contains("127.0.0.1:1")
+                    && !database.detail.contains("db-password")
+                    && !database.detail.contains("query-password"),
                 "{database:?}"
             );
             assert!(find("apps.shop.onesignal.api_key").ok);

@@ -15,5 +15,6 @@ mod reports;
 mod rows;
 pub mod sqlite;
 pub mod store;
+mod url_secrets;
 pub mod wiring;
 pub mod worker;

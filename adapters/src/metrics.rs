@@ -91,13 +91,14 @@ impl<S: MessageStore + ?Sized> MessageStore for InstrumentedMessages<S> {
         self.inner.list_messages(filter).await
     }
 
-    async fn claim_due(
+    async fn claim_due_except(
         &self,
         now: OffsetDateTime,
         limit: u32,
         lease: &Lease,
+        except: &[AppId],
     ) -> Result<Vec<Message>, StoreError> {
-        self.inner.claim_due(now, limit, lease).await
+        self.inner.claim_due_except(now, limit, lease, except).await
     }
 
     async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {

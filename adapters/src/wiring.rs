@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clarion_domain::service::{Ports, PushService, ServiceSettings};
 
 use crate::client_token::ClientTokens;
@@ -15,6 +14,7 @@ use crate::postgres::{DEFAULT_MAX_CONNECTIONS, PgSettings, PgStore};
 use crate::render::MiniJinjaRenderer;
 use crate::sqlite::SqliteStore;
 use crate::store::Store;
+use crate::url_secrets::without_password;
 
 /// Everything a binary needs: the services, the store behind them (for maintenance commands
 /// such as table counts and readiness), and the configuration they were built from.
@@ -33,10 +33,12 @@ pub struct Runtime {
 /// # Errors
 /// When the database URL names neither engine or the database cannot be opened or migrated.
 pub async fn build(config: Config, worker_id: &str) -> anyhow::Result<Runtime> {
-    let store = connect(&config).await.with_context(|| {
-        format!(
-            "failed to open the database {}",
-            config.database.redacted_url()
+    // A driver error might quote the URL, or a secret of its query, in its own words.
+    let store = connect(&config).await.map_err(|error| {
+        anyhow::anyhow!(
+            "failed to open the database {}: {}",
+            config.database.redacted_url(),
+            without_password(&format!("{error:#}"), &config.database.url)
         )
     })?;
     let ports = Ports {
@@ -54,6 +56,7 @@ pub async fn build(config: Config, worker_id: &str) -> anyhow::Result<Runtime> {
         lease: Duration::from_secs(config.worker.lease_secs),
         claim_size: config.worker.batch_size,
         message_concurrency: config.worker.message_concurrency.max(1),
+        app_concurrency: config.worker.app_concurrency(),
         delivery_concurrency: config.worker.delivery_concurrency.max(1),
         ..ServiceSettings::default()
     };
@@ -128,6 +131,20 @@ mod tests {
 
         assert!(error.contains("127.0.0.1:1"), "{error}");
         assert!(!error.contains("hunter2"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_password_in_the_query_of_an_unreachable_database_url_is_not_shown() {
+        let mut config = Config::default();
+        config.database.url =
+            "postgres://clarion@127.0.0.1:1/clarion?password=hunter2&sslpassword=swordfish"
+                .to_owned();
+
+        let error = format!("{:#}", build(config, "test").await.unwrap_err());
+
+        assert!(error.contains("127.0.0.1:1"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+        assert!(!error.contains("swordfish"), "{error}");
     }
 
     #[tokio::test]

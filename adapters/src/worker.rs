@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use crate::config::WorkerConfig;
 use clarion_domain::service::PushService;
+use std::future::Future;
+use std::pin::Pin;
+
 use tokio::sync::watch;
 
 /// Gauge: 1 while this process's worker runs a batch, 0 otherwise (a no-op without a metrics
@@ -17,7 +20,8 @@ pub const BUSY_WORKERS: &str = "clarion_busy_workers";
 pub struct WorkerSettings {
     /// The wait after a batch that found less than a full batch of work.
     pub poll_interval: Duration,
-    /// The most messages one batch takes.
+    /// The most messages one claim takes (shown in the start-up log; the service's
+    /// `claim_size` is what bounds a claim).
     pub batch_size: u32,
 }
 
@@ -31,48 +35,59 @@ impl WorkerSettings {
     }
 }
 
-/// Runs batches until `stop` turns true or its sender is dropped. A batch that is under way
-/// is finished first; a failed batch (the database is down, say) is logged and tried again
-/// after the poll interval. On the way out it releases the leases it still holds, so that other
-/// workers take those messages at once rather than after the lease expires.
+/// Runs batches until `stop` turns true or its sender is dropped. A batch is a pipeline (see
+/// [`PushService::process_due`]): it claims due messages as sending slots free up and looks
+/// again every poll interval while any slot is free, so a message that comes due while a
+/// slow provider holds other slots leaves within a poll interval; it ends once nothing is
+/// being sent and nothing more is due, and the worker then waits a poll interval. A stop lets
+/// the messages under way finish first; a failed batch (the database is down, say) is logged
+/// and tried again after the poll interval. On the way out it releases the leases it still
+/// holds, so that other workers take those messages at once rather than after the lease
+/// expires.
 pub async fn run(service: PushService, settings: WorkerSettings, mut stop: watch::Receiver<bool>) {
     tracing::info!(
         poll_interval_secs = settings.poll_interval.as_secs_f64(),
         batch_size = settings.batch_size,
         "worker started"
     );
-    let limit = u64::from(settings.batch_size);
-    'polling: loop {
-        // Full batches mean more work is waiting: go on without sleeping.
-        loop {
-            if stopping(&stop) {
-                break 'polling;
-            }
-            metrics::gauge!(BUSY_WORKERS).set(1.0);
-            let batch = service.process_batch(limit, &|_| {}).await;
-            metrics::gauge!(BUSY_WORKERS).set(0.0);
-            match batch {
-                Ok(report) => {
-                    if report.processed > 0 {
-                        tracing::info!(
-                            processed = report.processed,
-                            lost = report.lost,
-                            sent = report.sent,
-                            debug = report.debug,
-                            retrying = report.retrying,
-                            failed = report.failed,
-                            "worker processed a batch"
-                        );
-                    }
-                    if report.processed < limit {
-                        break;
-                    }
+    let poll_again = {
+        let stop = stop.clone();
+        let interval = settings.poll_interval;
+        move || -> Pin<Box<dyn Future<Output = bool> + Send>> {
+            let mut stop = stop.clone();
+            Box::pin(async move {
+                if stopping(&stop) {
+                    return false;
                 }
-                Err(error) => {
-                    tracing::error!(error = format!("{error:#}"), "worker batch failed");
-                    break;
+                tokio::select! {
+                    _ = stop.changed() => !stopping(&stop),
+                    () = tokio::time::sleep(interval) => true,
                 }
-            }
+            })
+        }
+    };
+    loop {
+        if stopping(&stop) {
+            break;
+        }
+        metrics::gauge!(BUSY_WORKERS).set(1.0);
+        let batch = service.process_due(u64::MAX, &poll_again, &|_| {}).await;
+        metrics::gauge!(BUSY_WORKERS).set(0.0);
+        match batch {
+            Ok(report) if report.processed > 0 => tracing::info!(
+                processed = report.processed,
+                lost = report.lost,
+                sent = report.sent,
+                debug = report.debug,
+                retrying = report.retrying,
+                failed = report.failed,
+                "worker processed a batch"
+            ),
+            Ok(_) => {}
+            Err(error) => tracing::error!(error = format!("{error:#}"), "worker batch failed"),
+        }
+        if stopping(&stop) {
+            break;
         }
         tokio::select! {
             // Woken by a stop (or a dropped sender); the check above decides.

@@ -338,12 +338,12 @@ pub struct ListMessagesArgs {
 #[derive(Debug, Args)]
 pub struct BatchArgs {
     /// Process at most this many messages (default: every message due now). With --watch, the
-    /// most messages one batch takes (default: worker.batch_size).
+    /// most messages one claim takes (default: worker.batch_size).
     #[arg(long, value_name = "N")]
     pub limit: Option<u64>,
-    /// Keep going: process batches and poll for new work until Ctrl-C or SIGTERM, then finish
-    /// the batch under way and release the leases still held. The server's worker does the
-    /// same.
+    /// Keep going: send due messages and poll for new work until Ctrl-C or SIGTERM, then
+    /// finish the messages under way and release the leases still held. The server's worker
+    /// does the same.
     #[arg(long)]
     pub watch: bool,
     /// With --watch, the wait between polls when there is nothing to do (default:

@@ -566,11 +566,13 @@ async fn batch(out: &Out, config: Config, args: BatchArgs) -> Result<(), CliErro
 
 /// `clarion batch --watch`: the server's worker loop without the server, until Ctrl-C or
 /// SIGTERM.
-async fn watch(config: Config, args: &BatchArgs) -> Result<(), CliError> {
-    let mut settings = WorkerSettings::from_config(&config.worker);
+async fn watch(mut config: Config, args: &BatchArgs) -> Result<(), CliError> {
+    // The worker claims at most `batch_size` messages at a time, through the service the
+    // runtime builds from the configuration.
     if let Some(limit) = args.limit {
-        settings.batch_size = u32::try_from(limit.max(1)).unwrap_or(u32::MAX);
+        config.worker.batch_size = u32::try_from(limit.max(1)).unwrap_or(u32::MAX);
     }
+    let mut settings = WorkerSettings::from_config(&config.worker);
     if let Some(seconds) = args.poll_interval {
         settings.poll_interval = std::time::Duration::from_secs(seconds);
     }

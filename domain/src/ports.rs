@@ -261,6 +261,22 @@ pub trait MessageStore: Send + Sync + 'static {
         now: OffsetDateTime,
         limit: u32,
         lease: &Lease,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.claim_due_except(now, limit, lease, &[]).await
+    }
+
+    /// [`MessageStore::claim_due`], leaving the messages of the applications in `except`
+    /// unclaimed (a worker that already sends as many messages of those applications as it
+    /// allows one application).
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
+    async fn claim_due_except(
+        &self,
+        now: OffsetDateTime,
+        limit: u32,
+        lease: &Lease,
+        except: &[AppId],
     ) -> Result<Vec<Message>, StoreError>;
 
     /// Extends to `lease.until` the leases of `ids` that `lease.owner` still holds, and returns

@@ -97,6 +97,9 @@ pub struct ServiceSettings {
     pub delivery_page: u32,
     /// How many claimed messages a batch works on at once.
     pub message_concurrency: usize,
+    /// How many of those may belong to one application while another application's messages
+    /// are due: a provider that hangs then holds back only its own application's messages.
+    pub app_concurrency: usize,
     /// How many deliveries of one message are sent at once.
     pub delivery_concurrency: usize,
 }
@@ -110,6 +113,7 @@ impl Default for ServiceSettings {
             device_page: 1000,
             delivery_page: 500,
             message_concurrency: 8,
+            app_concurrency: 4,
             delivery_concurrency: 100,
         }
     }
@@ -1329,78 +1333,6 @@ impl PushService {
         Prepared::Send(provider, payload)
     }
 
-    /// Claims due messages and sends them, up to `limit` messages, calling `on_message` after
-    /// each one.
-    ///
-    /// # Errors
-    /// [`StoreError`] when the store fails; messages already processed keep their results and
-    /// claimed ones are taken over when their lease expires.
-    pub async fn process_batch(
-        &self,
-        limit: u64,
-        on_message: &(dyn Fn(&Message) + Send + Sync),
-    ) -> Result<BatchReport, StoreError> {
-        let mut report = BatchReport::default();
-        while report.processed < limit {
-            let room = u32::try_from(limit - report.processed).unwrap_or(u32::MAX);
-            let now = self.now();
-            let lease = self.lease(now);
-            let claimed = self
-                .ports
-                .messages
-                .claim_due(now, room.min(self.settings.claim_size.max(1)), &lease)
-                .await?;
-            if claimed.is_empty() {
-                break;
-            }
-            let mut done = stream::iter(claimed)
-                .map(|message| self.process_claimed(message, lease.clone()))
-                .buffer_unordered(self.settings.message_concurrency.max(1));
-            while let Some(attempted) = done.next().await {
-                match attempted? {
-                    Attempted::Done(message) => {
-                        report.count(&message);
-                        on_message(&message);
-                    }
-                    Attempted::Lost(_) => {
-                        report.processed += 1;
-                        report.lost += 1;
-                    }
-                }
-            }
-        }
-        Ok(report)
-    }
-
-    async fn process_claimed(
-        &self,
-        mut message: Message,
-        lease: Lease,
-    ) -> Result<Attempted, StoreError> {
-        let Ok(app) = self.apps.get(message.spec.app.as_str()) else {
-            let reason = format!("application {} is no longer configured", message.spec.app);
-            let now = self.now();
-            let give_up = crate::message::GiveUp {
-                code: "failed".to_owned(),
-                reason: reason.clone(),
-            };
-            let store = &self.ports.messages;
-            if !store
-                .give_up_due_deliveries(message.id, &lease, &give_up, now)
-                .await?
-            {
-                return Ok(Attempted::Lost(message));
-            }
-            if message.fail(&reason, now).is_ok()
-                && !store.save_progress(&message, Some(&lease)).await?
-            {
-                return Ok(Attempted::Lost(message));
-            }
-            return Ok(Attempted::Done(message));
-        };
-        self.attempt(app, message, lease).await
-    }
-
     /// Releases every lease this worker holds, so that other workers take its messages at
     /// once (a graceful shutdown). Returns how many were released.
     ///
@@ -1742,5 +1674,7 @@ fn dedup(related: Vec<RelatedObject>) -> Vec<RelatedObject> {
         .collect()
 }
 
+mod batch;
+pub use batch::PollAgain;
 #[cfg(test)]
 mod tests;

@@ -231,12 +231,11 @@ impl WebPushSubscription {
                 url::Host::Ipv4(ip) => Some(IpAddr::V4(ip)),
                 url::Host::Ipv6(ip) => Some(IpAddr::V6(ip)),
                 url::Host::Domain(name) => {
-                    if name.eq_ignore_ascii_case("localhost")
-                        || name.to_ascii_lowercase().ends_with(".localhost")
-                    {
+                    let canonical = canonical_host(name);
+                    if is_local_name(&canonical) {
                         return Err(TokenError::EndpointNotPublic(name.to_owned()));
                     }
-                    None
+                    canonical.parse::<IpAddr>().ok()
                 }
             };
             if let Some(ip) = literal
@@ -283,6 +282,25 @@ impl WebPushSubscription {
     pub fn auth(&self) -> &str {
         &self.auth
     }
+}
+
+/// A host name as DNS compares it: in lower case and without the trailing dots that make it
+/// fully qualified (`LOCALHOST.` is `localhost`).
+fn canonical_host(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether a canonical host name always means this machine: `localhost` and its subdomains
+/// (RFC 6761), and the loopback names of common hosts files. Other names are checked when the
+/// push is sent, by the resolver that refuses non-public addresses.
+fn is_local_name(name: &str) -> bool {
+    const LOOPBACK_NAMES: [&str; 4] = [
+        "localhost",
+        "ip6-localhost",
+        "ip6-loopback",
+        "localhost.localdomain",
+    ];
+    LOOPBACK_NAMES.contains(&name) || name.ends_with(".localhost")
 }
 
 /// Whether an address is globally routable. Loopback, private, shared (CGNAT), link-local,
@@ -505,6 +523,54 @@ mod tests {
             );
         }
         assert!(webpush("https://8.8.8.8/push", EndpointPolicy::PublicOnly).is_ok());
+    }
+
+    #[test]
+    fn every_spelling_of_a_loopback_host_is_refused() {
+        for host in [
+            "LOCALHOST.:443",
+            "localhost.",
+            "Localhost",
+            "localhost..",
+            "LocalHost.:8443",
+            "127.0.0.1.",
+            "127.1",
+            "0x7f.1",
+            "0x7F000001",
+            "2130706433",
+            "017700000001",
+            "[::1]",
+            "[0:0:0:0:0:0:0:1]",
+            "[::ffff:127.0.0.1]",
+            "[::FFFF:7f00:1]",
+            "ip6-localhost",
+            "IP6-LOOPBACK.",
+            "localhost.localdomain",
+            "push.localhost",
+            "PUSH.LOCALHOST.",
+            "0",
+            "0.0.0.0.",
+        ] {
+            let endpoint = format!("https://{host}/push");
+            assert!(
+                matches!(
+                    webpush(&endpoint, EndpointPolicy::PublicOnly),
+                    Err(TokenError::EndpointNotPublic(_))
+                ),
+                "{endpoint} should be refused, got {:?}",
+                webpush(&endpoint, EndpointPolicy::PublicOnly)
+            );
+        }
+        for endpoint in [
+            "https://push.example.com./x",
+            "https://LOCALHOST.example.com/x",
+            "https://notlocalhost/x",
+        ] {
+            assert!(
+                webpush(endpoint, EndpointPolicy::PublicOnly).is_ok(),
+                "{endpoint} should be accepted"
+            );
+        }
     }
 
     #[test]

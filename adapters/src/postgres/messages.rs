@@ -36,7 +36,7 @@ const DUE: &str = "(state = 'WAITING' OR (state = 'ERROR_RETRY' \
 const CLAIM: &str = "UPDATE messages SET lease_owner = $2, lease_until = $3 WHERE id IN ( \
     SELECT id FROM messages WHERE (state = 'WAITING' OR (state = 'ERROR_RETRY' \
         AND (next_attempt_at IS NULL OR next_attempt_at <= $1))) \
-    AND (lease_until IS NULL OR lease_until <= $1) \
+    AND (lease_until IS NULL OR lease_until <= $1) AND app <> ALL($5) \
     ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
     RETURNING id";
 
@@ -378,17 +378,20 @@ impl MessageStore for PgStore {
         self.load_messages(&ids, Some(DELIVERIES_SHOWN)).await
     }
 
-    async fn claim_due(
+    async fn claim_due_except(
         &self,
         now: OffsetDateTime,
         limit: u32,
         lease: &Lease,
+        except: &[AppId],
     ) -> Result<Vec<Message>, StoreError> {
+        let except: Vec<String> = except.iter().map(|app| app.as_str().to_owned()).collect();
         let mut ids: Vec<i64> = sqlx::query_scalar(CLAIM)
             .bind(ms(now))
             .bind(lease.owner.clone())
             .bind(ms(lease.until))
             .bind(i64::from(limit))
+            .bind(except)
             .fetch_all(&self.pool)
             .await
             .map_err(db_error("failed to claim due messages"))?;

@@ -353,19 +353,24 @@ impl MessageStore for SqliteStore {
         self.load_messages(&ids, Some(DELIVERIES_SHOWN)).await
     }
 
-    async fn claim_due(
+    async fn claim_due_except(
         &self,
         now: OffsetDateTime,
         limit: u32,
         lease: &Lease,
+        except: &[AppId],
     ) -> Result<Vec<Message>, StoreError> {
         let now = millis(now);
+        // The applications left out, as one JSON array: one bound parameter however many.
+        let except = serde_json::to_string(&except.iter().map(AppId::as_str).collect::<Vec<_>>())
+            .map_err(|e| StoreError::Unknown(e.into()))?;
         // One statement, so SQLite's write lock makes the choice and the claim atomic: no
         // other connection can claim the same rows in between.
         let sql = format!(
             "UPDATE messages SET lease_owner = ?, lease_until = ? WHERE id IN ( \
                  SELECT id FROM messages WHERE {DUE} \
-                 AND (lease_until IS NULL OR lease_until <= ?) ORDER BY id LIMIT ?) \
+                 AND (lease_until IS NULL OR lease_until <= ?) \
+                 AND app NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?) \
              RETURNING id"
         );
         let mut ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
@@ -373,6 +378,7 @@ impl MessageStore for SqliteStore {
             .bind(millis(lease.until))
             .bind(now)
             .bind(now)
+            .bind(except)
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await

@@ -74,6 +74,7 @@ macro_rules! store_contract_tests {
             listing_messages_is_newest_first_and_pages_by_id,
             claiming_returns_waiting_and_due_retries_oldest_first,
             a_claimed_message_is_not_claimed_again_until_its_lease_expires,
+            a_claim_leaves_out_the_messages_of_the_applications_it_names,
             a_message_inserted_with_a_lease_is_not_claimed_until_the_lease_expires,
             two_concurrent_claimers_never_get_the_same_message,
             recording_a_delivery_never_changes_an_accepted_delivery,
@@ -1220,6 +1221,40 @@ pub async fn claiming_returns_waiting_and_due_retries_oldest_first<S: Stores>(st
         .await
         .expect("claim with a limit");
     assert_eq!(ids(&limited), vec![waiting.id, due_retry.id]);
+}
+
+pub async fn a_claim_leaves_out_the_messages_of_the_applications_it_names<S: Stores>(store: &S) {
+    let mut inserted = Vec::new();
+    for app in ["shop", "news", "shop", "mail", "news"] {
+        inserted.push(insert(store, &in_state(app, MessageState::Waiting, None, at(0))).await);
+    }
+    let shop = AppId::parse("shop").expect("an app id");
+    let news = AppId::parse("news").expect("an app id");
+
+    let without_shop = store
+        .claim_due_except(
+            at(10),
+            10,
+            &lease("worker-1", at(70)),
+            std::slice::from_ref(&shop),
+        )
+        .await
+        .expect("claim");
+    let without_either = store
+        .claim_due_except(at(10), 10, &lease("worker-2", at(70)), &[shop, news])
+        .await
+        .expect("claim again");
+    let the_rest = store
+        .claim_due_except(at(10), 10, &lease("worker-3", at(70)), &[])
+        .await
+        .expect("claim the rest");
+
+    assert_eq!(
+        ids(&without_shop),
+        vec![inserted[1].id, inserted[3].id, inserted[4].id]
+    );
+    assert!(without_either.is_empty(), "{without_either:?}");
+    assert_eq!(ids(&the_rest), vec![inserted[0].id, inserted[2].id]);
 }
 
 pub async fn a_claimed_message_is_not_claimed_again_until_its_lease_expires<S: Stores>(store: &S) {

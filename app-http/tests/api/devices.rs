@@ -262,3 +262,41 @@ async fn a_bulk_registration_with_one_bad_device_names_it_and_registers_none() {
         .expect(200);
     assert_eq!(page["items"], json!([]));
 }
+
+#[tokio::test]
+async fn a_client_token_not_valid_yet_issued_in_the_future_or_living_too_long_is_401_naming_why() {
+    let app = spawn_shop_and_news().await;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let year = 365 * 24 * 3600;
+    let cases = [
+        (
+            json!({"sub": "alice", "exp": now + 3600, "nbf": now + 600}),
+            "nbf",
+        ),
+        (
+            json!({"sub": "alice", "exp": now + 3600, "iat": now + 600}),
+            "iat",
+        ),
+        (
+            json!({"sub": "alice", "exp": now + 100 * year, "iat": now}),
+            "exp - iat",
+        ),
+        (json!({"sub": "alice", "exp": now + 100 * year}), "exp"),
+    ];
+
+    for (claims, reason) in cases {
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(SHOP_SECRET.as_bytes()),
+        )
+        .unwrap();
+        let reply = app
+            .call(Method::GET, "/v1/apps/shop/devices", Some(&token), None)
+            .await;
+
+        let problem = reply.expect(401);
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(reason), "{claims}: {detail}");
+    }
+}

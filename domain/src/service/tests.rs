@@ -855,9 +855,9 @@ async fn a_batch_retries_transient_failures_later_and_honours_retry_after() {
     ];
     mocks
         .messages
-        .expect_claim_due()
+        .expect_claim_due_except()
         .times(2)
-        .returning(move |_, limit, lease| {
+        .returning(move |_, limit, lease, _| {
             assert!(limit >= 1);
             assert_eq!(lease.until, NOW + Duration::from_secs(60));
             Ok(claims.pop().unwrap())
@@ -922,8 +922,8 @@ async fn a_fan_out_over_several_pages_records_every_outcome_once_in_batches() {
     let mut claims = vec![vec![], vec![message]];
     mocks
         .messages
-        .expect_claim_due()
-        .returning(move |_, _, _| Ok(claims.pop().unwrap_or_default()));
+        .expect_claim_due_except()
+        .returning(move |_, _, _, _| Ok(claims.pop().unwrap_or_default()));
     mocks.devices.expect_get_devices().returning(|_, ids| {
         assert!(ids.len() <= 500, "a page of devices, not all of them");
         Ok(ids.iter().map(|id| apns_device(id.0)).collect())
@@ -994,8 +994,8 @@ async fn a_batch_gives_up_an_expired_message_without_sending() {
     ];
     mocks
         .messages
-        .expect_claim_due()
-        .returning(move |_, _, _| Ok(claims.pop().unwrap_or_default()));
+        .expect_claim_due_except()
+        .returning(move |_, _, _, _| Ok(claims.pop().unwrap_or_default()));
     let saved = capture_saves(&mut mocks);
     mocks
         .providers
@@ -1242,8 +1242,8 @@ async fn a_lost_lease_stops_the_attempt_without_saving() {
     let mut claims = vec![vec![], vec![message]];
     mocks
         .messages
-        .expect_claim_due()
-        .returning(move |_, _, _| Ok(claims.pop().unwrap_or_default()));
+        .expect_claim_due_except()
+        .returning(move |_, _, _, _| Ok(claims.pop().unwrap_or_default()));
     mocks
         .devices
         .expect_get_devices()
@@ -1295,8 +1295,8 @@ async fn the_lease_is_renewed_once_half_of_it_has_passed() {
     let mut claims = vec![vec![], vec![message]];
     mocks
         .messages
-        .expect_claim_due()
-        .returning(move |_, _, _| Ok(claims.pop().unwrap_or_default()));
+        .expect_claim_due_except()
+        .returning(move |_, _, _, _| Ok(claims.pop().unwrap_or_default()));
     mocks
         .devices
         .expect_get_devices()

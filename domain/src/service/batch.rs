@@ -1,0 +1,364 @@
+//! The batch worker's side of the service: a pipeline that claims due messages as sending
+//! slots free up (never waiting for the slowest message of a claim) and keeps one application
+//! from taking every slot, so that a provider that hangs holds back only its own messages.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use futures_util::future::{self, BoxFuture, Either};
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
+
+use super::{Attempted, BatchReport, PushService};
+use crate::ids::AppId;
+use crate::message::Message;
+use crate::ports::{Lease, StoreError};
+
+/// What a running batch asks for when messages are still being sent and slots are free: a
+/// future that resolves when it is time to look for due messages again (`true`), or when the
+/// batch should stop taking new messages (`false`) and end once those under way are done.
+/// The domain has no timer of its own, so the caller decides the rhythm (the worker's poll
+/// interval).
+pub type PollAgain<'a> = dyn Fn() -> BoxFuture<'static, bool> + Send + Sync + 'a;
+
+/// The sending slots of one batch: how many there are, how many each application holds, and
+/// how many one application may hold while others have due messages.
+#[derive(Debug, Clone)]
+struct Slots {
+    total: usize,
+    per_app: usize,
+    /// Slots an application that already holds `per_app` may not borrow, so that a message
+    /// of another application that comes due finds a free slot at once.
+    reserve: usize,
+    busy: usize,
+    by_app: BTreeMap<AppId, usize>,
+}
+
+impl Slots {
+    fn new(total: usize, per_app: usize) -> Self {
+        let total = total.max(1);
+        let per_app = per_app.clamp(1, total);
+        Self {
+            total,
+            per_app,
+            reserve: usize::from(per_app < total),
+            busy: 0,
+            by_app: BTreeMap::new(),
+        }
+    }
+
+    fn free(&self) -> usize {
+        self.total - self.busy
+    }
+
+    /// The applications that hold their share of the slots (or more, borrowed).
+    fn saturated(&self) -> Vec<AppId> {
+        self.by_app
+            .iter()
+            .filter(|(_, held)| **held >= self.per_app)
+            .map(|(app, _)| app.clone())
+            .collect()
+    }
+
+    /// The most messages one claim that leaves out the saturated applications may take
+    /// without any application going past its share: all of them might be of the application
+    /// with the least room left.
+    fn claimable(&self) -> usize {
+        let least_room = self
+            .by_app
+            .values()
+            .filter(|held| **held < self.per_app)
+            .map(|held| self.per_app - held)
+            .min()
+            .unwrap_or(self.per_app);
+        self.free().min(least_room)
+    }
+
+    /// The most messages of saturated applications that may take free slots when no other
+    /// application has a message due.
+    fn borrowable(&self) -> usize {
+        self.free().saturating_sub(self.reserve)
+    }
+
+    fn take(&mut self, app: &AppId) {
+        self.busy += 1;
+        *self.by_app.entry(app.clone()).or_default() += 1;
+    }
+
+    fn give_back(&mut self, app: &AppId) {
+        self.busy = self.busy.saturating_sub(1);
+        if let Some(held) = self.by_app.get_mut(app) {
+            *held -= 1;
+            if *held == 0 {
+                self.by_app.remove(app);
+            }
+        }
+    }
+
+    /// Whether enough slots are free to be worth a claim now rather than at the next poll: half
+    /// of them, so that fast messages are claimed a few at a time instead of one claim each.
+    fn worth_a_claim(&self) -> bool {
+        self.busy == 0 || self.free() >= self.total.div_ceil(2)
+    }
+}
+
+impl PushService {
+    /// Claims due messages and sends them, up to `limit` messages, calling `on_message` after
+    /// each one, until nothing more is due: [`PushService::process_due`] without polling while
+    /// messages are being sent (a one-off pass over the backlog).
+    ///
+    /// # Errors
+    /// As [`PushService::process_due`].
+    pub async fn process_batch(
+        &self,
+        limit: u64,
+        on_message: &(dyn Fn(&Message) + Send + Sync),
+    ) -> Result<BatchReport, StoreError> {
+        let never = || -> BoxFuture<'static, bool> { Box::pin(future::pending()) };
+        self.process_due(limit, &never, on_message).await
+    }
+
+    /// Claims due messages and sends them as a pipeline, up to `limit` messages, calling
+    /// `on_message` after each one. It sends `message_concurrency` messages at once and claims
+    /// more as slots free up (once half of them are free, or whenever `poll_again` says so
+    /// while any is free), so a slow message holds one slot and nothing else. One
+    /// application holds at most `app_concurrency` slots while other applications have due
+    /// messages; when none has, it may borrow every free slot but one, which stays free for
+    /// the next message of another application. Returns when nothing is being sent and
+    /// nothing more was due, when `limit` messages were taken, or once `poll_again` said stop
+    /// and the messages under way are done.
+    ///
+    /// # Errors
+    /// [`StoreError`] when the store fails; no more messages are claimed then, the ones under
+    /// way finish first, and messages already processed keep their results.
+    pub async fn process_due(
+        &self,
+        limit: u64,
+        poll_again: &PollAgain<'_>,
+        on_message: &(dyn Fn(&Message) + Send + Sync),
+    ) -> Result<BatchReport, StoreError> {
+        let mut report = BatchReport::default();
+        let slots_total = self.settings.message_concurrency;
+        // With one application there is nobody to keep a slot for.
+        let per_app = if self.apps.iter().nth(1).is_none() {
+            slots_total
+        } else {
+            self.settings.app_concurrency
+        };
+        let mut slots = Slots::new(slots_total, per_app);
+        let mut sending = FuturesUnordered::new();
+        let mut taken: u64 = 0;
+        // The first store failure: no more claims then, and the messages under way finish
+        // (dropping them mid-send would leave their outcomes unrecorded until their leases
+        // expire) before it is returned.
+        let mut failure: Option<StoreError> = None;
+        let mut stopped = false;
+        let mut claim_now = true;
+        let mut poll: Option<BoxFuture<'static, bool>> = None;
+        loop {
+            if std::mem::take(&mut claim_now) && !stopped && taken < limit {
+                match self.claim_for(&slots, limit - taken).await {
+                    Ok(claimed) => {
+                        for (message, lease) in claimed {
+                            taken += 1;
+                            slots.take(&message.spec.app);
+                            sending.push(self.start(message, lease));
+                        }
+                    }
+                    Err(error) => {
+                        failure.get_or_insert(error);
+                        stopped = true;
+                    }
+                }
+            }
+            if sending.is_empty() {
+                break;
+            }
+            let polling = !stopped && taken < limit && slots.free() > 0;
+            let event = if polling {
+                let tick = poll.get_or_insert_with(poll_again);
+                match future::select(sending.next(), tick).await {
+                    Either::Left((done, _)) => Either::Left(done),
+                    Either::Right((go_on, _)) => Either::Right(go_on),
+                }
+            } else {
+                Either::Left(sending.next().await)
+            };
+            match event {
+                Either::Left(Some((app, attempted))) => {
+                    slots.give_back(&app);
+                    match attempted {
+                        Ok(Attempted::Done(message)) => {
+                            report.count(&message);
+                            on_message(&message);
+                        }
+                        Ok(Attempted::Lost(_)) => {
+                            report.processed += 1;
+                            report.lost += 1;
+                        }
+                        Err(error) => {
+                            failure.get_or_insert(error);
+                            stopped = true;
+                        }
+                    }
+                    claim_now = slots.worth_a_claim();
+                }
+                Either::Left(None) => break,
+                Either::Right(go_on) => {
+                    poll = None;
+                    stopped |= !go_on;
+                    claim_now = go_on;
+                }
+            }
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(report),
+        }
+    }
+
+    /// Claims what the free slots can take, at most `room` messages: first the messages of
+    /// the applications that are below their share, claim after claim until one comes back
+    /// short (nothing more of theirs is due), then, borrowed, those of the saturated ones.
+    async fn claim_for(
+        &self,
+        slots: &Slots,
+        room: u64,
+    ) -> Result<Vec<(Message, Lease)>, StoreError> {
+        let room = usize::try_from(room).unwrap_or(usize::MAX);
+        let claim_size = usize::try_from(self.settings.claim_size.max(1)).unwrap_or(usize::MAX);
+        let mut slots = slots.clone();
+        let mut claimed = Vec::new();
+        loop {
+            let want = slots.claimable().min(room - claimed.len()).min(claim_size);
+            if want == 0 {
+                return Ok(claimed);
+            }
+            let except = slots.saturated();
+            let got = self.claim(want, &except).await?;
+            let short = got.len() < want;
+            for (message, lease) in got {
+                slots.take(&message.spec.app);
+                claimed.push((message, lease));
+            }
+            if short {
+                if except.is_empty() {
+                    return Ok(claimed);
+                }
+                let borrow = slots.borrowable().min(room - claimed.len()).min(claim_size);
+                if borrow > 0 {
+                    claimed.extend(self.claim(borrow, &[]).await?);
+                }
+                return Ok(claimed);
+            }
+        }
+    }
+
+    /// Claims up to `limit` due messages, none of the applications in `except`, under a
+    /// fresh lease.
+    async fn claim(
+        &self,
+        limit: usize,
+        except: &[AppId],
+    ) -> Result<Vec<(Message, Lease)>, StoreError> {
+        let now = self.now();
+        let lease = self.lease(now);
+        let limit = u32::try_from(limit).unwrap_or(u32::MAX);
+        let claimed = self
+            .ports
+            .messages
+            .claim_due_except(now, limit, &lease, except)
+            .await?;
+        Ok(claimed
+            .into_iter()
+            .map(|message| (message, lease.clone()))
+            .collect())
+    }
+
+    /// Sends a claimed message; the answer names its application, whose slot it frees.
+    fn start(
+        &self,
+        message: Message,
+        lease: Lease,
+    ) -> impl Future<Output = (AppId, Result<Attempted, StoreError>)> + Send + '_ {
+        let app = message.spec.app.clone();
+        async move { (app, self.process_claimed(message, lease).await) }
+    }
+
+    async fn process_claimed(
+        &self,
+        mut message: Message,
+        lease: Lease,
+    ) -> Result<Attempted, StoreError> {
+        let Ok(app) = self.apps.get(message.spec.app.as_str()) else {
+            let reason = format!("application {} is no longer configured", message.spec.app);
+            let now = self.now();
+            let give_up = crate::message::GiveUp {
+                code: "failed".to_owned(),
+                reason: reason.clone(),
+            };
+            let store = &self.ports.messages;
+            if !store
+                .give_up_due_deliveries(message.id, &lease, &give_up, now)
+                .await?
+            {
+                return Ok(Attempted::Lost(message));
+            }
+            if message.fail(&reason, now).is_ok()
+                && !store.save_progress(&message, Some(&lease)).await?
+            {
+                return Ok(Attempted::Lost(message));
+            }
+            return Ok(Attempted::Done(message));
+        };
+        self.attempt(app, message, lease).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn app(id: &str) -> AppId {
+        AppId::parse(id).unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    #[test]
+    fn an_application_at_its_share_is_left_out_and_others_keep_a_slot() {
+        let mut slots = Slots::new(8, 4);
+        for _ in 0..4 {
+            slots.take(&app("a"));
+        }
+
+        assert_eq!(slots.saturated(), vec![app("a")]);
+        assert_eq!(slots.claimable(), 4);
+        // Borrowed, the saturated application may fill every free slot but one.
+        assert_eq!(slots.borrowable(), 3);
+        for _ in 0..3 {
+            slots.take(&app("a"));
+        }
+        assert_eq!(slots.free(), 1);
+        assert_eq!(slots.claimable(), 1);
+        assert_eq!(slots.borrowable(), 0);
+    }
+
+    #[test]
+    fn a_claim_never_takes_more_than_the_least_room_of_an_application() {
+        let mut slots = Slots::new(8, 4);
+        for _ in 0..3 {
+            slots.take(&app("b"));
+        }
+
+        assert_eq!(slots.claimable(), 1);
+        slots.give_back(&app("b"));
+        assert_eq!(slots.claimable(), 2);
+    }
+
+    #[test]
+    fn one_slot_cannot_be_shared() {
+        let slots = Slots::new(1, 4);
+
+        assert_eq!(slots.per_app, 1);
+        assert_eq!(slots.reserve, 0);
+        assert_eq!(slots.claimable(), 1);
+    }
+}
