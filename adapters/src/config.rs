@@ -1332,6 +1332,80 @@ mod tests {
     }
 
     #[test]
+    fn template_limits_out_of_range_are_refused_by_key() {
+        let cases = [
+            ("[templates]\nmax_nesting = 0\n", "templates.max_nesting"),
+            ("[templates]\nmax_nesting = 501\n", "templates.max_nesting"),
+            (
+                "[templates]\nmax_source_bytes = 0\n",
+                "templates.max_source_bytes",
+            ),
+            (
+                "[templates]\nmax_output_bytes = 0\n",
+                "templates.max_output_bytes",
+            ),
+            ("[templates]\nfuel = 0\n", "templates.fuel"),
+            (
+                "[templates]\nrender_timeout_ms = 0\n",
+                "templates.render_timeout_ms",
+            ),
+            (
+                "[templates]\nrender_workers = 0\n",
+                "templates.render_workers",
+            ),
+            (
+                "[templates]\nrender_memory_mb = 16\n",
+                "templates.render_memory_mb",
+            ),
+            ("[templates]\nisolation = \"fork\"\n", "templates.isolation"),
+        ];
+        for (file, expected) in cases {
+            jailed(|jail| {
+                jail.create_file("clarion.toml", file)
+                    .map_err(|e| e.to_string())?;
+
+                let error = load(None).unwrap_err();
+
+                assert!(error.contains(expected), "{file}: {error}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn template_limits_default_to_the_documented_values_and_follow_the_environment() {
+        jailed(|jail| {
+            jail.set_env("CLARION_TEMPLATES__MAX_NESTING", "40");
+            jail.set_env("CLARION_TEMPLATES__ISOLATION", "thread");
+
+            let config = load(None)?;
+
+            assert_eq!(
+                config.templates,
+                TemplatesConfig {
+                    max_nesting: 40,
+                    isolation: TemplateIsolation::Thread,
+                    ..TemplatesConfig::default()
+                }
+            );
+            assert_eq!(
+                TemplatesConfig::default(),
+                TemplatesConfig {
+                    max_source_bytes: 65_536,
+                    max_nesting: 64,
+                    max_output_bytes: 65_536,
+                    fuel: 50_000,
+                    render_timeout_ms: 1000,
+                    render_memory_mb: 256,
+                    render_workers: 2,
+                    isolation: TemplateIsolation::Process,
+                }
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
     fn a_syntax_error_does_not_quote_the_line() {
         jailed(|jail| {
             jail.create_file(

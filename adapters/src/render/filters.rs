@@ -192,7 +192,8 @@ fn apply(guard: Guard, args: &mut [Value], max_bytes: usize) -> Result<(), Error
                     estimate = estimate.saturating_add(joiner);
                 }
                 let left = max_bytes.saturating_sub(estimate);
-                estimate = estimate.saturating_add(text_of(&item, left)?.len());
+                let item = text_of(&item, left).map_err(|_| too_long("join", max_bytes))?;
+                estimate = estimate.saturating_add(item.len());
                 check_bytes(estimate, max_bytes, "join")?;
             }
         }
@@ -205,7 +206,8 @@ fn apply(guard: Guard, args: &mut [Value], max_bytes: usize) -> Result<(), Error
             let mut estimate = format.len().saturating_add(widths);
             for arg in rest {
                 let left = max_bytes.saturating_sub(estimate);
-                estimate = estimate.saturating_add(text_of(arg, left)?.len());
+                let arg = text_of(arg, left).map_err(|_| too_long("format", max_bytes))?;
+                estimate = estimate.saturating_add(arg.len());
             }
             check_bytes(estimate, max_bytes, "format")?;
         }

@@ -428,7 +428,10 @@ impl Worker {
             return RenderError::Limit {
                 field: field.to_owned(),
                 limit: MEMORY_LIMIT.to_owned(),
-                detail: format!("the render needed more than {memory_mb} MiB of memory"),
+                detail: format!(
+                    "compiling and rendering the template needed more than {memory_mb} MiB \
+                     of memory"
+                ),
             };
         }
         RenderError::Other {

@@ -126,7 +126,10 @@ pub(crate) fn timed_out(field: &str, timeout: Duration) -> RenderError {
     RenderError::Limit {
         field: field.to_owned(),
         limit: TIME_LIMIT.to_owned(),
-        detail: format!("the render took longer than {} ms", timeout.as_millis()),
+        detail: format!(
+            "compiling and rendering the template took longer than {} ms",
+            timeout.as_millis()
+        ),
     }
 }
 

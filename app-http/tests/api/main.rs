@@ -13,5 +13,6 @@ mod messages;
 mod openapi;
 mod ops;
 mod process;
+mod template_limits;
 mod templates;
 mod worker;

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 /// A started binary: its process, the port it listens on, and its stderr lines as they come.
-struct Server {
-    child: Child,
+pub(crate) struct Server {
+    pub(crate) child: Child,
     port: u16,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
@@ -21,7 +21,16 @@ impl Server {
     /// Starts the binary on a free port with a fresh database and the given grace period,
     /// and waits until it logs that it listens.
     fn start(grace_secs: u64) -> Server {
-        let dir = tempfile::tempdir().unwrap();
+        let grace = grace_secs.to_string();
+        Server::start_in(
+            tempfile::tempdir().unwrap(),
+            &[("CLARION_HTTP__SHUTDOWN_GRACE_SECS", grace.as_str())],
+        )
+    }
+
+    /// Starts the binary in `dir`, on the database `clarion.db` there (created if missing),
+    /// with these extra environment variables.
+    pub(crate) fn start_in(dir: TempDir, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_clarion-server"))
             .current_dir(dir.path())
             .env_remove("CLARION_CONFIG")
@@ -30,7 +39,7 @@ impl Server {
                 "CLARION_DATABASE_URL",
                 format!("sqlite://{}", dir.path().join("clarion.db").display()),
             )
-            .env("CLARION_HTTP__SHUTDOWN_GRACE_SECS", grace_secs.to_string())
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -79,7 +88,7 @@ impl Server {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
