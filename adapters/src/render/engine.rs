@@ -157,11 +157,6 @@ fn exceeded(err: &minijinja::Error) -> Option<&Exceeded> {
         if let Some(exceeded) = cause.downcast_ref::<Exceeded>() {
             return Some(exceeded);
         }
-        if let Some(inner) = cause.downcast_ref::<minijinja::Error>() {
-            if let Some(exceeded) = exceeded(inner) {
-                return Some(exceeded);
-            }
-        }
         source = cause.source();
     }
     None

@@ -240,7 +240,7 @@ async fn templates_that_eat_memory_time_or_output_are_a_422_and_the_server_stays
                     {% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}";
     // MiniJinja folds constant expressions while it compiles, so this one is built when it
     // is saved: the check runs in a worker too.
-    let folded = format!("{{{{ {} }}}}", vec!["('x' * 100000000)"; 8].join(" ~ "));
+    let folded = format!("{{{{ {} }}}}", ["('x' * 100000000)"; 8].join(" ~ "));
     let cases = [
         (
             "doubling",
