@@ -2,13 +2,14 @@
 //! bounded in size, nesting, work, output, time and memory whatever the template's text.
 //!
 //! - Before MiniJinja parses anything, the source's size and a conservative nesting measure
-//!   are checked ([`nesting`]): deep nesting would otherwise overflow the stack.
+//!   are checked (`render/nesting.rs`): deep nesting would otherwise overflow the stack.
 //! - Fuel bounds the instructions, the output writer stops at the output limit, and the
-//!   built-in filters that can build large values are capped ([`filters`]).
-//! - Renders never run on the async runtime's threads: with [`Isolation::Process`] they run
-//!   in worker processes with a memory limit that are killed after the time budget
-//!   ([`process`]); with [`Isolation::Thread`] on render threads, without the memory bound
-//!   ([`thread`]).
+//!   built-in filters that can build large values are capped (`render/filters.rs`).
+//! - Templates never compile or render on the async runtime's threads: with
+//!   [`Isolation::Process`] both happen in worker processes with a memory limit that are
+//!   killed after the time budget (`render/process.rs`; compiling belongs there too, because
+//!   MiniJinja folds constant expressions such as `'x' * 100000000` while it compiles); with
+//!   [`Isolation::Thread`] on render threads, without the memory bound (`render/thread.rs`).
 //!
 //! ```
 //! use clarion_adapters::render::{MiniJinjaRenderer, RenderLimits};
@@ -48,7 +49,7 @@ pub struct RenderLimits {
     /// The largest source of one template field, in bytes.
     pub max_source_bytes: usize,
     /// The deepest nesting of blocks, brackets and chained operators, filters and
-    /// attributes (see [`nesting`]).
+    /// attributes (see `render/nesting.rs`).
     pub max_nesting: usize,
     /// MiniJinja fuel: roughly the number of instructions one render may execute.
     pub fuel: u64,
