@@ -55,6 +55,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub admin: AdminConfig,
     pub tls: TlsConfig,
+    pub templates: TemplatesConfig,
     /// The applications (tenants), by id.
     pub apps: BTreeMap<String, AppConfig>,
     /// The file this configuration was read from, if any.
@@ -72,6 +73,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             admin: AdminConfig::default(),
             tls: TlsConfig::default(),
+            templates: TemplatesConfig::default(),
             apps: BTreeMap::new(),
             file: None,
         };
@@ -264,6 +266,62 @@ impl Default for HttpConfig {
             max_header_bytes: 16 * 1024,
         }
     }
+}
+
+/// The limits of templates: checked when a template is saved and again when it renders.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TemplatesConfig {
+    /// The largest source of one template field (body, heading, url), in bytes.
+    pub max_source_bytes: usize,
+    /// The deepest nesting of blocks, brackets and chained operators, filters, tests and
+    /// attributes in a template; deeper templates are refused with 422.
+    pub max_nesting: usize,
+    /// The largest output of one render, and the longest string a filter may build, in
+    /// bytes.
+    pub max_output_bytes: usize,
+    /// MiniJinja fuel: roughly the instructions one render may execute.
+    pub fuel: u64,
+    /// How long one render may take.
+    pub render_timeout_ms: u64,
+    /// The address space of one render worker process, in MiB (`isolation = "process"`).
+    pub render_memory_mb: u64,
+    /// How many renders run at once; more wait in a bounded queue.
+    pub render_workers: usize,
+    /// `process` (the default): render in worker processes with a memory limit, killed
+    /// after the timeout. `thread`: render on threads of the server, without the memory
+    /// bound.
+    pub isolation: TemplateIsolation,
+}
+
+/// The most `templates.max_nesting` may be: MiniJinja's parser allows about 75 levels of
+/// brackets, and the render threads' stacks are sized for a few hundred levels of chains.
+pub const MAX_TEMPLATE_NESTING: usize = 500;
+/// The least `templates.render_memory_mb` may be: a worker's own image and stacks need
+/// about 30 MiB of address space before it renders anything.
+pub const MIN_RENDER_MEMORY_MB: u64 = 64;
+
+impl Default for TemplatesConfig {
+    fn default() -> Self {
+        Self {
+            max_source_bytes: 64 * 1024,
+            max_nesting: 64,
+            max_output_bytes: 64 * 1024,
+            fuel: 50_000,
+            render_timeout_ms: 1000,
+            render_memory_mb: 256,
+            render_workers: 2,
+            isolation: TemplateIsolation::Process,
+        }
+    }
+}
+
+/// Where templates render (`templates.isolation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TemplateIsolation {
+    Process,
+    Thread,
 }
 
 /// The admin web UI under `/admin`.
@@ -726,6 +784,7 @@ impl Config {
                 format!("must be at least {MIN_HEADER_BYTES}"),
             ));
         }
+        self.validate_templates(&invalid)?;
         for (id, app) in &self.apps {
             let key = format!("apps.{id}");
             AppId::parse(id)
@@ -745,6 +804,47 @@ impl Config {
                     "sender \"onesignal\" needs an [apps.<id>.onesignal] section".to_owned(),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_templates(
+        &self,
+        invalid: &impl Fn(&str, String) -> ConfigError,
+    ) -> Result<(), ConfigError> {
+        let templates = &self.templates;
+        let at_least_one = [
+            (
+                "templates.max_source_bytes",
+                templates.max_source_bytes == 0,
+            ),
+            (
+                "templates.max_output_bytes",
+                templates.max_output_bytes == 0,
+            ),
+            ("templates.fuel", templates.fuel == 0),
+            (
+                "templates.render_timeout_ms",
+                templates.render_timeout_ms == 0,
+            ),
+            ("templates.render_workers", templates.render_workers == 0),
+        ];
+        for (key, zero) in at_least_one {
+            if zero {
+                return Err(invalid(key, "must be at least 1".to_owned()));
+            }
+        }
+        if !(1..=MAX_TEMPLATE_NESTING).contains(&templates.max_nesting) {
+            return Err(invalid(
+                "templates.max_nesting",
+                format!("must be between 1 and {MAX_TEMPLATE_NESTING}"),
+            ));
+        }
+        if templates.render_memory_mb < MIN_RENDER_MEMORY_MB {
+            return Err(invalid(
+                "templates.render_memory_mb",
+                format!("must be at least {MIN_RENDER_MEMORY_MB}"),
+            ));
         }
         Ok(())
     }
@@ -1293,6 +1393,80 @@ mod tests {
                 Ok(())
             });
         }
+    }
+
+    #[test]
+    fn template_limits_out_of_range_are_refused_by_key() {
+        let cases = [
+            ("[templates]\nmax_nesting = 0\n", "templates.max_nesting"),
+            ("[templates]\nmax_nesting = 501\n", "templates.max_nesting"),
+            (
+                "[templates]\nmax_source_bytes = 0\n",
+                "templates.max_source_bytes",
+            ),
+            (
+                "[templates]\nmax_output_bytes = 0\n",
+                "templates.max_output_bytes",
+            ),
+            ("[templates]\nfuel = 0\n", "templates.fuel"),
+            (
+                "[templates]\nrender_timeout_ms = 0\n",
+                "templates.render_timeout_ms",
+            ),
+            (
+                "[templates]\nrender_workers = 0\n",
+                "templates.render_workers",
+            ),
+            (
+                "[templates]\nrender_memory_mb = 16\n",
+                "templates.render_memory_mb",
+            ),
+            ("[templates]\nisolation = \"fork\"\n", "templates.isolation"),
+        ];
+        for (file, expected) in cases {
+            jailed(|jail| {
+                jail.create_file("clarion.toml", file)
+                    .map_err(|e| e.to_string())?;
+
+                let error = load(None).unwrap_err();
+
+                assert!(error.contains(expected), "{file}: {error}");
+                Ok(())
+            });
+        }
+    }
+
+    #[test]
+    fn template_limits_default_to_the_documented_values_and_follow_the_environment() {
+        jailed(|jail| {
+            jail.set_env("CLARION_TEMPLATES__MAX_NESTING", "40");
+            jail.set_env("CLARION_TEMPLATES__ISOLATION", "thread");
+
+            let config = load(None)?;
+
+            assert_eq!(
+                config.templates,
+                TemplatesConfig {
+                    max_nesting: 40,
+                    isolation: TemplateIsolation::Thread,
+                    ..TemplatesConfig::default()
+                }
+            );
+            assert_eq!(
+                TemplatesConfig::default(),
+                TemplatesConfig {
+                    max_source_bytes: 65_536,
+                    max_nesting: 64,
+                    max_output_bytes: 65_536,
+                    fuel: 50_000,
+                    render_timeout_ms: 1000,
+                    render_memory_mb: 256,
+                    render_workers: 2,
+                    isolation: TemplateIsolation::Process,
+                }
+            );
+            Ok(())
+        });
     }
 
     #[test]

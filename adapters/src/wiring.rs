@@ -8,10 +8,10 @@ use clarion_domain::service::{Ports, PushService, ServiceSettings};
 
 use crate::client_token::ClientTokens;
 use crate::clock::SystemClock;
-use crate::config::{Config, DatabaseKind};
+use crate::config::{Config, DatabaseKind, TemplateIsolation, TemplatesConfig};
 use crate::metrics::InstrumentedMessages;
 use crate::postgres::{DEFAULT_MAX_CONNECTIONS, PgSettings, PgStore};
-use crate::render::MiniJinjaRenderer;
+use crate::render::{Isolation, MiniJinjaRenderer, RenderLimits, RenderSettings};
 use crate::sqlite::SqliteStore;
 use crate::store::Store;
 use crate::url_secrets::without_password;
@@ -48,7 +48,9 @@ pub async fn build(config: Config, worker_id: &str) -> anyhow::Result<Runtime> {
         templates: store.clone(),
         keys: store.clone(),
         reports: store.clone(),
-        renderer: Arc::new(MiniJinjaRenderer::default()),
+        renderer: Arc::new(MiniJinjaRenderer::with_settings(render_settings(
+            &config.templates,
+        ))),
         clock: Arc::new(SystemClock),
     };
     let settings = ServiceSettings {
@@ -73,6 +75,27 @@ pub async fn build(config: Config, worker_id: &str) -> anyhow::Result<Runtime> {
         client_tokens,
         config,
     })
+}
+
+/// The renderer's settings from `[templates]`.
+#[must_use]
+pub fn render_settings(templates: &TemplatesConfig) -> RenderSettings {
+    RenderSettings {
+        limits: RenderLimits {
+            max_source_bytes: templates.max_source_bytes,
+            max_nesting: templates.max_nesting,
+            fuel: templates.fuel,
+            max_output_bytes: templates.max_output_bytes,
+            timeout: Duration::from_millis(templates.render_timeout_ms),
+        },
+        isolation: match templates.isolation {
+            TemplateIsolation::Process => Isolation::Process {
+                memory_mb: templates.render_memory_mb,
+            },
+            TemplateIsolation::Thread => Isolation::Thread,
+        },
+        workers: templates.render_workers,
+    }
 }
 
 /// Opens the store the configuration's database URL selects.

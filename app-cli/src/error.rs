@@ -5,7 +5,7 @@
 
 use std::process::ExitCode;
 
-use clarion_domain::ports::StoreError;
+use clarion_domain::ports::{RenderError, StoreError};
 use clarion_domain::service::{DeviceError, KeyError, MessageError, SendError, TemplateError};
 
 /// Why a command failed.
@@ -75,6 +75,9 @@ impl From<DeviceError> for CliError {
 impl From<SendError> for CliError {
     fn from(error: SendError) -> Self {
         match error {
+            SendError::Render(RenderError::Unavailable { .. }) => {
+                CliError::Failure(anyhow::Error::new(error))
+            }
             SendError::UnknownApplication(_)
             | SendError::Invalid(_)
             | SendError::Unsupported(_)
@@ -105,6 +108,10 @@ impl From<MessageError> for CliError {
 impl From<TemplateError> for CliError {
     fn from(error: TemplateError) -> Self {
         match error {
+            // The renderer is busy or could not start: a failure (1) to retry, not bad input.
+            TemplateError::Render(RenderError::Unavailable { .. }) => {
+                CliError::Failure(anyhow::Error::new(error))
+            }
             TemplateError::UnknownApplication(_)
             | TemplateError::Render(_)
             | TemplateError::Unstorable(_) => CliError::input(&error),

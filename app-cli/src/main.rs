@@ -16,8 +16,14 @@ use tracing_subscriber::EnvFilter;
 use crate::args::Cli;
 use crate::error::CliError;
 
+fn main() -> ExitCode {
+    // A render worker is this same executable; it must start before any runtime or thread.
+    clarion_adapters::render::run_worker_if_requested();
+    cli()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn cli() -> ExitCode {
     // clap prints usage errors itself and exits with code 2.
     let cli = Cli::parse();
     init_tracing();

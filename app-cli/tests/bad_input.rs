@@ -433,3 +433,29 @@ fn an_error_is_one_line_on_stderr_and_nothing_on_stdout_even_with_json() {
         "error: message 999 not found\n"
     );
 }
+
+#[test]
+fn hostile_templates_are_refused_naming_the_limit_and_the_cli_survives_them() {
+    let sandbox = seeded();
+    let deep = format!("{{{{ {}1 }}}}", "not ".repeat(10_000));
+    let doubling = "{% set ns = namespace(s='x') %}{% for i in range(40) %}\
+                    {% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s|length }}";
+    sandbox.ok(&["templates", "put", "hungry", "--body", doubling]);
+    let before = sandbox.table_counts();
+
+    let nested = sandbox.run(&["templates", "put", "deep", "--body", &deep]);
+    // The render runs in a worker process of `clarion` itself, limited to 256 MiB.
+    let rendered = sandbox.run(&["templates", "render", "hungry"]);
+
+    let nested_err = String::from_utf8_lossy(&nested.stderr);
+    assert_eq!(nested.status.code(), Some(2), "{nested_err}");
+    assert!(nested_err.contains("templates.max_nesting"), "{nested_err}");
+    let rendered_err = String::from_utf8_lossy(&rendered.stderr);
+    assert_eq!(rendered.status.code(), Some(2), "{rendered_err}");
+    assert!(
+        rendered_err.contains("templates.render_memory_mb")
+            || rendered_err.contains("templates.render_timeout_ms"),
+        "{rendered_err}"
+    );
+    assert_eq!(sandbox.table_counts(), before);
+}

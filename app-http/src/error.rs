@@ -340,15 +340,15 @@ impl From<OptionError> for ApiError {
     }
 }
 
+/// A template that does not parse, uses an undefined variable or breaks a limit is the
+/// request's fault (422 naming the field, and the limit's setting); a renderer that cannot
+/// take it now is not (503).
 impl From<RenderError> for ApiError {
     fn from(error: RenderError) -> Self {
-        let field = match &error {
-            RenderError::Syntax { field, .. }
-            | RenderError::Undefined { field, .. }
-            | RenderError::OutOfFuel { field }
-            | RenderError::Other { field, .. } => field.clone(),
-        };
-        ApiError::invalid(field, &error)
+        match error {
+            RenderError::Unavailable { .. } => ApiError::Unavailable(anyhow::Error::new(error)),
+            other => ApiError::invalid(other.field().to_owned(), &other),
+        }
     }
 }
 

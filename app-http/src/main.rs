@@ -18,8 +18,14 @@ struct Args {
     config: Option<PathBuf>,
 }
 
+fn main() -> ExitCode {
+    // A render worker is this same executable; it must start before any runtime or thread.
+    clarion_adapters::render::run_worker_if_requested();
+    serve()
+}
+
 #[tokio::main]
-async fn main() -> ExitCode {
+async fn serve() -> ExitCode {
     let args = Args::parse();
     init_tracing();
     match run(args).await {

@@ -553,39 +553,73 @@ pub trait PushProvider: Send + Sync + 'static {
     async fn send(&self, app: &AppId, payload: &Payload) -> SendOutcome;
 }
 
-/// A template failure.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// A template failure. It is serialisable so that a renderer may carry it across a process
+/// boundary.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum RenderError {
     #[error("template syntax error in {field}: {detail}")]
     Syntax { field: String, detail: String },
     #[error("undefined variable in {field}: {detail}")]
     Undefined { field: String, detail: String },
-    #[error("template {field} used more than its fuel (too much work or output)")]
+    #[error("template {field} used more than its fuel (templates.fuel): too much work")]
     OutOfFuel { field: String },
+    /// The template breaks one of the renderer's limits: its source size, its nesting, its
+    /// output size, the size of a string it builds, or its memory or time budget. `limit`
+    /// names the setting (`templates.max_nesting`).
+    #[error("template {field} exceeds {limit}: {detail}")]
+    Limit {
+        field: String,
+        limit: String,
+        detail: String,
+    },
+    /// The renderer cannot take the template now (every renderer busy, or one could not be
+    /// started); the template itself may be fine, and a later try may succeed.
+    #[error("template {field} cannot be rendered now: {detail}")]
+    Unavailable { field: String, detail: String },
     #[error("template {field} failed to render: {detail}")]
     Other { field: String, detail: String },
 }
 
+impl RenderError {
+    /// The template field (`body`, `heading`, `url`) the error is about.
+    #[must_use]
+    pub fn field(&self) -> &str {
+        match self {
+            RenderError::Syntax { field, .. }
+            | RenderError::Undefined { field, .. }
+            | RenderError::OutOfFuel { field }
+            | RenderError::Limit { field, .. }
+            | RenderError::Unavailable { field, .. }
+            | RenderError::Other { field, .. } => field,
+        }
+    }
+}
+
 /// Renders template source with a context. Plain text, no HTML escaping, bounded work, and an
-/// undefined variable is an error.
+/// undefined variable is an error. An implementation bounds the size, nesting, output, time
+/// and memory of every template, whatever its text, and does the work away from the caller's
+/// async runtime: both methods may take as long as a render does.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
+#[async_trait]
 pub trait TemplateRenderer: Send + Sync + 'static {
     /// Renders `source`; `field` names it in errors (`body`, `heading`, `url`).
     ///
     /// # Errors
-    /// A [`RenderError`] naming the field.
-    fn render(
+    /// A [`RenderError`] naming the field: [`RenderError::Limit`] naming the setting for a
+    /// template over a limit, [`RenderError::Unavailable`] when no renderer can take it now.
+    async fn render(
         &self,
         field: &str,
         source: &str,
         context: &Map<String, Value>,
     ) -> Result<String, RenderError>;
 
-    /// Checks that `source` parses.
+    /// Checks that `source` is within the size and nesting limits and parses, without
+    /// rendering it.
     ///
     /// # Errors
-    /// [`RenderError::Syntax`] naming the field.
-    fn check(&self, field: &str, source: &str) -> Result<(), RenderError>;
+    /// [`RenderError::Limit`] or [`RenderError::Syntax`] naming the field.
+    async fn check(&self, field: &str, source: &str) -> Result<(), RenderError>;
 }
 
 /// The time.

@@ -723,7 +723,7 @@ impl PushService {
         if let Some(reason) = self.cannot_send(&template, &related).await? {
             return Ok(TemplateSend::NotSent(reason));
         }
-        let rendered = self.render(&template, &request.context)?;
+        let rendered = self.render(&template, &request.context).await?;
         let spec = MessageSpec {
             app: app.id.clone(),
             target: request.target,
@@ -771,23 +771,22 @@ impl PushService {
         }))
     }
 
-    fn render(
+    async fn render(
         &self,
         template: &Template,
         context: &Map<String, Value>,
     ) -> Result<Rendered, RenderError> {
         let renderer = &self.ports.renderer;
-        let optional = |field: &str, source: &Option<String>| {
-            source
-                .as_deref()
-                .map(|s| renderer.render(field, s, context))
-                .transpose()
+        let body = renderer.render("body", &template.body, context).await?;
+        let heading = match &template.heading {
+            Some(source) => Some(renderer.render("heading", source, context).await?),
+            None => None,
         };
-        Ok(Rendered {
-            body: renderer.render("body", &template.body, context)?,
-            heading: optional("heading", &template.heading)?,
-            url: optional("url", &template.url)?,
-        })
+        let url = match &template.url {
+            Some(source) => Some(renderer.render("url", source, context).await?),
+            None => None,
+        };
+        Ok(Rendered { body, heading, url })
     }
 
     async fn store_and_dispatch(
@@ -1545,11 +1544,12 @@ impl PushService {
 
     // ----- templates -----
 
-    /// Creates or replaces a template after checking that each field parses.
+    /// Creates or replaces a template after checking that each field is within the
+    /// renderer's size and nesting limits and parses.
     ///
     /// # Errors
     /// [`TemplateError::Unstorable`] naming the field, [`TemplateError::Render`] (a syntax
-    /// error naming the field), [`TemplateError::UnknownApplication`] or
+    /// error or a limit, naming the field), [`TemplateError::UnknownApplication`] or
     /// [`TemplateError::Store`].
     pub async fn put_template(
         &self,
@@ -1558,12 +1558,12 @@ impl PushService {
         self.apps.get(spec.app.as_str())?;
         spec.validate()?;
         let renderer = &self.ports.renderer;
-        renderer.check("body", &spec.body)?;
+        renderer.check("body", &spec.body).await?;
         if let Some(heading) = &spec.heading {
-            renderer.check("heading", heading)?;
+            renderer.check("heading", heading).await?;
         }
         if let Some(url) = &spec.url {
-            renderer.check("url", url)?;
+            renderer.check("url", url).await?;
         }
         Ok(self.ports.templates.put_template(&spec, self.now()).await?)
     }
@@ -1605,7 +1605,7 @@ impl PushService {
     /// # Errors
     /// [`TemplateError::UnknownApplication`], or [`TemplateError::Unstorable`] or
     /// [`TemplateError::Render`] naming the field, as saving it would.
-    pub fn render_unsaved(
+    pub async fn render_unsaved(
         &self,
         spec: &TemplateSpec,
         context: &Map<String, Value>,
@@ -1624,7 +1624,7 @@ impl PushService {
             created_at: now,
             updated_at: now,
         };
-        Ok(self.render(&template, context)?)
+        Ok(self.render(&template, context).await?)
     }
 
     /// Renders a stored template with a context and sends nothing (a preview).
@@ -1638,7 +1638,7 @@ impl PushService {
         context: &Map<String, Value>,
     ) -> Result<Rendered, TemplateError> {
         let template = self.get_template(app, slug).await?;
-        Ok(self.render(&template, context)?)
+        Ok(self.render(&template, context).await?)
     }
 }
 

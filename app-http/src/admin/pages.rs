@@ -952,7 +952,7 @@ pub(crate) async fn save_template(
             Ok(context) => context,
             Err(error) => return invalid(error),
         };
-        return match state.service.render_unsaved(&spec, &context) {
+        return match state.service.render_unsaved(&spec, &context).await {
             Ok(rendered) => Ok(edit_page(
                 &state,
                 &signed,

@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use clarion_adapters::config::{AppConfig, Config, DatabaseConfig, Secret};
+use clarion_adapters::config::{AppConfig, Config, DatabaseConfig, Secret, TemplateIsolation};
 use clarion_adapters::wiring::{self, Runtime};
 use clarion_domain::app::SenderKind;
 use clarion_domain::auth::KeyScope;
@@ -45,6 +45,9 @@ pub async fn runtime_with(customise: impl FnOnce(&mut Config)) -> (Runtime, Temp
     };
     // Tests send bursts with one key; the rate limit's own tests turn it back on.
     config.http.rate_limit_per_second = 0;
+    // A test harness cannot serve as a render worker process (only the real binaries do,
+    // and the tests of those run them); in process, templates render on threads.
+    config.templates.isolation = TemplateIsolation::Thread;
     customise(&mut config);
     let runtime = wiring::build(config, "test-worker")
         .await

@@ -18,6 +18,7 @@ mod ops;
 mod problems;
 mod postgres;
 mod process;
+mod template_limits;
 mod templates;
 mod unstorable_text;
 mod worker;

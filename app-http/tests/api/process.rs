@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use tempfile::TempDir;
 
 /// A started binary: its process, the port it listens on, and its stderr lines as they come.
-struct Server {
-    child: Child,
+pub(crate) struct Server {
+    pub(crate) child: Child,
     port: u16,
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
@@ -28,7 +28,19 @@ impl Server {
     /// Starts the binary as [`Server::start`] does, with at most `fd_limit` open files
     /// (`ulimit -n`, through `sh`) and more environment variables.
     fn start_with(grace_secs: u64, fd_limit: Option<u32>, env: &[(&str, &str)]) -> Server {
-        let dir = tempfile::tempdir().unwrap();
+        let grace = grace_secs.to_string();
+        let mut env = env.to_vec();
+        env.push(("CLARION_HTTP__SHUTDOWN_GRACE_SECS", grace.as_str()));
+        Server::launch(tempfile::tempdir().unwrap(), fd_limit, &env)
+    }
+
+    /// Starts the binary in `dir`, on the database `clarion.db` there (created if missing),
+    /// with these extra environment variables.
+    pub(crate) fn start_in(dir: TempDir, env: &[(&str, &str)]) -> Server {
+        Server::launch(dir, None, env)
+    }
+
+    fn launch(dir: TempDir, fd_limit: Option<u32>, env: &[(&str, &str)]) -> Server {
         let binary = env!("CARGO_BIN_EXE_clarion-server");
         let mut command = match fd_limit {
             Some(limit) => {
@@ -39,7 +51,6 @@ impl Server {
             None => Command::new(binary),
         };
         let mut child = command
-            .envs(env.iter().copied())
             .current_dir(dir.path())
             .env_remove("CLARION_CONFIG")
             .env("CLARION_LISTEN", "127.0.0.1:0")
@@ -47,7 +58,7 @@ impl Server {
                 "CLARION_DATABASE_URL",
                 format!("sqlite://{}", dir.path().join("clarion.db").display()),
             )
-            .env("CLARION_HTTP__SHUTDOWN_GRACE_SECS", grace_secs.to_string())
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -96,7 +107,7 @@ impl Server {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
