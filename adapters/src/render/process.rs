@@ -329,8 +329,16 @@ impl ProcessPool {
         }
     }
 
+    /// An idle worker that is still alive; one that died while idle (killed from outside)
+    /// is dropped, so that its death is not blamed on the next template.
     fn take_idle(&self) -> Option<Worker> {
-        self.idle.lock().ok()?.pop()
+        let mut idle = self.idle.lock().ok()?;
+        while let Some(mut worker) = idle.pop() {
+            if matches!(worker.child.try_wait(), Ok(None)) {
+                return Some(worker);
+            }
+        }
+        None
     }
 
     fn put_idle(&self, worker: Worker) {
