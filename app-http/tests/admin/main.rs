@@ -9,7 +9,7 @@ mod form;
 #[path = "../api/helpers.rs"]
 mod helpers;
 mod pages;
-mod sign_in;
 #[path = "../api/postgres.rs"]
 mod postgres;
+mod sign_in;
 mod unstorable_text;
