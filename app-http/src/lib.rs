@@ -6,6 +6,8 @@ mod api;
 mod auth;
 mod error;
 mod extract;
+#[doc(hidden)]
+pub mod fuzzing;
 mod ops;
 mod ratelimit;
 mod routes;
