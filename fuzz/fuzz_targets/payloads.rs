@@ -53,7 +53,9 @@ enum Leaf {
     Null,
     Bool(bool),
     Int(i64),
-    Float(f64),
+    /// In 64ths, so that the value reads back exactly: serde_json's default float parser may
+    /// be one unit in the last place off, which is not the builders' concern.
+    Float(i32),
     Text(String),
     List(Vec<String>),
     Object(Vec<(String, String)>),
@@ -65,7 +67,7 @@ impl Leaf {
             Leaf::Null => Value::Null,
             Leaf::Bool(b) => json!(b),
             Leaf::Int(i) => json!(i),
-            Leaf::Float(f) => json!(f),
+            Leaf::Float(sixty_fourths) => json!(f64::from(sixty_fourths) / 64.0),
             Leaf::Text(text) => json!(text),
             Leaf::List(items) => json!(items),
             Leaf::Object(pairs) => Value::Object(

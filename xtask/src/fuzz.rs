@@ -4,7 +4,8 @@
 //! cargo-fuzz passes `-Z` flags to rustc, which a stable toolchain takes only with
 //! `RUSTC_BOOTSTRAP=1`; the task sets it for its own cargo-fuzz commands and nowhere else. The
 //! fuzz build has a target folder of its own (`<target>/fuzz`), so that its instrumented,
-//! optimised artefacts never replace the main build's.
+//! optimised artefacts never replace the main build's (`<target>/fuzz-address` with
+//! AddressSanitizer).
 
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
@@ -107,7 +108,12 @@ pub fn run(args: &[String]) -> ExitCode {
         return ExitCode::FAILURE;
     }
     let fuzz_dir = workspace_root().join("fuzz");
-    let target = target_dir().join("fuzz");
+    // Each sanitizer builds everything differently: one folder each, so that switching does
+    // not rebuild the other's artefacts.
+    let target = match options.sanitizer.as_str() {
+        "none" => target_dir().join("fuzz"),
+        other => target_dir().join(format!("fuzz-{other}")),
+    };
     let started = Instant::now();
 
     // One build of every target shares the dependencies; a single named target builds alone.
