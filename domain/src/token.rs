@@ -446,7 +446,10 @@ mod tests {
             )
         };
         for (endpoint, p256dh) in [
-            ("https://push.example.com/1", "BCVxsr7N_eNgVRqvHtD0zTZsEc6-not-a-key"),
+            (
+                "https://push.example.com/1",
+                "BCVxsr7N_eNgVRqvHtD0zTZsEc6-not-a-key",
+            ),
             ("http://push.example.com/1", P256DH),
             ("not a url", P256DH),
         ] {
