@@ -287,11 +287,30 @@ fn describe_exit(status: std::process::ExitStatus) -> String {
     }
 }
 
+/// Prints what explains a failure: the panic message or libFuzzer's error report, then the
+/// end of the output (cut to a line's first 300 characters: cargo-fuzz prints the input too).
 fn print_tail(lines: &[String]) {
-    let start = lines.len().saturating_sub(FAILURE_LINES);
-    for line in &lines[start..] {
-        eprintln!("{line}");
+    let cause = lines.iter().position(|line| {
+        line.contains("panicked at")
+            || line.contains("==ERROR")
+            || line.contains("ERROR: libFuzzer")
+    });
+    let tail = lines.len().saturating_sub(FAILURE_LINES);
+    if let Some(cause) = cause.filter(|cause| *cause < tail) {
+        for line in lines.iter().skip(cause).take(8) {
+            eprintln!("{}", cut(line));
+        }
+        eprintln!("[…]");
     }
+    for line in &lines[tail..] {
+        eprintln!("{}", cut(line));
+    }
+}
+
+fn cut(line: &str) -> &str {
+    line.char_indices()
+        .nth(300)
+        .map_or(line, |(at, _)| &line[..at])
 }
 
 /// The input libFuzzer saved for a failure, from its "Test unit written to PATH" line.
