@@ -6,6 +6,8 @@ mod api;
 mod auth;
 mod error;
 mod extract;
+#[doc(hidden)]
+pub mod fuzzing;
 mod limits;
 mod ops;
 mod problem_fallback;

@@ -978,7 +978,10 @@ impl Message {
                 let jitter = jitter_for(self.id.0, attempts);
                 let wait = policy.delay(attempts, jitter, retry_after);
                 self.transition(MessageState::ErrorRetry, tally.summary(), now)?;
-                self.progress.next_attempt_at = Some(now + wait);
+                // Neither a provider's Retry-After nor a configured delay is bounded: a wait
+                // past the last time the calendar holds (the year 9999) waits until then.
+                let wait = time::Duration::try_from(wait).unwrap_or(time::Duration::MAX);
+                self.progress.next_attempt_at = Some(now.saturating_add(wait));
                 return Ok(AttemptEnd::Done(summary));
             }
             let reason = if self.spec.retry_sending {

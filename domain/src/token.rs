@@ -189,11 +189,35 @@ pub enum EndpointPolicy {
 }
 
 /// A Web Push subscription (RFC 8030 endpoint, RFC 8291 keys).
+///
+/// Read through serde, a subscription is checked as [`WebPushSubscription::parse`] checks it,
+/// with private endpoints allowed: whether they are is the policy of the application that
+/// registers it, which serde does not know.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "RawSubscription")]
 pub struct WebPushSubscription {
     endpoint: String,
     p256dh: String,
     auth: String,
+}
+
+#[derive(Deserialize)]
+struct RawSubscription {
+    endpoint: String,
+    p256dh: String,
+    auth: String,
+}
+
+impl TryFrom<RawSubscription> for WebPushSubscription {
+    type Error = TokenError;
+    fn try_from(raw: RawSubscription) -> Result<Self, Self::Error> {
+        Self::parse(
+            &raw.endpoint,
+            &raw.p256dh,
+            &raw.auth,
+            EndpointPolicy::AllowPrivate,
+        )
+    }
 }
 
 fn decode_base64url(raw: &str) -> Result<Vec<u8>, base64::DecodeError> {
@@ -438,6 +462,35 @@ mod tests {
 
     fn webpush(endpoint: &str, policy: EndpointPolicy) -> Result<WebPushSubscription, TokenError> {
         WebPushSubscription::parse(endpoint, P256DH, AUTH, policy)
+    }
+
+    #[test]
+    fn a_subscription_read_through_serde_is_checked_as_a_parsed_one() {
+        // Found by the `tokens` fuzz target (docs/fuzzing.md): serde built any subscription.
+        let json = |endpoint: &str, p256dh: &str| {
+            format!(
+                r#"{{"platform":"webpush","subscription":{{"endpoint":"{endpoint}","p256dh":"{p256dh}","auth":"{AUTH}"}}}}"#
+            )
+        };
+        for (endpoint, p256dh) in [
+            (
+                "https://push.example.com/1",
+                "BCVxsr7N_eNgVRqvHtD0zTZsEc6-not-a-key",
+            ),
+            ("http://push.example.com/1", P256DH),
+            ("not a url", P256DH),
+        ] {
+            let read = serde_json::from_str::<DeviceToken>(&json(endpoint, p256dh));
+            assert!(read.is_err(), "{endpoint} {p256dh} was read as {read:?}");
+        }
+        let read = serde_json::from_str::<DeviceToken>(&json("https://10.0.0.1/1", P256DH));
+        assert_eq!(
+            read.ok(),
+            Some(DeviceToken::Webpush {
+                subscription: webpush("https://10.0.0.1/1", EndpointPolicy::AllowPrivate)
+                    .expect("valid")
+            })
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
+mod fuzz;
+
 const USAGE: &str = "\
 Usage: cargo xtask <task>
 
@@ -16,6 +18,10 @@ Tasks:
           [--devices N (100000)] [--db sqlite|postgres|both (both)] [--out FILE]
           [--api-requests N (10000)] [--postgres-url URL]; results go to
           <target>/bench/results.json unless --out says otherwise
+  fuzz    build the fuzz targets (fuzz/, cargo-fuzz) and run each for a while
+          (docs/fuzzing.md): [--secs N (60)] [--sanitizer address|none (none)]
+          [--verbose] [TARGET...] (every target when none is named); a crash fails
+          the task and names the input libFuzzer saved under fuzz/artifacts/
   help    print this message
 ";
 
@@ -24,6 +30,7 @@ fn main() -> ExitCode {
     match task.as_deref() {
         Some("ci") => ci(),
         Some("bench") => bench(env::args().skip(2).collect()),
+        Some("fuzz") => fuzz::run(&env::args().skip(2).collect::<Vec<_>>()),
         Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
             ExitCode::SUCCESS
@@ -97,13 +104,7 @@ fn bench(mut args: Vec<String>) -> ExitCode {
         eprintln!("xtask: bench: the release build failed: {failure}");
         return ExitCode::FAILURE;
     }
-    let target = env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    let target = if target.is_relative() {
-        workspace_root().join(target)
-    } else {
-        target
-    };
+    let target = target_dir();
     let bin_dir = target.join("release");
     if !args.iter().any(|a| a == "--out") {
         args.push("--out".to_owned());
@@ -128,6 +129,17 @@ fn bench(mut args: Vec<String>) -> ExitCode {
             eprintln!("xtask: bench: could not start clarion-bench: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The target folder: `$CARGO_TARGET_DIR`, else `target/` in the workspace.
+fn target_dir() -> PathBuf {
+    let target = env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    if target.is_relative() {
+        workspace_root().join(target)
+    } else {
+        target
     }
 }
 

@@ -199,6 +199,7 @@ fn apply(guard: Guard, args: &mut [Value], max_bytes: usize) -> Result<(), Error
         }
         Guard::Format => {
             let format = text_of(first, max_bytes)?;
+            ascii_conversions(&format)?;
             let widths = format
                 .split(|c: char| !c.is_ascii_digit())
                 .filter_map(|digits| digits.parse::<usize>().ok())
@@ -335,6 +336,34 @@ fn largest_number(args: &[Value]) -> usize {
         }
     }
     largest
+}
+
+/// Refuses a `format` string with a character beyond ASCII inside a conversion (`%(key)s`,
+/// `%-5d`): MiniJinja's formatter walks conversions byte by byte and panics on the middle of
+/// a multi-byte character. Text outside conversions may be anything.
+fn ascii_conversions(format: &str) -> Result<(), Error> {
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            continue;
+        }
+        let mut in_key = false;
+        for c in chars.by_ref() {
+            if !c.is_ascii() {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    "format: a %(…) key or conversion may hold ASCII characters only",
+                ));
+            }
+            match c {
+                '(' => in_key = true,
+                ')' => in_key = false,
+                c if !in_key && (c.is_ascii_alphabetic() || c == '%') => break,
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 fn check_bytes(estimate: usize, max_bytes: usize, what: &str) -> Result<(), Error> {

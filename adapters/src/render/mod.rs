@@ -567,6 +567,19 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_format_key_that_is_not_ascii_is_refused_instead_of_panicking() {
+        // MiniJinja 3.0.5's `format` slices `%(…)` keys by bytes: a multi-byte character in
+        // one panicked (found by the `templates` fuzz target).
+        let result = render("{{ \"%(é)s\"|format(1) }}", json!({})).await;
+
+        assert!(
+            matches!(&result, Err(RenderError::Other { field, detail })
+                if field == "body" && detail.contains("%(")),
+            "{result:?}"
+        );
+    }
+
     #[test]
     fn process_isolation_falls_back_to_threads_in_a_program_that_cannot_serve_as_a_worker() {
         let renderer = MiniJinjaRenderer::with_settings(RenderSettings {

@@ -164,7 +164,7 @@ pub struct DeviceListQuery {
     pub limit: Option<String>,
 }
 
-fn user_id(field: &str, raw: &str) -> Result<UserId, ApiError> {
+pub(crate) fn user_id(field: &str, raw: &str) -> Result<UserId, ApiError> {
     UserId::parse(raw).map_err(|e| id_error(field, &e))
 }
 

@@ -247,6 +247,49 @@ pub struct TemplateSendBody {
     pub dispatch: Option<DispatchDto>,
 }
 
+impl SendBody {
+    /// The domain's request, and whether it is sent now or queued.
+    pub(crate) fn into_request(self) -> Result<(SendRequest, Dispatch), ApiError> {
+        let target = self.target.into_domain()?;
+        let dispatch = dispatch_for(self.dispatch, &target);
+        let request = SendRequest {
+            target,
+            content: Content {
+                heading: self.heading,
+                body: self.body,
+                url: self.url,
+                extra_data: self.extra_data,
+            },
+            tag: tag(self.tag.as_deref())?,
+            priority: self.priority.unwrap_or_default().into(),
+            options: self.options.unwrap_or_default().into(),
+            related_objects: related_objects(self.related_objects.unwrap_or_default())?,
+            retry_sending: self.retry_sending.unwrap_or(true),
+        };
+        Ok((request, dispatch))
+    }
+}
+
+impl TemplateSendBody {
+    /// The domain's request, and whether it is sent now or queued.
+    pub(crate) fn into_request(self) -> Result<(TemplateSendRequest, Dispatch), ApiError> {
+        let target = self.target.into_domain()?;
+        let dispatch = dispatch_for(self.dispatch, &target);
+        let request = TemplateSendRequest {
+            slug: Slug::parse(&self.slug).map_err(|e| id_error("slug", &e))?,
+            context: self.context.unwrap_or_default(),
+            target,
+            extra_data: self.extra_data,
+            tag: tag(self.tag.as_deref())?,
+            priority: self.priority.unwrap_or_default().into(),
+            options: self.options.unwrap_or_default().into(),
+            related_objects: related_objects(self.related_objects.unwrap_or_default())?,
+            retry_sending: self.retry_sending.unwrap_or(true),
+        };
+        Ok((request, dispatch))
+    }
+}
+
 fn dispatch_for(chosen: Option<DispatchDto>, target: &Target) -> Dispatch {
     match chosen {
         Some(DispatchDto::Now) => Dispatch::Now,
@@ -557,22 +600,7 @@ pub(crate) async fn send_message(
     ApiPath(app): ApiPath<String>,
     ApiJson(body): ApiJson<SendBody>,
 ) -> Result<Sent, ApiError> {
-    let target = body.target.into_domain()?;
-    let dispatch = dispatch_for(body.dispatch, &target);
-    let request = SendRequest {
-        target,
-        content: Content {
-            heading: body.heading,
-            body: body.body,
-            url: body.url,
-            extra_data: body.extra_data,
-        },
-        tag: tag(body.tag.as_deref())?,
-        priority: body.priority.unwrap_or_default().into(),
-        options: body.options.unwrap_or_default().into(),
-        related_objects: related_objects(body.related_objects.unwrap_or_default())?,
-        retry_sending: body.retry_sending.unwrap_or(true),
-    };
+    let (request, dispatch) = body.into_request()?;
     let service = state.service.clone();
     let owned_app = app.clone();
     let sent = bounded(&state, &app, move |on_stored| async move {
@@ -608,19 +636,7 @@ pub(crate) async fn send_template(
     ApiPath(app): ApiPath<String>,
     ApiJson(body): ApiJson<TemplateSendBody>,
 ) -> Result<Sent, ApiError> {
-    let target = body.target.into_domain()?;
-    let dispatch = dispatch_for(body.dispatch, &target);
-    let request = TemplateSendRequest {
-        slug: Slug::parse(&body.slug).map_err(|e| id_error("slug", &e))?,
-        context: body.context.unwrap_or_default(),
-        target,
-        extra_data: body.extra_data,
-        tag: tag(body.tag.as_deref())?,
-        priority: body.priority.unwrap_or_default().into(),
-        options: body.options.unwrap_or_default().into(),
-        related_objects: related_objects(body.related_objects.unwrap_or_default())?,
-        retry_sending: body.retry_sending.unwrap_or(true),
-    };
+    let (request, dispatch) = body.into_request()?;
     let service = state.service.clone();
     let owned_app = app.clone();
     let sent = bounded(&state, &app, move |on_stored| async move {

@@ -116,7 +116,7 @@ impl From<Rendered> for RenderedResponse {
     }
 }
 
-fn slug(raw: &str) -> Result<Slug, ApiError> {
+pub(crate) fn slug(raw: &str) -> Result<Slug, ApiError> {
     Slug::parse(raw).map_err(|e| id_error("slug", &e))
 }
 

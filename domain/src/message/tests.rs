@@ -185,6 +185,31 @@ fn retry_after_is_honoured_as_a_floor() {
 }
 
 #[test]
+fn a_wait_beyond_the_last_representable_time_schedules_the_retry_at_that_time() {
+    // A provider's Retry-After and a configured retry delay are both unbounded; a wait past the
+    // year 9999 made the worker panic (found while writing the `config` fuzz target, which
+    // now walks every accepted retry policy through its attempts).
+    for (policy, retry_after) in [
+        (RetryPolicy::default(), Some(Duration::from_secs(u64::MAX))),
+        (
+            RetryPolicy {
+                base_delay: Duration::from_secs(i64::MAX as u64),
+                max_delay: Duration::from_secs(u64::MAX),
+                ..RetryPolicy::default()
+            },
+            None,
+        ),
+    ] {
+        let mut m = message_with(1);
+        m.record_outcome(DeliveryId(1), &transient(None), T0);
+        m.finish_attempt(&policy, retry_after, T0).expect("legal");
+        assert_eq!(m.state(), MessageState::ErrorRetry);
+        let at = m.next_attempt_at().expect("a next attempt");
+        assert!(at > T0 + Duration::from_secs(100 * 365 * 86_400), "{at}");
+    }
+}
+
+#[test]
 fn the_default_walk_is_three_retries_then_error() {
     let mut m = message_with(1);
     let mut now = T0;
