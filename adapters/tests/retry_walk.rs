@@ -12,21 +12,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
-use clarion_adapters::render::MiniJinjaRenderer;
 use clarion_adapters::sqlite::SqliteStore;
 use clarion_domain::app::{Application, Applications, SenderKind};
 use clarion_domain::ids::AppId;
-use clarion_domain::message::{
-    Channel, Content, MessageState, Priority, PushOptions, SendOutcome, Target,
-};
+use clarion_domain::message::{Channel, MessageState, SendOutcome, Target};
 use clarion_domain::payload::Payload;
 use clarion_domain::ports::{Clock as _, PushProvider};
-use clarion_domain::service::{
-    Dispatch, Ports, Providers, PushService, RegisterDevice, SendRequest, ServiceSettings,
-};
+use clarion_domain::service::{Dispatch, Providers, PushService, RegisterDevice, ServiceSettings};
 use clarion_domain::token::Platform;
 use clarion_testkit::ManualClock;
 use time::macros::datetime;
+
+mod support;
 
 /// Answers every send with a 503.
 #[derive(Debug, Default)]
@@ -56,15 +53,7 @@ async fn the_default_walk_is_error_retry_after_attempts_one_to_three_and_error_a
     );
     let clock = Arc::new(ManualClock::new(datetime!(2026-03-01 10:00 UTC)));
     let provider = Arc::new(Unavailable::default());
-    let ports = Ports {
-        devices: store.clone(),
-        messages: store.clone(),
-        templates: store.clone(),
-        keys: store.clone(),
-        reports: store.clone(),
-        renderer: Arc::new(MiniJinjaRenderer::default()),
-        clock: clock.clone(),
-    };
+    let ports = support::ports(&store, &clock);
     let app = Application::new(AppId::parse("shop").unwrap(), SenderKind::Direct);
     let service = PushService::new(
         Arc::new(Applications::new([app])),
@@ -90,22 +79,13 @@ async fn the_default_walk_is_error_retry_after_attempts_one_to_three_and_error_a
     let queued = service
         .send(
             "shop",
-            SendRequest {
-                target: Target::Devices {
+            support::request(
+                Target::Devices {
                     device_ids: vec![device.id],
                 },
-                content: Content {
-                    heading: None,
-                    body: "hello".to_owned(),
-                    url: None,
-                    extra_data: None,
-                },
-                tag: None,
-                priority: Priority::High,
-                options: PushOptions::default(),
-                related_objects: Vec::new(),
-                retry_sending: true,
-            },
+                None,
+                "hello",
+            ),
             Dispatch::Queue,
         )
         .await

@@ -14,22 +14,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use clarion_adapters::render::MiniJinjaRenderer;
 use clarion_adapters::sqlite::SqliteStore;
 use clarion_adapters::worker::{self, WorkerSettings};
 use clarion_domain::app::{Application, Applications, SenderKind};
 use clarion_domain::ids::{AppId, UserId};
-use clarion_domain::message::{
-    Channel, Content, Message, MessageState, Priority, PushOptions, SendOutcome, Target,
-};
+use clarion_domain::message::{Channel, Message, MessageState, SendOutcome, Target};
 use clarion_domain::payload::Payload;
 use clarion_domain::ports::PushProvider;
-use clarion_domain::service::{
-    Dispatch, Ports, Providers, PushService, RegisterDevice, SendRequest, ServiceSettings,
-};
+use clarion_domain::service::{Dispatch, Providers, PushService, RegisterDevice, ServiceSettings};
 use clarion_domain::token::Platform;
 use clarion_testkit::ManualClock;
 use tokio::sync::{Semaphore, watch};
+
+mod support;
 
 const HANGING: &str = "hanging";
 const OTHER: &str = "other";
@@ -90,22 +87,10 @@ async fn register(service: &PushService, app: &str, token: &str) {
 }
 
 async fn send(service: &PushService, app: &str, dispatch: Dispatch) -> Message {
-    let request = SendRequest {
-        target: Target::User {
-            user_id: UserId::parse("user").unwrap(),
-        },
-        content: Content {
-            heading: None,
-            body: "hello".to_owned(),
-            url: None,
-            extra_data: None,
-        },
-        tag: None,
-        priority: Priority::High,
-        options: PushOptions::default(),
-        related_objects: Vec::new(),
-        retry_sending: true,
+    let target = Target::User {
+        user_id: UserId::parse("user").unwrap(),
     };
+    let request = support::request(target, None, "hello");
     service.send(app, request, dispatch).await.unwrap()
 }
 
@@ -142,15 +127,7 @@ async fn another_applications_retry_leaves_while_one_applications_provider_hangs
         hanging_done: AtomicUsize::new(0),
         other_sends: AtomicUsize::new(0),
     });
-    let ports = Ports {
-        devices: store.clone(),
-        messages: store.clone(),
-        templates: store.clone(),
-        keys: store.clone(),
-        reports: store.clone(),
-        renderer: Arc::new(MiniJinjaRenderer::default()),
-        clock: clock.clone(),
-    };
+    let ports = support::ports(&store, &clock);
     let apps =
         [HANGING, OTHER].map(|id| Application::new(AppId::parse(id).unwrap(), SenderKind::Direct));
     let settings = ServiceSettings::default();

@@ -41,6 +41,19 @@ pub fn write_file(dir: &TempDir, name: &str, contents: &str) -> PathBuf {
     path
 }
 
+/// The service's ports over `store` (every store port), the MiniJinja renderer and `clock`.
+pub fn ports(store: &Arc<SqliteStore>, clock: &Arc<ManualClock>) -> Ports {
+    Ports {
+        devices: store.clone(),
+        messages: store.clone(),
+        templates: store.clone(),
+        keys: store.clone(),
+        reports: store.clone(),
+        renderer: Arc::new(MiniJinjaRenderer::default()),
+        clock: clock.clone(),
+    }
+}
+
 impl Harness {
     /// Builds the service from `config` (its `apps` and `tls` sections) over a new database in
     /// `dir`.
@@ -49,15 +62,7 @@ impl Harness {
         let url = format!("sqlite://{}", dir.path().join("clarion.db").display());
         let store = Arc::new(SqliteStore::connect(&url).await.expect("open the store"));
         let clock = Arc::new(ManualClock::starting_now());
-        let ports = Ports {
-            devices: store.clone(),
-            messages: store.clone(),
-            templates: store.clone(),
-            keys: store.clone(),
-            reports: store.clone(),
-            renderer: Arc::new(MiniJinjaRenderer::default()),
-            clock: clock.clone(),
-        };
+        let ports = ports(&store, &clock);
         let providers = providers::build(config).expect("build the providers");
         let service = PushService::new(
             Arc::new(config.applications()),
@@ -137,12 +142,21 @@ impl Harness {
 
 /// A message with a heading and body to one user, no options.
 pub fn to_user(user: &str, heading: &str, body: &str) -> SendRequest {
-    SendRequest {
-        target: Target::User {
+    request(
+        Target::User {
             user_id: UserId::parse(user).expect("a valid user id"),
         },
+        Some(heading),
+        body,
+    )
+}
+
+/// A message with `heading` (if any) and `body` to `target`, high priority, no options, retried.
+pub fn request(target: Target, heading: Option<&str>, body: &str) -> SendRequest {
+    SendRequest {
+        target,
         content: Content {
-            heading: Some(heading.to_owned()),
+            heading: heading.map(str::to_owned),
             body: body.to_owned(),
             url: None,
             extra_data: None,

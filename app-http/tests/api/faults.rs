@@ -171,6 +171,20 @@ fn start_server_on(path: &Path) -> (bool, String) {
     )
 }
 
+/// Runs `clarion-server` on the database at `path` and asserts that it refused to start,
+/// naming the file and `problem` on stderr.
+fn assert_refused_at_start(path: &Path, problem: &str) {
+    let (started, stderr) = start_server_on(path);
+    assert!(!started, "{stderr}");
+    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
+    assert!(stderr.contains(problem), "{stderr}");
+}
+
+/// The `n`th byte of a deterministic run of garbage.
+fn garbage_byte(n: usize) -> u8 {
+    (n.wrapping_mul(2_654_435_761) >> 13) as u8
+}
+
 /// Creates a migrated database at `path` with an admin key (so that the server has nothing to
 /// write at start), and closes it.
 async fn create_database(path: &Path) {
@@ -199,12 +213,9 @@ async fn a_read_only_database_is_refused_at_start_naming_the_file_and_the_proble
     create_database(&path).await;
     disk.remount_read_only().expect("the disk turns read-only");
 
-    let (started, stderr) = start_server_on(&path);
+    assert_refused_at_start(&path, "read-only");
     let in_process = SqliteStore::connect(&path.display().to_string()).await;
 
-    assert!(!started, "{stderr}");
-    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
-    assert!(stderr.contains("read-only"), "{stderr}");
     let error = format!("{:#}", in_process.unwrap_err());
     assert!(error.contains("read-only"), "{error}");
 }
@@ -217,27 +228,17 @@ async fn a_database_file_that_cannot_be_written_is_refused_at_start_naming_the_f
     // The folder stays writable: SQLite opens the file read-only and every read works.
     let _read_only = ReadOnlyFile::bind(&path).expect("a read-only bind mount");
 
-    let (started, stderr) = start_server_on(&path);
-
-    assert!(!started, "{stderr}");
-    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
-    assert!(stderr.contains("read-only"), "{stderr}");
+    assert_refused_at_start(&path, "read-only");
 }
 
 #[tokio::test]
 async fn a_file_of_garbage_is_refused_at_start_naming_the_file_and_the_problem() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("clarion.db");
-    let garbage: Vec<u8> = (0..64 * 1024_u32)
-        .map(|n| (n.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let garbage: Vec<u8> = (0..64 * 1024).map(garbage_byte).collect();
     std::fs::write(&path, garbage).unwrap();
 
-    let (started, stderr) = start_server_on(&path);
-
-    assert!(!started, "{stderr}");
-    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
-    assert!(stderr.contains("not an SQLite database"), "{stderr}");
+    assert_refused_at_start(&path, "not an SQLite database");
 }
 
 #[tokio::test]
@@ -251,15 +252,11 @@ async fn a_database_whose_tables_are_damaged_is_refused_at_start() {
     let page = 4096;
     assert!(bytes.len() > 2 * page, "{} bytes", bytes.len());
     for (n, byte) in bytes.iter_mut().enumerate().skip(page) {
-        *byte = (n.wrapping_mul(2_654_435_761) >> 13) as u8;
+        *byte = garbage_byte(n);
     }
     std::fs::write(&path, bytes).unwrap();
 
-    let (started, stderr) = start_server_on(&path);
-
-    assert!(!started, "{stderr}");
-    assert!(stderr.contains(&path.display().to_string()), "{stderr}");
-    assert!(stderr.contains("damaged"), "{stderr}");
+    assert_refused_at_start(&path, "damaged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
