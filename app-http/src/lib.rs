@@ -117,7 +117,7 @@ impl Application {
                         config.http.rate_limit_burst,
                     )
                     .map(Arc::new),
-                    database: store,
+                    readiness: Arc::new(ops::Readiness::new(store)),
                     metrics,
                     sessions: Arc::new(admin::session::Sessions::new(
                         admin::session::SessionSettings {

@@ -43,7 +43,7 @@ pub(crate) struct AppState {
     /// The per-credential rate limit; `None` when it is off.
     pub(crate) limiter: Option<Arc<RateLimiter>>,
     /// Asked by `/readyz`.
-    pub(crate) database: ops::Database,
+    pub(crate) readiness: Arc<ops::Readiness>,
     pub(crate) metrics: PrometheusHandle,
     /// The admin UI's signed-in browsers.
     pub(crate) sessions: Arc<Sessions>,
