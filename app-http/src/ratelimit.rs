@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 use clarion_domain::auth::KeyHash;
 
 /// Above this many buckets, full ones (credentials idle long enough to have refilled) are
-/// dropped, so that the map does not grow with every client token ever seen.
+/// dropped, so that the map does not grow with every client token ever seen. When that is not
+/// enough (many credentials or addresses, each used within its refill time, as a sign-in flood
+/// from many addresses is), the least recently used are dropped down to half: memory stays
+/// bounded, and a dropped bucket only starts full again.
 const PRUNE_ABOVE: usize = 10_000;
 
 /// Token buckets by credential or address: `burst` requests at once, refilled at
@@ -73,10 +76,18 @@ impl RateLimiter {
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
         if buckets.len() >= PRUNE_ABOVE {
             let (per_second, burst) = (self.per_second, self.burst);
+            // A copy is refilled, so that each bucket's `at` stays the time of its last use.
             buckets.retain(|_, bucket| {
-                bucket.refill(now, per_second, burst);
-                bucket.tokens < burst
+                let mut refilled = *bucket;
+                refilled.refill(now, per_second, burst);
+                refilled.tokens < burst
             });
+            if buckets.len() >= PRUNE_ABOVE {
+                let mut used: Vec<Instant> = buckets.values().map(|bucket| bucket.at).collect();
+                let (_, newest_dropped, _) = used.select_nth_unstable(buckets.len() / 2);
+                let cutoff = *newest_dropped;
+                buckets.retain(|_, bucket| bucket.at > cutoff);
+            }
         }
         let bucket = buckets.entry(key).or_insert(Bucket {
             tokens: self.burst,
@@ -163,6 +174,28 @@ mod tests {
         let kept = format!("{:?}", buckets.keys().collect::<Vec<_>>());
         assert!(!kept.contains("secret-credential"), "{kept}");
         assert!(buckets.contains_key(&KeyHash::of("clk_secret-credential")));
+    }
+
+    #[test]
+    fn many_busy_credentials_keep_the_buckets_bounded_by_dropping_the_least_recently_used() {
+        let limiter = RateLimiter::per_minute(10).unwrap();
+        let start = Instant::now();
+
+        // Every address is used within its refill time, so none of their buckets is full.
+        for i in 0..3 * PRUNE_ABOVE {
+            let at = start + Duration::from_micros(u64::try_from(i).unwrap());
+            assert!(limiter.check_at(&format!("10.0.{i}"), at).is_ok());
+        }
+
+        let kept = limiter.buckets.lock().unwrap().len();
+        assert!(kept <= PRUNE_ABOVE, "{kept} buckets");
+        // The most recent address keeps its count.
+        let last = format!("10.0.{}", 3 * PRUNE_ABOVE - 1);
+        let at = start + Duration::from_micros(u64::try_from(3 * PRUNE_ABOVE).unwrap());
+        for _ in 0..9 {
+            assert!(limiter.check_at(&last, at).is_ok());
+        }
+        assert!(limiter.check_at(&last, at).is_err());
     }
 
     #[test]
