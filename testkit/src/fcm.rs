@@ -371,6 +371,41 @@ impl MockFcm {
         self.state.sends.set_delay(delay);
     }
 
+    /// Lengthens each answer's delay by a random share of `jitter` (uniform, none to all).
+    pub fn set_jitter(&self, jitter: Duration) {
+        self.state.sends.set_jitter(jitter);
+    }
+
+    /// Advertises `streams` as the HTTP/2 stream limit (`SETTINGS_MAX_CONCURRENT_STREAMS`) on
+    /// the connections opened from now on; hyper's default (200) otherwise.
+    pub fn set_max_concurrent_streams(&self, streams: u32) {
+        self.server.control().set_max_concurrent_streams(streams);
+    }
+
+    /// Sends a graceful `GOAWAY` on every open connection when request number `n` arrives
+    /// (counted from the mock's start, from 1): the requests a connection accepted are still
+    /// answered, later ones are refused and must be sent again on a new connection.
+    pub fn go_away_at_request(&self, n: u64) {
+        self.server.control().go_away_at_request(n);
+    }
+
+    /// Sends a graceful `GOAWAY` on every open connection now.
+    pub fn go_away_now(&self) {
+        self.server.control().go_away_now();
+    }
+
+    /// How many connections were sent a `GOAWAY`.
+    #[must_use]
+    pub fn goaways_sent(&self) -> usize {
+        self.server.control().goaways_sent()
+    }
+
+    /// How many connections the mock accepted.
+    #[must_use]
+    pub fn connections_accepted(&self) -> usize {
+        self.server.control().connections_accepted()
+    }
+
     /// Delays every token answer by `delay`.
     pub fn set_token_delay(&self, delay: Duration) {
         self.state.tokens.set_delay(delay);

@@ -2,7 +2,7 @@
 //! record of every request received.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -160,6 +160,10 @@ pub(crate) struct Recorder<V> {
     counting_only: AtomicBool,
     queue: Mutex<VecDeque<CannedResponse>>,
     delay: Mutex<Duration>,
+    /// The most a delay is lengthened at random, per request.
+    jitter: Mutex<Duration>,
+    /// The state of the jitter's random numbers (SplitMix64).
+    jitter_seed: AtomicU64,
 }
 
 impl<V> Default for Recorder<V> {
@@ -171,6 +175,8 @@ impl<V> Default for Recorder<V> {
             counting_only: AtomicBool::new(false),
             queue: Mutex::new(VecDeque::new()),
             delay: Mutex::new(Duration::ZERO),
+            jitter: Mutex::new(Duration::ZERO),
+            jitter_seed: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
         }
     }
 }
@@ -193,8 +199,27 @@ impl<V: Clone> Recorder<V> {
         *lock(&self.delay) = delay;
     }
 
+    /// Lengthens each delay by a random share of `jitter` (uniform between none and all).
+    pub fn set_jitter(&self, jitter: Duration) {
+        *lock(&self.jitter) = jitter;
+    }
+
+    /// The delay of the next answer: the fixed delay plus its jitter.
     pub fn delay(&self) -> Duration {
-        *lock(&self.delay)
+        let base = *lock(&self.delay);
+        let jitter = *lock(&self.jitter);
+        if jitter.is_zero() {
+            return base;
+        }
+        let mut z = self
+            .jitter_seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        let nanos = u64::try_from(jitter.as_nanos()).unwrap_or(u64::MAX);
+        base + Duration::from_nanos(z % nanos.saturating_add(1))
     }
 
     pub fn record(

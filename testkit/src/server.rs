@@ -1,9 +1,12 @@
 //! The HTTP server harness the mocks run on: 127.0.0.1 port 0, plain or TLS, HTTP/1.1 and HTTP/2,
-//! stopped when its handle is dropped.
+//! stopped when its handle is dropped. Its [`Control`] sets what a real provider's server
+//! decides on its own: the HTTP/2 stream limit it advertises (`SETTINGS_MAX_CONCURRENT_STREAMS`)
+//! and when it closes its connections with a graceful `GOAWAY`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -55,6 +58,75 @@ pub(crate) struct Peer {
 pub(crate) struct Server {
     addr: SocketAddr,
     task: JoinHandle<()>,
+    control: Arc<Control>,
+}
+
+/// The connection-level behaviour of a mock server, changeable while it runs.
+#[derive(Debug)]
+pub(crate) struct Control {
+    /// The `SETTINGS_MAX_CONCURRENT_STREAMS` that new HTTP/2 connections advertise; 0 keeps
+    /// hyper's default.
+    max_streams: AtomicU32,
+    /// The number of the request (counted from 1 over the server's life) whose arrival sends
+    /// a graceful `GOAWAY` on every open connection; 0 for never.
+    go_away_at: AtomicU64,
+    /// Requests that arrived so far.
+    arrived: AtomicU64,
+    /// Bumped for each `GOAWAY` round; every open connection watches it.
+    go_away: tokio::sync::watch::Sender<u64>,
+    /// Connections that were sent a `GOAWAY`.
+    gone_away: AtomicUsize,
+    /// Connections accepted so far.
+    accepted: AtomicUsize,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Self {
+            max_streams: AtomicU32::new(0),
+            go_away_at: AtomicU64::new(0),
+            arrived: AtomicU64::new(0),
+            go_away: tokio::sync::watch::Sender::new(0),
+            gone_away: AtomicUsize::new(0),
+            accepted: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl Control {
+    /// Advertises `streams` as the HTTP/2 stream limit of connections opened from now on.
+    pub fn set_max_concurrent_streams(&self, streams: u32) {
+        self.max_streams.store(streams, Ordering::Relaxed);
+    }
+
+    /// Sends a graceful `GOAWAY` on every open connection when request number `n` (counted
+    /// from the server's start, from 1) arrives. The connections finish the requests they had
+    /// accepted and refuse the rest, which the client must send again on a new connection.
+    pub fn go_away_at_request(&self, n: u64) {
+        self.go_away_at.store(n, Ordering::Relaxed);
+    }
+
+    /// Sends a graceful `GOAWAY` on every open connection now.
+    pub fn go_away_now(&self) {
+        self.go_away.send_modify(|round| *round += 1);
+    }
+
+    /// How many connections were sent a `GOAWAY`.
+    pub fn goaways_sent(&self) -> usize {
+        self.gone_away.load(Ordering::Relaxed)
+    }
+
+    /// How many connections the server accepted (TCP, before any TLS handshake).
+    pub fn connections_accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    fn request_arrived(&self) {
+        let n = self.arrived.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == self.go_away_at.load(Ordering::Relaxed) {
+            self.go_away_now();
+        }
+    }
 }
 
 impl Server {
@@ -68,12 +140,27 @@ impl Server {
         let addr = listener
             .local_addr()
             .context("failed to read the mock server's address")?;
-        let task = tokio::spawn(accept_loop(listener, handler, tls.map(TlsAcceptor::from)));
-        Ok(Self { addr, task })
+        let control = Arc::new(Control::default());
+        let task = tokio::spawn(accept_loop(
+            listener,
+            handler,
+            tls.map(TlsAcceptor::from),
+            Arc::clone(&control),
+        ));
+        Ok(Self {
+            addr,
+            task,
+            control,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The server's connection-level behaviour.
+    pub fn control(&self) -> &Control {
+        &self.control
     }
 }
 
@@ -83,14 +170,25 @@ impl Drop for Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, handler: Arc<dyn Respond>, tls: Option<TlsAcceptor>) {
+async fn accept_loop(
+    listener: TcpListener,
+    handler: Arc<dyn Respond>,
+    tls: Option<TlsAcceptor>,
+    control: Arc<Control>,
+) {
     // The connections live in the loop's JoinSet so that aborting the loop closes them too.
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
-                    connections.spawn(serve_connection(stream, Arc::clone(&handler), tls.clone()));
+                    control.accepted.fetch_add(1, Ordering::Relaxed);
+                    connections.spawn(serve_connection(
+                        stream,
+                        Arc::clone(&handler),
+                        tls.clone(),
+                        Arc::clone(&control),
+                    ));
                 }
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
@@ -98,10 +196,15 @@ async fn accept_loop(listener: TcpListener, handler: Arc<dyn Respond>, tls: Opti
     }
 }
 
-async fn serve_connection(stream: TcpStream, handler: Arc<dyn Respond>, tls: Option<TlsAcceptor>) {
+async fn serve_connection(
+    stream: TcpStream,
+    handler: Arc<dyn Respond>,
+    tls: Option<TlsAcceptor>,
+    control: Arc<Control>,
+) {
     // Connection errors (a client that hangs up, a failed handshake) end only this connection.
     let Some(acceptor) = tls else {
-        return serve_http(TokioIo::new(stream), handler, Peer::default()).await;
+        return serve_http(TokioIo::new(stream), handler, Peer::default(), control).await;
     };
     let stream = match acceptor.accept(stream).await {
         Ok(stream) => stream,
@@ -120,22 +223,42 @@ async fn serve_connection(stream: TcpStream, handler: Arc<dyn Respond>, tls: Opt
             .map(|cert| cert.to_vec())
             .collect(),
     };
-    serve_http(TokioIo::new(stream), handler, peer).await;
+    serve_http(TokioIo::new(stream), handler, peer, control).await;
 }
 
-async fn serve_http<S>(io: TokioIo<S>, handler: Arc<dyn Respond>, peer: Peer)
+async fn serve_http<S>(io: TokioIo<S>, handler: Arc<dyn Respond>, peer: Peer, control: Arc<Control>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = Arc::new(peer);
-    let service = service_fn(move |request: Request<Incoming>| {
-        let handler = Arc::clone(&handler);
-        let peer = Arc::clone(&peer);
-        async move { Ok::<_, Infallible>(handle(request, handler, &peer).await) }
-    });
-    let _ = auto::Builder::new(TokioExecutor::new())
-        .serve_connection(io, service)
-        .await;
+    let mut go_away = control.go_away.subscribe();
+    let service = {
+        let control = Arc::clone(&control);
+        service_fn(move |request: Request<Incoming>| {
+            let handler = Arc::clone(&handler);
+            let peer = Arc::clone(&peer);
+            control.request_arrived();
+            async move { Ok::<_, Infallible>(handle(request, handler, &peer).await) }
+        })
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let streams = control.max_streams.load(Ordering::Relaxed);
+    if streams > 0 {
+        builder.http2().max_concurrent_streams(streams);
+    }
+    let connection = builder.serve_connection(io, service);
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        changed = go_away.changed() => {
+            if changed.is_ok() {
+                control.gone_away.fetch_add(1, Ordering::Relaxed);
+                connection.as_mut().graceful_shutdown();
+            }
+        }
+    }
+    // A graceful shutdown still answers the requests the connection accepted.
+    let _ = connection.await;
 }
 
 async fn handle(

@@ -769,3 +769,100 @@ async fn one_signal_requires_english_contents_and_scripts_invalid_aliases() {
     let body: serde_json::Value = invalid.json().await.unwrap();
     assert_eq!(body["errors"]["invalid_aliases"]["external_id"][0], "u");
 }
+
+#[tokio::test]
+async fn apns_advertises_its_stream_limit_so_one_connection_serves_that_many_at_once() {
+    let apns = apns().await;
+    apns.mock.set_max_concurrent_streams(5);
+    apns.mock.set_delay(Duration::from_millis(200));
+    let client = https_client(apns.mock.ca_pem());
+    let jwt = provider_token(&apns.private_pem, "KEY1234567", now());
+    let base = apns.mock.base_url();
+    // One request first, so that the others find the connection open and share it.
+    let first = apns_request(&client, &base, &jwt).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+
+    let started = std::time::Instant::now();
+    let sends = (0..20).map(|_| apns_request(&client, &base, &jwt).send());
+    let responses = futures_join_all(sends).await;
+
+    // 20 requests, at most 5 at a time, 200 ms each: at least four rounds.
+    assert!(
+        started.elapsed() >= Duration::from_millis(780),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        responses
+            .iter()
+            .all(|r| r.as_ref().unwrap().status() == 200)
+    );
+    assert_eq!(apns.mock.connections_accepted(), 1);
+}
+
+#[tokio::test]
+async fn apns_delay_jitter_spreads_the_answers() {
+    let apns = apns().await;
+    apns.mock.set_delay(Duration::from_millis(20));
+    apns.mock.set_jitter(Duration::from_millis(60));
+    let client = https_client(apns.mock.ca_pem());
+    let jwt = provider_token(&apns.private_pem, "KEY1234567", now());
+    let base = apns.mock.base_url();
+
+    let mut times = Vec::new();
+    for _ in 0..12 {
+        let started = std::time::Instant::now();
+        let response = apns_request(&client, &base, &jwt).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        times.push(started.elapsed());
+    }
+
+    assert!(
+        times.iter().all(|t| *t >= Duration::from_millis(20)),
+        "{times:?}"
+    );
+    let spread = *times.iter().max().unwrap() - *times.iter().min().unwrap();
+    assert!(spread >= Duration::from_millis(10), "{times:?}");
+}
+
+#[tokio::test]
+async fn apns_goes_away_gracefully_and_answers_what_it_accepted() {
+    let apns = apns().await;
+    apns.mock.set_delay(Duration::from_millis(100));
+    apns.mock.go_away_at_request(3);
+    let client = https_client(apns.mock.ca_pem());
+    let jwt = provider_token(&apns.private_pem, "KEY1234567", now());
+    let base = apns.mock.base_url();
+    // One request first, so that the others find the connection open and share it.
+    let first = apns_request(&client, &base, &jwt).send().await.unwrap();
+    assert_eq!(first.status(), 200);
+
+    let responses =
+        futures_join_all((0..10).map(|_| apns_request(&client, &base, &jwt).send())).await;
+    let after = apns_request(&client, &base, &jwt).send().await.unwrap();
+
+    assert!(
+        responses
+            .iter()
+            .all(|r| r.as_ref().unwrap().status() == 200)
+    );
+    assert_eq!(after.status(), 200);
+    assert_eq!(apns.mock.goaways_sent(), 1);
+    assert_eq!(apns.mock.request_count(), 12);
+    // The connection that went away was replaced.
+    assert!(apns.mock.connections_accepted() >= 2);
+}
+
+/// Runs every future on a task of its own, at once, and returns their outputs in order.
+async fn futures_join_all<F>(futures: impl Iterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
