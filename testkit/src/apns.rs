@@ -262,6 +262,20 @@ impl MockApns {
         self.server.control().go_away_now();
     }
 
+    /// Makes each later `GOAWAY` a one-phase one, as a provider that stops at once sends it:
+    /// it names the last stream the connection received, and the requests the client sent
+    /// after it are refused (never handled, never recorded) and must be sent again on another
+    /// connection.
+    pub fn set_one_phase_go_away(&self, one_phase: bool) {
+        self.server.control().set_one_phase_go_away(one_phase);
+    }
+
+    /// How many requests a one-phase `GOAWAY` refused.
+    #[must_use]
+    pub fn streams_refused(&self) -> usize {
+        self.server.control().streams_refused()
+    }
+
     /// How many connections were sent a `GOAWAY`.
     #[must_use]
     pub fn goaways_sent(&self) -> usize {

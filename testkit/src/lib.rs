@@ -17,6 +17,7 @@ pub mod apns;
 pub mod clock;
 pub mod faults;
 pub mod fcm;
+mod goaway;
 mod jwt;
 pub mod memory;
 pub mod onesignal;

@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_rustls::TlsAcceptor;
 
+use crate::goaway::{FrameFilter, Trigger};
 use crate::script::{CannedResponse, IncomingRequest};
 
 /// What a mock does with one request. Checking and recording are synchronous; the harness
@@ -78,6 +79,15 @@ pub(crate) struct Control {
     gone_away: AtomicUsize,
     /// Connections accepted so far.
     accepted: AtomicUsize,
+    /// Whether a `GOAWAY` is sent in one phase, refusing the streams the client opened after
+    /// the last one the connection received (see [`crate::goaway`]), rather than hyper's
+    /// two-phase graceful shutdown.
+    one_phase: AtomicBool,
+    /// Requests (new streams) refused by a one-phase `GOAWAY`.
+    refused: Arc<AtomicUsize>,
+    /// How long incoming frames wait before hyper sees them, in microseconds (an accept
+    /// queue, from which a one-phase `GOAWAY` refuses).
+    hold: Arc<AtomicU64>,
 }
 
 impl Default for Control {
@@ -89,6 +99,9 @@ impl Default for Control {
             go_away: tokio::sync::watch::Sender::new(0),
             gone_away: AtomicUsize::new(0),
             accepted: AtomicUsize::new(0),
+            one_phase: AtomicBool::new(false),
+            refused: Arc::new(AtomicUsize::new(0)),
+            hold: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -114,6 +127,22 @@ impl Control {
     /// How many connections were sent a `GOAWAY`.
     pub fn goaways_sent(&self) -> usize {
         self.gone_away.load(Ordering::Relaxed)
+    }
+
+    /// Makes each later `GOAWAY` a one-phase one: it names the last stream the connection
+    /// received, and the streams the client opened after it are refused (they never reach
+    /// the mock), as a provider that stops at once does.
+    /// While it is on, every incoming frame waits 2 ms before the server sees it (an accept
+    /// queue), so that a `GOAWAY` finds requests received and not yet taken, to refuse.
+    pub fn set_one_phase_go_away(&self, one_phase: bool) {
+        self.one_phase.store(one_phase, Ordering::Relaxed);
+        self.hold
+            .store(if one_phase { 2_000 } else { 0 }, Ordering::Relaxed);
+    }
+
+    /// How many requests a one-phase `GOAWAY` refused.
+    pub fn streams_refused(&self) -> usize {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// How many connections the server accepted (TCP, before any TLS handshake).
@@ -203,8 +232,22 @@ async fn serve_connection(
     control: Arc<Control>,
 ) {
     // Connection errors (a client that hangs up, a failed handshake) end only this connection.
+    let trigger = Arc::new(Trigger::new(Arc::clone(&control.hold)));
     let Some(acceptor) = tls else {
-        return serve_http(TokioIo::new(stream), handler, Peer::default(), control).await;
+        let stream = FrameFilter::new(
+            stream,
+            None,
+            Arc::clone(&trigger),
+            Arc::clone(&control.refused),
+        );
+        return serve_http(
+            TokioIo::new(stream),
+            handler,
+            Peer::default(),
+            control,
+            trigger,
+        )
+        .await;
     };
     let stream = match acceptor.accept(stream).await {
         Ok(stream) => stream,
@@ -223,11 +266,23 @@ async fn serve_connection(
             .map(|cert| cert.to_vec())
             .collect(),
     };
-    serve_http(TokioIo::new(stream), handler, peer, control).await;
+    let http2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+    let stream = FrameFilter::new(
+        stream,
+        Some(http2),
+        Arc::clone(&trigger),
+        Arc::clone(&control.refused),
+    );
+    serve_http(TokioIo::new(stream), handler, peer, control, trigger).await;
 }
 
-async fn serve_http<S>(io: TokioIo<S>, handler: Arc<dyn Respond>, peer: Peer, control: Arc<Control>)
-where
+async fn serve_http<S>(
+    io: TokioIo<S>,
+    handler: Arc<dyn Respond>,
+    peer: Peer,
+    control: Arc<Control>,
+    trigger: Arc<Trigger>,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = Arc::new(peer);
@@ -253,6 +308,9 @@ where
         changed = go_away.changed() => {
             if changed.is_ok() {
                 control.gone_away.fetch_add(1, Ordering::Relaxed);
+                if control.one_phase.load(Ordering::Relaxed) {
+                    trigger.go_away.store(true, Ordering::Relaxed);
+                }
                 connection.as_mut().graceful_shutdown();
             }
         }
