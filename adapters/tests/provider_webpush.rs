@@ -266,6 +266,30 @@ async fn a_413_fails_the_message_for_good() {
 }
 
 #[tokio::test]
+async fn a_p256dh_off_the_curve_fails_the_delivery_before_anything_is_sent() {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (mock, key) = mock().await;
+    let harness = harness(&mock, &key, 5).await;
+    let mut subscription = mock.new_subscription();
+    let mut point = URL_SAFE_NO_PAD.decode(&subscription.p256dh).unwrap();
+    point[64] ^= 1;
+    subscription.p256dh = URL_SAFE_NO_PAD.encode(&point);
+    register(&harness, &subscription, "alice").await;
+
+    let message = harness
+        .send(APP, to_user("alice", "Order shipped", "On its way"))
+        .await;
+
+    assert_eq!(message.state(), MessageState::Error, "{message:?}");
+    let (state, code, text) = only_delivery_error(&message);
+    assert_eq!(state, DeliveryState::Failed);
+    assert_eq!(code, Some("invalid_subscription"));
+    assert!(text.is_some_and(|text| text.contains("p256dh")), "{text:?}");
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test]
 async fn a_nul_in_the_push_services_answer_is_recorded_as_a_replacement_character() {
     let (mock, key) = mock().await;
     let harness = harness(&mock, &key, 5).await;

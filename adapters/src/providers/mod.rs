@@ -7,6 +7,7 @@ pub mod fcm;
 pub mod http;
 pub mod onesignal;
 pub mod webpush;
+pub mod webpush_ece;
 
 use std::sync::Arc;
 

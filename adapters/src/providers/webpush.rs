@@ -379,17 +379,19 @@ fn encrypt(request: &WebPushRequest) -> Result<Vec<u8>, SendOutcome> {
         )
     };
     let p256dh = decode_base64url(subscription.p256dh()).ok_or_else(|| invalid("p256dh"))?;
-    let ua_public = web_push_native::p256::PublicKey::from_sec1_bytes(&p256dh)
-        .map_err(|_| invalid("p256dh (not a P-256 point)"))?;
     let auth: [u8; 16] = decode_base64url(subscription.auth())
         .and_then(|auth| auth.try_into().ok())
         .ok_or_else(|| invalid("auth secret"))?;
-    let auth = web_push_native::Auth::from(auth);
-    web_push_native::encrypt(request.plaintext.clone(), &ua_public, &auth).map_err(|error| {
-        permanent(
-            "encryption",
-            format!("the payload could not be encrypted: {error:?}"),
-        )
+    crate::providers::webpush_ece::encrypt(&request.plaintext, &p256dh, &auth).map_err(|error| {
+        match error {
+            crate::providers::webpush_ece::EncryptError::PublicKey => {
+                invalid("p256dh (not a P-256 point)")
+            }
+            error => permanent(
+                "encryption",
+                format!("the payload could not be encrypted: {error}"),
+            ),
+        }
     })
 }
 
