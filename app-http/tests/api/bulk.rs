@@ -1,10 +1,17 @@
 //! `POST /v1/apps/{app}/messages/bulk`: each message answered on its own, and the limits of
 //! the whole request.
 
+use std::time::{Duration, Instant};
+
+use clarion_adapters::config::FcmConfig;
+use clarion_domain::app::SenderKind;
+use clarion_testkit::MockFcm;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, runtime_with, shop_and_news, spawn, spawn_shop_and_news};
+use crate::helpers::{
+    TestApp, eventually, runtime_with, shop_and_news, spawn, spawn_shop_and_news,
+};
 
 const BULK: &str = "/v1/apps/shop/messages/bulk";
 
@@ -372,4 +379,48 @@ async fn the_document_describes_the_bulk_body_and_each_result_as_stored_or_faile
         failed["properties"]["problem"]["$ref"],
         "#/components/schemas/Problem"
     );
+}
+
+#[tokio::test]
+async fn now_sends_slower_than_the_wait_are_answered_202_as_stored_and_finish_in_the_background() {
+    let fcm = MockFcm::start("bulk-project").await.unwrap();
+    fcm.set_delay(Duration::from_secs(3));
+    let fcm_config: FcmConfig = serde_json::from_value(json!({
+        "service_account": fcm.service_account().json,
+        "endpoint": fcm.base_url(),
+        "timeout_secs": 30,
+    }))
+    .unwrap();
+    let (runtime, dir) = runtime_with(|config| {
+        shop_and_news(config);
+        let shop = config.apps.get_mut("shop").unwrap();
+        shop.sender = SenderKind::Direct;
+        shop.fcm = Some(fcm_config);
+        config.http.send_wait_secs = 1;
+    })
+    .await;
+    let app = spawn(runtime, dir).await;
+    device_for(&app, "alice", 1).await;
+    let messages: Vec<Value> = (0..3).map(|n| to_user("alice", &format!("n{n}"))).collect();
+    let started = Instant::now();
+
+    let reply = app
+        .admin(Method::POST, BULK, Some(&json!({"messages": messages})))
+        .await
+        .expect(200);
+
+    let waited = started.elapsed();
+    assert!(waited < Duration::from_millis(2800), "{waited:?}");
+    assert_eq!(reply["stored"], 3, "{reply}");
+    for result in reply["results"].as_array().unwrap() {
+        assert_eq!(result["status"], 202, "{reply}");
+        assert_eq!(result["message"]["state"], "WAITING", "{reply}");
+        let path = format!("/v1/apps/shop/messages/{}", result["message"]["id"]);
+        eventually(Duration::from_secs(20), || async {
+            let message = app.admin(Method::GET, &path, None).await.expect(200);
+            (message["state"] == "SENT").then_some(())
+        })
+        .await;
+    }
+    assert_eq!(fcm.request_count(), 3);
 }
