@@ -191,4 +191,17 @@ mod tests {
             assert!(error.contains(expected), "{raw}: {error}");
         }
     }
+
+    #[test]
+    fn an_item_nested_100000_deep_is_refused_without_exhausting_the_stack() {
+        let nested = format!(
+            r#"{{"target":{{"user_id":"a"}},"body":"b","extra_data":{{"k":{}{}}}}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+
+        let error = BulkItem::parse(&nested).unwrap_err();
+
+        assert!(error.contains("recursion limit"), "{error}");
+    }
 }
