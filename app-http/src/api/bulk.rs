@@ -115,9 +115,9 @@ pub struct BulkFailed {
 /// checked on its own.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Envelope<'a> {
+pub(crate) struct Envelope<'a> {
     #[serde(borrow)]
-    messages: Vec<&'a RawValue>,
+    pub(crate) messages: Vec<&'a RawValue>,
 }
 
 /// Send up to 1,000 messages, each checked and answered on its own.
@@ -218,7 +218,7 @@ async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<
 }
 
 /// The list of messages, each still as text, checked for its length.
-fn envelope(bytes: &[u8]) -> Result<Envelope<'_>, ApiError> {
+pub(crate) fn envelope(bytes: &[u8]) -> Result<Envelope<'_>, ApiError> {
     let envelope: Envelope<'_> = serde_json::from_slice(bytes).map_err(|error| {
         if error.is_data() {
             ApiError::invalid("messages", error)
