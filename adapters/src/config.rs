@@ -219,6 +219,9 @@ pub const MIN_HEADER_BYTES: usize = 1024;
 pub struct HttpConfig {
     /// The largest request body accepted; larger ones are answered 413.
     pub body_limit_bytes: usize,
+    /// The largest body of a bulk send (`POST /v1/apps/{app}/messages/bulk`, up to 1,000
+    /// messages), in place of `body_limit_bytes`; larger ones are answered 413.
+    pub bulk_body_limit_bytes: usize,
     /// How long a `dispatch = "now"` send may take before the request is answered 202 and
     /// the send finishes in the background.
     pub send_wait_secs: u64,
@@ -255,6 +258,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             body_limit_bytes: 1024 * 1024,
+            bulk_body_limit_bytes: 4 * 1024 * 1024,
             send_wait_secs: 10,
             rate_limit_per_second: 50,
             rate_limit_burst: 100,
@@ -753,6 +757,12 @@ impl Config {
         if self.http.body_limit_bytes == 0 {
             return Err(invalid(
                 "http.body_limit_bytes",
+                "must be at least 1".to_owned(),
+            ));
+        }
+        if self.http.bulk_body_limit_bytes == 0 {
+            return Err(invalid(
+                "http.bulk_body_limit_bytes",
                 "must be at least 1".to_owned(),
             ));
         }

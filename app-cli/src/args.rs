@@ -47,7 +47,7 @@ pub enum Command {
     /// Register, list, deactivate and delete devices.
     #[command(subcommand)]
     Devices(DevicesCommand),
-    /// Send a message now (or queue it for the batch worker).
+    /// Send a message now (or queue it for the batch worker), or a file of messages.
     Send(SendArgs),
     /// Render a stored template and send the result.
     SendTemplate(SendTemplateArgs),
@@ -155,7 +155,7 @@ pub struct ListDevicesArgs {
 
 /// Who a message is for: exactly one of a user, device ids, or a broadcast.
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false, id = "target")]
+#[group(multiple = false, id = "target")]
 pub struct TargetArgs {
     /// Every active device of this user.
     #[arg(long, value_parser = parse::user_id)]
@@ -223,8 +223,18 @@ pub struct SendArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// The body text.
-    #[arg(long)]
-    pub body: String,
+    #[arg(long, required_unless_present = "file")]
+    pub body: Option<String>,
+    /// Send the messages of this file instead, one JSON object a line, each as an item of
+    /// `POST /v1/apps/{app}/messages/bulk` (with `body`, or a template's `slug`); `-` reads
+    /// standard input. Each line is checked and sent on its own; the summary names the lines
+    /// that failed.
+    #[arg(
+        long,
+        value_name = "PATH",
+        conflicts_with_all = ["target", "body", "heading", "url", "MessageOptions"]
+    )]
+    pub file: Option<PathBuf>,
     /// The title.
     #[arg(long)]
     pub heading: Option<String>,

@@ -3,6 +3,7 @@
 //! holds no SQL and no provider code.
 
 mod args;
+mod bulk;
 mod error;
 mod output;
 mod parse;

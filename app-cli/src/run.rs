@@ -25,7 +25,7 @@ use crate::args::{
     SendTemplateArgs, TargetArgs, TemplatesCommand,
 };
 use crate::error::CliError;
-use crate::{output, parse};
+use crate::{bulk, output, parse};
 
 /// Runs one command.
 ///
@@ -289,11 +289,22 @@ fn dispatch(options: &MessageOptions) -> Dispatch {
 }
 
 async fn send(out: &Out, config: Config, args: SendArgs) -> Result<(), CliError> {
+    if let Some(path) = &args.file {
+        // The file is opened before the database, so that a wrong path changes nothing.
+        let input = bulk::Input::open(path)?;
+        let (runtime, app) = runtime_for(out, config).await?;
+        return bulk::send_file(&runtime.service, app.as_str(), input, out.json).await;
+    }
+    let Some(body) = args.body else {
+        return Err(CliError::Input(
+            "a message needs --body or --file".to_owned(),
+        ));
+    };
     let options = &args.options;
     let push = push_options(options)?;
     let content = Content {
         heading: args.heading,
-        body: args.body,
+        body,
         url: args.url,
         extra_data: extra_data(options)?,
     };

@@ -13,6 +13,7 @@ use crate::api::devices::{RegisterDeviceBody, RegisterDevicesBody, UpdateDeviceB
 use crate::api::keys::CreateKeyBody;
 use crate::api::messages::{SendBody, TemplateSendBody};
 use crate::api::templates::{CreateTemplateBody, PreviewBody, PutTemplateBody};
+use crate::bulk::BulkItem;
 use crate::error::{ApiError, id_error};
 use crate::extract::parse_json;
 
@@ -29,6 +30,8 @@ pub enum RequestBody {
     Send,
     /// `POST /v1/apps/{app}/messages/template`
     TemplateSend,
+    /// `POST /v1/apps/{app}/messages/bulk`
+    BulkSend,
     /// `POST /v1/apps/{app}/templates`
     CreateTemplate,
     /// `PUT /v1/apps/{app}/templates/{slug}`
@@ -41,7 +44,7 @@ pub enum RequestBody {
 
 impl RequestBody {
     /// Every request body.
-    pub const ALL: [RequestBody; 9] = [
+    pub const ALL: [RequestBody; 10] = [
         RequestBody::RegisterDevice,
         RequestBody::RegisterDevices,
         RequestBody::UpdateDevice,
@@ -51,6 +54,7 @@ impl RequestBody {
         RequestBody::PutTemplate,
         RequestBody::Preview,
         RequestBody::CreateKey,
+        RequestBody::BulkSend,
     ];
 }
 
@@ -107,6 +111,17 @@ fn read(route: RequestBody, bytes: &[u8]) -> Result<(), ApiError> {
             request.options.validate().map_err(SendError::from)?;
             Ok(())
         }
+        // Each message's problem is a result of a 200 answer, not a refusal of the body.
+        RequestBody::BulkSend => {
+            for raw in crate::api::bulk::envelope(bytes)?.messages {
+                if let Ok(BulkItem::Send { request, .. }) = BulkItem::parse_checked(raw.get())
+                    && request.options.validate().is_ok()
+                {
+                    let _ = request.content.validate(&request.options);
+                }
+            }
+            Ok(())
+        }
         RequestBody::CreateTemplate => {
             let template = body::<CreateTemplateBody>(bytes)?;
             crate::api::templates::slug(&template.slug)?;
@@ -152,4 +167,29 @@ fn register(body: RegisterDeviceBody, prefix: &str) -> Result<(), ApiError> {
         device_id: body.device_id,
     };
     Ok(device.validate().map_err(DeviceError::from)?)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bulk_body_is_refused_as_a_whole_only_for_its_list_not_for_a_bad_message() {
+        let seed = include_bytes!("../../fuzz/corpus/request_bodies/send-bulk");
+        let (route, body) = seed.split_first().unwrap();
+        let route = RequestBody::ALL[usize::from(route - b'0')];
+
+        assert_eq!(route, RequestBody::BulkSend);
+        assert_eq!(read_body(route, body), Ok(()));
+        assert_eq!(
+            read_body(route, br#"{"messages": [1, {"body": 2}]}"#),
+            Ok(())
+        );
+        assert_eq!(
+            read_body(route, br#"{"messages": []}"#).unwrap_err().status,
+            422
+        );
+        assert_eq!(read_body(route, b"{").unwrap_err().status, 400);
+    }
 }

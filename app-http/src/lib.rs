@@ -4,6 +4,7 @@
 mod admin;
 mod api;
 mod auth;
+pub mod bulk;
 mod error;
 mod extract;
 #[doc(hidden)]
@@ -112,6 +113,7 @@ impl Application {
                     service: Arc::new(service),
                     client_tokens: Arc::new(client_tokens),
                     send_wait: Duration::from_secs(config.http.send_wait_secs),
+                    bulk_body_limit: config.http.bulk_body_limit_bytes,
                     limiter: RateLimiter::new(
                         config.http.rate_limit_per_second,
                         config.http.rate_limit_burst,

@@ -23,7 +23,7 @@ use utoipa_swagger_ui::SwaggerUi;
 
 use crate::admin;
 use crate::admin::session::Sessions;
-use crate::api::{devices, keys, messages, templates};
+use crate::api::{bulk, devices, keys, messages, templates};
 use crate::auth::authorize;
 use crate::error::ApiError;
 use crate::limits::{self, RequestLimits};
@@ -40,6 +40,8 @@ pub(crate) struct AppState {
     pub(crate) client_tokens: Arc<ClientTokens>,
     /// How long a `now` send may take before the request is answered 202.
     pub(crate) send_wait: Duration,
+    /// `http.bulk_body_limit_bytes`: the largest body of a bulk send.
+    pub(crate) bulk_body_limit: usize,
     /// The per-credential rate limit; `None` when it is off.
     pub(crate) limiter: Option<Arc<RateLimiter>>,
     /// Asked by `/readyz`.
@@ -108,6 +110,7 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(messages::send_message, messages::list_messages))
         .routes(routes!(messages::send_template))
+        .routes(routes!(bulk::send_bulk))
         .routes(routes!(messages::get_message))
         .routes(routes!(messages::retry_message))
         .routes(routes!(messages::cancel_message))

@@ -10,7 +10,7 @@ use clarion_http::fuzzing::{RequestBody, read_body};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    // The first byte picks the route (`0` to `8` in the order of `RequestBody::ALL`), so that
+    // The first byte picks the route (`0` to `9` in the order of `RequestBody::ALL`), so that
     // one corpus holds inputs for every body.
     let Some((&route, body)) = data.split_first() else {
         return;

@@ -1,6 +1,7 @@
 //! The `/v1` REST API: request and response bodies (with their OpenAPI schemas), their
 //! conversion into domain values, and the handlers.
 
+pub(crate) mod bulk;
 pub(crate) mod devices;
 pub(crate) mod keys;
 pub(crate) mod messages;

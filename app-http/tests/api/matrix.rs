@@ -68,6 +68,7 @@ pub const ROUTES: &[Route] = &[
         200,
     ),
     route("post", "/v1/apps/{app}/messages/template", Area::App, 201),
+    route("post", "/v1/apps/{app}/messages/bulk", Area::App, 200),
     route("get", "/v1/apps/{app}/templates", Area::App, 200),
     route("post", "/v1/apps/{app}/templates", Area::App, 201),
     route("get", "/v1/apps/{app}/templates/{slug}", Area::App, 200),
@@ -287,6 +288,9 @@ fn concrete(route: &Route, f: &Fixture) -> (String, Option<Value>) {
         ("post", "/v1/apps/{app}/messages") => {
             Some(json!({"target": {"user_id": "alice"}, "body": "hi"}))
         }
+        ("post", "/v1/apps/{app}/messages/bulk") => Some(json!({
+            "messages": [{"target": {"user_id": "alice"}, "body": "hi"}]
+        })),
         ("post", "/v1/apps/{app}/messages/template") => Some(json!({
             "slug": f.template, "context": {"name": "Ann"}, "target": {"user_id": "alice"}
         })),

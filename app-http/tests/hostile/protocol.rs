@@ -12,6 +12,8 @@ use crate::suite::{Suite, expect};
 const CREDENTIAL: &[&str] = &["credential", "authorization", "key", "token"];
 /// Words a detail about a size limit holds.
 const SIZE: &[&str] = &["limit", "large", "bytes", "size"];
+/// The bulk send's route.
+const BULK: &str = "/v1/apps/shop/messages/bulk";
 
 pub async fn run(suite: &mut Suite) {
     suite.area("problem+json");
@@ -130,6 +132,20 @@ pub async fn run(suite: &mut Suite) {
             &expect(&[413], SIZE),
         )
         .await;
+    suite
+        .row(
+            "a bulk send over http.bulk_body_limit_bytes (5 MiB)",
+            Call::new(Method::POST, BULK).body("application/json", big_json(5 << 20)),
+            &expect(&[413], &["http.bulk_body_limit_bytes"]),
+        )
+        .await;
+    suite
+        .raw_row(
+            "a chunked bulk send over http.bulk_body_limit_bytes",
+            chunked_post(BULK, &suite.server.app_key, 5 << 20),
+            &expect(&[413], &["http.bulk_body_limit_bytes"]),
+        )
+        .await;
 
     suite.area("bodies, paths and queries");
     let messages = "/v1/apps/shop/messages";
@@ -157,6 +173,28 @@ pub async fn run(suite: &mut Suite) {
             ),
             vec![413, 422],
             &["devices", "5000", "5,000"],
+        ),
+        (
+            "1,001 messages in one bulk send",
+            Call::json(
+                Method::POST,
+                BULK,
+                &json!({ "messages": vec![json!({"target": {"user_id": "alice"}, "body": "b"}); 1001] }),
+            ),
+            vec![422],
+            &["messages", "1000"],
+        ),
+        (
+            "a bulk send reaching 20,000 deliveries",
+            Call::json(
+                Method::POST,
+                BULK,
+                &json!({ "messages": [
+                    {"target": {"device_ids": (1..=20_000).collect::<Vec<i64>>()}, "body": "b"}
+                ] }),
+            ),
+            vec![422],
+            &["deliveries", "10000"],
         ),
         (
             "a badge of 1e400",
