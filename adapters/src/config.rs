@@ -425,10 +425,17 @@ pub struct ApnsConfig {
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
-    /// The most requests in flight at once for this application (streams on its HTTP/2
-    /// connection); 100 when unset.
+    /// HTTP/2 connections to APNs for this application; 4 when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub concurrency: Option<usize>,
+    pub connections: Option<usize>,
+    /// The most requests in flight at once for this application, over all its connections
+    /// (the memory bound); 4000 when unset. `concurrency` is the old name.
+    #[serde(
+        default,
+        alias = "concurrency",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_in_flight: Option<usize>,
 }
 
 /// Which APNs host serves an application.
@@ -452,6 +459,13 @@ pub struct FcmConfig {
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// HTTP/2 connections for this application; 4 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
+    /// The most requests in flight at once for this application, over all its connections (the memory bound);
+    /// 4000 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
 }
 
 /// Web Push (VAPID) credentials.
@@ -466,6 +480,13 @@ pub struct WebPushConfig {
     pub allow_private_endpoints: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// HTTP/2 connections for this application per push-service origin; 4 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
+    /// The most requests in flight at once for this application, over all push services (the memory bound);
+    /// 4000 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
 }
 
 /// OneSignal credentials.
@@ -1574,6 +1595,8 @@ mod tests {
                     service_account: Secret::File("sa.json".into()),
                     endpoint: None,
                     timeout_secs: Some(5),
+                    connections: None,
+                    max_in_flight: None,
                 }),
                 client_token_secret: Some(Secret::Env("SHOP_JWT".to_owned())),
                 ..AppConfig::default()
