@@ -1739,4 +1739,14 @@ mod tests {
             "postgres://clarion@db/x"
         );
     }
+
+    #[test]
+    fn apns_concurrency_is_still_read_as_max_in_flight() {
+        let old: ApnsConfig = toml::from_str("topic = \"t\"\nconcurrency = 7").unwrap();
+        let new: ApnsConfig =
+            toml::from_str("topic = \"t\"\nconnections = 2\nmax_in_flight = 9").unwrap();
+
+        assert_eq!(old.max_in_flight, Some(7));
+        assert_eq!((new.connections, new.max_in_flight), (Some(2), Some(9)));
+    }
 }

@@ -687,6 +687,48 @@ mod tests {
     }
 
     #[test]
+    fn the_least_recently_used_origin_is_closed_beyond_the_limit() {
+        let settings = PoolSettings {
+            connections: 1,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            keep_alive: pool::KEEP_ALIVE_INTERVAL,
+            tls: pool::connect::tls_config(&[], None).unwrap(),
+            guard: AddressGuard::PublicOnly,
+        };
+        let in_flight = Arc::new(Semaphore::new(1));
+        let origin = |n: usize| {
+            Origin::of(&url::Url::parse(&format!("https://push{n}.example.com/")).unwrap()).unwrap()
+        };
+        let mut origins = Origins::default();
+        let make = |n: usize| {
+            let (settings, in_flight) = (settings.clone(), Arc::clone(&in_flight));
+            move || Pool::new(origin(n), settings, in_flight)
+        };
+
+        let first = origins.get(&origin(0), make(0));
+        for n in 1..MAX_ORIGINS {
+            origins.get(&origin(n), make(n));
+        }
+        let again = origins.get(&origin(0), make(0));
+        origins.get(&origin(MAX_ORIGINS), make(MAX_ORIGINS));
+
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "a known origin reuses its pool"
+        );
+        assert_eq!(origins.pools.len(), MAX_ORIGINS);
+        assert!(
+            origins.pools.contains_key(&origin(0)),
+            "origin 0 was used last but one"
+        );
+        assert!(
+            !origins.pools.contains_key(&origin(1)),
+            "origin 1 was the least recent"
+        );
+    }
+
+    #[test]
     fn a_cached_jwt_is_reused_per_origin_until_close_to_its_expiry() {
         let sender = AppSender {
             credentials: load_credentials("shop", &config(RAW_KEY, "mailto:ops@example.com"))

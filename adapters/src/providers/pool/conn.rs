@@ -67,6 +67,9 @@ impl Conn {
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let (send, mut connection) = h2::client::Builder::new()
+            // Room for the answers of many streams at once (they are small, and read as they
+            // come), so that the connection window never holds a stream back.
+            .initial_connection_window_size(1 << 20)
             .handshake::<T, Bytes>(io)
             .await
             .map_err(|error| format!("the HTTP/2 handshake failed: {error}"))?;

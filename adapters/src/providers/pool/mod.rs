@@ -281,12 +281,20 @@ impl Pool {
                         pool: self,
                     });
                 }
-                if let Some((at, error)) = &state.failed
-                    && at.elapsed() < FAILURE_MEMORY
+                let failed = state
+                    .failed
+                    .as_ref()
+                    .filter(|(at, _)| at.elapsed() < FAILURE_MEMORY)
+                    .map(|(_, error)| error.clone());
+                if let Some(error) = &failed
+                    && state.conns.is_empty()
                 {
                     return Err(PoolError::Connect(error.clone()));
                 }
-                let open = !state.opening && state.conns.len() < self.settings.connections;
+                // After a failed attempt, wait for a stream of the open connections instead.
+                let open = failed.is_none()
+                    && !state.opening
+                    && state.conns.len() < self.settings.connections;
                 if open {
                     state.opening = true;
                 }
@@ -379,4 +387,60 @@ pub fn limits(
         "{section}.max_in_flight: must be between 1 and {MAX_MAX_IN_FLIGHT}, got {max_in_flight}"
     );
     Ok((connections, max_in_flight))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_default_to_4_connections_and_4000_requests() {
+        assert_eq!(limits("apps.shop.apns", None, None).unwrap(), (4, 4000));
+        assert_eq!(limits("apps.shop.apns", Some(1), Some(1)).unwrap(), (1, 1));
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused_naming_the_setting() {
+        let cases = [
+            (
+                Some(0),
+                None,
+                "apps.shop.fcm.connections: must be between 1 and 64, got 0",
+            ),
+            (Some(65), None, "apps.shop.fcm.connections"),
+            (
+                None,
+                Some(0),
+                "apps.shop.fcm.max_in_flight: must be between 1 and 100000, got 0",
+            ),
+            (None, Some(100_001), "apps.shop.fcm.max_in_flight"),
+        ];
+        for (connections, max_in_flight, expected) in cases {
+            let error = limits("apps.shop.fcm", connections, max_in_flight)
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(expected), "{expected}: {error}");
+        }
+    }
+
+    #[test]
+    fn every_failure_is_transient_and_names_the_provider() {
+        let failures = [
+            (PoolError::Timeout(Duration::from_secs(5)), "timeout"),
+            (
+                PoolError::Connect(ConnectError::Failed("refused".to_owned())),
+                "connection",
+            ),
+            (PoolError::Lost("reset".to_owned()), "connection"),
+            (PoolError::Refused("GOAWAY".to_owned()), "connection"),
+            (PoolError::Body("reset".to_owned()), "transport"),
+        ];
+        for (failure, expected) in failures {
+            let SendOutcome::Transient { code, reason, .. } = failure.outcome("APNs") else {
+                panic!("{failure:?} is not transient");
+            };
+            assert_eq!(code, expected);
+            assert!(reason.starts_with("APNs request failed: "), "{reason}");
+        }
+    }
 }
