@@ -13,7 +13,8 @@
 mod support;
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clarion_adapters::config::{ApnsConfig, ApnsEnvironment, AppConfig, Config, FcmConfig, Secret};
@@ -27,7 +28,8 @@ use clarion_domain::ports::PushProvider;
 use clarion_testkit::{ApnsMockConfig, MockApns, MockFcm, apns_test_key};
 use support::{temp_dir, write_file};
 use tempfile::TempDir;
-use tokio::task::JoinSet;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{AbortHandle, JoinSet};
 
 const APP: &str = "shop";
 const TEAM_ID: &str = "TEAM123456";
@@ -43,6 +45,16 @@ struct Apns {
 /// The APNs mock and a provider for it: `connections` and `max_in_flight` as given, the
 /// mock's CA trusted when `trust` is set.
 async fn apns(connections: Option<usize>, max_in_flight: Option<usize>, trust: bool) -> Apns {
+    apns_via(connections, max_in_flight, trust, None).await
+}
+
+/// Like [`apns`], the provider connecting through `relay` when given.
+async fn apns_via(
+    connections: Option<usize>,
+    max_in_flight: Option<usize>,
+    trust: bool,
+    relay: Option<&Relay>,
+) -> Apns {
     let (p8, public) = apns_test_key().expect("an APNs test key");
     let mock = MockApns::start(ApnsMockConfig {
         team_id: TEAM_ID.to_owned(),
@@ -68,7 +80,10 @@ async fn apns(connections: Option<usize>, max_in_flight: Option<usize>, trust: b
                 certificate_key: None,
                 topic: TOPIC.to_owned(),
                 environment: ApnsEnvironment::Sandbox,
-                endpoint: Some(mock.base_url()),
+                endpoint: Some(match relay {
+                    Some(relay) => format!("https://{}", relay.addr),
+                    None => mock.base_url(),
+                }),
                 timeout_secs: Some(20),
                 connections,
                 max_in_flight,
@@ -206,6 +221,83 @@ async fn a_certificate_no_configured_root_vouches_for_fails_with_a_clear_error()
         "{reason}"
     );
     assert_eq!(apns.mock.request_count(), 0);
+}
+
+/// A TCP relay whose connections can be cut.
+struct Relay {
+    addr: SocketAddr,
+    target: Arc<Mutex<Option<SocketAddr>>>,
+    links: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+impl Relay {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+        let links: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
+        let (to, all) = (Arc::clone(&target), Arc::clone(&links));
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let Some(target) = *to.lock().unwrap() else {
+                    continue;
+                };
+                let link = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                all.lock().unwrap().push(link.abort_handle());
+            }
+        });
+        Self {
+            addr,
+            target,
+            links,
+        }
+    }
+
+    fn to(&self, target: SocketAddr) {
+        *self.target.lock().unwrap() = Some(target);
+    }
+
+    /// Drops every connection made so far, without a word to either side.
+    fn cut(&self) {
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_whose_connection_drops_after_it_was_sent_is_a_transient_failure() {
+    let relay = Relay::start().await;
+    let apns = apns_via(None, None, true, Some(&relay)).await;
+    relay.to(apns.mock.addr());
+    apns.mock.set_delay(Duration::from_secs(2));
+    let app = AppId::parse(APP).unwrap();
+
+    let provider = Arc::clone(&apns.provider);
+    let send = tokio::spawn(async move { provider.send(&app, &apns_payload(1)).await });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while apns.mock.request_count() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    relay.cut();
+    let outcome = send.await.unwrap();
+    apns.mock.set_delay(Duration::ZERO);
+    let again = send_all(&apns.provider, 1, apns_payload).await;
+
+    // The mock had the request: the outcome is unknown, so it is the retry policy's.
+    assert_eq!(apns.mock.request_count(), 2);
+    let SendOutcome::Transient { code, reason, .. } = &outcome else {
+        panic!("a transient failure, got {outcome:?}");
+    };
+    assert_eq!(code, "connection");
+    assert!(reason.contains("after the request was sent"), "{reason}");
+    // The next send opens a new connection.
+    assert_all_accepted(&again);
+    assert_eq!(apns.mock.connections_accepted(), 2);
 }
 
 const PROJECT: &str = "pool-project";
