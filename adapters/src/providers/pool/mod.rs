@@ -205,20 +205,19 @@ impl Pool {
         self.state().conns.iter().map(|c| c.active()).sum()
     }
 
-    /// Sends one request within the request timeout.
+    /// Sends one request: waits for room under `max_in_flight` (as long as it takes, as the
+    /// send of an attempt waits for its turn), then within the request timeout for a stream,
+    /// the connection if one must be opened, and the answer.
     ///
     /// # Errors
     /// See [`PoolError`].
     pub async fn send(&self, request: &Request) -> Result<Response, PoolError> {
+        // The semaphore is never closed, so acquiring only waits.
+        let _permit = self.in_flight.acquire().await;
         let timeout = self.settings.request_timeout;
-        let deadline = Instant::now() + timeout;
-        tokio::time::timeout_at(deadline, async {
-            // The semaphore is never closed, so acquiring only waits.
-            let _permit = self.in_flight.acquire().await;
-            self.send_on_a_connection(request).await
-        })
-        .await
-        .unwrap_or(Err(PoolError::Timeout(timeout)))
+        tokio::time::timeout(timeout, self.send_on_a_connection(request))
+            .await
+            .unwrap_or(Err(PoolError::Timeout(timeout)))
     }
 
     async fn send_on_a_connection(&self, request: &Request) -> Result<Response, PoolError> {
