@@ -17,15 +17,23 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clarion_adapters::config::{ApnsConfig, ApnsEnvironment, AppConfig, Config, FcmConfig, Secret};
+use clarion_adapters::config::{
+    ApnsConfig, ApnsEnvironment, AppConfig, Config, FcmConfig, Secret, WebPushConfig,
+};
 use clarion_adapters::providers::apns::ApnsProvider;
 use clarion_adapters::providers::fcm::FcmProvider;
 use clarion_adapters::providers::http::extra_roots;
+use clarion_adapters::providers::webpush::WebPushProvider;
 use clarion_domain::ids::AppId;
 use clarion_domain::message::SendOutcome;
-use clarion_domain::payload::{ApnsHeaders, ApnsPushType, ApnsRequest, FcmRequest, Payload};
+use clarion_domain::payload::{
+    ApnsHeaders, ApnsPushType, ApnsRequest, FcmRequest, Payload, Urgency, WebPushRequest,
+};
 use clarion_domain::ports::PushProvider;
-use clarion_testkit::{ApnsMockConfig, MockApns, MockFcm, apns_test_key};
+use clarion_domain::token::{EndpointPolicy, WebPushSubscription};
+use clarion_testkit::{
+    ApnsMockConfig, MockApns, MockFcm, MockWebPush, VapidTestKey, WebPushMockConfig, apns_test_key,
+};
 use support::{temp_dir, write_file};
 use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
@@ -345,4 +353,96 @@ async fn fcm_over_plain_http_is_pooled_and_survives_a_goaway_too() {
     assert!(mock.goaways_sent() >= 1);
     let versions: HashSet<String> = mock.requests().into_iter().map(|r| r.version).collect();
     assert_eq!(versions, HashSet::from(["HTTP/2.0".to_owned()]));
+}
+
+fn webpush_provider(dir: &TempDir, mock: &MockWebPush, allow_private: bool) -> WebPushProvider {
+    let key = VapidTestKey::generate().unwrap();
+    let mut config = Config::default();
+    config.tls.extra_ca_certs = vec![write_file(dir, "push-ca.pem", mock.ca_pem())];
+    config.apps.insert(
+        APP.to_owned(),
+        AppConfig {
+            webpush: Some(WebPushConfig {
+                vapid_private_key: Secret::Inline(key.private_key_b64url.clone()),
+                subject: "mailto:ops@example.com".to_owned(),
+                allow_private_endpoints: allow_private,
+                timeout_secs: Some(20),
+                connections: Some(1),
+                max_in_flight: None,
+            }),
+            ..AppConfig::default()
+        },
+    );
+    WebPushProvider::from_config(&config, &extra_roots(&config.tls).unwrap())
+        .unwrap()
+        .expect("a Web Push provider")
+}
+
+fn webpush_payload(endpoint: &str, p256dh: &str, auth: &str) -> Payload {
+    Payload::Webpush(WebPushRequest {
+        subscription: WebPushSubscription::parse(
+            endpoint,
+            p256dh,
+            auth,
+            EndpointPolicy::AllowPrivate,
+        )
+        .unwrap(),
+        plaintext: br#"{"title":"Hi"}"#.to_vec(),
+        ttl: 60,
+        urgency: Urgency::Normal,
+        topic: None,
+    })
+}
+
+#[tokio::test]
+async fn web_push_keeps_a_pool_per_origin_and_reaches_loopback_only_when_allowed() {
+    let config = || WebPushMockConfig {
+        expected_vapid_public_key: None,
+    };
+    let one = MockWebPush::start(config()).await.unwrap();
+    // Both push services' certificates come from one CA, which the provider trusts.
+    let other = MockWebPush::start_with_ca(config(), one.ca())
+        .await
+        .unwrap();
+    let dir = temp_dir();
+    let payload_for = |mock: &MockWebPush, name: bool| {
+        let subscription = mock.new_subscription();
+        let endpoint = if name {
+            subscription.endpoint.replace("127.0.0.1", "localhost")
+        } else {
+            subscription.endpoint.clone()
+        };
+        webpush_payload(&endpoint, &subscription.p256dh, &subscription.auth)
+    };
+    let app = AppId::parse(APP).unwrap();
+
+    let strict = webpush_provider(&dir, &one, false);
+    let mut refused = Vec::new();
+    for payload in [payload_for(&one, false), payload_for(&one, true)] {
+        refused.push(strict.send(&app, &payload).await);
+    }
+    let allowed: Arc<dyn PushProvider> = Arc::new(webpush_provider(&dir, &one, true));
+    let mut sends = JoinSet::new();
+    for n in 0..20 {
+        let mock = if n % 2 == 0 { &one } else { &other };
+        let (provider, app, payload) =
+            (Arc::clone(&allowed), app.clone(), payload_for(mock, false));
+        sends.spawn(async move { provider.send(&app, &payload).await });
+    }
+    let sent = sends.join_all().await;
+
+    for outcome in &refused {
+        let SendOutcome::Permanent { code, reason, .. } = outcome else {
+            panic!("a permanent refusal, got {outcome:?}");
+        };
+        assert_eq!(code, "endpoint_not_public");
+        assert!(reason.contains("allow_private_endpoints"), "{reason}");
+    }
+    assert_all_accepted(&sent);
+    assert_eq!((one.request_count(), other.request_count()), (10, 10));
+    // One pool, so one connection, per push-service origin.
+    assert_eq!(
+        (one.connections_accepted(), other.connections_accepted()),
+        (1, 1)
+    );
 }
