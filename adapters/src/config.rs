@@ -429,10 +429,17 @@ pub struct ApnsConfig {
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
-    /// The most requests in flight at once for this application (streams on its HTTP/2
-    /// connection); 100 when unset.
+    /// HTTP/2 connections to APNs for this application; 4 when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub concurrency: Option<usize>,
+    pub connections: Option<usize>,
+    /// The most requests in flight at once for this application, over all its connections
+    /// (the memory bound); 4000 when unset. `concurrency` is the old name.
+    #[serde(
+        default,
+        alias = "concurrency",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_in_flight: Option<usize>,
 }
 
 /// Which APNs host serves an application.
@@ -456,6 +463,13 @@ pub struct FcmConfig {
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// HTTP/2 connections for this application; 4 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
+    /// The most requests in flight at once for this application, over all its connections (the memory bound);
+    /// 4000 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
 }
 
 /// Web Push (VAPID) credentials.
@@ -470,6 +484,13 @@ pub struct WebPushConfig {
     pub allow_private_endpoints: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// HTTP/2 connections for this application per push-service origin; 4 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<usize>,
+    /// The most requests in flight at once for this application, over all push services (the memory bound);
+    /// 4000 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
 }
 
 /// OneSignal credentials.
@@ -1584,6 +1605,8 @@ mod tests {
                     service_account: Secret::File("sa.json".into()),
                     endpoint: None,
                     timeout_secs: Some(5),
+                    connections: None,
+                    max_in_flight: None,
                 }),
                 client_token_secret: Some(Secret::Env("SHOP_JWT".to_owned())),
                 ..AppConfig::default()
@@ -1725,5 +1748,15 @@ mod tests {
             redact_url("postgres://clarion@db/x"),
             "postgres://clarion@db/x"
         );
+    }
+
+    #[test]
+    fn apns_concurrency_is_still_read_as_max_in_flight() {
+        let old: ApnsConfig = toml::from_str("topic = \"t\"\nconcurrency = 7").unwrap();
+        let new: ApnsConfig =
+            toml::from_str("topic = \"t\"\nconnections = 2\nmax_in_flight = 9").unwrap();
+
+        assert_eq!(old.max_in_flight, Some(7));
+        assert_eq!((new.connections, new.max_in_flight), (Some(2), Some(9)));
     }
 }

@@ -62,7 +62,8 @@ fn token_auth(dir: &TempDir, endpoint: &str, p8: &str) -> ApnsConfig {
         environment: ApnsEnvironment::Sandbox,
         endpoint: Some(endpoint.to_owned()),
         timeout_secs: Some(5),
-        concurrency: None,
+        connections: None,
+        max_in_flight: None,
     }
 }
 
@@ -533,7 +534,7 @@ async fn many_devices_are_sent_at_once_over_one_connection_at_most_the_configure
     let (relay, connections) = counting_relay(mock.addr()).await;
     let dir = temp_dir();
     let mut apns = token_auth(&dir, &format!("https://{relay}"), &p8);
-    apns.concurrency = Some(4);
+    apns.max_in_flight = Some(4);
     let harness = Harness::new(&config_with(&dir, mock.ca_pem(), apns), dir).await;
     for n in 0..20 {
         harness

@@ -57,6 +57,8 @@ fn config_with(
                 service_account: Secret::File(path),
                 endpoint: Some(endpoint.to_owned()),
                 timeout_secs,
+                connections: None,
+                max_in_flight: None,
             }),
             ..AppConfig::default()
         },

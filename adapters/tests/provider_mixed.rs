@@ -87,7 +87,8 @@ fn apns_config(dir: &TempDir, mocks: &Mocks) -> ApnsConfig {
         environment: ApnsEnvironment::Sandbox,
         endpoint: Some(mocks.apns.base_url()),
         timeout_secs: Some(5),
-        concurrency: None,
+        connections: None,
+        max_in_flight: None,
     }
 }
 
@@ -101,6 +102,8 @@ fn fcm_config(dir: &TempDir, fcm: &MockFcm) -> FcmConfig {
         )),
         endpoint: Some(fcm.base_url()),
         timeout_secs: Some(5),
+        connections: None,
+        max_in_flight: None,
     }
 }
 
@@ -111,6 +114,8 @@ fn webpush_config(mocks: &Mocks) -> WebPushConfig {
         subject: "mailto:ops@example.com".to_owned(),
         allow_private_endpoints: true,
         timeout_secs: Some(5),
+        connections: None,
+        max_in_flight: None,
     }
 }
 

@@ -55,6 +55,8 @@ fn config(ca_file: &Path, setup: Setup) -> Config {
                 subject: "mailto:ops@example.com".to_owned(),
                 allow_private_endpoints: setup.allow_private_endpoints,
                 timeout_secs: Some(setup.timeout_secs),
+                connections: None,
+                max_in_flight: None,
             }),
             ..AppConfig::default()
         },

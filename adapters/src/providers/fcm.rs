@@ -4,11 +4,16 @@
 //! The access token is cached per application until shortly before it expires. When FCM
 //! answers 401 to it anyway (revoked, or the clocks disagree), the token is dropped, a new one
 //! is fetched and the send is tried once more; a second 401 is a configuration error.
+//!
+//! The sends go through the application's HTTP/2 connection pool (`fcm.connections`,
+//! `fcm.max_in_flight`; ADR 4); the token requests, few, through reqwest. A plain `http`
+//! endpoint (a local mock) is spoken to in HTTP/2 with prior knowledge.
 
 pub mod auth;
 pub mod response;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
@@ -23,6 +28,7 @@ use crate::config::{Config, FcmConfig};
 use crate::providers::fcm::auth::{AccessToken, TokenSource};
 use crate::providers::fcm::response::FcmError;
 use crate::providers::http;
+use crate::providers::pool::{self, Origin, Pool, PoolSettings};
 
 pub use crate::providers::fcm::auth::{ServiceAccount, load_credentials};
 
@@ -40,8 +46,9 @@ pub struct FcmProvider {
 /// One application's FCM client.
 #[derive(Debug)]
 struct FcmApp {
-    client: reqwest::Client,
-    send_url: String,
+    pool: Pool,
+    /// `/v1/projects/{project_id}/messages:send` under the endpoint's path.
+    send_path: String,
     tokens: TokenSource,
 }
 
@@ -51,10 +58,7 @@ impl FcmProvider {
     /// # Errors
     /// When a credential cannot be loaded or a client cannot be built; the error names the
     /// application and setting.
-    pub fn from_config(
-        config: &Config,
-        roots: &[reqwest::Certificate],
-    ) -> anyhow::Result<Option<Self>> {
+    pub fn from_config(config: &Config, roots: &http::Roots) -> anyhow::Result<Option<Self>> {
         let mut apps = HashMap::new();
         for (id, app) in &config.apps {
             let Some(fcm) = &app.fcm else {
@@ -68,25 +72,47 @@ impl FcmProvider {
 }
 
 impl FcmApp {
-    fn new(id: &str, cfg: &FcmConfig, roots: &[reqwest::Certificate]) -> anyhow::Result<Self> {
+    fn new(id: &str, cfg: &FcmConfig, roots: &http::Roots) -> anyhow::Result<Self> {
         let account = load_credentials(id, cfg)?;
         let endpoint = cfg.endpoint.as_deref().unwrap_or(DEFAULT_ENDPOINT);
-        match url::Url::parse(endpoint) {
-            Ok(url) if matches!(url.scheme(), "https" | "http") => {}
+        let url = match url::Url::parse(endpoint) {
+            Ok(url) if matches!(url.scheme(), "https" | "http") => url,
             _ => anyhow::bail!("apps.{id}.fcm.endpoint {endpoint:?} is not an http(s) URL"),
-        }
-        let send_url = format!(
+        };
+        let origin =
+            Origin::of(&url).map_err(|why| anyhow::anyhow!("apps.{id}.fcm.endpoint: {why}"))?;
+        let (connections, max_in_flight) = pool::limits(
+            &format!("apps.{id}.fcm"),
+            cfg.connections,
+            cfg.max_in_flight,
+        )?;
+        let send_path = format!(
             "{}/v1/projects/{}/messages:send",
-            endpoint.trim_end_matches('/'),
+            url.path().trim_end_matches('/'),
             account.project_id()
         );
-        let client = http::client_builder(roots, http::timeout(cfg.timeout_secs))
+        let timeout = http::timeout(cfg.timeout_secs);
+        let client = http::client_builder(&roots.reqwest, timeout)
             .build()
             .with_context(|| format!("apps.{id}.fcm: failed to build the HTTP client"))?;
+        let tls = pool::connect::tls_config(&roots.der, None)
+            .with_context(|| format!("apps.{id}.fcm: failed to set up TLS"))?;
+        let settings = PoolSettings {
+            connections,
+            connect_timeout: timeout,
+            request_timeout: timeout,
+            keep_alive: pool::KEEP_ALIVE_INTERVAL,
+            tls,
+            guard: pool::AddressGuard::Any,
+        };
         Ok(Self {
-            tokens: TokenSource::new(account, client.clone()),
-            client,
-            send_url,
+            tokens: TokenSource::new(account, client),
+            pool: Pool::new(
+                origin,
+                settings,
+                Arc::new(tokio::sync::Semaphore::new(max_in_flight)),
+            ),
+            send_path,
         })
     }
 
@@ -133,20 +159,25 @@ impl FcmApp {
         };
         // Keeps the token out of any debug output of the request.
         authorization.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(AUTHORIZATION, authorization);
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/json; charset=UTF-8"),
+        );
         let response = self
-            .client
-            .post(&self.send_url)
-            .header(AUTHORIZATION, authorization)
-            .header(CONTENT_TYPE, "application/json; charset=UTF-8")
-            .body(request.body.clone())
-            .send()
+            .pool
+            .send(&pool::Request {
+                method: ::http::Method::POST,
+                path_and_query: self.send_path.clone(),
+                headers,
+                body: bytes::Bytes::from(request.body.clone()),
+            })
             .await
-            .map_err(|e| Failure::Outcome(http::transport_failure(PROVIDER, &e)))?;
-        let status = response.status();
-        let retry_after = http::retry_after(response.headers(), SystemTime::now());
-        let body = http::read_body(response)
-            .await
-            .map_err(|e| Failure::Outcome(http::transport_failure(PROVIDER, &e)))?;
+            .map_err(|e| Failure::Outcome(e.outcome(PROVIDER)))?;
+        let status = response.status;
+        let retry_after = http::retry_after(&response.headers, SystemTime::now());
+        let body = response.body;
         if status.is_success() {
             return Ok(SendOutcome::Accepted {
                 provider_id: response::message_name(&body),

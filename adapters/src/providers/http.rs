@@ -20,14 +20,29 @@ pub fn timeout(timeout_secs: Option<u64>) -> Duration {
     timeout_secs.map_or(DEFAULT_TIMEOUT, Duration::from_secs)
 }
 
+/// The extra trusted root certificates of `tls.extra_ca_certs`, for reqwest (OneSignal, the
+/// FCM token endpoint) and for the HTTP/2 pool (DER).
+#[derive(Debug, Clone, Default)]
+pub struct Roots {
+    pub reqwest: Vec<reqwest::Certificate>,
+    pub der: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
 /// Reads the extra trusted root certificates named by `tls.extra_ca_certs`.
 ///
 /// # Errors
 /// When a file cannot be read or holds no PEM certificate; the error names the file.
-pub fn extra_roots(tls: &TlsConfig) -> anyhow::Result<Vec<reqwest::Certificate>> {
-    let mut roots = Vec::new();
+pub fn extra_roots(tls: &TlsConfig) -> anyhow::Result<Roots> {
+    let mut roots = Roots::default();
     for path in &tls.extra_ca_certs {
-        roots.extend(read_roots(path)?);
+        roots.reqwest.extend(read_roots(path)?);
+        let pem = std::fs::read(path).with_context(|| {
+            format!("failed to read tls.extra_ca_certs file {}", path.display())
+        })?;
+        roots.der.extend(
+            crate::providers::pool::connect::pem_certificates(&pem)
+                .with_context(|| format!("tls.extra_ca_certs file {}", path.display()))?,
+        );
     }
     Ok(roots)
 }

@@ -6,6 +6,7 @@ pub mod apns;
 pub mod fcm;
 pub mod http;
 pub mod onesignal;
+pub mod pool;
 pub mod webpush;
 pub mod webpush_ece;
 
@@ -59,7 +60,7 @@ pub fn build(config: &Config) -> anyhow::Result<Providers> {
             OwnTasks::wrap(Arc::new(webpush)),
         );
     }
-    if let Some(onesignal) = onesignal::OneSignalProvider::from_config(config, &roots)? {
+    if let Some(onesignal) = onesignal::OneSignalProvider::from_config(config, &roots.reqwest)? {
         providers = with(
             providers,
             Channel::Onesignal,
@@ -172,6 +173,8 @@ mod tests {
             subject: subject.to_owned(),
             allow_private_endpoints: false,
             timeout_secs: None,
+            connections: None,
+            max_in_flight: None,
         });
         app
     }

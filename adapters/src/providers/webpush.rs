@@ -1,11 +1,14 @@
 //! The Web Push provider: RFC 8030 push requests with RFC 8291 (`aes128gcm`) encryption and
-//! RFC 8292 VAPID authorization, and a resolver that refuses non-public endpoint addresses.
+//! RFC 8292 VAPID authorization. Each push-service origin gets its own HTTP/2 connection pool
+//! (`webpush.connections` each, `webpush.max_in_flight` requests over all of them, at most
+//! [`MAX_ORIGINS`] origins, the least recently used closed first; ADR 4), which resolves the
+//! host itself and refuses non-public addresses unless `webpush.allow_private_endpoints`.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -21,12 +24,15 @@ use p256::SecretKey;
 use p256::elliptic_curve::sec1::ToEncodedPoint as _;
 use p256::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
 use reqwest::StatusCode;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
-use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, LOCATION};
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, LOCATION,
+};
 use serde::Serialize;
+use tokio::sync::Semaphore;
 
 use crate::config::{Config, WebPushConfig};
 use crate::providers::http;
+use crate::providers::pool::{self, AddressGuard, Origin, Pool, PoolSettings};
 
 const PROVIDER: &str = "Web Push";
 
@@ -40,6 +46,13 @@ const JWT_RENEW_BEFORE: Duration = Duration::from_secs(3600);
 /// The most origins whose JWT one application keeps; push services are few, so more means
 /// many custom endpoints and the stale entries are dropped.
 const JWT_CACHE_LIMIT: usize = 256;
+
+/// The most push-service origins whose connections one application keeps open; beyond, the
+/// least recently used origin's pool is closed.
+pub const MAX_ORIGINS: usize = 256;
+
+/// An origin's pool unused for this long is closed.
+const ORIGIN_IDLE: Duration = Duration::from_secs(300);
 
 /// An application server's VAPID key pair and contact, ready to sign.
 pub struct VapidCredentials {
@@ -169,9 +182,54 @@ pub struct WebPushProvider {
 struct AppSender {
     credentials: VapidCredentials,
     allow_private: bool,
-    client: reqwest::Client,
+    /// The settings of each origin's pool.
+    settings: PoolSettings,
+    /// `webpush.max_in_flight`, shared by the application's pools.
+    in_flight: Arc<Semaphore>,
+    /// The pool of each push-service origin.
+    pools: Mutex<Origins>,
     /// The signed JWT and its expiry per endpoint origin.
     tokens: Mutex<HashMap<String, CachedJwt>>,
+}
+
+/// The pools of an application's push-service origins, at most [`MAX_ORIGINS`].
+#[derive(Debug, Default)]
+struct Origins {
+    pools: HashMap<Origin, (Arc<Pool>, Instant)>,
+    /// When pools idle for [`ORIGIN_IDLE`] were last closed.
+    swept: Option<Instant>,
+}
+
+impl Origins {
+    /// The pool of `origin`, made when there is none; marks it used.
+    fn get(&mut self, origin: &Origin, make: impl FnOnce() -> Pool) -> Arc<Pool> {
+        let now = Instant::now();
+        if self
+            .swept
+            .is_none_or(|at| now.duration_since(at) > ORIGIN_IDLE / 10)
+        {
+            // A pool is dropped here, and its connections closed, once no send holds it.
+            self.pools
+                .retain(|_, (_, used)| now.duration_since(*used) < ORIGIN_IDLE);
+            self.swept = Some(now);
+        }
+        if let Some((pool, used)) = self.pools.get_mut(origin) {
+            *used = now;
+            return Arc::clone(pool);
+        }
+        if self.pools.len() >= MAX_ORIGINS
+            && let Some(oldest) = self
+                .pools
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(origin, _)| origin.clone())
+        {
+            self.pools.remove(&oldest);
+        }
+        let pool = Arc::new(make());
+        self.pools.insert(origin.clone(), (Arc::clone(&pool), now));
+        pool
+    }
 }
 
 #[derive(Clone)]
@@ -194,10 +252,7 @@ impl WebPushProvider {
     ///
     /// # Errors
     /// When a credential cannot be loaded; the error names the application and setting.
-    pub fn from_config(
-        config: &Config,
-        roots: &[reqwest::Certificate],
-    ) -> anyhow::Result<Option<Self>> {
+    pub fn from_config(config: &Config, roots: &http::Roots) -> anyhow::Result<Option<Self>> {
         let mut apps = HashMap::new();
         for (id, app) in &config.apps {
             let Some(cfg) = &app.webpush else {
@@ -206,21 +261,36 @@ impl WebPushProvider {
             let app_id =
                 AppId::parse(id).with_context(|| format!("invalid application id {id:?}"))?;
             let credentials = load_credentials(id, cfg)?;
-            let mut builder = http::client_builder(roots, http::timeout(cfg.timeout_secs));
-            if !cfg.allow_private_endpoints {
-                // A proxy would resolve the endpoint itself, past the resolver's check (and a
-                // proxy on a private address would be refused anyway).
-                builder = builder.dns_resolver(PublicOnlyResolver).no_proxy();
-            }
-            let client = builder.build().with_context(|| {
-                format!("failed to build the Web Push HTTP client of application {id}")
+            let (connections, max_in_flight) = pool::limits(
+                &format!("apps.{id}.webpush"),
+                cfg.connections,
+                cfg.max_in_flight,
+            )?;
+            let timeout = http::timeout(cfg.timeout_secs);
+            let tls = pool::connect::tls_config(&roots.der, None).with_context(|| {
+                format!("failed to set up TLS for the Web Push client of application {id}")
             })?;
+            let settings = PoolSettings {
+                connections,
+                connect_timeout: timeout,
+                request_timeout: timeout,
+                keep_alive: pool::KEEP_ALIVE_INTERVAL,
+                tls,
+                // No proxy either: it would resolve the endpoint itself, past the check.
+                guard: if cfg.allow_private_endpoints {
+                    AddressGuard::Any
+                } else {
+                    AddressGuard::PublicOnly
+                },
+            };
             apps.insert(
                 app_id,
                 AppSender {
                     credentials,
                     allow_private: cfg.allow_private_endpoints,
-                    client,
+                    settings,
+                    in_flight: Arc::new(Semaphore::new(max_in_flight)),
+                    pools: Mutex::new(Origins::default()),
                     tokens: Mutex::new(HashMap::new()),
                 },
             );
@@ -283,27 +353,63 @@ impl AppSender {
                 };
             }
         };
-        let mut builder = self
-            .client
-            .post(endpoint)
-            .header("TTL", request.ttl.to_string())
-            .header(CONTENT_ENCODING, "aes128gcm")
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header("Urgency", request.urgency.as_str())
-            .header(AUTHORIZATION, authorization);
-        if let Some(topic) = &request.topic {
-            builder = builder.header("Topic", topic);
-        }
-        let response = match builder.body(body).send().await {
-            Ok(response) => response,
-            Err(error) => {
-                if let Some(refused) = find_not_public(&error) {
-                    return not_public(&refused.host, refused.ip);
-                }
-                return http::transport_failure(PROVIDER, &error);
+        let pool_origin = match Origin::of(&endpoint) {
+            Ok(origin) => origin,
+            Err(why) => {
+                return permanent(
+                    "invalid_endpoint",
+                    format!("the subscription endpoint is not usable: {why}"),
+                );
             }
         };
-        outcome_of(app, &host, response).await
+        let mut headers = HeaderMap::new();
+        headers.insert(TTL, HeaderValue::from(request.ttl));
+        headers.insert(CONTENT_ENCODING, HeaderValue::from_static("aes128gcm"));
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        headers.insert(URGENCY, HeaderValue::from_static(request.urgency.as_str()));
+        headers.insert(AUTHORIZATION, authorization);
+        if let Some(topic) = &request.topic {
+            let Ok(topic) = HeaderValue::from_str(topic) else {
+                return permanent(
+                    "request",
+                    "the Web Push topic is not a valid header value".to_owned(),
+                );
+            };
+            headers.insert(TOPIC, topic);
+        }
+        let path_and_query = match endpoint.query() {
+            Some(query) => format!("{}?{query}", endpoint.path()),
+            None => endpoint.path().to_owned(),
+        };
+        let pool = self
+            .pools
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&pool_origin, || {
+                Pool::new(
+                    pool_origin.clone(),
+                    self.settings.clone(),
+                    Arc::clone(&self.in_flight),
+                )
+            });
+        let sent = pool
+            .send(&pool::Request {
+                method: ::http::Method::POST,
+                path_and_query,
+                headers,
+                body: bytes::Bytes::from(body),
+            })
+            .await;
+        match sent {
+            Ok(response) => outcome_of(app, &host, response),
+            Err(error) => match error.not_public() {
+                Some(refused) => not_public(&refused.host, refused.ip),
+                None => error.outcome(PROVIDER),
+            },
+        }
     }
 
     /// The `Authorization` header for an endpoint origin, from the cache while it is fresh.
@@ -403,11 +509,15 @@ fn decode_base64url(raw: &str) -> Option<Vec<u8>> {
     }
 }
 
-async fn outcome_of(app: &AppId, host: &str, response: reqwest::Response) -> SendOutcome {
-    let status = response.status();
+const TTL: HeaderName = HeaderName::from_static("ttl");
+const URGENCY: HeaderName = HeaderName::from_static("urgency");
+const TOPIC: HeaderName = HeaderName::from_static("topic");
+
+fn outcome_of(app: &AppId, host: &str, response: pool::Response) -> SendOutcome {
+    let status = response.status;
     if status.is_success() {
         let provider_id = response
-            .headers()
+            .headers
             .get(LOCATION)
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
@@ -416,11 +526,8 @@ async fn outcome_of(app: &AppId, host: &str, response: reqwest::Response) -> Sen
             details: None,
         };
     }
-    let retry_after = http::retry_after(response.headers(), SystemTime::now());
-    let said = match http::read_body(response).await {
-        Ok(body) => http::snippet(&body),
-        Err(_) => String::new(),
-    };
+    let retry_after = http::retry_after(&response.headers, SystemTime::now());
+    let said = http::snippet(&response.body);
     let answered = format!("the push service at {host} answered {status}{said}");
     match status {
         StatusCode::NOT_FOUND | StatusCode::GONE => SendOutcome::DeadToken {
@@ -477,65 +584,6 @@ fn not_public(host: &str, ip: IpAddr) -> SendOutcome {
     )
 }
 
-/// The resolver's refusal of a host with a non-public address.
-#[derive(Debug, thiserror::Error)]
-#[error("{host} resolves to the non-public address {ip}")]
-struct NotPublic {
-    host: String,
-    ip: IpAddr,
-}
-
-/// The resolver's refusal in a request error's chain, if it is there.
-fn find_not_public(error: &reqwest::Error) -> Option<&NotPublic> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(inner) = source {
-        if let Some(refused) = inner.downcast_ref::<NotPublic>() {
-            return Some(refused);
-        }
-        source = inner.source();
-    }
-    None
-}
-
-/// Resolves a host and refuses it when any of its addresses is not public. The HTTP client
-/// connects to exactly the addresses checked here, so a name that changes its answer between
-/// a check and the connection (DNS rebinding) cannot slip through.
-#[derive(Debug, Clone, Copy)]
-pub struct PublicOnlyResolver;
-
-impl PublicOnlyResolver {
-    /// The host's addresses, all public.
-    ///
-    /// # Errors
-    /// When the name does not resolve, or resolves to any non-public address.
-    pub async fn lookup(
-        host: &str,
-    ) -> Result<Vec<SocketAddr>, Box<dyn std::error::Error + Send + Sync>> {
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
-        if addrs.is_empty() {
-            return Err(format!("{host} has no address").into());
-        }
-        if let Some(addr) = addrs.iter().find(|addr| !is_public_ip(addr.ip())) {
-            return Err(Box::new(NotPublic {
-                host: host.to_owned(),
-                ip: addr.ip(),
-            }));
-        }
-        Ok(addrs)
-    }
-}
-
-impl Resolve for PublicOnlyResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let host = name.as_str().to_owned();
-        Box::pin(async move {
-            let addrs = Self::lookup(&host).await?;
-            let addrs: Addrs = Box::new(addrs.into_iter());
-            Ok(addrs)
-        })
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
@@ -548,6 +596,8 @@ mod tests {
             subject: subject.to_owned(),
             allow_private_endpoints: false,
             timeout_secs: None,
+            connections: None,
+            max_in_flight: None,
         }
     }
 
@@ -613,12 +663,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn the_resolver_refuses_a_name_that_resolves_to_loopback() {
-        let error = PublicOnlyResolver::lookup("localhost").await.unwrap_err();
+    async fn the_address_guard_refuses_a_name_that_resolves_to_loopback() {
+        let host = url::Host::Domain("localhost".to_owned());
 
-        let refused = error
-            .downcast_ref::<NotPublic>()
-            .expect("a NotPublic error");
+        let error = pool::connect::resolve(&host, 443, AddressGuard::PublicOnly)
+            .await
+            .unwrap_err();
+
+        let pool::ConnectError::NotPublic(refused) = error else {
+            panic!("a NotPublic error, got {error:?}");
+        };
         assert_eq!(refused.host, "localhost");
         assert!(!is_public_ip(refused.ip));
     }
@@ -635,12 +689,63 @@ mod tests {
     }
 
     #[test]
+    fn the_least_recently_used_origin_is_closed_beyond_the_limit() {
+        let settings = PoolSettings {
+            connections: 1,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            keep_alive: pool::KEEP_ALIVE_INTERVAL,
+            tls: pool::connect::tls_config(&[], None).unwrap(),
+            guard: AddressGuard::PublicOnly,
+        };
+        let in_flight = Arc::new(Semaphore::new(1));
+        let origin = |n: usize| {
+            Origin::of(&url::Url::parse(&format!("https://push{n}.example.com/")).unwrap()).unwrap()
+        };
+        let mut origins = Origins::default();
+        let make = |n: usize| {
+            let (settings, in_flight) = (settings.clone(), Arc::clone(&in_flight));
+            move || Pool::new(origin(n), settings, in_flight)
+        };
+
+        let first = origins.get(&origin(0), make(0));
+        for n in 1..MAX_ORIGINS {
+            origins.get(&origin(n), make(n));
+        }
+        let again = origins.get(&origin(0), make(0));
+        origins.get(&origin(MAX_ORIGINS), make(MAX_ORIGINS));
+
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "a known origin reuses its pool"
+        );
+        assert_eq!(origins.pools.len(), MAX_ORIGINS);
+        assert!(
+            origins.pools.contains_key(&origin(0)),
+            "origin 0 was used last but one"
+        );
+        assert!(
+            !origins.pools.contains_key(&origin(1)),
+            "origin 1 was the least recent"
+        );
+    }
+
+    #[test]
     fn a_cached_jwt_is_reused_per_origin_until_close_to_its_expiry() {
         let sender = AppSender {
             credentials: load_credentials("shop", &config(RAW_KEY, "mailto:ops@example.com"))
                 .unwrap(),
             allow_private: false,
-            client: reqwest::Client::new(),
+            settings: PoolSettings {
+                connections: 1,
+                connect_timeout: Duration::from_secs(1),
+                request_timeout: Duration::from_secs(1),
+                keep_alive: pool::KEEP_ALIVE_INTERVAL,
+                tls: pool::connect::tls_config(&[], None).unwrap(),
+                guard: AddressGuard::PublicOnly,
+            },
+            in_flight: Arc::new(Semaphore::new(1)),
+            pools: Mutex::new(Origins::default()),
             tokens: Mutex::new(HashMap::new()),
         };
 

@@ -156,12 +156,16 @@ async fn server_with_mocks(
                     service_account: Secret::File(account),
                     endpoint: Some(fcm.base_url()),
                     timeout_secs: Some(5),
+                    connections: None,
+                    max_in_flight: None,
                 }),
                 webpush: Some(WebPushConfig {
                     vapid_private_key: Secret::Inline(vapid.private_key_b64url.clone()),
                     subject: "mailto:ops@example.com".to_owned(),
                     allow_private_endpoints: true,
                     timeout_secs: Some(5),
+                    connections: None,
+                    max_in_flight: None,
                 }),
                 ..AppConfig::default()
             },

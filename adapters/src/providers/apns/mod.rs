@@ -1,15 +1,16 @@
-//! The APNs provider: Clarion's own small HTTP/2 client on reqwest (see
-//! `docs/adr/0001-apns-http2-client.md`). One client per application keeps one HTTP/2
-//! connection to the application's APNs host and multiplexes concurrent requests on it, at
-//! most `apns.concurrency` at a time; authentication is a cached ES256 provider token or a
-//! client certificate.
+//! The APNs provider: Clarion's own HTTP/2 client (see `docs/adr/0001-apns-http2-client.md`
+//! and `docs/adr/0004-provider-http2-connection-pool.md`). Each application has a pool of up
+//! to `apns.connections` HTTP/2 connections to its APNs host, each carrying as many requests
+//! as APNs allows on it, at most `apns.max_in_flight` in all; authentication is a cached
+//! ES256 provider token or a client certificate.
 
 mod reason;
 mod token;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
@@ -19,22 +20,19 @@ use clarion_domain::payload::{ApnsRequest, Payload};
 use clarion_domain::ports::PushProvider;
 use jsonwebtoken::EncodingKey;
 use p256::pkcs8::DecodePrivateKey as _;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
 
 use self::token::ProviderTokens;
 use crate::config::{ApnsConfig, ApnsEnvironment, Config};
 use crate::providers::http;
+use crate::providers::pool::{self, ClientIdentity, Origin, Pool, PoolSettings};
 
 /// The production APNs host.
 pub const PRODUCTION_ENDPOINT: &str = "https://api.push.apple.com";
 /// The development (sandbox) APNs host.
 pub const SANDBOX_ENDPOINT: &str = "https://api.sandbox.push.apple.com";
-/// How many requests of one application may be in flight when `apns.concurrency` is unset.
-pub const DEFAULT_CONCURRENCY: usize = 100;
-/// The interval of HTTP/2 pings that keep an idle connection open, as Apple asks.
-const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(60);
 
 const PROVIDER: &str = "APNs";
 
@@ -54,7 +52,7 @@ pub enum ApnsCredentials {
         key: EncodingKey,
     },
     /// Certificate authentication: the client certificate and its key.
-    Certificate { identity: reqwest::Identity },
+    Certificate { identity: ClientIdentity },
 }
 
 // Keys are secrets.
@@ -121,10 +119,9 @@ pub fn load_credentials(app: &str, cfg: &ApnsConfig) -> anyhow::Result<ApnsCrede
             "{}: not a PEM private key",
             setting("certificate_key")
         );
-        let pem = format!("{}\n{}\n", certificate.trim_end(), key.trim_end());
-        let identity = reqwest::Identity::from_pem(pem.as_bytes()).map_err(|_| {
+        let identity = ClientIdentity::from_pem(&certificate, &key).map_err(|why| {
             anyhow::anyhow!(
-                "{} and {}: not a usable PEM certificate and private key",
+                "{} and {}: not a usable PEM certificate and private key ({why})",
                 setting("certificate"),
                 setting("certificate_key")
             )
@@ -175,16 +172,14 @@ pub struct ApnsProvider {
     apps: BTreeMap<String, AppClient>,
 }
 
-/// One application's connection to APNs.
+/// One application's connections to APNs.
 struct AppClient {
     app: String,
-    client: reqwest::Client,
-    /// The base URL, parsed once: each request's URL is a copy with its path set, which
-    /// spares parsing the host again for every notification.
-    base_url: url::Url,
+    /// The connections to the APNs host, at most `apns.max_in_flight` requests in flight.
+    pool: Pool,
+    /// The endpoint's path without its trailing `/` (empty for APNs itself).
+    base_path: String,
     auth: Auth,
-    /// Bounds the requests in flight (`apns.concurrency`).
-    in_flight: Semaphore,
 }
 
 enum Auth {
@@ -196,7 +191,7 @@ impl fmt::Debug for AppClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AppClient")
             .field("app", &self.app)
-            .field("endpoint", &self.base_url.as_str())
+            .field("origin", &self.pool.origin().authority())
             .field(
                 "auth",
                 &match &self.auth {
@@ -214,10 +209,7 @@ impl ApnsProvider {
     /// # Errors
     /// When a credential cannot be loaded or a client cannot be built; the error names the
     /// application and setting.
-    pub fn from_config(
-        config: &Config,
-        roots: &[reqwest::Certificate],
-    ) -> anyhow::Result<Option<Self>> {
+    pub fn from_config(config: &Config, roots: &http::Roots) -> anyhow::Result<Option<Self>> {
         let mut apps = BTreeMap::new();
         for (id, app) in &config.apps {
             if let Some(apns) = &app.apns {
@@ -232,46 +224,45 @@ impl ApnsProvider {
 }
 
 impl AppClient {
-    fn new(app: &str, cfg: &ApnsConfig, roots: &[reqwest::Certificate]) -> anyhow::Result<Self> {
+    fn new(app: &str, cfg: &ApnsConfig, roots: &http::Roots) -> anyhow::Result<Self> {
         let credentials = load_credentials(app, cfg)?;
         let endpoint = endpoint(app, cfg)?;
-        let concurrency = cfg.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-        anyhow::ensure!(
-            concurrency >= 1,
-            "apps.{app}.apns.concurrency: must be at least 1"
-        );
+        let (connections, max_in_flight) = pool::limits(
+            &format!("apps.{app}.apns"),
+            cfg.connections,
+            cfg.max_in_flight,
+        )?;
         let timeout = http::timeout(cfg.timeout_secs);
-        // HTTP/2 only: over TLS this offers just `h2` in ALPN, so that a server that cannot
-        // speak HTTP/2 fails the handshake instead of getting HTTP/1.1 requests, and requests
-        // made while the connection is being set up wait for it instead of opening more.
-        let mut builder = http::client_builder(roots, timeout)
-            .http2_prior_knowledge()
-            .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
-            .http2_keep_alive_timeout(timeout)
-            .http2_keep_alive_while_idle(true)
-            .pool_idle_timeout(None);
-        let auth = match credentials {
+        let base_url = url::Url::parse(&endpoint)
+            .with_context(|| format!("apps.{app}.apns.endpoint: {endpoint:?} is not a URL"))?;
+        let origin = Origin::of(&base_url)
+            .map_err(|why| anyhow::anyhow!("apps.{app}.apns.endpoint: {why}"))?;
+        let (auth, identity) = match credentials {
             ApnsCredentials::Token {
                 team_id,
                 key_id,
                 key,
-            } => Auth::Token(ProviderTokens::new(team_id, key_id, key)),
-            ApnsCredentials::Certificate { identity } => {
-                builder = builder.identity(identity);
-                Auth::Certificate
-            }
+            } => (Auth::Token(ProviderTokens::new(team_id, key_id, key)), None),
+            ApnsCredentials::Certificate { identity } => (Auth::Certificate, Some(identity)),
         };
-        let client = builder
-            .build()
-            .with_context(|| format!("failed to build the APNs client of application {app}"))?;
-        let base_url = url::Url::parse(&endpoint)
-            .with_context(|| format!("apps.{app}.apns.endpoint: {endpoint:?} is not a URL"))?;
+        // HTTP/2 only: ALPN offers just `h2`, so that a server that cannot speak HTTP/2
+        // fails the handshake instead of getting HTTP/1.1 requests.
+        let tls = pool::connect::tls_config(&roots.der, identity.as_ref()).with_context(|| {
+            format!("failed to set up TLS for the APNs client of application {app}")
+        })?;
+        let settings = PoolSettings {
+            connections,
+            connect_timeout: timeout,
+            request_timeout: timeout,
+            keep_alive: pool::KEEP_ALIVE_INTERVAL,
+            tls,
+            guard: pool::AddressGuard::Any,
+        };
         Ok(Self {
             app: app.to_owned(),
-            client,
-            base_url,
+            pool: Pool::new(origin, settings, Arc::new(Semaphore::new(max_in_flight))),
+            base_path: base_url.path().trim_end_matches('/').to_owned(),
             auth,
-            in_flight: Semaphore::new(concurrency),
         })
     }
 
@@ -293,10 +284,6 @@ impl AppClient {
     }
 
     async fn send_with(&self, request: &ApnsRequest, topic: Option<&str>) -> SendOutcome {
-        // The semaphore is never closed, so acquiring only waits.
-        let Ok(_permit) = self.in_flight.acquire().await else {
-            return transient_internal("the APNs request limiter was closed");
-        };
         let apns_id = uuid::Uuid::new_v4().to_string();
         let mut token = match self.token(None) {
             Ok(token) => token,
@@ -306,13 +293,14 @@ impl AppClient {
         loop {
             let response = match self.post(request, topic, &apns_id, token.as_deref()).await {
                 Ok(response) => response,
-                Err(err) => return http::transport_failure(PROVIDER, &err),
+                Err(err) => return err.outcome(PROVIDER),
             };
-            if response.status == 200 {
+            let status = response.status.as_u16();
+            if status == 200 {
                 return accepted(&response.headers, &apns_id);
             }
             let body = ErrorBody::parse(&response.body);
-            if response.status == 403
+            if status == 403
                 && body.reason.as_deref() == Some("ExpiredProviderToken")
                 && !renewed
                 && let Some(rejected) = token.as_deref()
@@ -327,12 +315,12 @@ impl AppClient {
             }
             tracing::debug!(
                 app = %self.app,
-                status = response.status,
+                status,
                 reason = body.reason.as_deref().unwrap_or(""),
                 "APNs refused a notification"
             );
             return reason::outcome(
-                response.status,
+                status,
                 body.reason.as_deref(),
                 body.timestamp.as_ref(),
                 http::retry_after(&response.headers, SystemTime::now()),
@@ -365,49 +353,44 @@ impl AppClient {
         topic: Option<&str>,
         apns_id: &str,
         token: Option<&str>,
-    ) -> Result<Response, reqwest::Error> {
-        let mut url = self.base_url.clone();
-        url.set_path(&format!(
-            "{}/3/device/{}",
-            self.base_url.path().trim_end_matches('/'),
-            request.device_token
-        ));
+    ) -> Result<pool::Response, pool::PoolError> {
         let headers = &request.headers;
-        let mut builder = self
-            .client
-            .post(url)
-            .header(CONTENT_TYPE, "application/json")
-            .header(APNS_ID, apns_id)
-            .header(APNS_PUSH_TYPE, headers.push_type.as_str())
-            .header(APNS_PRIORITY, headers.priority.to_string());
+        let mut map = HeaderMap::new();
+        let mut set = |name: HeaderName, value: &str| {
+            // Every value comes from a validated payload; one that is no header value is left
+            // out, and APNs answers for what is missing.
+            if let Ok(value) = HeaderValue::from_str(value) {
+                map.insert(name, value);
+            }
+        };
+        set(CONTENT_TYPE, "application/json");
+        set(APNS_ID, apns_id);
+        set(APNS_PUSH_TYPE, headers.push_type.as_str());
+        set(APNS_PRIORITY, &headers.priority.to_string());
         if let Some(topic) = topic {
-            builder = builder.header(APNS_TOPIC, topic);
+            set(APNS_TOPIC, topic);
         }
         if let Some(expiration) = headers.expiration {
-            builder = builder.header(APNS_EXPIRATION, expiration.to_string());
+            set(APNS_EXPIRATION, &expiration.to_string());
         }
         if let Some(collapse_id) = &headers.collapse_id {
-            builder = builder.header(APNS_COLLAPSE_ID, collapse_id);
+            set(APNS_COLLAPSE_ID, collapse_id);
         }
-        if let Some(token) = token {
-            builder = builder.header(AUTHORIZATION, format!("bearer {token}"));
+        if let Some(token) = token
+            && let Ok(mut value) = HeaderValue::from_str(&format!("bearer {token}"))
+        {
+            value.set_sensitive(true);
+            map.insert(AUTHORIZATION, value);
         }
-        let response = builder.body(request.body.clone()).send().await?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = http::read_body(response).await?;
-        Ok(Response {
-            status,
-            headers,
-            body,
-        })
+        self.pool
+            .send(&pool::Request {
+                method: ::http::Method::POST,
+                path_and_query: format!("{}/3/device/{}", self.base_path, request.device_token),
+                headers: map,
+                body: bytes::Bytes::from(request.body.clone()),
+            })
+            .await
     }
-}
-
-struct Response {
-    status: u16,
-    headers: HeaderMap,
-    body: Vec<u8>,
 }
 
 /// APNs's error body: `{"reason": "...", "timestamp": <ms>}` (the timestamp with 410 only).
@@ -443,14 +426,6 @@ fn accepted(headers: &HeaderMap, sent_id: &str) -> SendOutcome {
     SendOutcome::Accepted {
         provider_id: Some(header("apns-id").unwrap_or_else(|| sent_id.to_owned())),
         details: header("apns-unique-id").map(|id| json!({ "apns_unique_id": id })),
-    }
-}
-
-fn transient_internal(reason: &str) -> SendOutcome {
-    SendOutcome::Transient {
-        code: "internal".to_owned(),
-        reason: reason.to_owned(),
-        retry_after: None,
     }
 }
 
@@ -512,7 +487,8 @@ Q5n4YyY4JX6xoEFt926/Q+WJbWM4WEs0ibLRAr7Pzd+eNnbp8b3WOMan
             environment: ApnsEnvironment::Production,
             endpoint: None,
             timeout_secs: None,
-            concurrency: None,
+            connections: None,
+            max_in_flight: None,
         }
     }
 
