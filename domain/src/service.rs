@@ -803,8 +803,12 @@ impl PushService {
         {
             return Err(OptionError::NoDevices.into());
         }
-        let deliveries = self.plan_deliveries(app, &spec).await?;
-        let none = matches!(&deliveries, NewDeliveries::Listed(list) if list.is_empty());
+        let (deliveries, devices) = self.plan_deliveries(app, &spec).await?;
+        let listed = match &deliveries {
+            NewDeliveries::Listed(list) => Some(list.len()),
+            NewDeliveries::Broadcast { .. } => None,
+        };
+        let none = listed == Some(0);
         let now = self.now();
         let lease = (dispatch == Dispatch::Now || none).then(|| self.lease(now));
         let new = NewMessage {
@@ -823,7 +827,15 @@ impl PushService {
         if none {
             return Ok(self.fail_undeliverable(message, &lease).await?);
         }
-        Ok(self.attempt(app, message, lease).await?.into_message())
+        // The stored message carries its listed deliveries, and planning read their devices.
+        let loaded = match listed {
+            Some(count) if message.deliveries.len() == count => Loaded::All(Arc::new(devices)),
+            _ => Loaded::Paged,
+        };
+        Ok(self
+            .attempt(app, message, lease, loaded, None)
+            .await?
+            .into_message())
     }
 
     async fn fail_undeliverable(
@@ -847,12 +859,13 @@ impl PushService {
     }
 
     /// Finds the deliveries a message needs and checks each payload against its provider's
-    /// limits before anything is stored.
+    /// limits before anything is stored. Returns them with the devices they name (none for a
+    /// broadcast, whose deliveries the store creates).
     async fn plan_deliveries(
         &self,
         app: &Application,
         spec: &MessageSpec,
-    ) -> Result<NewDeliveries, SendError> {
+    ) -> Result<(NewDeliveries, PageDevices), SendError> {
         let now = self.now();
         if app.sender == SenderKind::Onesignal {
             let Target::User { user_id } = &spec.target else {
@@ -863,11 +876,15 @@ impl PushService {
                 )));
             };
             payload::build(app, spec, PayloadTarget::ExternalUser(user_id), now)?;
-            return Ok(NewDeliveries::Listed(vec![(Channel::Onesignal, None)]));
+            return Ok((
+                NewDeliveries::Listed(vec![(Channel::Onesignal, None)]),
+                PageDevices::new(),
+            ));
         }
         let debug = (app.sender == SenderKind::Debug).then_some(Channel::Debug);
         if let Target::Broadcast { platform } = &spec.target {
-            return self.plan_broadcast(app, spec, *platform, debug).await;
+            let deliveries = self.plan_broadcast(app, spec, *platform, debug).await?;
+            return Ok((deliveries, PageDevices::new()));
         }
         let devices = self.target_devices(app, &spec.target).await?;
         let mut checked: BTreeSet<Platform> = BTreeSet::new();
@@ -876,12 +893,12 @@ impl PushService {
                 payload::build(app, spec, PayloadTarget::Device(&device.token), now)?;
             }
         }
-        Ok(NewDeliveries::Listed(
-            devices
-                .iter()
-                .map(|d| (debug.unwrap_or(Channel::from(d.platform())), Some(d.id)))
-                .collect(),
-        ))
+        let listed = devices
+            .iter()
+            .map(|d| (debug.unwrap_or(Channel::from(d.platform())), Some(d.id)))
+            .collect();
+        let devices = devices.into_iter().map(|d| (d.id, d)).collect();
+        Ok((NewDeliveries::Listed(listed), devices))
     }
 
     /// Checks a broadcast's payload against one device of each platform it reaches, walking
@@ -989,12 +1006,22 @@ impl PushService {
         }
     }
 
-    /// Keeps `lease` on message `id`: renews it once half of it has passed. Returns `false`
-    /// when another worker took the message over.
-    async fn keep_lease(&self, id: MessageId, lease: &mut Lease) -> Result<bool, StoreError> {
+    /// Keeps `lease` on message `id`: renews it once half of it has passed, together with the
+    /// other leases of `book` that need it when the message is one of a batch's. Returns
+    /// `false` when another worker took the message over.
+    async fn keep_lease(
+        &self,
+        id: MessageId,
+        lease: &mut Lease,
+        book: Option<&LeaseBook>,
+    ) -> Result<bool, StoreError> {
         let now = self.now();
-        if now + self.settings.lease / 2 < lease.until {
+        let fresh = |lease: &Lease| now + self.settings.lease / 2 < lease.until;
+        if fresh(lease) {
             return Ok(true);
+        }
+        if let Some(book) = book {
+            return book.keep(self, id, lease, now, fresh).await;
         }
         let renewed = self.lease(now);
         let held = self.ports.messages.renew_lease(&[id], &renewed).await?;
@@ -1014,6 +1041,8 @@ impl PushService {
         app: &Application,
         mut message: Message,
         mut lease: Lease,
+        loaded: Loaded,
+        book: Option<&LeaseBook>,
     ) -> Result<Attempted, StoreError> {
         let store = &self.ports.messages;
         let started = self.now();
@@ -1026,7 +1055,7 @@ impl PushService {
                 return Ok(Attempted::Lost(message));
             }
             message.give_up_due(&expiry, started);
-            let tally = store.delivery_tally(message.id).await?;
+            let tally = self.tally(&message, &loaded).await?;
             if message.expire_tallied(&tally, started).is_ok()
                 && !store.save_progress(&message, Some(&lease)).await?
             {
@@ -1036,13 +1065,20 @@ impl PushService {
         }
         let mut retry_after: Option<Duration> = None;
         if !self
-            .send_due(app, &mut message, &mut lease, started, &mut retry_after)
+            .send_due(
+                app,
+                &mut message,
+                (&mut lease, book),
+                &loaded,
+                started,
+                &mut retry_after,
+            )
             .await?
         {
             return Ok(Attempted::Lost(message));
         }
         let now = self.now();
-        let tally = store.delivery_tally(message.id).await?;
+        let tally = self.tally(&message, &loaded).await?;
         let end = match message.finish_attempt_tallied(&app.retry, retry_after, &tally, now) {
             Ok(end) => end,
             Err(_) => return Ok(Attempted::Done(message)),
@@ -1055,7 +1091,7 @@ impl PushService {
                 return Ok(Attempted::Lost(message));
             }
             message.give_up_due(&give_up, now);
-            let tally = store.delivery_tally(message.id).await?;
+            let tally = self.tally(&message, &loaded).await?;
             if message.conclude_tallied(&tally, now).is_err() {
                 return Ok(Attempted::Done(message));
             }
@@ -1064,6 +1100,15 @@ impl PushService {
             return Ok(Attempted::Lost(message));
         }
         Ok(Attempted::Done(message))
+    }
+
+    /// The tally of `message`'s deliveries: counted in memory when they are all loaded (and
+    /// kept up to date by the attempt), asked of the store otherwise.
+    async fn tally(&self, message: &Message, loaded: &Loaded) -> Result<DeliveryTally, StoreError> {
+        match loaded {
+            Loaded::All(_) => Ok(DeliveryTally::of(&message.deliveries)),
+            Loaded::Paged => self.ports.messages.delivery_tally(message.id).await,
+        }
     }
 
     /// Sends every due delivery of `message`, `delivery_concurrency` at a time, and records
@@ -1083,17 +1128,28 @@ impl PushService {
         &self,
         app: &Application,
         message: &mut Message,
-        lease: &mut Lease,
+        (lease, book): (&mut Lease, Option<&LeaseBook>),
+        loaded: &Loaded,
         started: OffsetDateTime,
         retry_after: &mut Option<Duration>,
     ) -> Result<bool, StoreError> {
-        if !self.keep_lease(message.id, lease).await? {
+        if !self.keep_lease(message.id, lease, book).await? {
             return Ok(false);
         }
         let (mut outcomes_tx, outcomes_rx) = mpsc::channel::<Sent>(RECORD_BATCH);
         let spec = message.spec.clone();
         let concurrency = self.settings.delivery_concurrency.max(1);
-        let pages = self.due_pages(app, message.id);
+        let pages = match loaded {
+            // Known from planning: one page of every due delivery, with no store call.
+            Loaded::All(devices) => {
+                let page: Vec<(Delivery, Arc<PageDevices>)> = message
+                    .due_deliveries()
+                    .map(|delivery| (delivery.clone(), Arc::clone(devices)))
+                    .collect();
+                Either::Left(stream::once(future::ready(Ok(page))))
+            }
+            Loaded::Paged => Either::Right(self.due_pages(app, message.id)),
+        };
         let sending = async move {
             let spec = &spec;
             let mut built = BTreeMap::new();
@@ -1129,7 +1185,7 @@ impl PushService {
                 }
             }
         };
-        let recording = self.record_outcomes(app, message, lease, outcomes_rx, retry_after);
+        let recording = self.record_outcomes(app, message, (lease, book), outcomes_rx, retry_after);
         let (sending, recording) = (std::pin::pin!(sending), std::pin::pin!(recording));
         match future::select(sending, recording).await {
             // Everything was sent: the recording half writes what is left and ends when the
@@ -1189,7 +1245,7 @@ impl PushService {
         &self,
         app: &Application,
         message: &mut Message,
-        lease: &mut Lease,
+        (lease, book): (&mut Lease, Option<&LeaseBook>),
         mut outcomes: mpsc::Receiver<Sent>,
         retry_after: &mut Option<Duration>,
     ) -> Result<bool, StoreError> {
@@ -1246,7 +1302,7 @@ impl PushService {
             if let Some(e) = failure {
                 return Err(e);
             }
-            if !self.keep_lease(message.id, lease).await? {
+            if !self.keep_lease(message.id, lease, book).await? {
                 return Ok(false);
             }
         }
@@ -1642,6 +1698,17 @@ impl PushService {
     }
 }
 
+/// Where an attempt finds the deliveries it sends.
+enum Loaded {
+    /// In the store, read a page at a time with their devices (a claimed message, a
+    /// broadcast).
+    Paged,
+    /// Every delivery of the message is in `message.deliveries` and every device it names is
+    /// here: a message with listed deliveries that was just stored, whose devices planning
+    /// read. The attempt then reads neither deliveries, devices nor tallies from the store.
+    All(Arc<PageDevices>),
+}
+
 /// How an attempt at a claimed message ended.
 enum Attempted {
     /// The attempt concluded (or found nothing to do) and saved what it did.
@@ -1675,6 +1742,7 @@ fn dedup(related: Vec<RelatedObject>) -> Vec<RelatedObject> {
 }
 
 mod batch;
+use batch::LeaseBook;
 pub use batch::PollAgain;
 #[cfg(test)]
 mod tests;

@@ -2,16 +2,98 @@
 //! slots free up (never waiting for the slowest message of a claim) and keeps one application
 //! from taking every slot, so that a provider that hangs holds back only its own messages.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::{Mutex, PoisonError};
 
 use futures_util::future::{self, BoxFuture, Either};
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use time::OffsetDateTime;
 
-use super::{Attempted, BatchReport, PushService};
-use crate::ids::AppId;
+use super::{Attempted, BatchReport, Loaded, PushService};
+use crate::ids::{AppId, MessageId};
 use crate::message::Message;
 use crate::ports::{Lease, StoreError};
+
+/// The leases of the messages a batch is sending, so that they are renewed together: the
+/// first attempt whose lease is past its half renews, in one store call, every lease of the
+/// batch that is past its half (messages claimed together share their lease, so one call
+/// renews a whole claim), and the others find their renewed lease here instead of asking
+/// the store again.
+#[derive(Debug, Default)]
+pub(super) struct LeaseBook {
+    /// Each message's latest lease, `None` once another worker took it over.
+    held: Mutex<BTreeMap<MessageId, Option<Lease>>>,
+    /// Held while a renewal is under way, so that attempts that need one at the same time
+    /// wait for it rather than renewing the same leases again.
+    renewing: futures_util::lock::Mutex<()>,
+}
+
+impl LeaseBook {
+    fn enter(&self, id: MessageId, lease: &Lease) {
+        self.lock().insert(id, Some(lease.clone()));
+    }
+
+    fn leave(&self, id: MessageId) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<MessageId, Option<Lease>>> {
+        // The map is never left half-changed, so a panic elsewhere does not spoil it.
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps message `id`'s lease in `lease`, renewing with one store call every lease of the
+    /// book that `fresh` finds stale. Returns `false` when another worker took `id` over.
+    pub(super) async fn keep(
+        &self,
+        service: &PushService,
+        id: MessageId,
+        lease: &mut Lease,
+        now: OffsetDateTime,
+        fresh: impl Fn(&Lease) -> bool,
+    ) -> Result<bool, StoreError> {
+        let _renewing = self.renewing.lock().await;
+        let stale: Vec<MessageId> = {
+            let held = self.lock();
+            match held.get(&id) {
+                Some(None) => return Ok(false),
+                Some(Some(known)) if fresh(known) => {
+                    *lease = known.clone();
+                    return Ok(true);
+                }
+                _ => {}
+            }
+            held.iter()
+                .filter(|(_, known)| known.as_ref().is_some_and(|known| !fresh(known)))
+                .map(|(stale, _)| *stale)
+                .chain(std::iter::once(id))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        let renewed = service.lease(now);
+        let kept: BTreeSet<MessageId> = service
+            .ports
+            .messages
+            .renew_lease(&stale, &renewed)
+            .await?
+            .into_iter()
+            .collect();
+        let mut held = self.lock();
+        for message in stale {
+            // A message whose attempt ended meanwhile is not put back.
+            if let Some(entry) = held.get_mut(&message) {
+                *entry = kept.contains(&message).then(|| renewed.clone());
+            }
+        }
+        if !kept.contains(&id) {
+            return Ok(false);
+        }
+        *lease = renewed;
+        Ok(true)
+    }
+}
 
 /// What a running batch asks for when messages are still being sent and slots are free: a
 /// future that resolves when it is time to look for due messages again (`true`), or when the
@@ -145,6 +227,7 @@ impl PushService {
             self.settings.app_concurrency
         };
         let mut slots = Slots::new(slots_total, per_app);
+        let book = LeaseBook::default();
         let mut sending = FuturesUnordered::new();
         let mut taken: u64 = 0;
         // The first store failure: no more claims then, and the messages under way finish
@@ -161,7 +244,8 @@ impl PushService {
                         for (message, lease) in claimed {
                             taken += 1;
                             slots.take(&message.spec.app);
-                            sending.push(self.start(message, lease));
+                            book.enter(message.id, &lease);
+                            sending.push(self.start(message, lease, &book));
                         }
                     }
                     Err(error) => {
@@ -275,19 +359,26 @@ impl PushService {
     }
 
     /// Sends a claimed message; the answer names its application, whose slot it frees.
-    fn start(
-        &self,
+    fn start<'a>(
+        &'a self,
         message: Message,
         lease: Lease,
-    ) -> impl Future<Output = (AppId, Result<Attempted, StoreError>)> + Send + '_ {
+        book: &'a LeaseBook,
+    ) -> impl Future<Output = (AppId, Result<Attempted, StoreError>)> + Send + 'a {
         let app = message.spec.app.clone();
-        async move { (app, self.process_claimed(message, lease).await) }
+        let id = message.id;
+        async move {
+            let attempted = self.process_claimed(message, lease, book).await;
+            book.leave(id);
+            (app, attempted)
+        }
     }
 
     async fn process_claimed(
         &self,
         mut message: Message,
         lease: Lease,
+        book: &LeaseBook,
     ) -> Result<Attempted, StoreError> {
         let Ok(app) = self.apps.get(message.spec.app.as_str()) else {
             let reason = format!("application {} is no longer configured", message.spec.app);
@@ -310,7 +401,8 @@ impl PushService {
             }
             return Ok(Attempted::Done(message));
         };
-        self.attempt(app, message, lease).await
+        self.attempt(app, message, lease, Loaded::Paged, Some(book))
+            .await
     }
 }
 

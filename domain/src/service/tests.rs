@@ -428,6 +428,60 @@ async fn a_user_with_devices_on_two_platforms_gets_one_delivery_each_with_its_ow
 }
 
 #[tokio::test]
+async fn a_send_now_to_one_device_reads_no_delivery_device_or_tally_after_storing_it() {
+    // Arrange: the store answers only the calls a send to a listed device needs; the
+    // expectations set first win, so any read of deliveries, devices or a tally fails.
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    mocks
+        .devices
+        .expect_get_devices()
+        .times(1)
+        .returning(|_, _| Ok(vec![apns_device(1)]));
+    mocks.messages.expect_due_deliveries().never();
+    mocks.messages.expect_delivery_tally().never();
+    mocks.messages.expect_renew_lease().never();
+    mocks
+        .messages
+        .expect_insert_message()
+        .times(1)
+        .returning(storing(&mocks.deliveries));
+    mocks
+        .messages
+        .expect_record_deliveries()
+        .times(1)
+        .returning(recording(&mocks.deliveries));
+    let saved = capture_saves(&mut mocks);
+    mocks.providers.push((
+        Channel::Apns,
+        provider(
+            SendOutcome::Accepted {
+                provider_id: Some("apns-id-1".into()),
+                details: None,
+            },
+            1,
+        ),
+    ));
+    let service = mocks.service();
+    let request = SendRequest {
+        target: Target::Devices {
+            device_ids: vec![DeviceId(1)],
+        },
+        ..to_alice("hello")
+    };
+
+    // Act
+    let message = service.send("shop", request, Dispatch::Now).await.unwrap();
+
+    // Assert: four store calls in all (get_devices, insert_message, record_deliveries,
+    // save_progress), and the tally counted in memory concluded the message.
+    assert_eq!(message.state(), MessageState::Sent);
+    assert_eq!(message.deliveries[0].state, DeliveryState::Accepted);
+    let saved = saved.lock().unwrap();
+    assert_eq!(saved.len(), 1);
+    assert_eq!(saved[0].state(), MessageState::Sent);
+}
+
+#[tokio::test]
 async fn a_user_without_active_devices_gets_an_error_message() {
     let mut mocks = Mocks::new(SenderKind::Direct);
     expect_user_devices(&mut mocks, vec![]);
