@@ -1018,20 +1018,20 @@ impl PushService {
     }
 
     /// Keeps `lease` on message `id`: renews it once half of it has passed, together with the
-    /// other leases of `book` that need it when the message is one of a batch's. Returns
+    /// other leases of its batch that need it when the message is one of a batch's. Returns
     /// `false` when another worker took the message over.
     async fn keep_lease(
         &self,
         id: MessageId,
         lease: &mut Lease,
-        book: Option<&Batch>,
+        batch: Option<&Batch>,
     ) -> Result<bool, StoreError> {
         let now = self.now();
         let fresh = |lease: &Lease| now + self.settings.lease / 2 < lease.until;
         if fresh(lease) {
             return Ok(true);
         }
-        if let Some(batch) = book {
+        if let Some(batch) = batch {
             return batch.leases.keep(self, id, lease, now, fresh).await;
         }
         let renewed = self.lease(now);
@@ -1053,7 +1053,7 @@ impl PushService {
         mut message: Message,
         mut lease: Lease,
         loaded: Loaded,
-        book: Option<&Batch>,
+        batch: Option<&Batch>,
     ) -> Result<Attempted, StoreError> {
         let store = &self.ports.messages;
         let started = self.now();
@@ -1079,7 +1079,7 @@ impl PushService {
             .send_due(
                 app,
                 &mut message,
-                (&mut lease, book),
+                (&mut lease, batch),
                 &loaded,
                 started,
                 &mut retry_after,
@@ -1139,12 +1139,12 @@ impl PushService {
         &self,
         app: &Application,
         message: &mut Message,
-        (lease, book): (&mut Lease, Option<&Batch>),
+        (lease, batch): (&mut Lease, Option<&Batch>),
         loaded: &Loaded,
         started: OffsetDateTime,
         retry_after: &mut Option<Duration>,
     ) -> Result<bool, StoreError> {
-        if !self.keep_lease(message.id, lease, book).await? {
+        if !self.keep_lease(message.id, lease, batch).await? {
             return Ok(false);
         }
         let (mut outcomes_tx, outcomes_rx) = mpsc::channel::<Sent>(RECORD_BATCH);
@@ -1159,7 +1159,7 @@ impl PushService {
                     .collect();
                 Either::Left(stream::once(future::ready(Ok(page))))
             }
-            Loaded::Paged => Either::Right(self.due_pages(app, message.id, book)),
+            Loaded::Paged => Either::Right(self.due_pages(app, message.id, batch)),
         };
         let sending = async move {
             let spec = &spec;
@@ -1196,7 +1196,8 @@ impl PushService {
                 }
             }
         };
-        let recording = self.record_outcomes(app, message, (lease, book), outcomes_rx, retry_after);
+        let recording =
+            self.record_outcomes(app, message, (lease, batch), outcomes_rx, retry_after);
         let (sending, recording) = (std::pin::pin!(sending), std::pin::pin!(recording));
         match future::select(sending, recording).await {
             // Everything was sent: the recording half writes what is left and ends when the
@@ -1213,9 +1214,10 @@ impl PushService {
     ///
     /// In a batch, the first page is small ([`FIRST_PAGE`]), and a message with more due
     /// deliveries than that is a large one: it waits for one of the few permits its
-    /// application has for large messages in the batch before it reads on. A batch may send a thousand messages at once, but
-    /// only a few hold a page of `delivery_page` deliveries and `delivery_concurrency` sends
-    /// each, which bounds its memory however its backlog is made.
+    /// application has for large messages in the batch before it reads on. A batch may send
+    /// a thousand messages at once, but only a few per application hold a page of
+    /// `delivery_page` deliveries and `delivery_concurrency` sends each, which bounds its
+    /// memory however its backlog is made.
     fn due_pages<'a>(
         &'a self,
         app: &'a Application,
@@ -1275,7 +1277,7 @@ impl PushService {
         &self,
         app: &Application,
         message: &mut Message,
-        (lease, book): (&mut Lease, Option<&Batch>),
+        (lease, in_batch): (&mut Lease, Option<&Batch>),
         mut outcomes: mpsc::Receiver<Sent>,
         retry_after: &mut Option<Duration>,
     ) -> Result<bool, StoreError> {
@@ -1332,7 +1334,7 @@ impl PushService {
             if let Some(e) = failure {
                 return Err(e);
             }
-            if !self.keep_lease(message.id, lease, book).await? {
+            if !self.keep_lease(message.id, lease, in_batch).await? {
                 return Ok(false);
             }
         }

@@ -315,7 +315,7 @@ impl PushService {
             self.settings.app_concurrency
         };
         let mut slots = Slots::new(slots_total, per_app);
-        let book = Batch::new(self.settings.large_message_concurrency);
+        let batch = Batch::new(self.settings.large_message_concurrency);
         let mut sending = FuturesUnordered::new();
         // The claim under way, if any. It runs side by side with the sends: a send that holds
         // a store connection (SQLite has one writer) must go on being polled while the claim
@@ -362,8 +362,8 @@ impl PushService {
                     for (message, lease) in claimed {
                         taken += 1;
                         slots.take(&message.spec.app);
-                        book.leases.enter(message.id, &lease);
-                        sending.push(self.start(message, lease, &book));
+                        batch.leases.enter(message.id, &lease);
+                        sending.push(self.start(message, lease, &batch));
                     }
                 }
                 Event::Claimed(Err(error)) => {
@@ -465,13 +465,13 @@ impl PushService {
         &'a self,
         message: Message,
         lease: Lease,
-        book: &'a Batch,
+        batch: &'a Batch,
     ) -> impl Future<Output = (AppId, Result<Attempted, StoreError>)> + Send + 'a {
         let app = message.spec.app.clone();
         let id = message.id;
         async move {
-            let attempted = self.process_claimed(message, lease, book).await;
-            book.leases.leave(id);
+            let attempted = self.process_claimed(message, lease, batch).await;
+            batch.leases.leave(id);
             (app, attempted)
         }
     }
@@ -480,7 +480,7 @@ impl PushService {
         &self,
         mut message: Message,
         lease: Lease,
-        book: &Batch,
+        batch: &Batch,
     ) -> Result<Attempted, StoreError> {
         let Ok(app) = self.apps.get(message.spec.app.as_str()) else {
             let reason = format!("application {} is no longer configured", message.spec.app);
@@ -503,7 +503,7 @@ impl PushService {
             }
             return Ok(Attempted::Done(message));
         };
-        self.attempt(app, message, lease, Loaded::Paged, Some(book))
+        self.attempt(app, message, lease, Loaded::Paged, Some(batch))
             .await
     }
 }
