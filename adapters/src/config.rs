@@ -166,21 +166,27 @@ pub struct WorkerConfig {
     pub enabled: bool,
     /// The wait between two polls when there was nothing (more) to do.
     pub poll_interval_secs: u64,
-    /// The most messages one batch takes.
+    /// The most messages one claim takes (one store statement).
     pub batch_size: u32,
     /// How long a claim on a message lasts before another worker may take it over. The worker
     /// renews it once half has passed while it sends.
     pub lease_secs: u64,
-    /// How many claimed messages a worker sends at once.
+    /// How many claimed messages a worker sends at once. A one-device message holds its slot
+    /// for about one provider round trip: 1,000 at a 50 ms round trip drains up to 20,000
+    /// queued messages a second.
     pub message_concurrency: usize,
     /// How many of those may belong to one application while other applications have
     /// messages due (default: half of `message_concurrency`, rounded up). When no other
     /// application has, one application may use every slot but one.
     pub app_concurrency: Option<usize>,
-    /// How many deliveries of one message a worker sends at once. A worker has at most
-    /// `message_concurrency × delivery_concurrency` requests in flight. A broadcast sends at
-    /// most `delivery_concurrency` deliveries per round trip to the provider: 100 at a 50 ms
-    /// round trip is 2,000 a second (APNs' own limit per connection is `apns.concurrency`).
+    /// How many deliveries of one message a worker sends at once. A broadcast sends at most
+    /// `delivery_concurrency` deliveries per round trip to the provider, so the default (4,096)
+    /// is above what a provider's pool lets through (`max_in_flight`, 4,000 by default, per
+    /// application and provider) and the pool is what binds. Each send in flight holds its
+    /// payload (up to 4 KiB for APNs and Web Push, a little more for FCM), its delivery and
+    /// its device, about 6 KiB at most: 4,096 in flight cost up to about 24 MiB per message
+    /// being sent. The provider's pool queues the sends above its own bound, so the memory
+    /// is held by the waiting sends as well.
     pub delivery_concurrency: usize,
 }
 
@@ -189,11 +195,11 @@ impl Default for WorkerConfig {
         Self {
             enabled: true,
             poll_interval_secs: 5,
-            batch_size: 100,
+            batch_size: 500,
             lease_secs: 60,
-            message_concurrency: 8,
+            message_concurrency: 1000,
             app_concurrency: None,
-            delivery_concurrency: 100,
+            delivery_concurrency: 4096,
         }
     }
 }

@@ -89,19 +89,26 @@ pub struct ServiceSettings {
     /// How long a claim on a message lasts before another worker may take it over. A worker
     /// renews its lease once half of it has passed.
     pub lease: Duration,
-    /// How many messages one claim takes.
+    /// How many messages one claim takes: one store statement claims up to this many.
     pub claim_size: u32,
     /// The page size when walking the devices of a broadcast.
     pub device_page: u32,
     /// How many due deliveries of one message an attempt loads at a time.
     pub delivery_page: u32,
-    /// How many claimed messages a batch works on at once.
+    /// How many claimed messages a batch works on at once. A one-device message holds its
+    /// slot for about one provider round trip, so this is what bounds how fast a queue of
+    /// small messages drains: 1,000 at a 50 ms round trip is up to 20,000 messages a second.
     pub message_concurrency: usize,
     /// How many of those may belong to one application while another application's messages
     /// are due: a provider that hangs then holds back only its own application's messages.
     pub app_concurrency: usize,
     /// How many deliveries of one message are sent at once.
     pub delivery_concurrency: usize,
+    /// How many messages of one application with more than a first small page of due
+    /// deliveries (broadcasts, users with many devices) a batch sends at once; the others
+    /// wait for one of them to finish reading its deliveries. Each holds a page of
+    /// `delivery_page` deliveries and up to `delivery_concurrency` sends.
+    pub large_message_concurrency: usize,
 }
 
 impl Default for ServiceSettings {
@@ -109,12 +116,13 @@ impl Default for ServiceSettings {
         Self {
             worker_id: "clarion".to_owned(),
             lease: Duration::from_secs(60),
-            claim_size: 100,
+            claim_size: 500,
             device_page: 1000,
             delivery_page: 500,
-            message_concurrency: 8,
-            app_concurrency: 4,
-            delivery_concurrency: 100,
+            message_concurrency: 1000,
+            app_concurrency: 500,
+            delivery_concurrency: 4096,
+            large_message_concurrency: 4,
         }
     }
 }
@@ -334,6 +342,9 @@ pub struct Overview {
 const OVERVIEW_ERRORS: u32 = 20;
 /// The most delivery outcomes written in one batch.
 const RECORD_BATCH: usize = 512;
+/// The first page of due deliveries a batch reads of a claimed message: a message with more
+/// is a large one (see [`PushService::due_pages`]).
+const FIRST_PAGE: u32 = 64;
 
 /// The devices of one page of deliveries, by id.
 type PageDevices = BTreeMap<DeviceId, Device>;
@@ -803,8 +814,12 @@ impl PushService {
         {
             return Err(OptionError::NoDevices.into());
         }
-        let deliveries = self.plan_deliveries(app, &spec).await?;
-        let none = matches!(&deliveries, NewDeliveries::Listed(list) if list.is_empty());
+        let (deliveries, devices) = self.plan_deliveries(app, &spec).await?;
+        let listed = match &deliveries {
+            NewDeliveries::Listed(list) => Some(list.len()),
+            NewDeliveries::Broadcast { .. } => None,
+        };
+        let none = listed == Some(0);
         let now = self.now();
         let lease = (dispatch == Dispatch::Now || none).then(|| self.lease(now));
         let new = NewMessage {
@@ -823,7 +838,15 @@ impl PushService {
         if none {
             return Ok(self.fail_undeliverable(message, &lease).await?);
         }
-        Ok(self.attempt(app, message, lease).await?.into_message())
+        // The stored message carries its listed deliveries, and planning read their devices.
+        let loaded = match listed {
+            Some(count) if message.deliveries.len() == count => Loaded::All(Arc::new(devices)),
+            _ => Loaded::Paged,
+        };
+        Ok(self
+            .attempt(app, message, lease, loaded, None)
+            .await?
+            .into_message())
     }
 
     async fn fail_undeliverable(
@@ -847,12 +870,13 @@ impl PushService {
     }
 
     /// Finds the deliveries a message needs and checks each payload against its provider's
-    /// limits before anything is stored.
+    /// limits before anything is stored. Returns them with the devices they name (none for a
+    /// broadcast, whose deliveries the store creates).
     async fn plan_deliveries(
         &self,
         app: &Application,
         spec: &MessageSpec,
-    ) -> Result<NewDeliveries, SendError> {
+    ) -> Result<(NewDeliveries, PageDevices), SendError> {
         let now = self.now();
         if app.sender == SenderKind::Onesignal {
             let Target::User { user_id } = &spec.target else {
@@ -863,11 +887,15 @@ impl PushService {
                 )));
             };
             payload::build(app, spec, PayloadTarget::ExternalUser(user_id), now)?;
-            return Ok(NewDeliveries::Listed(vec![(Channel::Onesignal, None)]));
+            return Ok((
+                NewDeliveries::Listed(vec![(Channel::Onesignal, None)]),
+                PageDevices::new(),
+            ));
         }
         let debug = (app.sender == SenderKind::Debug).then_some(Channel::Debug);
         if let Target::Broadcast { platform } = &spec.target {
-            return self.plan_broadcast(app, spec, *platform, debug).await;
+            let deliveries = self.plan_broadcast(app, spec, *platform, debug).await?;
+            return Ok((deliveries, PageDevices::new()));
         }
         let devices = self.target_devices(app, &spec.target).await?;
         let mut checked: BTreeSet<Platform> = BTreeSet::new();
@@ -876,12 +904,12 @@ impl PushService {
                 payload::build(app, spec, PayloadTarget::Device(&device.token), now)?;
             }
         }
-        Ok(NewDeliveries::Listed(
-            devices
-                .iter()
-                .map(|d| (debug.unwrap_or(Channel::from(d.platform())), Some(d.id)))
-                .collect(),
-        ))
+        let listed = devices
+            .iter()
+            .map(|d| (debug.unwrap_or(Channel::from(d.platform())), Some(d.id)))
+            .collect();
+        let devices = devices.into_iter().map(|d| (d.id, d)).collect();
+        Ok((NewDeliveries::Listed(listed), devices))
     }
 
     /// Checks a broadcast's payload against one device of each platform it reaches, walking
@@ -989,12 +1017,22 @@ impl PushService {
         }
     }
 
-    /// Keeps `lease` on message `id`: renews it once half of it has passed. Returns `false`
-    /// when another worker took the message over.
-    async fn keep_lease(&self, id: MessageId, lease: &mut Lease) -> Result<bool, StoreError> {
+    /// Keeps `lease` on message `id`: renews it once half of it has passed, together with the
+    /// other leases of its batch that need it when the message is one of a batch's. Returns
+    /// `false` when another worker took the message over.
+    async fn keep_lease(
+        &self,
+        id: MessageId,
+        lease: &mut Lease,
+        batch: Option<&Batch>,
+    ) -> Result<bool, StoreError> {
         let now = self.now();
-        if now + self.settings.lease / 2 < lease.until {
+        let fresh = |lease: &Lease| now + self.settings.lease / 2 < lease.until;
+        if fresh(lease) {
             return Ok(true);
+        }
+        if let Some(batch) = batch {
+            return batch.leases.keep(self, id, lease, now, fresh).await;
         }
         let renewed = self.lease(now);
         let held = self.ports.messages.renew_lease(&[id], &renewed).await?;
@@ -1014,6 +1052,8 @@ impl PushService {
         app: &Application,
         mut message: Message,
         mut lease: Lease,
+        loaded: Loaded,
+        batch: Option<&Batch>,
     ) -> Result<Attempted, StoreError> {
         let store = &self.ports.messages;
         let started = self.now();
@@ -1026,7 +1066,7 @@ impl PushService {
                 return Ok(Attempted::Lost(message));
             }
             message.give_up_due(&expiry, started);
-            let tally = store.delivery_tally(message.id).await?;
+            let tally = self.tally(&message, &loaded).await?;
             if message.expire_tallied(&tally, started).is_ok()
                 && !store.save_progress(&message, Some(&lease)).await?
             {
@@ -1036,13 +1076,20 @@ impl PushService {
         }
         let mut retry_after: Option<Duration> = None;
         if !self
-            .send_due(app, &mut message, &mut lease, started, &mut retry_after)
+            .send_due(
+                app,
+                &mut message,
+                (&mut lease, batch),
+                &loaded,
+                started,
+                &mut retry_after,
+            )
             .await?
         {
             return Ok(Attempted::Lost(message));
         }
         let now = self.now();
-        let tally = store.delivery_tally(message.id).await?;
+        let tally = self.tally(&message, &loaded).await?;
         let end = match message.finish_attempt_tallied(&app.retry, retry_after, &tally, now) {
             Ok(end) => end,
             Err(_) => return Ok(Attempted::Done(message)),
@@ -1055,7 +1102,7 @@ impl PushService {
                 return Ok(Attempted::Lost(message));
             }
             message.give_up_due(&give_up, now);
-            let tally = store.delivery_tally(message.id).await?;
+            let tally = self.tally(&message, &loaded).await?;
             if message.conclude_tallied(&tally, now).is_err() {
                 return Ok(Attempted::Done(message));
             }
@@ -1064,6 +1111,15 @@ impl PushService {
             return Ok(Attempted::Lost(message));
         }
         Ok(Attempted::Done(message))
+    }
+
+    /// The tally of `message`'s deliveries: counted in memory when they are all loaded (and
+    /// kept up to date by the attempt), asked of the store otherwise.
+    async fn tally(&self, message: &Message, loaded: &Loaded) -> Result<DeliveryTally, StoreError> {
+        match loaded {
+            Loaded::All(_) => Ok(DeliveryTally::of(&message.deliveries)),
+            Loaded::Paged => self.ports.messages.delivery_tally(message.id).await,
+        }
     }
 
     /// Sends every due delivery of `message`, `delivery_concurrency` at a time, and records
@@ -1083,17 +1139,28 @@ impl PushService {
         &self,
         app: &Application,
         message: &mut Message,
-        lease: &mut Lease,
+        (lease, batch): (&mut Lease, Option<&Batch>),
+        loaded: &Loaded,
         started: OffsetDateTime,
         retry_after: &mut Option<Duration>,
     ) -> Result<bool, StoreError> {
-        if !self.keep_lease(message.id, lease).await? {
+        if !self.keep_lease(message.id, lease, batch).await? {
             return Ok(false);
         }
         let (mut outcomes_tx, outcomes_rx) = mpsc::channel::<Sent>(RECORD_BATCH);
         let spec = message.spec.clone();
         let concurrency = self.settings.delivery_concurrency.max(1);
-        let pages = self.due_pages(app, message.id);
+        let pages = match loaded {
+            // Known from planning: one page of every due delivery, with no store call.
+            Loaded::All(devices) => {
+                let page: Vec<(Delivery, Arc<PageDevices>)> = message
+                    .due_deliveries()
+                    .map(|delivery| (delivery.clone(), Arc::clone(devices)))
+                    .collect();
+                Either::Left(stream::once(future::ready(Ok(page))))
+            }
+            Loaded::Paged => Either::Right(self.due_pages(app, message.id, batch)),
+        };
         let sending = async move {
             let spec = &spec;
             let mut built = BTreeMap::new();
@@ -1129,7 +1196,8 @@ impl PushService {
                 }
             }
         };
-        let recording = self.record_outcomes(app, message, lease, outcomes_rx, retry_after);
+        let recording =
+            self.record_outcomes(app, message, (lease, batch), outcomes_rx, retry_after);
         let (sending, recording) = (std::pin::pin!(sending), std::pin::pin!(recording));
         match future::select(sending, recording).await {
             // Everything was sent: the recording half writes what is left and ends when the
@@ -1143,24 +1211,44 @@ impl PushService {
 
     /// The due deliveries of message `id`, a page at a time, each with the devices of its
     /// page.
+    ///
+    /// In a batch, the first page is small ([`FIRST_PAGE`]), and a message with more due
+    /// deliveries than that is a large one: it waits for one of the few permits its
+    /// application has for large messages in the batch before it reads on. A batch may send
+    /// a thousand messages at once, but only a few per application hold a page of
+    /// `delivery_page` deliveries and `delivery_concurrency` sends each, which bounds its
+    /// memory however its backlog is made.
     fn due_pages<'a>(
         &'a self,
         app: &'a Application,
         id: MessageId,
+        batch: Option<&'a Batch>,
     ) -> impl Stream<Item = Result<Vec<(Delivery, Arc<PageDevices>)>, StoreError>> + Send + 'a {
         let page = self.settings.delivery_page.max(1);
-        // The state is the cursor: `None` once the last page was read.
+        let first = match batch {
+            Some(_) => page.min(FIRST_PAGE),
+            None => page,
+        };
+        // The state is the cursor, `None` once the last page was read, and the permit of a
+        // large message, held until its last page was read.
         stream::try_unfold(
-            Some(None),
-            move |cursor: Option<Option<DeliveryId>>| async move {
+            (Some(None), None::<Permit>),
+            move |(cursor, permit): (Option<Option<DeliveryId>>, Option<Permit>)| async move {
                 let Some(after) = cursor else {
                     return Ok(None);
                 };
-                let due = self.ports.messages.due_deliveries(id, after, page).await?;
+                let (limit, permit) = match (after, batch) {
+                    (None, _) => (first, permit),
+                    (Some(_), Some(batch)) if permit.is_none() => {
+                        (page, Some(batch.large_message(&app.id).await))
+                    }
+                    (Some(_), _) => (page, permit),
+                };
+                let due = self.ports.messages.due_deliveries(id, after, limit).await?;
                 let Some(last) = due.last() else {
                     return Ok(None);
                 };
-                let next = (due.len() >= page as usize).then_some(Some(last.id));
+                let next = (due.len() >= limit as usize).then_some(Some(last.id));
                 let device_ids: Vec<DeviceId> = due.iter().filter_map(|d| d.device_id).collect();
                 let devices: PageDevices = if device_ids.is_empty() {
                     BTreeMap::new()
@@ -1178,7 +1266,7 @@ impl PushService {
                     .into_iter()
                     .map(|delivery| (delivery, Arc::clone(&devices)))
                     .collect();
-                Ok(Some((page, next)))
+                Ok(Some((page, (next, permit))))
             },
         )
     }
@@ -1189,7 +1277,7 @@ impl PushService {
         &self,
         app: &Application,
         message: &mut Message,
-        lease: &mut Lease,
+        (lease, in_batch): (&mut Lease, Option<&Batch>),
         mut outcomes: mpsc::Receiver<Sent>,
         retry_after: &mut Option<Duration>,
     ) -> Result<bool, StoreError> {
@@ -1246,7 +1334,7 @@ impl PushService {
             if let Some(e) = failure {
                 return Err(e);
             }
-            if !self.keep_lease(message.id, lease).await? {
+            if !self.keep_lease(message.id, lease, in_batch).await? {
                 return Ok(false);
             }
         }
@@ -1642,6 +1730,17 @@ impl PushService {
     }
 }
 
+/// Where an attempt finds the deliveries it sends.
+enum Loaded {
+    /// In the store, read a page at a time with their devices (a claimed message, a
+    /// broadcast).
+    Paged,
+    /// Every delivery of the message is in `message.deliveries` and every device it names is
+    /// here: a message with listed deliveries that was just stored, whose devices planning
+    /// read. The attempt then reads neither deliveries, devices nor tallies from the store.
+    All(Arc<PageDevices>),
+}
+
 /// How an attempt at a claimed message ended.
 enum Attempted {
     /// The attempt concluded (or found nothing to do) and saved what it did.
@@ -1676,5 +1775,6 @@ fn dedup(related: Vec<RelatedObject>) -> Vec<RelatedObject> {
 
 mod batch;
 pub use batch::PollAgain;
+use batch::{Batch, Permit};
 #[cfg(test)]
 mod tests;

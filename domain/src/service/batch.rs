@@ -2,16 +2,173 @@
 //! slots free up (never waiting for the slowest message of a claim) and keeps one application
 //! from taking every slot, so that a provider that hangs holds back only its own messages.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Poll;
 
-use futures_util::future::{self, BoxFuture, Either};
+use futures_channel::mpsc;
+use futures_util::future::{self, BoxFuture};
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use time::OffsetDateTime;
 
-use super::{Attempted, BatchReport, PushService};
-use crate::ids::AppId;
+use super::{Attempted, BatchReport, Loaded, PushService};
+use crate::ids::{AppId, MessageId};
 use crate::message::Message;
 use crate::ports::{Lease, StoreError};
+
+/// What the attempts of one batch share: their leases, renewed together, and the permits
+/// of large messages, a few per application so that an application whose provider hangs
+/// holds only its own.
+#[derive(Debug)]
+pub(super) struct Batch {
+    pub(super) leases: LeaseBook,
+    large_per_app: usize,
+    large: Mutex<BTreeMap<AppId, Arc<Permits>>>,
+}
+
+impl Batch {
+    fn new(large_per_app: usize) -> Self {
+        Self {
+            leases: LeaseBook::default(),
+            large_per_app,
+            large: Mutex::default(),
+        }
+    }
+
+    /// Waits for a permit to send a large message of `app`.
+    pub(super) async fn large_message(&self, app: &AppId) -> Permit {
+        let permits = {
+            let mut large = self.large.lock().unwrap_or_else(PoisonError::into_inner);
+            Arc::clone(
+                large
+                    .entry(app.clone())
+                    .or_insert_with(|| Arc::new(Permits::new(self.large_per_app))),
+            )
+        };
+        permits.acquire().await
+    }
+}
+
+/// A fixed number of permits that async tasks wait for in turn (the domain has no runtime
+/// of its own to lend a semaphore).
+#[derive(Debug)]
+pub(super) struct Permits {
+    free: futures_util::lock::Mutex<mpsc::UnboundedReceiver<()>>,
+    give_back: mpsc::UnboundedSender<()>,
+}
+
+impl Permits {
+    fn new(count: usize) -> Self {
+        let (give_back, free) = mpsc::unbounded();
+        for _ in 0..count.max(1) {
+            // Cannot fail: the receiver is alive.
+            let _ = give_back.unbounded_send(());
+        }
+        Self {
+            free: futures_util::lock::Mutex::new(free),
+            give_back,
+        }
+    }
+
+    /// Waits for a permit; the permit is given back when dropped.
+    async fn acquire(&self) -> Permit {
+        // The sender lives in `self`, so the channel never ends.
+        let _ = self.free.lock().await.next().await;
+        Permit(self.give_back.clone())
+    }
+}
+
+/// A permit of [`Permits`], given back when dropped.
+#[derive(Debug)]
+pub(super) struct Permit(mpsc::UnboundedSender<()>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        // Fails only once the permits are gone, and then nobody needs it.
+        let _ = self.0.unbounded_send(());
+    }
+}
+
+/// The leases of the messages a batch is sending, so that they are renewed together: the
+/// first attempt whose lease is past its half renews, in one store call, every lease of the
+/// batch that is past its half (messages claimed together share their lease, so one call
+/// renews a whole claim), and the others find their renewed lease here instead of asking
+/// the store again.
+#[derive(Debug, Default)]
+pub(super) struct LeaseBook {
+    /// Each message's latest lease, `None` once another worker took it over.
+    held: Mutex<BTreeMap<MessageId, Option<Lease>>>,
+    /// Held while a renewal is under way, so that attempts that need one at the same time
+    /// wait for it rather than renewing the same leases again.
+    renewing: futures_util::lock::Mutex<()>,
+}
+
+impl LeaseBook {
+    fn enter(&self, id: MessageId, lease: &Lease) {
+        self.lock().insert(id, Some(lease.clone()));
+    }
+
+    fn leave(&self, id: MessageId) {
+        self.lock().remove(&id);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<MessageId, Option<Lease>>> {
+        // The map is never left half-changed, so a panic elsewhere does not spoil it.
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps message `id`'s lease in `lease`, renewing with one store call every lease of the
+    /// book that `fresh` finds stale. Returns `false` when another worker took `id` over.
+    pub(super) async fn keep(
+        &self,
+        service: &PushService,
+        id: MessageId,
+        lease: &mut Lease,
+        now: OffsetDateTime,
+        fresh: impl Fn(&Lease) -> bool,
+    ) -> Result<bool, StoreError> {
+        let _renewing = self.renewing.lock().await;
+        let stale: Vec<MessageId> = {
+            let held = self.lock();
+            match held.get(&id) {
+                Some(None) => return Ok(false),
+                Some(Some(known)) if fresh(known) => {
+                    *lease = known.clone();
+                    return Ok(true);
+                }
+                _ => {}
+            }
+            held.iter()
+                .filter(|(_, known)| known.as_ref().is_some_and(|known| !fresh(known)))
+                .map(|(stale, _)| *stale)
+                .chain(std::iter::once(id))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        let renewed = service.lease(now);
+        let kept: BTreeSet<MessageId> = service
+            .ports
+            .messages
+            .renew_lease(&stale, &renewed)
+            .await?
+            .into_iter()
+            .collect();
+        let mut held = self.lock();
+        for message in stale {
+            // A message whose attempt ended meanwhile is not put back.
+            if let Some(entry) = held.get_mut(&message) {
+                *entry = kept.contains(&message).then(|| renewed.clone());
+            }
+        }
+        if !kept.contains(&id) {
+            return Ok(false);
+        }
+        *lease = renewed;
+        Ok(true)
+    }
+}
 
 /// What a running batch asks for when messages are still being sent and slots are free: a
 /// future that resolves when it is time to look for due messages again (`true`), or when the
@@ -19,6 +176,19 @@ use crate::ports::{Lease, StoreError};
 /// The domain has no timer of its own, so the caller decides the rhythm (the worker's poll
 /// interval).
 pub type PollAgain<'a> = dyn Fn() -> BoxFuture<'static, bool> + Send + Sync + 'a;
+
+/// What a claim brings back: the messages it claimed, each with its lease.
+type Claimed = Result<Vec<(Message, Lease)>, StoreError>;
+
+/// What a running batch waits for.
+enum Event {
+    /// The claim under way came back.
+    Claimed(Claimed),
+    /// A message's attempt ended; it names the message's application.
+    Done(Box<(AppId, Result<Attempted, StoreError>)>),
+    /// The caller's rhythm: look for due messages again (`true`) or stop (`false`).
+    Tick(bool),
+}
 
 /// The sending slots of one batch: how many there are, how many each application holds, and
 /// how many one application may hold while others have due messages.
@@ -145,7 +315,12 @@ impl PushService {
             self.settings.app_concurrency
         };
         let mut slots = Slots::new(slots_total, per_app);
+        let batch = Batch::new(self.settings.large_message_concurrency);
         let mut sending = FuturesUnordered::new();
+        // The claim under way, if any. It runs side by side with the sends: a send that holds
+        // a store connection (SQLite has one writer) must go on being polled while the claim
+        // waits for that connection.
+        let mut claiming: Option<BoxFuture<'_, Claimed>> = None;
         let mut taken: u64 = 0;
         // The first store failure: no more claims then, and the messages under way finish
         // (dropping them mid-send would leave their outcomes unrecorded until their leases
@@ -155,36 +330,49 @@ impl PushService {
         let mut claim_now = true;
         let mut poll: Option<BoxFuture<'static, bool>> = None;
         loop {
-            if std::mem::take(&mut claim_now) && !stopped && taken < limit {
-                match self.claim_for(&slots, limit - taken).await {
-                    Ok(claimed) => {
-                        for (message, lease) in claimed {
-                            taken += 1;
-                            slots.take(&message.spec.app);
-                            sending.push(self.start(message, lease));
-                        }
-                    }
-                    Err(error) => {
-                        failure.get_or_insert(error);
-                        stopped = true;
-                    }
-                }
+            if claiming.is_none() && std::mem::take(&mut claim_now) && !stopped && taken < limit {
+                claiming = Some(Box::pin(self.claim_for(slots.clone(), limit - taken)));
             }
-            if sending.is_empty() {
+            if sending.is_empty() && claiming.is_none() {
                 break;
             }
-            let polling = !stopped && taken < limit && slots.free() > 0;
-            let event = if polling {
-                let tick = poll.get_or_insert_with(poll_again);
-                match future::select(sending.next(), tick).await {
-                    Either::Left((done, _)) => Either::Left(done),
-                    Either::Right((go_on, _)) => Either::Right(go_on),
+            let polling = claiming.is_none() && !stopped && taken < limit && slots.free() > 0;
+            let event = future::poll_fn(|cx| {
+                if let Some(claim) = claiming.as_mut()
+                    && let Poll::Ready(claimed) = claim.as_mut().poll(cx)
+                {
+                    return Poll::Ready(Event::Claimed(claimed));
                 }
-            } else {
-                Either::Left(sending.next().await)
-            };
+                if let Poll::Ready(Some(done)) = sending.poll_next_unpin(cx) {
+                    return Poll::Ready(Event::Done(Box::new(done)));
+                }
+                if polling {
+                    let tick = poll.get_or_insert_with(poll_again);
+                    if let Poll::Ready(go_on) = tick.as_mut().poll(cx) {
+                        return Poll::Ready(Event::Tick(go_on));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
             match event {
-                Either::Left(Some((app, attempted))) => {
+                Event::Claimed(Ok(claimed)) => {
+                    claiming = None;
+                    // Claimed messages are leased: they are sent even after a stop.
+                    for (message, lease) in claimed {
+                        taken += 1;
+                        slots.take(&message.spec.app);
+                        batch.leases.enter(message.id, &lease);
+                        sending.push(self.start(message, lease, &batch));
+                    }
+                }
+                Event::Claimed(Err(error)) => {
+                    claiming = None;
+                    failure.get_or_insert(error);
+                    stopped = true;
+                }
+                Event::Done(done) => {
+                    let (app, attempted) = *done;
                     slots.give_back(&app);
                     match attempted {
                         Ok(Attempted::Done(message)) => {
@@ -200,10 +388,9 @@ impl PushService {
                             stopped = true;
                         }
                     }
-                    claim_now = slots.worth_a_claim();
+                    claim_now |= slots.worth_a_claim();
                 }
-                Either::Left(None) => break,
-                Either::Right(go_on) => {
+                Event::Tick(go_on) => {
                     poll = None;
                     stopped |= !go_on;
                     claim_now = go_on;
@@ -221,12 +408,11 @@ impl PushService {
     /// short (nothing more of theirs is due), then, borrowed, those of the saturated ones.
     async fn claim_for(
         &self,
-        slots: &Slots,
+        mut slots: Slots,
         room: u64,
     ) -> Result<Vec<(Message, Lease)>, StoreError> {
         let room = usize::try_from(room).unwrap_or(usize::MAX);
         let claim_size = usize::try_from(self.settings.claim_size.max(1)).unwrap_or(usize::MAX);
-        let mut slots = slots.clone();
         let mut claimed = Vec::new();
         loop {
             let want = slots.claimable().min(room - claimed.len()).min(claim_size);
@@ -275,19 +461,26 @@ impl PushService {
     }
 
     /// Sends a claimed message; the answer names its application, whose slot it frees.
-    fn start(
-        &self,
+    fn start<'a>(
+        &'a self,
         message: Message,
         lease: Lease,
-    ) -> impl Future<Output = (AppId, Result<Attempted, StoreError>)> + Send + '_ {
+        batch: &'a Batch,
+    ) -> impl Future<Output = (AppId, Result<Attempted, StoreError>)> + Send + 'a {
         let app = message.spec.app.clone();
-        async move { (app, self.process_claimed(message, lease).await) }
+        let id = message.id;
+        async move {
+            let attempted = self.process_claimed(message, lease, batch).await;
+            batch.leases.leave(id);
+            (app, attempted)
+        }
     }
 
     async fn process_claimed(
         &self,
         mut message: Message,
         lease: Lease,
+        batch: &Batch,
     ) -> Result<Attempted, StoreError> {
         let Ok(app) = self.apps.get(message.spec.app.as_str()) else {
             let reason = format!("application {} is no longer configured", message.spec.app);
@@ -310,7 +503,8 @@ impl PushService {
             }
             return Ok(Attempted::Done(message));
         };
-        self.attempt(app, message, lease).await
+        self.attempt(app, message, lease, Loaded::Paged, Some(batch))
+            .await
     }
 }
 
@@ -351,6 +545,24 @@ mod tests {
         assert_eq!(slots.claimable(), 1);
         slots.give_back(&app("b"));
         assert_eq!(slots.claimable(), 2);
+    }
+
+    #[test]
+    fn a_large_message_waits_for_a_permit_of_its_own_application_only() {
+        use futures_util::FutureExt as _;
+        let (a, b) = (app("a"), app("b"));
+        let batch = Batch::new(1);
+        let first = batch.large_message(&a).now_or_never();
+        assert!(first.is_some(), "the first permit of a is free");
+
+        let mut second = Box::pin(batch.large_message(&a));
+        assert!(second.as_mut().now_or_never().is_none(), "a has one permit");
+        assert!(
+            batch.large_message(&b).now_or_never().is_some(),
+            "b has permits of its own"
+        );
+        drop(first);
+        assert!(second.now_or_never().is_some(), "a's permit came back");
     }
 
     #[test]

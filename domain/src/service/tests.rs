@@ -24,6 +24,8 @@ type Shared = Arc<Mutex<Vec<Delivery>>>;
 
 struct Mocks {
     deliveries: Shared,
+    /// What the clock says; a test may move it.
+    now: Arc<Mutex<OffsetDateTime>>,
     devices: MockDeviceStore,
     messages: MockMessageStore,
     templates: MockTemplateStore,
@@ -38,6 +40,7 @@ impl Mocks {
     fn new(sender: SenderKind) -> Self {
         Self {
             deliveries: Shared::default(),
+            now: Arc::new(Mutex::new(NOW)),
             devices: MockDeviceStore::new(),
             messages: MockMessageStore::new(),
             templates: MockTemplateStore::new(),
@@ -60,7 +63,8 @@ impl Mocks {
             language: "en".into(),
         });
         let mut clock = MockClock::new();
-        clock.expect_now().return_const(NOW);
+        let now = self.now.clone();
+        clock.expect_now().returning(move || *now.lock().unwrap());
         let ports = Ports {
             devices: Arc::new(self.devices),
             messages: Arc::new(self.messages),
@@ -425,6 +429,60 @@ async fn a_user_with_devices_on_two_platforms_gets_one_delivery_each_with_its_ow
         saved.lock().unwrap().last().map(Message::state),
         Some(MessageState::Sent)
     );
+}
+
+#[tokio::test]
+async fn a_send_now_to_one_device_reads_no_delivery_device_or_tally_after_storing_it() {
+    // Arrange: the store answers only the calls a send to a listed device needs; the
+    // expectations set first win, so any read of deliveries, devices or a tally fails.
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    mocks
+        .devices
+        .expect_get_devices()
+        .times(1)
+        .returning(|_, _| Ok(vec![apns_device(1)]));
+    mocks.messages.expect_due_deliveries().never();
+    mocks.messages.expect_delivery_tally().never();
+    mocks.messages.expect_renew_lease().never();
+    mocks
+        .messages
+        .expect_insert_message()
+        .times(1)
+        .returning(storing(&mocks.deliveries));
+    mocks
+        .messages
+        .expect_record_deliveries()
+        .times(1)
+        .returning(recording(&mocks.deliveries));
+    let saved = capture_saves(&mut mocks);
+    mocks.providers.push((
+        Channel::Apns,
+        provider(
+            SendOutcome::Accepted {
+                provider_id: Some("apns-id-1".into()),
+                details: None,
+            },
+            1,
+        ),
+    ));
+    let service = mocks.service();
+    let request = SendRequest {
+        target: Target::Devices {
+            device_ids: vec![DeviceId(1)],
+        },
+        ..to_alice("hello")
+    };
+
+    // Act
+    let message = service.send("shop", request, Dispatch::Now).await.unwrap();
+
+    // Assert: four store calls in all (get_devices, insert_message, record_deliveries,
+    // save_progress), and the tally counted in memory concluded the message.
+    assert_eq!(message.state(), MessageState::Sent);
+    assert_eq!(message.deliveries[0].state, DeliveryState::Accepted);
+    let saved = saved.lock().unwrap();
+    assert_eq!(saved.len(), 1);
+    assert_eq!(saved[0].state(), MessageState::Sent);
 }
 
 #[tokio::test]
@@ -1345,6 +1403,89 @@ async fn the_lease_is_renewed_once_half_of_it_has_passed() {
     assert_eq!(
         saved.as_slice(),
         &[(MessageState::Sent, renewals.last().cloned())]
+    );
+}
+
+#[tokio::test]
+async fn the_leases_of_a_batch_are_renewed_together_in_one_call() {
+    // Arrange: three one-device messages claimed together; the first send takes 40 s, past
+    // the half of their 60-second lease.
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    let messages: Vec<Message> = (1..=3)
+        .map(|n| {
+            let mut message =
+                claimed_message(vec![(Channel::Apns, n)], Message::initial_progress(NOW));
+            message.id = MessageId(n);
+            for delivery in &mut message.deliveries {
+                delivery.id = DeliveryId(n);
+                delivery.message_id = MessageId(n);
+            }
+            claimed(&mocks.deliveries, message)
+        })
+        .collect();
+    let mut claims = vec![vec![], messages];
+    mocks
+        .messages
+        .expect_claim_due_except()
+        .returning(move |_, _, _, _| Ok(claims.pop().unwrap_or_default()));
+    mocks
+        .devices
+        .expect_get_devices()
+        .returning(|_, ids| Ok(ids.iter().map(|id| apns_device(id.0)).collect()));
+    mocks
+        .messages
+        .expect_record_deliveries()
+        .returning(recording(&mocks.deliveries));
+    let renewals: Arc<Mutex<Vec<Vec<MessageId>>>> = Arc::default();
+    let seen = renewals.clone();
+    mocks
+        .messages
+        .expect_renew_lease()
+        .returning(move |ids, _| {
+            seen.lock().unwrap().push(ids.to_vec());
+            Ok(ids.to_vec())
+        });
+    let saved = Arc::new(Mutex::new(Vec::new()));
+    let sink = saved.clone();
+    mocks
+        .messages
+        .expect_save_progress()
+        .returning(move |m, lease| {
+            sink.lock().unwrap().push((m.id, lease.cloned()));
+            Ok(true)
+        });
+    let (now, slow_once) = (mocks.now.clone(), std::sync::atomic::AtomicBool::new(true));
+    let mut apns = MockPushProvider::new();
+    apns.expect_send().times(3).returning(move |_, _| {
+        if slow_once.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            *now.lock().unwrap() += Duration::from_secs(40);
+        }
+        SendOutcome::Accepted {
+            provider_id: None,
+            details: None,
+        }
+    });
+    mocks.providers.push((Channel::Apns, apns));
+    let service = mocks.service();
+
+    // Act
+    let report = service.process_batch(10, &|_| {}).await.unwrap();
+
+    // Assert: one call renewed all three, and each save carries the renewed lease.
+    assert_eq!(report.sent, 3);
+    let renewals = renewals.lock().unwrap();
+    assert_eq!(
+        renewals.as_slice(),
+        &[vec![MessageId(1), MessageId(2), MessageId(3)]]
+    );
+    let renewed_until = NOW + Duration::from_secs(100);
+    let saved = saved.lock().unwrap();
+    assert_eq!(saved.len(), 3);
+    assert!(
+        saved
+            .iter()
+            .all(|(_, lease)| lease.as_ref().map(|l| l.until) == Some(renewed_until)),
+        "{saved:?}"
     );
 }
 
