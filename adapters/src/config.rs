@@ -469,7 +469,8 @@ pub struct FcmConfig {
     pub endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
-    /// HTTP/2 connections for this application; 4 when unset.
+    /// HTTP/2 connections for this application; 16 when unset (FCM allows 100 requests at once
+    /// on a connection).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connections: Option<usize>,
     /// The most requests in flight at once for this application, over all its connections (the memory bound);

@@ -83,6 +83,7 @@ impl FcmApp {
             Origin::of(&url).map_err(|why| anyhow::anyhow!("apps.{id}.fcm.endpoint: {why}"))?;
         let (connections, max_in_flight) = pool::limits(
             &format!("apps.{id}.fcm"),
+            pool::DEFAULT_FCM_CONNECTIONS,
             cfg.connections,
             cfg.max_in_flight,
         )?;

@@ -263,6 +263,7 @@ impl WebPushProvider {
             let credentials = load_credentials(id, cfg)?;
             let (connections, max_in_flight) = pool::limits(
                 &format!("apps.{id}.webpush"),
+                pool::DEFAULT_CONNECTIONS,
                 cfg.connections,
                 cfg.max_in_flight,
             )?;

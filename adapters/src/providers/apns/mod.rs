@@ -229,6 +229,7 @@ impl AppClient {
         let endpoint = endpoint(app, cfg)?;
         let (connections, max_in_flight) = pool::limits(
             &format!("apps.{app}.apns"),
+            pool::DEFAULT_CONNECTIONS,
             cfg.connections,
             cfg.max_in_flight,
         )?;
