@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::connect::ConnectError;
 use super::{BODY_LIMIT, Request, Response};
 
 /// What the connection's task reports to the pool.
@@ -62,7 +63,7 @@ impl Conn {
         keep_alive: Duration,
         ping_timeout: Duration,
         changed: Arc<Notify>,
-    ) -> Result<Self, String>
+    ) -> Result<Self, ConnectError>
     where
         T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -72,10 +73,12 @@ impl Conn {
             .initial_connection_window_size(1 << 20)
             .handshake::<T, Bytes>(io)
             .await
-            .map_err(|error| format!("the HTTP/2 handshake failed: {error}"))?;
-        let mut ping_pong = connection
-            .ping_pong()
-            .ok_or_else(|| "the HTTP/2 connection offers no ping".to_owned())?;
+            .map_err(|error| {
+                ConnectError::Failed(format!("the HTTP/2 handshake failed: {error}"))
+            })?;
+        let mut ping_pong = connection.ping_pong().ok_or_else(|| {
+            ConnectError::Failed("the HTTP/2 connection offers no ping".to_owned())
+        })?;
         let health = Arc::new(Health::default());
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let task = tokio::spawn({
@@ -125,7 +128,8 @@ impl Conn {
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .clone();
-            return Err(error.unwrap_or_else(|| "the connection closed during setup".to_owned()));
+            // No error: the provider closed it cleanly, with a GOAWAY.
+            return Err(error.map_or(ConnectError::WentAway, ConnectError::Failed));
         }
         Ok(conn)
     }

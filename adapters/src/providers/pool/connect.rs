@@ -214,6 +214,10 @@ pub enum ConnectError {
     /// Resolution, TCP, TLS or the HTTP/2 setup failed.
     #[error("{0}")]
     Failed(String),
+    /// The provider closed the new connection cleanly (a `GOAWAY` without an error) before
+    /// it was ready: it is going away, and another connection may well succeed.
+    #[error("the provider closed the new connection before it was ready")]
+    WentAway,
 }
 
 /// The addresses of `host`, all public when the guard says so; an IP literal is its own

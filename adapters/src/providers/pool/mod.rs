@@ -39,6 +39,9 @@ pub const DEFAULT_MAX_IN_FLIGHT: usize = 4000;
 pub const MAX_MAX_IN_FLIGHT: usize = 100_000;
 /// The interval of the pings that keep an idle connection open, as APNs asks.
 pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(60);
+/// How many new connections in a row one request lets the provider close before they were
+/// ready (a `GOAWAY` during setup) before it fails to connect.
+const MAX_WENT_AWAY: usize = 3;
 /// How many times one request is sent again after being refused unprocessed.
 const MAX_RESENDS: usize = 8;
 /// How long a failed connection attempt answers the requests that wait for one, so that a
@@ -264,6 +267,9 @@ impl Pool {
     /// A stream on the least loaded connection with room, opening a connection when every
     /// one is full and there may be more.
     async fn lease(&self) -> Result<Lease<'_>, PoolError> {
+        // New connections the provider closed cleanly before they were ready (it was going
+        // away); past a few, that counts as a failure to connect.
+        let mut went_away = 0;
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -311,6 +317,9 @@ impl Pool {
                         state.failed = None;
                         state.conns.push(Arc::new(conn));
                     }
+                    Err(ConnectError::WentAway) if went_away < MAX_WENT_AWAY => {
+                        went_away += 1;
+                    }
                     Err(error) => {
                         self.state().failed = Some((Instant::now(), error.clone()));
                         return Err(PoolError::Connect(error));
@@ -343,9 +352,7 @@ impl Pool {
         let changed = Arc::clone(&self.changed);
         if !origin.is_tls() {
             // Plain `http` (local mocks and proxies): HTTP/2 with prior knowledge.
-            return Conn::handshake(tcp, keep_alive, ping_timeout, changed)
-                .await
-                .map_err(ConnectError::Failed);
+            return Conn::handshake(tcp, keep_alive, ping_timeout, changed).await;
         }
         let name = origin
             .server_name()
@@ -359,9 +366,7 @@ impl Pool {
                 "the server did not agree to HTTP/2 (ALPN h2)".to_owned(),
             ));
         }
-        Conn::handshake(tls, keep_alive, ping_timeout, changed)
-            .await
-            .map_err(ConnectError::Failed)
+        Conn::handshake(tls, keep_alive, ping_timeout, changed).await
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
