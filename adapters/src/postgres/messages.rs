@@ -10,14 +10,16 @@ use clarion_domain::ports::{
     DELIVERIES_SHOWN, Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
 };
 use clarion_domain::token::Platform;
-use sqlx::{AssertSqlSafe, PgConnection, Postgres, QueryBuilder};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
+use crate::grouped::{Grouped, WriteMany};
 use crate::postgres::rows::{
     DELIVERY_COLUMNS, DeliveryRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text,
     opt_json_text, target_columns,
 };
 use crate::postgres::{PgStore, db_error, ms, opt_ms};
+use crate::rows::{MAX_BATCH, MAX_BATCH_DELIVERIES, inserted_delivery, inserted_message, weight};
 
 /// The default and the largest page of `list_messages`.
 const DEFAULT_LIMIT: u32 = 50;
@@ -170,127 +172,251 @@ async fn write_deliveries(
     Ok(())
 }
 
-#[async_trait]
-impl MessageStore for PgStore {
-    async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError> {
-        let spec = &message.spec;
-        let (target_kind, recipient, target_json) = target_columns(&spec.target)?;
-        let now = ms(message.now);
-        let progress = &message.progress;
+/// The transaction of grouped messages on PostgreSQL: each message's row, then every related
+/// object and every listed delivery of the batch in one statement each.
+pub(crate) struct PgMessages {
+    pool: PgPool,
+}
 
-        let mut tx = self
-            .pool
+impl PgMessages {
+    pub(crate) fn grouped(pool: PgPool) -> Grouped<PgMessages> {
+        Grouped::new(PgMessages { pool })
+    }
+
+    /// Writes `messages` in one transaction and returns them as stored, a broadcast without
+    /// its deliveries, with the number of deliveries the broadcasts created.
+    async fn insert(
+        pool: &PgPool,
+        messages: &[NewMessage],
+    ) -> Result<(Vec<Message>, u64), StoreError> {
+        let mut tx = pool
             .begin()
             .await
             .map_err(db_error("failed to begin a transaction"))?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO messages (app, target_kind, recipient, target_json, heading, body, url, \
-             extra_data, template_slug, tag, priority, options, retry_sending, sender, state, \
-             error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
-             extra_sender_data, created_at, changed_at, lease_owner, lease_until) \
-             VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8::jsonb, $9, $10, $11, $12::jsonb, \
-             $13, $14, $15, $16, $17, $18, $19, $20, NULL, $21, $22, $23, $24) \
-             RETURNING id",
-        )
-        .bind(spec.app.as_str().to_owned())
-        .bind(target_kind)
-        .bind(recipient)
-        .bind(target_json)
-        .bind(spec.content.heading.clone())
-        .bind(spec.content.body.clone())
-        .bind(spec.content.url.clone())
-        .bind(opt_json_text(spec.content.extra_data.as_ref())?)
-        .bind(spec.template_slug.as_ref().map(|s| s.as_str().to_owned()))
-        .bind(spec.tag.as_ref().map(|t| t.as_str().to_owned()))
-        .bind(spec.priority.as_str())
-        .bind(json_text(&spec.options)?)
-        .bind(spec.retry_sending)
-        .bind(message.sender.as_str())
-        .bind(progress.state.as_str())
-        .bind(progress.error.clone())
-        .bind(i64::from(progress.number_of_send_attempts))
-        .bind(opt_ms(progress.next_attempt_at))
-        .bind(opt_ms(progress.sent_at))
-        .bind(ms(progress.queued_at))
-        .bind(now)
-        .bind(now)
-        .bind(message.lease.as_ref().map(|l| l.owner.clone()))
-        .bind(message.lease.as_ref().map(|l| ms(l.until)))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_error("failed to insert a message"))?;
-
-        // Related objects and deliveries go in one statement each, in the given order (their
-        // ids keep it), however many devices a broadcast reaches.
-        if !spec.related_objects.is_empty() {
-            let kinds: Vec<&str> = spec.related_objects.iter().map(|o| o.kind()).collect();
-            let object_ids: Vec<&str> =
-                spec.related_objects.iter().map(|o| o.object_id()).collect();
-            sqlx::query(
-                "INSERT INTO message_related_objects (message_id, kind, object_id) \
-                 SELECT $1, kind, object_id \
-                 FROM UNNEST($2::text[], $3::text[]) WITH ORDINALITY AS r (kind, object_id, n) \
-                 ORDER BY n",
-            )
-            .bind(id)
-            .bind(kinds)
-            .bind(object_ids)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("failed to insert related objects"))?;
+        let mut ids = Vec::with_capacity(messages.len());
+        let mut broadcast = 0;
+        for message in messages {
+            let id = insert_head(&mut tx, message).await?;
+            if let NewDeliveries::Broadcast { platform, channel } = &message.deliveries {
+                broadcast += insert_broadcast(&mut tx, id, message, *platform, *channel).await?;
+            }
+            ids.push(id);
         }
-        // Whether the deliveries were listed, and how many a broadcast created.
-        let (listed, broadcast) = match &message.deliveries {
-            NewDeliveries::Listed(list) => {
-                if !list.is_empty() {
-                    let devices: Vec<Option<i64>> =
-                        list.iter().map(|(_, d)| d.map(|d| d.0)).collect();
-                    let channels: Vec<&str> = list.iter().map(|(c, _)| c.as_str()).collect();
-                    sqlx::query(
-                        "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, \
-                         updated_at) \
-                         SELECT $1, device_id, channel, $4, 0, $5 \
-                         FROM UNNEST($2::bigint[], $3::text[]) WITH ORDINALITY \
-                             AS d (device_id, channel, n) \
-                         ORDER BY n",
-                    )
-                    .bind(id)
-                    .bind(devices)
-                    .bind(channels)
-                    .bind(DeliveryState::Pending.as_str())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error("failed to insert deliveries"))?;
-                }
-                (true, 0)
-            }
-            NewDeliveries::Broadcast { platform, channel } => {
-                // One INSERT ... SELECT in the message's transaction: the devices never leave
-                // the database, and the message appears with all its deliveries or not at all.
-                // The devices' platform names are the channel names.
-                let inserted = sqlx::query(
-                    "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, \
-                     updated_at) SELECT $1, id, COALESCE($2, platform), $3, 0, $4 FROM devices \
-                     WHERE app = $5 AND active AND ($6::text IS NULL OR platform = $6) \
-                     ORDER BY id",
-                )
-                .bind(id)
-                .bind(channel.map(Channel::as_str))
-                .bind(DeliveryState::Pending.as_str())
-                .bind(now)
-                .bind(spec.app.as_str().to_owned())
-                .bind(platform.map(Platform::as_str))
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error("failed to insert a broadcast's deliveries"))?
-                .rows_affected();
-                (false, inserted)
-            }
-        };
+        insert_related(&mut tx, messages, &ids).await?;
+        let mut deliveries = insert_listed(&mut tx, messages, &ids).await?.into_iter();
         tx.commit()
             .await
-            .map_err(db_error("failed to commit a message"))?;
+            .map_err(db_error("failed to commit messages"))?;
+        let stored = messages
+            .iter()
+            .zip(ids)
+            .map(|(message, id)| {
+                let listed = match &message.deliveries {
+                    NewDeliveries::Listed(list) => deliveries.by_ref().take(list.len()).collect(),
+                    NewDeliveries::Broadcast { .. } => Vec::new(),
+                };
+                inserted_message(message, id, listed)
+            })
+            .collect();
+        Ok((stored, broadcast))
+    }
+}
+
+#[async_trait]
+impl WriteMany for PgMessages {
+    type Item = NewMessage;
+    type Output = Message;
+    const MAX_ITEMS: usize = MAX_BATCH;
+    const MAX_WEIGHT: usize = MAX_BATCH_DELIVERIES;
+
+    fn weight(message: &NewMessage) -> usize {
+        weight(message)
+    }
+
+    async fn write_many(&self, messages: &[NewMessage]) -> Result<Vec<Message>, StoreError> {
+        Ok(PgMessages::insert(&self.pool, messages).await?.0)
+    }
+}
+
+/// Inserts a message's row and returns its id.
+async fn insert_head(conn: &mut PgConnection, message: &NewMessage) -> Result<i64, StoreError> {
+    let spec = &message.spec;
+    let (target_kind, recipient, target_json) = target_columns(&spec.target)?;
+    let now = ms(message.now);
+    let progress = &message.progress;
+    sqlx::query_scalar(
+        "INSERT INTO messages (app, target_kind, recipient, target_json, heading, body, url, \
+         extra_data, template_slug, tag, priority, options, retry_sending, sender, state, \
+         error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
+         extra_sender_data, created_at, changed_at, lease_owner, lease_until) \
+         VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8::jsonb, $9, $10, $11, $12::jsonb, \
+         $13, $14, $15, $16, $17, $18, $19, $20, NULL, $21, $22, $23, $24) \
+         RETURNING id",
+    )
+    .bind(spec.app.as_str().to_owned())
+    .bind(target_kind)
+    .bind(recipient)
+    .bind(target_json)
+    .bind(spec.content.heading.clone())
+    .bind(spec.content.body.clone())
+    .bind(spec.content.url.clone())
+    .bind(opt_json_text(spec.content.extra_data.as_ref())?)
+    .bind(spec.template_slug.as_ref().map(|s| s.as_str().to_owned()))
+    .bind(spec.tag.as_ref().map(|t| t.as_str().to_owned()))
+    .bind(spec.priority.as_str())
+    .bind(json_text(&spec.options)?)
+    .bind(spec.retry_sending)
+    .bind(message.sender.as_str())
+    .bind(progress.state.as_str())
+    .bind(progress.error.clone())
+    .bind(i64::from(progress.number_of_send_attempts))
+    .bind(opt_ms(progress.next_attempt_at))
+    .bind(opt_ms(progress.sent_at))
+    .bind(ms(progress.queued_at))
+    .bind(now)
+    .bind(now)
+    .bind(message.lease.as_ref().map(|l| l.owner.clone()))
+    .bind(message.lease.as_ref().map(|l| ms(l.until)))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db_error("failed to insert a message"))
+}
+
+/// Inserts one delivery per active device of the message's application in one
+/// INSERT ... SELECT: the devices never leave the database, and the message appears with all
+/// its deliveries or not at all. The devices' platform names are the channel names. Returns
+/// how many deliveries it created.
+async fn insert_broadcast(
+    conn: &mut PgConnection,
+    id: i64,
+    message: &NewMessage,
+    platform: Option<Platform>,
+    channel: Option<Channel>,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, \
+         updated_at) SELECT $1, id, COALESCE($2, platform), $3, 0, $4 FROM devices \
+         WHERE app = $5 AND active AND ($6::text IS NULL OR platform = $6) \
+         ORDER BY id",
+    )
+    .bind(id)
+    .bind(channel.map(Channel::as_str))
+    .bind(DeliveryState::Pending.as_str())
+    .bind(ms(message.now))
+    .bind(message.spec.app.as_str().to_owned())
+    .bind(platform.map(Platform::as_str))
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error("failed to insert a broadcast's deliveries"))?;
+    Ok(done.rows_affected())
+}
+
+/// Inserts the related objects of every message (`ids` their ids) in one statement, in the
+/// given order (their ids keep it).
+async fn insert_related(
+    conn: &mut PgConnection,
+    messages: &[NewMessage],
+    ids: &[i64],
+) -> Result<(), StoreError> {
+    let mut owners = Vec::new();
+    let mut kinds = Vec::new();
+    let mut object_ids = Vec::new();
+    for (message, &id) in messages.iter().zip(ids) {
+        for object in &message.spec.related_objects {
+            owners.push(id);
+            kinds.push(object.kind());
+            object_ids.push(object.object_id());
+        }
+    }
+    if owners.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO message_related_objects (message_id, kind, object_id) \
+         SELECT message_id, kind, object_id \
+         FROM UNNEST($1::bigint[], $2::text[], $3::text[]) WITH ORDINALITY \
+             AS r (message_id, kind, object_id, n) \
+         ORDER BY n",
+    )
+    .bind(owners)
+    .bind(kinds)
+    .bind(object_ids)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error("failed to insert related objects"))?;
+    Ok(())
+}
+
+/// Inserts the listed deliveries of every message (`ids` their ids) in one statement and
+/// returns them in order.
+///
+/// The statement inserts the rows in the arrays' order and takes each row's id from the
+/// sequence as it inserts it, so the ids it returns, sorted, are the rows' in order.
+async fn insert_listed(
+    conn: &mut PgConnection,
+    messages: &[NewMessage],
+    ids: &[i64],
+) -> Result<Vec<Delivery>, StoreError> {
+    let mut owners = Vec::new();
+    let mut devices = Vec::new();
+    let mut channels = Vec::new();
+    let mut times = Vec::new();
+    let mut listed = Vec::new();
+    for (message, &id) in messages.iter().zip(ids) {
+        if let NewDeliveries::Listed(list) = &message.deliveries {
+            for delivery in list {
+                let (channel, device) = delivery;
+                owners.push(id);
+                devices.push(device.map(|d| d.0));
+                channels.push(channel.as_str());
+                times.push(ms(message.now));
+                listed.push((id, delivery, message.now));
+            }
+        }
+    }
+    if owners.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut delivery_ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, updated_at) \
+         SELECT message_id, device_id, channel, 'pending', 0, updated_at \
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::timestamptz[]) \
+             WITH ORDINALITY AS d (message_id, device_id, channel, updated_at, n) \
+         ORDER BY n RETURNING id",
+    )
+    .bind(owners)
+    .bind(devices)
+    .bind(channels)
+    .bind(times)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error("failed to insert deliveries"))?;
+    if delivery_ids.len() != listed.len() {
+        return Err(StoreError::Unknown(anyhow::anyhow!(
+            "{} deliveries were inserted for {} listed",
+            delivery_ids.len(),
+            listed.len()
+        )));
+    }
+    delivery_ids.sort_unstable();
+    Ok(delivery_ids
+        .into_iter()
+        .zip(listed)
+        .map(|(id, (message, delivery, now))| inserted_delivery(id, message, delivery, now))
+        .collect())
+}
+
+#[async_trait]
+impl MessageStore for PgStore {
+    async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError> {
+        let NewDeliveries::Broadcast { .. } = message.deliveries else {
+            // Messages sent at the same time are written together, one commit a batch.
+            return self.messages.write(message.clone()).await;
+        };
+        // A broadcast's statement reads every device of its application: written alone, so
+        // that the messages sent meanwhile are not held until it commits.
+        let (mut stored, broadcast) =
+            PgMessages::insert(&self.pool, std::slice::from_ref(message)).await?;
         if broadcast >= ANALYZE_AFTER_DELIVERIES {
             // The planner's statistics still describe the table from before the broadcast:
             // with them, each page of its due deliveries was read through a bitmap of all the
@@ -302,13 +428,9 @@ impl MessageStore for PgStore {
                 tracing::warn!(%error, "could not analyze deliveries after a broadcast");
             }
         }
-
-        self.load_messages(&[id], listed.then_some(u32::MAX))
-            .await?
+        stored
             .pop()
-            .ok_or_else(|| {
-                StoreError::Unknown(anyhow::anyhow!("message {id} vanished after insert"))
-            })
+            .ok_or_else(|| StoreError::Unknown(anyhow::anyhow!("a broadcast was not stored")))
     }
 
     async fn get_message_head(

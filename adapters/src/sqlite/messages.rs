@@ -10,9 +10,11 @@ use clarion_domain::ports::{
     DELIVERIES_SHOWN, Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
 };
 use clarion_domain::token::Platform;
-use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
+use crate::grouped::{Grouped, WriteMany};
+use crate::rows::{MAX_BATCH, MAX_BATCH_DELIVERIES, inserted_delivery, inserted_message, weight};
 use crate::sqlite::rows::{
     DELIVERY_COLUMNS, DeliveryRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text, millis,
     opt_json_text, opt_millis, target_columns,
@@ -175,115 +177,236 @@ async fn write_deliveries(
     Ok(())
 }
 
-#[async_trait]
-impl MessageStore for SqliteStore {
-    async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError> {
-        let spec = &message.spec;
-        let (target_kind, recipient, target_json) = target_columns(&spec.target)?;
-        let now = millis(message.now);
-        let progress = &message.progress;
+/// The transaction of grouped messages on SQLite: each message's row, then every related
+/// object and every listed delivery of the batch in one statement each, on the writer.
+pub(crate) struct SqliteMessages {
+    writer: SqlitePool,
+}
 
-        let mut tx = self
-            .pool
+impl SqliteMessages {
+    pub(crate) fn grouped(writer: SqlitePool) -> Grouped<SqliteMessages> {
+        Grouped::new(SqliteMessages { writer })
+    }
+
+    /// Writes `messages` in one transaction and returns them as stored, a broadcast without
+    /// its deliveries.
+    async fn insert(
+        writer: &SqlitePool,
+        messages: &[NewMessage],
+    ) -> Result<Vec<Message>, StoreError> {
+        let mut tx = writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a transaction"))?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO messages (app, target_kind, recipient, target_json, heading, body, url, \
-             extra_data, template_slug, tag, priority, options, retry_sending, sender, state, \
-             error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
-             extra_sender_data, created_at, changed_at, lease_owner, lease_until) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?) \
-             RETURNING id",
-        )
-        .bind(spec.app.as_str().to_owned())
-        .bind(target_kind)
-        .bind(recipient)
-        .bind(target_json)
-        .bind(spec.content.heading.clone())
-        .bind(spec.content.body.clone())
-        .bind(spec.content.url.clone())
-        .bind(opt_json_text(spec.content.extra_data.as_ref())?)
-        .bind(spec.template_slug.as_ref().map(|s| s.as_str().to_owned()))
-        .bind(spec.tag.as_ref().map(|t| t.as_str().to_owned()))
-        .bind(spec.priority.as_str())
-        .bind(json_text(&spec.options)?)
-        .bind(spec.retry_sending)
-        .bind(message.sender.as_str())
-        .bind(progress.state.as_str())
-        .bind(progress.error.clone())
-        .bind(i64::from(progress.number_of_send_attempts))
-        .bind(opt_millis(progress.next_attempt_at))
-        .bind(opt_millis(progress.sent_at))
-        .bind(millis(progress.queued_at))
-        .bind(now)
-        .bind(now)
-        .bind(message.lease.as_ref().map(|l| l.owner.clone()))
-        .bind(message.lease.as_ref().map(|l| millis(l.until)))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_error("failed to insert a message"))?;
-
-        for object in &spec.related_objects {
-            sqlx::query(
-                "INSERT INTO message_related_objects (message_id, kind, object_id) \
-                 VALUES (?, ?, ?)",
-            )
-            .bind(id)
-            .bind(object.kind().to_owned())
-            .bind(object.object_id().to_owned())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("failed to insert a related object"))?;
+        let mut ids = Vec::with_capacity(messages.len());
+        for message in messages {
+            let id = insert_head(&mut tx, message).await?;
+            if let NewDeliveries::Broadcast { platform, channel } = &message.deliveries {
+                insert_broadcast(&mut tx, id, message, *platform, *channel).await?;
+            }
+            ids.push(id);
         }
-        let listed = match &message.deliveries {
-            NewDeliveries::Listed(list) => {
-                for (channel, device) in list {
-                    sqlx::query(
-                        "INSERT INTO deliveries (message_id, device_id, channel, state, \
-                         attempts, updated_at) VALUES (?, ?, ?, ?, 0, ?)",
-                    )
-                    .bind(id)
-                    .bind(device.map(|d| d.0))
-                    .bind(channel.as_str())
-                    .bind(DeliveryState::Pending.as_str())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error("failed to insert a delivery"))?;
-                }
-                true
-            }
-            NewDeliveries::Broadcast { platform, channel } => {
-                // The devices' platform names are the channel names.
-                sqlx::query(
-                    "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, \
-                     updated_at) SELECT ?, id, COALESCE(?, platform), ?, 0, ? FROM devices \
-                     WHERE app = ? AND active AND (? IS NULL OR platform = ?) ORDER BY id",
-                )
-                .bind(id)
-                .bind(channel.map(Channel::as_str))
-                .bind(DeliveryState::Pending.as_str())
-                .bind(now)
-                .bind(spec.app.as_str().to_owned())
-                .bind(platform.map(Platform::as_str))
-                .bind(platform.map(Platform::as_str))
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error("failed to insert a broadcast's deliveries"))?;
-                false
-            }
-        };
+        insert_related(&mut tx, messages, &ids).await?;
+        let mut deliveries = insert_listed(&mut tx, messages, &ids).await?.into_iter();
         tx.commit()
             .await
-            .map_err(db_error("failed to commit a message"))?;
-
-        self.load_messages(&[id], listed.then_some(u32::MAX))
-            .await?
-            .pop()
-            .ok_or_else(|| {
-                StoreError::Unknown(anyhow::anyhow!("message {id} vanished after insert"))
+            .map_err(db_error("failed to commit messages"))?;
+        Ok(messages
+            .iter()
+            .zip(ids)
+            .map(|(message, id)| {
+                let listed = match &message.deliveries {
+                    NewDeliveries::Listed(list) => deliveries.by_ref().take(list.len()).collect(),
+                    NewDeliveries::Broadcast { .. } => Vec::new(),
+                };
+                inserted_message(message, id, listed)
             })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl WriteMany for SqliteMessages {
+    type Item = NewMessage;
+    type Output = Message;
+    const MAX_ITEMS: usize = MAX_BATCH;
+    const MAX_WEIGHT: usize = MAX_BATCH_DELIVERIES;
+
+    fn weight(message: &NewMessage) -> usize {
+        weight(message)
+    }
+
+    async fn write_many(&self, messages: &[NewMessage]) -> Result<Vec<Message>, StoreError> {
+        SqliteMessages::insert(&self.writer, messages).await
+    }
+}
+
+/// Inserts a message's row and returns its id.
+async fn insert_head(conn: &mut SqliteConnection, message: &NewMessage) -> Result<i64, StoreError> {
+    let spec = &message.spec;
+    let (target_kind, recipient, target_json) = target_columns(&spec.target)?;
+    let now = millis(message.now);
+    let progress = &message.progress;
+    sqlx::query_scalar(
+        "INSERT INTO messages (app, target_kind, recipient, target_json, heading, body, url, \
+         extra_data, template_slug, tag, priority, options, retry_sending, sender, state, \
+         error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
+         extra_sender_data, created_at, changed_at, lease_owner, lease_until) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?) \
+         RETURNING id",
+    )
+    .bind(spec.app.as_str().to_owned())
+    .bind(target_kind)
+    .bind(recipient)
+    .bind(target_json)
+    .bind(spec.content.heading.clone())
+    .bind(spec.content.body.clone())
+    .bind(spec.content.url.clone())
+    .bind(opt_json_text(spec.content.extra_data.as_ref())?)
+    .bind(spec.template_slug.as_ref().map(|s| s.as_str().to_owned()))
+    .bind(spec.tag.as_ref().map(|t| t.as_str().to_owned()))
+    .bind(spec.priority.as_str())
+    .bind(json_text(&spec.options)?)
+    .bind(spec.retry_sending)
+    .bind(message.sender.as_str())
+    .bind(progress.state.as_str())
+    .bind(progress.error.clone())
+    .bind(i64::from(progress.number_of_send_attempts))
+    .bind(opt_millis(progress.next_attempt_at))
+    .bind(opt_millis(progress.sent_at))
+    .bind(millis(progress.queued_at))
+    .bind(now)
+    .bind(now)
+    .bind(message.lease.as_ref().map(|l| l.owner.clone()))
+    .bind(message.lease.as_ref().map(|l| millis(l.until)))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db_error("failed to insert a message"))
+}
+
+/// Inserts one delivery per active device of the message's application, without loading
+/// the devices. The devices' platform names are the channel names.
+async fn insert_broadcast(
+    conn: &mut SqliteConnection,
+    id: i64,
+    message: &NewMessage,
+    platform: Option<Platform>,
+    channel: Option<Channel>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, \
+         updated_at) SELECT ?, id, COALESCE(?, platform), ?, 0, ? FROM devices \
+         WHERE app = ? AND active AND (? IS NULL OR platform = ?) ORDER BY id",
+    )
+    .bind(id)
+    .bind(channel.map(Channel::as_str))
+    .bind(DeliveryState::Pending.as_str())
+    .bind(millis(message.now))
+    .bind(message.spec.app.as_str().to_owned())
+    .bind(platform.map(Platform::as_str))
+    .bind(platform.map(Platform::as_str))
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error("failed to insert a broadcast's deliveries"))?;
+    Ok(())
+}
+
+/// Inserts the related objects of every message (`ids` their ids), in order, in one
+/// statement whose rows travel as one JSON array.
+async fn insert_related(
+    conn: &mut SqliteConnection,
+    messages: &[NewMessage],
+    ids: &[i64],
+) -> Result<(), StoreError> {
+    let mut rows = Vec::new();
+    for (message, id) in messages.iter().zip(ids) {
+        for object in &message.spec.related_objects {
+            rows.push(serde_json::json!([id, object.kind(), object.object_id()]));
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO message_related_objects (message_id, kind, object_id) \
+         SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) ORDER BY key",
+    )
+    .bind(serde_json::Value::Array(rows).to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error("failed to insert related objects"))?;
+    Ok(())
+}
+
+/// Inserts the listed deliveries of every message (`ids` their ids) in one statement whose
+/// rows travel as one JSON array, and returns them in order.
+///
+/// The statement inserts the rows in the array's order, and `AUTOINCREMENT` gives each a
+/// larger id than the one before, so the ids it returns, sorted, are the rows' in order.
+async fn insert_listed(
+    conn: &mut SqliteConnection,
+    messages: &[NewMessage],
+    ids: &[i64],
+) -> Result<Vec<Delivery>, StoreError> {
+    let mut rows = Vec::new();
+    let mut listed = Vec::new();
+    for (message, &id) in messages.iter().zip(ids) {
+        if let NewDeliveries::Listed(list) = &message.deliveries {
+            for delivery in list {
+                let (channel, device) = delivery;
+                rows.push(serde_json::json!([
+                    id,
+                    device.map(|d| d.0),
+                    channel.as_str(),
+                    millis(message.now)
+                ]));
+                listed.push((id, delivery, message.now));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut delivery_ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, updated_at) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, 'pending', 0, value ->> 3 \
+         FROM json_each(?) ORDER BY key RETURNING id",
+    )
+    .bind(serde_json::Value::Array(rows).to_string())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error("failed to insert deliveries"))?;
+    if delivery_ids.len() != listed.len() {
+        return Err(StoreError::Unknown(anyhow::anyhow!(
+            "{} deliveries were inserted for {} listed",
+            delivery_ids.len(),
+            listed.len()
+        )));
+    }
+    delivery_ids.sort_unstable();
+    Ok(delivery_ids
+        .into_iter()
+        .zip(listed)
+        .map(|(id, (message, delivery, now))| inserted_delivery(id, message, delivery, now))
+        .collect())
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError> {
+        match message.deliveries {
+            // Messages sent at the same time are written together, one transaction a batch.
+            NewDeliveries::Listed(_) => self.messages.write(message.clone()).await,
+            // A broadcast's statement reads every device of its application: written alone,
+            // so that the messages sent meanwhile are not held until it commits.
+            NewDeliveries::Broadcast { .. } => {
+                let mut stored =
+                    SqliteMessages::insert(&self.pool, std::slice::from_ref(message)).await?;
+                stored.pop().ok_or_else(|| {
+                    StoreError::Unknown(anyhow::anyhow!("a broadcast was not stored"))
+                })
+            }
+        }
     }
 
     async fn get_message_head(
