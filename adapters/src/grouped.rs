@@ -1,4 +1,5 @@
-//! Group commit of writes other than registrations: messages, for now.
+//! Group commit of writes other than registrations: new messages, and the results of
+//! attempts (delivery outcomes and progress).
 //!
 //! Many requests send a message at the same time. Written one transaction each, they queue
 //! for the database's writer (SQLite has one connection that writes) or each pay for a commit
@@ -17,7 +18,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use anyhow::anyhow;
 use async_trait::async_trait;
-use clarion_domain::ports::StoreError;
+use clarion_domain::message::{Delivery, Message};
+use clarion_domain::ports::{Lease, StoreError};
 use tokio::sync::oneshot;
 
 /// A store's transaction for a batch of writes of one kind.
@@ -207,6 +209,31 @@ async fn write_batch<W: WriteMany>(store: &W, items: Vec<W::Item>) -> Vec<Outcom
         }
     }
 }
+
+/// A write of an attempt's results, grouped with those of attempts at other messages:
+/// [`clarion_domain::ports::MessageStore::record_deliveries`] or
+/// [`clarion_domain::ports::MessageStore::save_progress`]. Its output is whether it was
+/// written: always for deliveries; for progress, whether the writer still held the message.
+#[derive(Debug)]
+pub(crate) enum AttemptWrite {
+    Deliveries(Vec<Delivery>),
+    Progress(Box<Message>, Option<Lease>),
+}
+
+impl AttemptWrite {
+    /// The rows it writes, for [`WriteMany::weight`].
+    pub(crate) fn weight(&self) -> usize {
+        match self {
+            AttemptWrite::Deliveries(deliveries) => deliveries.len(),
+            AttemptWrite::Progress(message, _) => 1 + message.deliveries.len(),
+        }
+    }
+}
+
+/// The most attempt writes in one transaction.
+pub(crate) const MAX_ATTEMPT_WRITES: usize = 256;
+/// The most rows (deliveries and messages) attempt writes change in one transaction.
+pub(crate) const MAX_ATTEMPT_ROWS: usize = 10_000;
 
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@ use clarion_domain::token::Platform;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
-use crate::grouped::{Grouped, WriteMany};
+use crate::grouped::{AttemptWrite, Grouped, MAX_ATTEMPT_ROWS, MAX_ATTEMPT_WRITES, WriteMany};
 use crate::postgres::rows::{
     DELIVERY_COLUMNS, DeliveryRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text,
     opt_json_text, target_columns,
@@ -406,6 +406,107 @@ async fn insert_listed(
         .collect())
 }
 
+/// The transaction of grouped attempt results on PostgreSQL: each write's statements in the
+/// order the writes arrived, committed once. A write alone needs no transaction unless it
+/// saves a message with its deliveries.
+pub(crate) struct PgAttempts {
+    pool: PgPool,
+}
+
+impl PgAttempts {
+    pub(crate) fn grouped(pool: PgPool) -> Grouped<PgAttempts> {
+        Grouped::new(PgAttempts { pool })
+    }
+}
+
+#[async_trait]
+impl WriteMany for PgAttempts {
+    type Item = AttemptWrite;
+    type Output = bool;
+    const MAX_ITEMS: usize = MAX_ATTEMPT_WRITES;
+    const MAX_WEIGHT: usize = MAX_ATTEMPT_ROWS;
+
+    fn weight(write: &AttemptWrite) -> usize {
+        write.weight()
+    }
+
+    async fn write_many(&self, writes: &[AttemptWrite]) -> Result<Vec<bool>, StoreError> {
+        let alone = match writes {
+            [AttemptWrite::Deliveries(_)] => true,
+            // A worker's message has no deliveries loaded (they were recorded as they came).
+            [AttemptWrite::Progress(message, _)] => message.deliveries.is_empty(),
+            _ => false,
+        };
+        if alone {
+            // One statement, without a transaction's extra round trips.
+            let mut conn = self
+                .pool
+                .acquire()
+                .await
+                .map_err(db_error("failed to get a database connection"))?;
+            let mut written = Vec::with_capacity(1);
+            for write in writes {
+                written.push(attempt_write(&mut conn, write).await?);
+            }
+            return Ok(written);
+        }
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_error("failed to begin a transaction"))?;
+        let mut written = Vec::with_capacity(writes.len());
+        for write in writes {
+            written.push(attempt_write(&mut tx, write).await?);
+        }
+        tx.commit()
+            .await
+            .map_err(db_error("failed to commit the results of attempts"))?;
+        Ok(written)
+    }
+}
+
+/// Writes one attempt result on `conn`, and says whether it was written.
+async fn attempt_write(conn: &mut PgConnection, write: &AttemptWrite) -> Result<bool, StoreError> {
+    match write {
+        AttemptWrite::Deliveries(deliveries) => {
+            write_deliveries(conn, deliveries).await?;
+            Ok(true)
+        }
+        AttemptWrite::Progress(message, lease) => save(conn, message, lease.as_ref()).await,
+    }
+}
+
+/// Writes a message's progress and its loaded deliveries, and releases its lease, if the
+/// writer may (see [`MessageStore::save_progress`]); in the caller's transaction when the
+/// message has deliveries.
+async fn save(
+    conn: &mut PgConnection,
+    message: &Message,
+    lease: Option<&Lease>,
+) -> Result<bool, StoreError> {
+    let progress = message.progress();
+    let done = sqlx::query(SAVE_PROGRESS)
+        .bind(progress.state.as_str())
+        .bind(progress.error.clone())
+        .bind(i64::from(progress.number_of_send_attempts))
+        .bind(opt_ms(progress.next_attempt_at))
+        .bind(opt_ms(progress.sent_at))
+        .bind(ms(progress.queued_at))
+        .bind(opt_json_text(message.extra_sender_data.as_ref())?)
+        .bind(ms(message.changed_at))
+        .bind(message.id.0)
+        .bind(lease.map(|l| l.owner.clone()))
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error("failed to save a message's progress"))?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    write_deliveries(conn, &message.deliveries).await?;
+    Ok(true)
+}
+
 #[async_trait]
 impl MessageStore for PgStore {
     async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError> {
@@ -522,12 +623,14 @@ impl MessageStore for PgStore {
     }
 
     async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(db_error("failed to get a database connection"))?;
-        write_deliveries(&mut conn, deliveries).await
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        // Written with the other attempts' results that arrive meanwhile.
+        self.attempts
+            .write(AttemptWrite::Deliveries(deliveries.to_vec()))
+            .await?;
+        Ok(())
     }
 
     async fn renew_lease(
@@ -655,44 +758,13 @@ impl MessageStore for PgStore {
         message: &Message,
         lease: Option<&'a Lease>,
     ) -> Result<bool, StoreError> {
-        let progress = message.progress();
-        let update = sqlx::query(SAVE_PROGRESS)
-            .bind(progress.state.as_str())
-            .bind(progress.error.clone())
-            .bind(i64::from(progress.number_of_send_attempts))
-            .bind(opt_ms(progress.next_attempt_at))
-            .bind(opt_ms(progress.sent_at))
-            .bind(ms(progress.queued_at))
-            .bind(opt_json_text(message.extra_sender_data.as_ref())?)
-            .bind(ms(message.changed_at))
-            .bind(message.id.0)
-            .bind(lease.map(|l| l.owner.clone()));
-        // A worker's message has no deliveries loaded (they were recorded one by one): one
-        // statement then, without a transaction's extra round trips.
-        if message.deliveries.is_empty() {
-            let done = update
-                .execute(&self.pool)
-                .await
-                .map_err(db_error("failed to save a message's progress"))?;
-            return Ok(done.rows_affected() > 0);
-        }
-        let mut tx = self
-            .pool
-            .begin()
+        // Written with the other attempts' results that arrive meanwhile.
+        self.attempts
+            .write(AttemptWrite::Progress(
+                Box::new(message.clone()),
+                lease.cloned(),
+            ))
             .await
-            .map_err(db_error("failed to begin a transaction"))?;
-        let done = update
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("failed to save a message's progress"))?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        write_deliveries(&mut tx, &message.deliveries).await?;
-        tx.commit()
-            .await
-            .map_err(db_error("failed to commit a message's progress"))?;
-        Ok(true)
     }
 
     async fn find_template_message(

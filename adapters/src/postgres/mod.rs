@@ -24,7 +24,7 @@ use crate::faults::{PROBE_WRITE, db_error, probe_time};
 use crate::grouped::Grouped;
 use crate::registrations::GroupedRegistrations;
 use devices::PgRegistrations;
-use messages::PgMessages;
+use messages::{PgAttempts, PgMessages};
 
 /// Connections per process when the configuration does not say.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
@@ -59,6 +59,8 @@ pub struct PgStore {
     registrations: GroupedRegistrations,
     /// Messages sent at the same time, written together.
     messages: Grouped<PgMessages>,
+    /// Results of attempts at different messages made at the same time, written together.
+    attempts: Grouped<PgAttempts>,
 }
 
 impl PgStore {
@@ -116,6 +118,7 @@ impl PgStore {
         Ok(PgStore {
             registrations: PgRegistrations::grouped(pool.clone()),
             messages: PgMessages::grouped(pool.clone()),
+            attempts: PgAttempts::grouped(pool.clone()),
             pool,
         })
     }

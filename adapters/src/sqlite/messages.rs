@@ -13,7 +13,7 @@ use clarion_domain::token::Platform;
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
-use crate::grouped::{Grouped, WriteMany};
+use crate::grouped::{AttemptWrite, Grouped, MAX_ATTEMPT_ROWS, MAX_ATTEMPT_WRITES, WriteMany};
 use crate::rows::{MAX_BATCH, MAX_BATCH_DELIVERIES, inserted_delivery, inserted_message, weight};
 use crate::sqlite::rows::{
     DELIVERY_COLUMNS, DeliveryRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text, millis,
@@ -391,6 +391,136 @@ async fn insert_listed(
         .collect())
 }
 
+/// The transaction of grouped attempt results on SQLite: each write's statements in the
+/// order the writes arrived, on the writer. A write alone needs no transaction unless it
+/// saves a message with its deliveries.
+pub(crate) struct SqliteAttempts {
+    writer: SqlitePool,
+}
+
+impl SqliteAttempts {
+    pub(crate) fn grouped(writer: SqlitePool) -> Grouped<SqliteAttempts> {
+        Grouped::new(SqliteAttempts { writer })
+    }
+}
+
+#[async_trait]
+impl WriteMany for SqliteAttempts {
+    type Item = AttemptWrite;
+    type Output = bool;
+    const MAX_ITEMS: usize = MAX_ATTEMPT_WRITES;
+    const MAX_WEIGHT: usize = MAX_ATTEMPT_ROWS;
+
+    fn weight(write: &AttemptWrite) -> usize {
+        write.weight()
+    }
+
+    async fn write_many(&self, writes: &[AttemptWrite]) -> Result<Vec<bool>, StoreError> {
+        let alone = match writes {
+            [AttemptWrite::Deliveries(_)] => true,
+            [AttemptWrite::Progress(message, _)] => message.deliveries.is_empty(),
+            _ => false,
+        };
+        if alone {
+            // One statement, atomic on its own.
+            let mut conn = self
+                .writer
+                .acquire()
+                .await
+                .map_err(db_error("failed to get a database connection"))?;
+            let mut written = Vec::with_capacity(1);
+            for write in writes {
+                written.push(attempt_write(&mut conn, write).await?);
+            }
+            return Ok(written);
+        }
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error("failed to begin a transaction"))?;
+        let mut written = Vec::with_capacity(writes.len());
+        for write in writes {
+            written.push(attempt_write(&mut tx, write).await?);
+        }
+        tx.commit()
+            .await
+            .map_err(db_error("failed to commit the results of attempts"))?;
+        Ok(written)
+    }
+}
+
+/// Writes one attempt result on `conn`, and says whether it was written.
+async fn attempt_write(
+    conn: &mut SqliteConnection,
+    write: &AttemptWrite,
+) -> Result<bool, StoreError> {
+    match write {
+        AttemptWrite::Deliveries(deliveries) => {
+            write_deliveries(conn, deliveries).await?;
+            Ok(true)
+        }
+        AttemptWrite::Progress(message, lease) => save(conn, message, lease.as_ref()).await,
+    }
+}
+
+/// Writes a message's progress and its loaded deliveries, and releases its lease, if the
+/// writer may (see [`MessageStore::save_progress`]); in the caller's transaction when the
+/// message has deliveries.
+async fn save(
+    conn: &mut SqliteConnection,
+    message: &Message,
+    lease: Option<&Lease>,
+) -> Result<bool, StoreError> {
+    let progress = message.progress();
+    let mut query = QueryBuilder::<Sqlite>::new("UPDATE messages SET state = ");
+    query.push_bind(progress.state.as_str());
+    query.push(", error = ").push_bind(progress.error.clone());
+    query
+        .push(", number_of_send_attempts = ")
+        .push_bind(i64::from(progress.number_of_send_attempts));
+    query
+        .push(", next_attempt_at = ")
+        .push_bind(opt_millis(progress.next_attempt_at));
+    query
+        .push(", sent_at = ")
+        .push_bind(opt_millis(progress.sent_at));
+    query
+        .push(", queued_at = ")
+        .push_bind(millis(progress.queued_at));
+    query
+        .push(", extra_sender_data = ")
+        .push_bind(opt_json_text(message.extra_sender_data.as_ref())?);
+    query
+        .push(", changed_at = ")
+        .push_bind(millis(message.changed_at));
+    query.push(", lease_owner = NULL, lease_until = NULL WHERE id = ");
+    query.push_bind(message.id.0);
+    match lease {
+        Some(lease) => {
+            query
+                .push(" AND lease_owner = ")
+                .push_bind(lease.owner.clone());
+        }
+        None => {
+            query
+                .push(" AND (lease_owner IS NULL OR lease_until <= ")
+                .push_bind(millis(message.changed_at))
+                .push(")");
+        }
+    }
+    let done = query
+        .build()
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error("failed to save a message's progress"))?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    write_deliveries(conn, &message.deliveries).await?;
+    Ok(true)
+}
+
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError> {
@@ -514,13 +644,11 @@ impl MessageStore for SqliteStore {
         if deliveries.is_empty() {
             return Ok(());
         }
-        // One statement, atomic on its own.
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(db_error("failed to get a database connection"))?;
-        write_deliveries(&mut conn, deliveries).await
+        // Written with the other attempts' results that arrive meanwhile.
+        self.attempts
+            .write(AttemptWrite::Deliveries(deliveries.to_vec()))
+            .await?;
+        Ok(())
     }
 
     async fn renew_lease(
@@ -582,22 +710,26 @@ impl MessageStore for SqliteStore {
     }
 
     async fn delivery_tally(&self, message: MessageId) -> Result<DeliveryTally, StoreError> {
-        let counts: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT state, COUNT(*), COUNT(error_code) FROM deliveries WHERE message_id = ? \
-             GROUP BY state",
+        // One statement: the counts by state, each row carrying the first error (a constant
+        // subquery, which SQLite runs once).
+        let rows: Vec<(String, i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
+            "WITH f (code, text) AS (SELECT error_code, error_text FROM deliveries \
+                 WHERE message_id = ?1 AND error_code IS NOT NULL ORDER BY id LIMIT 1) \
+             SELECT state, COUNT(*), COUNT(error_code), (SELECT code FROM f), \
+                 (SELECT text FROM f) \
+             FROM deliveries WHERE message_id = ?1 GROUP BY state",
         )
         .bind(message.0)
         .fetch_all(&self.readers)
         .await
         .map_err(db_error("failed to count deliveries"))?;
-        let first: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT error_code, error_text FROM deliveries WHERE message_id = ? \
-             AND error_code IS NOT NULL ORDER BY id LIMIT 1",
-        )
-        .bind(message.0)
-        .fetch_optional(&self.readers)
-        .await
-        .map_err(db_error("failed to read a delivery error"))?;
+        let first = rows
+            .first()
+            .and_then(|row| row.3.clone().map(|code| (code, row.4.clone())));
+        let counts = rows
+            .into_iter()
+            .map(|(state, count, errors, _, _)| (state, count, errors))
+            .collect();
         tally_from(counts, first)
     }
 
@@ -648,61 +780,13 @@ impl MessageStore for SqliteStore {
         message: &Message,
         lease: Option<&'a Lease>,
     ) -> Result<bool, StoreError> {
-        let progress = message.progress();
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
+        // Written with the other attempts' results that arrive meanwhile.
+        self.attempts
+            .write(AttemptWrite::Progress(
+                Box::new(message.clone()),
+                lease.cloned(),
+            ))
             .await
-            .map_err(db_error("failed to begin a transaction"))?;
-        let mut query = QueryBuilder::<Sqlite>::new("UPDATE messages SET state = ");
-        query.push_bind(progress.state.as_str());
-        query.push(", error = ").push_bind(progress.error.clone());
-        query
-            .push(", number_of_send_attempts = ")
-            .push_bind(i64::from(progress.number_of_send_attempts));
-        query
-            .push(", next_attempt_at = ")
-            .push_bind(opt_millis(progress.next_attempt_at));
-        query
-            .push(", sent_at = ")
-            .push_bind(opt_millis(progress.sent_at));
-        query
-            .push(", queued_at = ")
-            .push_bind(millis(progress.queued_at));
-        query
-            .push(", extra_sender_data = ")
-            .push_bind(opt_json_text(message.extra_sender_data.as_ref())?);
-        query
-            .push(", changed_at = ")
-            .push_bind(millis(message.changed_at));
-        query.push(", lease_owner = NULL, lease_until = NULL WHERE id = ");
-        query.push_bind(message.id.0);
-        match lease {
-            Some(lease) => {
-                query
-                    .push(" AND lease_owner = ")
-                    .push_bind(lease.owner.clone());
-            }
-            None => {
-                query
-                    .push(" AND (lease_owner IS NULL OR lease_until <= ")
-                    .push_bind(millis(message.changed_at))
-                    .push(")");
-            }
-        }
-        let done = query
-            .build()
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("failed to save a message's progress"))?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        write_deliveries(&mut tx, &message.deliveries).await?;
-        tx.commit()
-            .await
-            .map_err(db_error("failed to commit a message's progress"))?;
-        Ok(true)
     }
 
     async fn find_template_message(

@@ -43,7 +43,7 @@ use crate::faults::{PROBE_WRITE, db_error, probe_time, unavailability};
 use crate::grouped::Grouped;
 use crate::registrations::GroupedRegistrations;
 use devices::SqliteRegistrations;
-use messages::SqliteMessages;
+use messages::{SqliteAttempts, SqliteMessages};
 use tokio::time::MissedTickBehavior;
 
 /// How long a statement waits for another connection's write lock before it fails. Writes
@@ -91,6 +91,8 @@ pub struct SqliteStore {
     registrations: GroupedRegistrations,
     /// Messages sent at the same time, written together by the writer.
     messages: Grouped<SqliteMessages>,
+    /// Results of attempts at different messages made at the same time, written together.
+    attempts: Grouped<SqliteAttempts>,
     /// The database file; `None` in memory.
     file: Option<PathBuf>,
 }
@@ -150,6 +152,7 @@ impl SqliteStore {
                 readers: pool.clone(),
                 registrations: SqliteRegistrations::grouped(pool.clone()),
                 messages: SqliteMessages::grouped(pool.clone()),
+                attempts: SqliteAttempts::grouped(pool.clone()),
                 pool,
                 checkpointer: None,
                 file: None,
@@ -187,6 +190,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             registrations: SqliteRegistrations::grouped(pool.clone()),
             messages: SqliteMessages::grouped(pool.clone()),
+            attempts: SqliteAttempts::grouped(pool.clone()),
             pool,
             readers,
             checkpointer: Some(Arc::new(stop)),
