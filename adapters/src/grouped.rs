@@ -85,6 +85,11 @@ impl<W: WriteMany> Shared<W> {
 }
 
 impl<W: WriteMany> Grouped<W> {
+    /// The store that writes the batches.
+    pub(crate) fn store(&self) -> &W {
+        &self.shared.store
+    }
+
     pub(crate) fn new(store: W) -> Self {
         Grouped {
             shared: Arc::new(Shared {
@@ -229,6 +234,10 @@ impl AttemptWrite {
         }
     }
 }
+
+/// The most deliveries a saved message may carry to be queued with others; one with more
+/// (an operator's action on a large message) is written alone rather than copied.
+pub(crate) const MAX_GROUPED_DELIVERIES: usize = 1_000;
 
 /// The most attempt writes in one transaction.
 pub(crate) const MAX_ATTEMPT_WRITES: usize = 256;

@@ -13,7 +13,9 @@ use clarion_domain::token::Platform;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
-use crate::grouped::{AttemptWrite, Grouped, MAX_ATTEMPT_ROWS, MAX_ATTEMPT_WRITES, WriteMany};
+use crate::grouped::{
+    AttemptWrite, Grouped, MAX_ATTEMPT_ROWS, MAX_ATTEMPT_WRITES, MAX_GROUPED_DELIVERIES, WriteMany,
+};
 use crate::postgres::rows::{
     DELIVERY_COLUMNS, DeliveryRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text,
     opt_json_text, target_columns,
@@ -417,6 +419,26 @@ impl PgAttempts {
     pub(crate) fn grouped(pool: PgPool) -> Grouped<PgAttempts> {
         Grouped::new(PgAttempts { pool })
     }
+
+    /// Saves `message` in a transaction of its own.
+    async fn save_alone(
+        &self,
+        message: &Message,
+        lease: Option<&Lease>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_error("failed to begin a transaction"))?;
+        if !save(&mut tx, message, lease).await? {
+            return Ok(false);
+        }
+        tx.commit()
+            .await
+            .map_err(db_error("failed to commit a message's progress"))?;
+        Ok(true)
+    }
 }
 
 #[async_trait]
@@ -758,6 +780,11 @@ impl MessageStore for PgStore {
         message: &Message,
         lease: Option<&'a Lease>,
     ) -> Result<bool, StoreError> {
+        if message.deliveries.len() > MAX_GROUPED_DELIVERIES {
+            // An operator's save of a message with all its deliveries: written alone rather
+            // than copied into the queue.
+            return self.attempts.store().save_alone(message, lease).await;
+        }
         // Written with the other attempts' results that arrive meanwhile.
         self.attempts
             .write(AttemptWrite::Progress(
