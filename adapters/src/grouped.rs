@@ -35,6 +35,10 @@ pub(crate) trait WriteMany: Send + Sync + 'static {
     /// The most weight (see [`WriteMany::weight`]) in one batch; a single heavier item is
     /// written alone.
     const MAX_WEIGHT: usize;
+    /// How many batches may be written at the same time: one for a store with one writer
+    /// connection; a few for a server that commits many transactions at once, so that one
+    /// batch's round trips do not hold back the next.
+    const WRITERS: usize = 1;
 
     /// How much of the batch's bound an item takes (a message: its deliveries).
     fn weight(item: &Self::Item) -> usize;
@@ -73,8 +77,8 @@ struct Shared<W: WriteMany> {
 
 struct Queue<W: WriteMany> {
     waiting: VecDeque<Waiting<W>>,
-    /// Whether a task is writing batches; it takes the waiting ones until none is left.
-    writing: bool,
+    /// How many tasks are writing batches; each takes the waiting ones until none is left.
+    writing: usize,
 }
 
 impl<W: WriteMany> Shared<W> {
@@ -96,7 +100,7 @@ impl<W: WriteMany> Grouped<W> {
                 store,
                 queue: Mutex::new(Queue {
                     waiting: VecDeque::new(),
-                    writing: false,
+                    writing: 0,
                 }),
             }),
         }
@@ -112,7 +116,11 @@ impl<W: WriteMany> Grouped<W> {
         let start = {
             let mut queue = self.shared.queue();
             queue.waiting.push_back((item, reply));
-            !std::mem::replace(&mut queue.writing, true)
+            let start = queue.writing < W::WRITERS.max(1);
+            if start {
+                queue.writing += 1;
+            }
+            start
         };
         if start {
             tokio::spawn(write_batches(Arc::clone(&self.shared)));
@@ -125,8 +133,8 @@ impl<W: WriteMany> Grouped<W> {
     }
 }
 
-/// Marks the writing task stopped when it ends, and, should it end early (a panic, or its
-/// runtime shutting down), drops the waiting writes so that their callers get an error
+/// Counts the writing task out when it ends, and, should the last one end early (a panic, or
+/// its runtime shutting down), drops the waiting writes so that their callers get an error
 /// instead of waiting for ever.
 struct Writing<W: WriteMany> {
     shared: Arc<Shared<W>>,
@@ -137,8 +145,10 @@ impl<W: WriteMany> Drop for Writing<W> {
     fn drop(&mut self) {
         if !self.finished {
             let mut queue = self.shared.queue();
-            queue.writing = false;
-            queue.waiting.clear();
+            queue.writing = queue.writing.saturating_sub(1);
+            if queue.writing == 0 {
+                queue.waiting.clear();
+            }
         }
     }
 }
@@ -153,7 +163,7 @@ async fn write_batches<W: WriteMany>(shared: Arc<Shared<W>>) {
         let batch: Vec<Waiting<W>> = {
             let mut queue = writing.shared.queue();
             if queue.waiting.is_empty() {
-                queue.writing = false;
+                queue.writing = queue.writing.saturating_sub(1);
                 writing.finished = true;
                 return;
             }

@@ -29,6 +29,11 @@ const DEFAULT_LIMIT: u32 = 50;
 pub const ANALYZE_AFTER_DELIVERIES: u64 = 10_000;
 const MAX_LIMIT: u32 = 1000;
 
+/// How many batches of messages, and of attempt results, are written at the same time: each
+/// holds a connection of the pool (10 by default) while it runs, and the server flushes the
+/// log once for the commits that arrive together.
+const PG_WRITERS: usize = 4;
+
 /// The condition that makes a message due at the time bound to `$1`.
 const DUE: &str = "(state = 'WAITING' OR (state = 'ERROR_RETRY' \
     AND (next_attempt_at IS NULL OR next_attempt_at <= $1)))";
@@ -230,6 +235,7 @@ impl WriteMany for PgMessages {
     type Output = Message;
     const MAX_ITEMS: usize = MAX_BATCH;
     const MAX_WEIGHT: usize = MAX_BATCH_DELIVERIES;
+    const WRITERS: usize = PG_WRITERS;
 
     fn weight(message: &NewMessage) -> usize {
         weight(message)
@@ -447,6 +453,7 @@ impl WriteMany for PgAttempts {
     type Output = bool;
     const MAX_ITEMS: usize = MAX_ATTEMPT_WRITES;
     const MAX_WEIGHT: usize = MAX_ATTEMPT_ROWS;
+    const WRITERS: usize = PG_WRITERS;
 
     fn weight(write: &AttemptWrite) -> usize {
         write.weight()
