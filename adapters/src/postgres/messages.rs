@@ -200,14 +200,12 @@ impl PgMessages {
             .begin()
             .await
             .map_err(db_error("failed to begin a transaction"))?;
-        let mut ids = Vec::with_capacity(messages.len());
+        let ids = insert_heads(&mut tx, messages).await?;
         let mut broadcast = 0;
-        for message in messages {
-            let id = insert_head(&mut tx, message).await?;
+        for (message, &id) in messages.iter().zip(&ids) {
             if let NewDeliveries::Broadcast { platform, channel } = &message.deliveries {
                 broadcast += insert_broadcast(&mut tx, id, message, *platform, *channel).await?;
             }
-            ids.push(id);
         }
         insert_related(&mut tx, messages, &ids).await?;
         let mut deliveries = insert_listed(&mut tx, messages, &ids).await?.into_iter();
@@ -246,48 +244,131 @@ impl WriteMany for PgMessages {
     }
 }
 
-/// Inserts a message's row and returns its id.
-async fn insert_head(conn: &mut PgConnection, message: &NewMessage) -> Result<i64, StoreError> {
-    let spec = &message.spec;
-    let (target_kind, recipient, target_json) = target_columns(&spec.target)?;
-    let now = ms(message.now);
-    let progress = &message.progress;
-    sqlx::query_scalar(
+/// The columns of one message's row, as the arrays [`insert_heads`] binds.
+#[derive(Default)]
+struct Heads {
+    app: Vec<String>,
+    target_kind: Vec<&'static str>,
+    recipient: Vec<Option<String>>,
+    target_json: Vec<Option<String>>,
+    heading: Vec<Option<String>>,
+    body: Vec<String>,
+    url: Vec<Option<String>>,
+    extra_data: Vec<Option<String>>,
+    template_slug: Vec<Option<String>>,
+    tag: Vec<Option<String>>,
+    priority: Vec<&'static str>,
+    options: Vec<String>,
+    retry_sending: Vec<bool>,
+    sender: Vec<&'static str>,
+    state: Vec<&'static str>,
+    error: Vec<Option<String>>,
+    attempts: Vec<i64>,
+    next_attempt_at: Vec<Option<OffsetDateTime>>,
+    sent_at: Vec<Option<OffsetDateTime>>,
+    queued_at: Vec<OffsetDateTime>,
+    now: Vec<OffsetDateTime>,
+    lease_owner: Vec<Option<String>>,
+    lease_until: Vec<Option<OffsetDateTime>>,
+}
+
+/// Inserts the rows of `messages` in one statement and returns their ids, in order.
+///
+/// The statement inserts the rows in the arrays' order and takes each row's id from the
+/// sequence as it inserts it, so the ids it returns, sorted, are the rows' in order. One
+/// statement rather than one per message: a batch's round trips are what a PostgreSQL writer
+/// waits for.
+async fn insert_heads(
+    conn: &mut PgConnection,
+    messages: &[NewMessage],
+) -> Result<Vec<i64>, StoreError> {
+    let mut h = Heads::default();
+    for message in messages {
+        let spec = &message.spec;
+        let (target_kind, recipient, target_json) = target_columns(&spec.target)?;
+        let progress = &message.progress;
+        h.app.push(spec.app.as_str().to_owned());
+        h.target_kind.push(target_kind);
+        h.recipient.push(recipient);
+        h.target_json.push(target_json);
+        h.heading.push(spec.content.heading.clone());
+        h.body.push(spec.content.body.clone());
+        h.url.push(spec.content.url.clone());
+        h.extra_data
+            .push(opt_json_text(spec.content.extra_data.as_ref())?);
+        h.template_slug
+            .push(spec.template_slug.as_ref().map(|s| s.as_str().to_owned()));
+        h.tag.push(spec.tag.as_ref().map(|t| t.as_str().to_owned()));
+        h.priority.push(spec.priority.as_str());
+        h.options.push(json_text(&spec.options)?);
+        h.retry_sending.push(spec.retry_sending);
+        h.sender.push(message.sender.as_str());
+        h.state.push(progress.state.as_str());
+        h.error.push(progress.error.clone());
+        h.attempts.push(i64::from(progress.number_of_send_attempts));
+        h.next_attempt_at.push(opt_ms(progress.next_attempt_at));
+        h.sent_at.push(opt_ms(progress.sent_at));
+        h.queued_at.push(ms(progress.queued_at));
+        h.now.push(ms(message.now));
+        h.lease_owner
+            .push(message.lease.as_ref().map(|l| l.owner.clone()));
+        h.lease_until
+            .push(message.lease.as_ref().map(|l| ms(l.until)));
+    }
+    let mut ids: Vec<i64> = sqlx::query_scalar(
         "INSERT INTO messages (app, target_kind, recipient, target_json, heading, body, url, \
          extra_data, template_slug, tag, priority, options, retry_sending, sender, state, \
          error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
          extra_sender_data, created_at, changed_at, lease_owner, lease_until) \
-         VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8::jsonb, $9, $10, $11, $12::jsonb, \
-         $13, $14, $15, $16, $17, $18, $19, $20, NULL, $21, $22, $23, $24) \
-         RETURNING id",
+         SELECT app, target_kind, recipient, target_json::jsonb, heading, body, url, \
+             extra_data::jsonb, template_slug, tag, priority, options::jsonb, retry_sending, \
+             sender, state, error, attempts, next_attempt_at, sent_at, queued_at, NULL, now, \
+             now, lease_owner, lease_until \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+             $13::boolean[], $14::text[], $15::text[], $16::text[], $17::bigint[], \
+             $18::timestamptz[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[], \
+             $22::text[], $23::timestamptz[]) WITH ORDINALITY \
+             AS m (app, target_kind, recipient, target_json, heading, body, url, extra_data, \
+             template_slug, tag, priority, options, retry_sending, sender, state, error, \
+             attempts, next_attempt_at, sent_at, queued_at, now, lease_owner, lease_until, n) \
+         ORDER BY n RETURNING id",
     )
-    .bind(spec.app.as_str().to_owned())
-    .bind(target_kind)
-    .bind(recipient)
-    .bind(target_json)
-    .bind(spec.content.heading.clone())
-    .bind(spec.content.body.clone())
-    .bind(spec.content.url.clone())
-    .bind(opt_json_text(spec.content.extra_data.as_ref())?)
-    .bind(spec.template_slug.as_ref().map(|s| s.as_str().to_owned()))
-    .bind(spec.tag.as_ref().map(|t| t.as_str().to_owned()))
-    .bind(spec.priority.as_str())
-    .bind(json_text(&spec.options)?)
-    .bind(spec.retry_sending)
-    .bind(message.sender.as_str())
-    .bind(progress.state.as_str())
-    .bind(progress.error.clone())
-    .bind(i64::from(progress.number_of_send_attempts))
-    .bind(opt_ms(progress.next_attempt_at))
-    .bind(opt_ms(progress.sent_at))
-    .bind(ms(progress.queued_at))
-    .bind(now)
-    .bind(now)
-    .bind(message.lease.as_ref().map(|l| l.owner.clone()))
-    .bind(message.lease.as_ref().map(|l| ms(l.until)))
-    .fetch_one(&mut *conn)
+    .bind(h.app)
+    .bind(h.target_kind)
+    .bind(h.recipient)
+    .bind(h.target_json)
+    .bind(h.heading)
+    .bind(h.body)
+    .bind(h.url)
+    .bind(h.extra_data)
+    .bind(h.template_slug)
+    .bind(h.tag)
+    .bind(h.priority)
+    .bind(h.options)
+    .bind(h.retry_sending)
+    .bind(h.sender)
+    .bind(h.state)
+    .bind(h.error)
+    .bind(h.attempts)
+    .bind(h.next_attempt_at)
+    .bind(h.sent_at)
+    .bind(h.queued_at)
+    .bind(h.now)
+    .bind(h.lease_owner)
+    .bind(h.lease_until)
+    .fetch_all(&mut *conn)
     .await
-    .map_err(db_error("failed to insert a message"))
+    .map_err(db_error("failed to insert messages"))?;
+    if ids.len() != messages.len() {
+        return Err(StoreError::Unknown(anyhow::anyhow!(
+            "{} messages were inserted for {} given",
+            ids.len(),
+            messages.len()
+        )));
+    }
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 /// Inserts one delivery per active device of the message's application in one
