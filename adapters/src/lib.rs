@@ -5,6 +5,7 @@ pub mod clock;
 pub mod config;
 pub mod debug;
 mod faults;
+mod grouped;
 pub mod keys;
 pub mod metrics;
 pub mod postgres;

@@ -16,7 +16,7 @@ use clarion_domain::message::{
     Channel, Content, Delivery, DeliveryState, Message, MessageSpec, MessageState, Priority,
     Progress, PushOptions, Target,
 };
-use clarion_domain::ports::StoreError;
+use clarion_domain::ports::{NewDeliveries, NewMessage, StoreError};
 use clarion_domain::template::Template;
 use clarion_domain::token::{DeviceToken, EndpointPolicy, Platform};
 use serde_json::{Map, Value};
@@ -72,6 +72,77 @@ pub(crate) fn millis(at: OffsetDateTime) -> i64 {
 
 pub(crate) fn opt_millis(at: Option<OffsetDateTime>) -> Option<i64> {
     at.map(millis)
+}
+
+/// The most messages stored in one transaction when many are sent at once.
+pub(crate) const MAX_BATCH: usize = 256;
+/// The most listed deliveries stored in one transaction (a message with more is stored
+/// alone).
+pub(crate) const MAX_BATCH_DELIVERIES: usize = 10_000;
+
+/// How much of a batch's bound a message takes: its listed deliveries (a broadcast's are
+/// created by the database and do not count).
+pub(crate) fn weight(message: &NewMessage) -> usize {
+    match &message.deliveries {
+        NewDeliveries::Listed(list) => list.len(),
+        NewDeliveries::Broadcast { .. } => 1,
+    }
+}
+
+/// A time as both stores give it back: UTC, to the millisecond.
+pub(crate) fn stored_time(at: OffsetDateTime) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(millis(at)) * 1_000_000).unwrap_or(at)
+}
+
+/// A message that was just inserted as `id`, with `deliveries`, as reading it back would
+/// give it: a send needs no read after its write.
+pub(crate) fn inserted_message(
+    message: &NewMessage,
+    id: i64,
+    deliveries: Vec<Delivery>,
+) -> Message {
+    let progress = &message.progress;
+    let progress = Progress {
+        state: progress.state,
+        error: progress.error.clone(),
+        number_of_send_attempts: progress.number_of_send_attempts,
+        next_attempt_at: progress.next_attempt_at.map(stored_time),
+        sent_at: progress.sent_at.map(stored_time),
+        queued_at: stored_time(progress.queued_at),
+    };
+    let now = stored_time(message.now);
+    let mut stored = Message::from_storage(
+        MessageId(id),
+        message.spec.clone(),
+        message.sender,
+        progress,
+        now,
+        now,
+    );
+    stored.deliveries = deliveries;
+    stored
+}
+
+/// A listed delivery that was just inserted as `id`: pending, never attempted.
+pub(crate) fn inserted_delivery(
+    id: i64,
+    message: i64,
+    (channel, device): &(Channel, Option<DeviceId>),
+    now: OffsetDateTime,
+) -> Delivery {
+    Delivery {
+        id: DeliveryId(id),
+        message_id: MessageId(message),
+        device_id: *device,
+        channel: *channel,
+        state: DeliveryState::Pending,
+        attempts: 0,
+        provider_id: None,
+        error_code: None,
+        error_text: None,
+        details: None,
+        updated_at: stored_time(now),
+    }
 }
 
 /// JSON text of a value that serialises infallibly (maps and JSON values).

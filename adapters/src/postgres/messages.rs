@@ -10,20 +10,29 @@ use clarion_domain::ports::{
     DELIVERIES_SHOWN, Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
 };
 use clarion_domain::token::Platform;
-use sqlx::{AssertSqlSafe, PgConnection, Postgres, QueryBuilder};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
+use crate::grouped::{
+    AttemptWrite, Grouped, MAX_ATTEMPT_ROWS, MAX_ATTEMPT_WRITES, MAX_GROUPED_DELIVERIES, WriteMany,
+};
 use crate::postgres::rows::{
     DELIVERY_COLUMNS, DeliveryRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text,
     opt_json_text, target_columns,
 };
 use crate::postgres::{PgStore, db_error, ms, opt_ms};
+use crate::rows::{MAX_BATCH, MAX_BATCH_DELIVERIES, inserted_delivery, inserted_message, weight};
 
 /// The default and the largest page of `list_messages`.
 const DEFAULT_LIMIT: u32 = 50;
 /// A broadcast with at least this many deliveries has the table analysed after it is stored.
 pub const ANALYZE_AFTER_DELIVERIES: u64 = 10_000;
 const MAX_LIMIT: u32 = 1000;
+
+/// How many batches of messages, and of attempt results, are written at the same time: each
+/// holds a connection of the pool (10 by default) while it runs, and the server flushes the
+/// log once for the commits that arrive together.
+const PG_WRITERS: usize = 4;
 
 /// The condition that makes a message due at the time bound to `$1`.
 const DUE: &str = "(state = 'WAITING' OR (state = 'ERROR_RETRY' \
@@ -170,127 +179,455 @@ async fn write_deliveries(
     Ok(())
 }
 
+/// The transaction of grouped messages on PostgreSQL: each message's row, then every related
+/// object and every listed delivery of the batch in one statement each.
+pub(crate) struct PgMessages {
+    pool: PgPool,
+}
+
+impl PgMessages {
+    pub(crate) fn grouped(pool: PgPool) -> Grouped<PgMessages> {
+        Grouped::new(PgMessages { pool })
+    }
+
+    /// Writes `messages` in one transaction and returns them as stored, a broadcast without
+    /// its deliveries, with the number of deliveries the broadcasts created.
+    async fn insert(
+        pool: &PgPool,
+        messages: &[NewMessage],
+    ) -> Result<(Vec<Message>, u64), StoreError> {
+        let mut tx = pool
+            .begin()
+            .await
+            .map_err(db_error("failed to begin a transaction"))?;
+        let ids = insert_heads(&mut tx, messages).await?;
+        let mut broadcast = 0;
+        for (message, &id) in messages.iter().zip(&ids) {
+            if let NewDeliveries::Broadcast { platform, channel } = &message.deliveries {
+                broadcast += insert_broadcast(&mut tx, id, message, *platform, *channel).await?;
+            }
+        }
+        insert_related(&mut tx, messages, &ids).await?;
+        let mut deliveries = insert_listed(&mut tx, messages, &ids).await?.into_iter();
+        tx.commit()
+            .await
+            .map_err(db_error("failed to commit messages"))?;
+        let stored = messages
+            .iter()
+            .zip(ids)
+            .map(|(message, id)| {
+                let listed = match &message.deliveries {
+                    NewDeliveries::Listed(list) => deliveries.by_ref().take(list.len()).collect(),
+                    NewDeliveries::Broadcast { .. } => Vec::new(),
+                };
+                inserted_message(message, id, listed)
+            })
+            .collect();
+        Ok((stored, broadcast))
+    }
+}
+
 #[async_trait]
-impl MessageStore for PgStore {
-    async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError> {
+impl WriteMany for PgMessages {
+    type Item = NewMessage;
+    type Output = Message;
+    const MAX_ITEMS: usize = MAX_BATCH;
+    const MAX_WEIGHT: usize = MAX_BATCH_DELIVERIES;
+    const WRITERS: usize = PG_WRITERS;
+
+    fn weight(message: &NewMessage) -> usize {
+        weight(message)
+    }
+
+    async fn write_many(&self, messages: &[NewMessage]) -> Result<Vec<Message>, StoreError> {
+        Ok(PgMessages::insert(&self.pool, messages).await?.0)
+    }
+}
+
+/// The columns of one message's row, as the arrays [`insert_heads`] binds.
+#[derive(Default)]
+struct Heads {
+    app: Vec<String>,
+    target_kind: Vec<&'static str>,
+    recipient: Vec<Option<String>>,
+    target_json: Vec<Option<String>>,
+    heading: Vec<Option<String>>,
+    body: Vec<String>,
+    url: Vec<Option<String>>,
+    extra_data: Vec<Option<String>>,
+    template_slug: Vec<Option<String>>,
+    tag: Vec<Option<String>>,
+    priority: Vec<&'static str>,
+    options: Vec<String>,
+    retry_sending: Vec<bool>,
+    sender: Vec<&'static str>,
+    state: Vec<&'static str>,
+    error: Vec<Option<String>>,
+    attempts: Vec<i64>,
+    next_attempt_at: Vec<Option<OffsetDateTime>>,
+    sent_at: Vec<Option<OffsetDateTime>>,
+    queued_at: Vec<OffsetDateTime>,
+    now: Vec<OffsetDateTime>,
+    lease_owner: Vec<Option<String>>,
+    lease_until: Vec<Option<OffsetDateTime>>,
+}
+
+/// Inserts the rows of `messages` in one statement and returns their ids, in order.
+///
+/// The statement inserts the rows in the arrays' order and takes each row's id from the
+/// sequence as it inserts it, so the ids it returns, sorted, are the rows' in order. One
+/// statement rather than one per message: a batch's round trips are what a PostgreSQL writer
+/// waits for.
+async fn insert_heads(
+    conn: &mut PgConnection,
+    messages: &[NewMessage],
+) -> Result<Vec<i64>, StoreError> {
+    let mut h = Heads::default();
+    for message in messages {
         let spec = &message.spec;
         let (target_kind, recipient, target_json) = target_columns(&spec.target)?;
-        let now = ms(message.now);
         let progress = &message.progress;
+        h.app.push(spec.app.as_str().to_owned());
+        h.target_kind.push(target_kind);
+        h.recipient.push(recipient);
+        h.target_json.push(target_json);
+        h.heading.push(spec.content.heading.clone());
+        h.body.push(spec.content.body.clone());
+        h.url.push(spec.content.url.clone());
+        h.extra_data
+            .push(opt_json_text(spec.content.extra_data.as_ref())?);
+        h.template_slug
+            .push(spec.template_slug.as_ref().map(|s| s.as_str().to_owned()));
+        h.tag.push(spec.tag.as_ref().map(|t| t.as_str().to_owned()));
+        h.priority.push(spec.priority.as_str());
+        h.options.push(json_text(&spec.options)?);
+        h.retry_sending.push(spec.retry_sending);
+        h.sender.push(message.sender.as_str());
+        h.state.push(progress.state.as_str());
+        h.error.push(progress.error.clone());
+        h.attempts.push(i64::from(progress.number_of_send_attempts));
+        h.next_attempt_at.push(opt_ms(progress.next_attempt_at));
+        h.sent_at.push(opt_ms(progress.sent_at));
+        h.queued_at.push(ms(progress.queued_at));
+        h.now.push(ms(message.now));
+        h.lease_owner
+            .push(message.lease.as_ref().map(|l| l.owner.clone()));
+        h.lease_until
+            .push(message.lease.as_ref().map(|l| ms(l.until)));
+    }
+    let mut ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO messages (app, target_kind, recipient, target_json, heading, body, url, \
+         extra_data, template_slug, tag, priority, options, retry_sending, sender, state, \
+         error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
+         extra_sender_data, created_at, changed_at, lease_owner, lease_until) \
+         SELECT app, target_kind, recipient, target_json::jsonb, heading, body, url, \
+             extra_data::jsonb, template_slug, tag, priority, options::jsonb, retry_sending, \
+             sender, state, error, attempts, next_attempt_at, sent_at, queued_at, NULL, now, \
+             now, lease_owner, lease_until \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+             $13::boolean[], $14::text[], $15::text[], $16::text[], $17::bigint[], \
+             $18::timestamptz[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[], \
+             $22::text[], $23::timestamptz[]) WITH ORDINALITY \
+             AS m (app, target_kind, recipient, target_json, heading, body, url, extra_data, \
+             template_slug, tag, priority, options, retry_sending, sender, state, error, \
+             attempts, next_attempt_at, sent_at, queued_at, now, lease_owner, lease_until, n) \
+         ORDER BY n RETURNING id",
+    )
+    .bind(h.app)
+    .bind(h.target_kind)
+    .bind(h.recipient)
+    .bind(h.target_json)
+    .bind(h.heading)
+    .bind(h.body)
+    .bind(h.url)
+    .bind(h.extra_data)
+    .bind(h.template_slug)
+    .bind(h.tag)
+    .bind(h.priority)
+    .bind(h.options)
+    .bind(h.retry_sending)
+    .bind(h.sender)
+    .bind(h.state)
+    .bind(h.error)
+    .bind(h.attempts)
+    .bind(h.next_attempt_at)
+    .bind(h.sent_at)
+    .bind(h.queued_at)
+    .bind(h.now)
+    .bind(h.lease_owner)
+    .bind(h.lease_until)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error("failed to insert messages"))?;
+    if ids.len() != messages.len() {
+        return Err(StoreError::Unknown(anyhow::anyhow!(
+            "{} messages were inserted for {} given",
+            ids.len(),
+            messages.len()
+        )));
+    }
+    ids.sort_unstable();
+    Ok(ids)
+}
 
+/// Inserts one delivery per active device of the message's application in one
+/// INSERT ... SELECT: the devices never leave the database, and the message appears with all
+/// its deliveries or not at all. The devices' platform names are the channel names. Returns
+/// how many deliveries it created.
+async fn insert_broadcast(
+    conn: &mut PgConnection,
+    id: i64,
+    message: &NewMessage,
+    platform: Option<Platform>,
+    channel: Option<Channel>,
+) -> Result<u64, StoreError> {
+    let done = sqlx::query(
+        "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, \
+         updated_at) SELECT $1, id, COALESCE($2, platform), $3, 0, $4 FROM devices \
+         WHERE app = $5 AND active AND ($6::text IS NULL OR platform = $6) \
+         ORDER BY id",
+    )
+    .bind(id)
+    .bind(channel.map(Channel::as_str))
+    .bind(DeliveryState::Pending.as_str())
+    .bind(ms(message.now))
+    .bind(message.spec.app.as_str().to_owned())
+    .bind(platform.map(Platform::as_str))
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error("failed to insert a broadcast's deliveries"))?;
+    Ok(done.rows_affected())
+}
+
+/// Inserts the related objects of every message (`ids` their ids) in one statement, in the
+/// given order (their ids keep it).
+async fn insert_related(
+    conn: &mut PgConnection,
+    messages: &[NewMessage],
+    ids: &[i64],
+) -> Result<(), StoreError> {
+    let mut owners = Vec::new();
+    let mut kinds = Vec::new();
+    let mut object_ids = Vec::new();
+    for (message, &id) in messages.iter().zip(ids) {
+        for object in &message.spec.related_objects {
+            owners.push(id);
+            kinds.push(object.kind());
+            object_ids.push(object.object_id());
+        }
+    }
+    if owners.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO message_related_objects (message_id, kind, object_id) \
+         SELECT message_id, kind, object_id \
+         FROM UNNEST($1::bigint[], $2::text[], $3::text[]) WITH ORDINALITY \
+             AS r (message_id, kind, object_id, n) \
+         ORDER BY n",
+    )
+    .bind(owners)
+    .bind(kinds)
+    .bind(object_ids)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error("failed to insert related objects"))?;
+    Ok(())
+}
+
+/// Inserts the listed deliveries of every message (`ids` their ids) in one statement and
+/// returns them in order.
+///
+/// The statement inserts the rows in the arrays' order and takes each row's id from the
+/// sequence as it inserts it, so the ids it returns, sorted, are the rows' in order.
+async fn insert_listed(
+    conn: &mut PgConnection,
+    messages: &[NewMessage],
+    ids: &[i64],
+) -> Result<Vec<Delivery>, StoreError> {
+    let mut owners = Vec::new();
+    let mut devices = Vec::new();
+    let mut channels = Vec::new();
+    let mut times = Vec::new();
+    let mut listed = Vec::new();
+    for (message, &id) in messages.iter().zip(ids) {
+        if let NewDeliveries::Listed(list) = &message.deliveries {
+            for delivery in list {
+                let (channel, device) = delivery;
+                owners.push(id);
+                devices.push(device.map(|d| d.0));
+                channels.push(channel.as_str());
+                times.push(ms(message.now));
+                listed.push((id, delivery, message.now));
+            }
+        }
+    }
+    if owners.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut delivery_ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, updated_at) \
+         SELECT message_id, device_id, channel, 'pending', 0, updated_at \
+         FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::timestamptz[]) \
+             WITH ORDINALITY AS d (message_id, device_id, channel, updated_at, n) \
+         ORDER BY n RETURNING id",
+    )
+    .bind(owners)
+    .bind(devices)
+    .bind(channels)
+    .bind(times)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error("failed to insert deliveries"))?;
+    if delivery_ids.len() != listed.len() {
+        return Err(StoreError::Unknown(anyhow::anyhow!(
+            "{} deliveries were inserted for {} listed",
+            delivery_ids.len(),
+            listed.len()
+        )));
+    }
+    delivery_ids.sort_unstable();
+    Ok(delivery_ids
+        .into_iter()
+        .zip(listed)
+        .map(|(id, (message, delivery, now))| inserted_delivery(id, message, delivery, now))
+        .collect())
+}
+
+/// The transaction of grouped attempt results on PostgreSQL: each write's statements in the
+/// order the writes arrived, committed once. A write alone needs no transaction unless it
+/// saves a message with its deliveries.
+pub(crate) struct PgAttempts {
+    pool: PgPool,
+}
+
+impl PgAttempts {
+    pub(crate) fn grouped(pool: PgPool) -> Grouped<PgAttempts> {
+        Grouped::new(PgAttempts { pool })
+    }
+
+    /// Saves `message` in a transaction of its own.
+    async fn save_alone(
+        &self,
+        message: &Message,
+        lease: Option<&Lease>,
+    ) -> Result<bool, StoreError> {
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(db_error("failed to begin a transaction"))?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO messages (app, target_kind, recipient, target_json, heading, body, url, \
-             extra_data, template_slug, tag, priority, options, retry_sending, sender, state, \
-             error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
-             extra_sender_data, created_at, changed_at, lease_owner, lease_until) \
-             VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8::jsonb, $9, $10, $11, $12::jsonb, \
-             $13, $14, $15, $16, $17, $18, $19, $20, NULL, $21, $22, $23, $24) \
-             RETURNING id",
-        )
-        .bind(spec.app.as_str().to_owned())
-        .bind(target_kind)
-        .bind(recipient)
-        .bind(target_json)
-        .bind(spec.content.heading.clone())
-        .bind(spec.content.body.clone())
-        .bind(spec.content.url.clone())
-        .bind(opt_json_text(spec.content.extra_data.as_ref())?)
-        .bind(spec.template_slug.as_ref().map(|s| s.as_str().to_owned()))
-        .bind(spec.tag.as_ref().map(|t| t.as_str().to_owned()))
-        .bind(spec.priority.as_str())
-        .bind(json_text(&spec.options)?)
-        .bind(spec.retry_sending)
-        .bind(message.sender.as_str())
+        if !save(&mut tx, message, lease).await? {
+            return Ok(false);
+        }
+        tx.commit()
+            .await
+            .map_err(db_error("failed to commit a message's progress"))?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl WriteMany for PgAttempts {
+    type Item = AttemptWrite;
+    type Output = bool;
+    const MAX_ITEMS: usize = MAX_ATTEMPT_WRITES;
+    const MAX_WEIGHT: usize = MAX_ATTEMPT_ROWS;
+    const WRITERS: usize = PG_WRITERS;
+
+    fn weight(write: &AttemptWrite) -> usize {
+        write.weight()
+    }
+
+    async fn write_many(&self, writes: &[AttemptWrite]) -> Result<Vec<bool>, StoreError> {
+        let alone = match writes {
+            [AttemptWrite::Deliveries(_)] => true,
+            // A worker's message has no deliveries loaded (they were recorded as they came).
+            [AttemptWrite::Progress(message, _)] => message.deliveries.is_empty(),
+            _ => false,
+        };
+        if alone {
+            // One statement, without a transaction's extra round trips.
+            let mut conn = self
+                .pool
+                .acquire()
+                .await
+                .map_err(db_error("failed to get a database connection"))?;
+            let mut written = Vec::with_capacity(1);
+            for write in writes {
+                written.push(attempt_write(&mut conn, write).await?);
+            }
+            return Ok(written);
+        }
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_error("failed to begin a transaction"))?;
+        let mut written = Vec::with_capacity(writes.len());
+        for write in writes {
+            written.push(attempt_write(&mut tx, write).await?);
+        }
+        tx.commit()
+            .await
+            .map_err(db_error("failed to commit the results of attempts"))?;
+        Ok(written)
+    }
+}
+
+/// Writes one attempt result on `conn`, and says whether it was written.
+async fn attempt_write(conn: &mut PgConnection, write: &AttemptWrite) -> Result<bool, StoreError> {
+    match write {
+        AttemptWrite::Deliveries(deliveries) => {
+            write_deliveries(conn, deliveries).await?;
+            Ok(true)
+        }
+        AttemptWrite::Progress(message, lease) => save(conn, message, lease.as_ref()).await,
+    }
+}
+
+/// Writes a message's progress and its loaded deliveries, and releases its lease, if the
+/// writer may (see [`MessageStore::save_progress`]); in the caller's transaction when the
+/// message has deliveries.
+async fn save(
+    conn: &mut PgConnection,
+    message: &Message,
+    lease: Option<&Lease>,
+) -> Result<bool, StoreError> {
+    let progress = message.progress();
+    let done = sqlx::query(SAVE_PROGRESS)
         .bind(progress.state.as_str())
         .bind(progress.error.clone())
         .bind(i64::from(progress.number_of_send_attempts))
         .bind(opt_ms(progress.next_attempt_at))
         .bind(opt_ms(progress.sent_at))
         .bind(ms(progress.queued_at))
-        .bind(now)
-        .bind(now)
-        .bind(message.lease.as_ref().map(|l| l.owner.clone()))
-        .bind(message.lease.as_ref().map(|l| ms(l.until)))
-        .fetch_one(&mut *tx)
+        .bind(opt_json_text(message.extra_sender_data.as_ref())?)
+        .bind(ms(message.changed_at))
+        .bind(message.id.0)
+        .bind(lease.map(|l| l.owner.clone()))
+        .execute(&mut *conn)
         .await
-        .map_err(db_error("failed to insert a message"))?;
+        .map_err(db_error("failed to save a message's progress"))?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    write_deliveries(conn, &message.deliveries).await?;
+    Ok(true)
+}
 
-        // Related objects and deliveries go in one statement each, in the given order (their
-        // ids keep it), however many devices a broadcast reaches.
-        if !spec.related_objects.is_empty() {
-            let kinds: Vec<&str> = spec.related_objects.iter().map(|o| o.kind()).collect();
-            let object_ids: Vec<&str> =
-                spec.related_objects.iter().map(|o| o.object_id()).collect();
-            sqlx::query(
-                "INSERT INTO message_related_objects (message_id, kind, object_id) \
-                 SELECT $1, kind, object_id \
-                 FROM UNNEST($2::text[], $3::text[]) WITH ORDINALITY AS r (kind, object_id, n) \
-                 ORDER BY n",
-            )
-            .bind(id)
-            .bind(kinds)
-            .bind(object_ids)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("failed to insert related objects"))?;
-        }
-        // Whether the deliveries were listed, and how many a broadcast created.
-        let (listed, broadcast) = match &message.deliveries {
-            NewDeliveries::Listed(list) => {
-                if !list.is_empty() {
-                    let devices: Vec<Option<i64>> =
-                        list.iter().map(|(_, d)| d.map(|d| d.0)).collect();
-                    let channels: Vec<&str> = list.iter().map(|(c, _)| c.as_str()).collect();
-                    sqlx::query(
-                        "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, \
-                         updated_at) \
-                         SELECT $1, device_id, channel, $4, 0, $5 \
-                         FROM UNNEST($2::bigint[], $3::text[]) WITH ORDINALITY \
-                             AS d (device_id, channel, n) \
-                         ORDER BY n",
-                    )
-                    .bind(id)
-                    .bind(devices)
-                    .bind(channels)
-                    .bind(DeliveryState::Pending.as_str())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error("failed to insert deliveries"))?;
-                }
-                (true, 0)
-            }
-            NewDeliveries::Broadcast { platform, channel } => {
-                // One INSERT ... SELECT in the message's transaction: the devices never leave
-                // the database, and the message appears with all its deliveries or not at all.
-                // The devices' platform names are the channel names.
-                let inserted = sqlx::query(
-                    "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, \
-                     updated_at) SELECT $1, id, COALESCE($2, platform), $3, 0, $4 FROM devices \
-                     WHERE app = $5 AND active AND ($6::text IS NULL OR platform = $6) \
-                     ORDER BY id",
-                )
-                .bind(id)
-                .bind(channel.map(Channel::as_str))
-                .bind(DeliveryState::Pending.as_str())
-                .bind(now)
-                .bind(spec.app.as_str().to_owned())
-                .bind(platform.map(Platform::as_str))
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error("failed to insert a broadcast's deliveries"))?
-                .rows_affected();
-                (false, inserted)
-            }
+#[async_trait]
+impl MessageStore for PgStore {
+    async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError> {
+        let NewDeliveries::Broadcast { .. } = message.deliveries else {
+            // Messages sent at the same time are written together, one commit a batch.
+            return self.messages.write(message.clone()).await;
         };
-        tx.commit()
-            .await
-            .map_err(db_error("failed to commit a message"))?;
+        // A broadcast's statement reads every device of its application: written alone, so
+        // that the messages sent meanwhile are not held until it commits.
+        let (mut stored, broadcast) =
+            PgMessages::insert(&self.pool, std::slice::from_ref(message)).await?;
         if broadcast >= ANALYZE_AFTER_DELIVERIES {
             // The planner's statistics still describe the table from before the broadcast:
             // with them, each page of its due deliveries was read through a bitmap of all the
@@ -302,13 +639,9 @@ impl MessageStore for PgStore {
                 tracing::warn!(%error, "could not analyze deliveries after a broadcast");
             }
         }
-
-        self.load_messages(&[id], listed.then_some(u32::MAX))
-            .await?
+        stored
             .pop()
-            .ok_or_else(|| {
-                StoreError::Unknown(anyhow::anyhow!("message {id} vanished after insert"))
-            })
+            .ok_or_else(|| StoreError::Unknown(anyhow::anyhow!("a broadcast was not stored")))
     }
 
     async fn get_message_head(
@@ -400,12 +733,14 @@ impl MessageStore for PgStore {
     }
 
     async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(db_error("failed to get a database connection"))?;
-        write_deliveries(&mut conn, deliveries).await
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        // Written with the other attempts' results that arrive meanwhile.
+        self.attempts
+            .write(AttemptWrite::Deliveries(deliveries.to_vec()))
+            .await?;
+        Ok(())
     }
 
     async fn renew_lease(
@@ -533,44 +868,18 @@ impl MessageStore for PgStore {
         message: &Message,
         lease: Option<&'a Lease>,
     ) -> Result<bool, StoreError> {
-        let progress = message.progress();
-        let update = sqlx::query(SAVE_PROGRESS)
-            .bind(progress.state.as_str())
-            .bind(progress.error.clone())
-            .bind(i64::from(progress.number_of_send_attempts))
-            .bind(opt_ms(progress.next_attempt_at))
-            .bind(opt_ms(progress.sent_at))
-            .bind(ms(progress.queued_at))
-            .bind(opt_json_text(message.extra_sender_data.as_ref())?)
-            .bind(ms(message.changed_at))
-            .bind(message.id.0)
-            .bind(lease.map(|l| l.owner.clone()));
-        // A worker's message has no deliveries loaded (they were recorded one by one): one
-        // statement then, without a transaction's extra round trips.
-        if message.deliveries.is_empty() {
-            let done = update
-                .execute(&self.pool)
-                .await
-                .map_err(db_error("failed to save a message's progress"))?;
-            return Ok(done.rows_affected() > 0);
+        if message.deliveries.len() > MAX_GROUPED_DELIVERIES {
+            // An operator's save of a message with all its deliveries: written alone rather
+            // than copied into the queue.
+            return self.attempts.store().save_alone(message, lease).await;
         }
-        let mut tx = self
-            .pool
-            .begin()
+        // Written with the other attempts' results that arrive meanwhile.
+        self.attempts
+            .write(AttemptWrite::Progress(
+                Box::new(message.clone()),
+                lease.cloned(),
+            ))
             .await
-            .map_err(db_error("failed to begin a transaction"))?;
-        let done = update
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("failed to save a message's progress"))?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        write_deliveries(&mut tx, &message.deliveries).await?;
-        tx.commit()
-            .await
-            .map_err(db_error("failed to commit a message's progress"))?;
-        Ok(true)
     }
 
     async fn find_template_message(

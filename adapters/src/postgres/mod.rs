@@ -21,8 +21,10 @@ use time::OffsetDateTime;
 
 use crate::config::redact_url;
 use crate::faults::{PROBE_WRITE, db_error, probe_time};
+use crate::grouped::Grouped;
 use crate::registrations::GroupedRegistrations;
 use devices::PgRegistrations;
+use messages::{PgAttempts, PgMessages};
 
 /// Connections per process when the configuration does not say.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
@@ -55,6 +57,10 @@ pub struct PgStore {
     pool: PgPool,
     /// Registrations made at the same time, written together.
     registrations: GroupedRegistrations,
+    /// Messages sent at the same time, written together.
+    messages: Grouped<PgMessages>,
+    /// Results of attempts at different messages made at the same time, written together.
+    attempts: Grouped<PgAttempts>,
 }
 
 impl PgStore {
@@ -111,6 +117,8 @@ impl PgStore {
             .context("failed to migrate the PostgreSQL database")?;
         Ok(PgStore {
             registrations: PgRegistrations::grouped(pool.clone()),
+            messages: PgMessages::grouped(pool.clone()),
+            attempts: PgAttempts::grouped(pool.clone()),
             pool,
         })
     }

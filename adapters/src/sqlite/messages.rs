@@ -10,9 +10,13 @@ use clarion_domain::ports::{
     DELIVERIES_SHOWN, Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
 };
 use clarion_domain::token::Platform;
-use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
+use crate::grouped::{
+    AttemptWrite, Grouped, MAX_ATTEMPT_ROWS, MAX_ATTEMPT_WRITES, MAX_GROUPED_DELIVERIES, WriteMany,
+};
+use crate::rows::{MAX_BATCH, MAX_BATCH_DELIVERIES, inserted_delivery, inserted_message, weight};
 use crate::sqlite::rows::{
     DELIVERY_COLUMNS, DeliveryRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text, millis,
     opt_json_text, opt_millis, target_columns,
@@ -175,115 +179,386 @@ async fn write_deliveries(
     Ok(())
 }
 
-#[async_trait]
-impl MessageStore for SqliteStore {
-    async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError> {
-        let spec = &message.spec;
-        let (target_kind, recipient, target_json) = target_columns(&spec.target)?;
-        let now = millis(message.now);
-        let progress = &message.progress;
+/// The transaction of grouped messages on SQLite: each message's row, then every related
+/// object and every listed delivery of the batch in one statement each, on the writer.
+pub(crate) struct SqliteMessages {
+    writer: SqlitePool,
+}
 
-        let mut tx = self
-            .pool
+impl SqliteMessages {
+    pub(crate) fn grouped(writer: SqlitePool) -> Grouped<SqliteMessages> {
+        Grouped::new(SqliteMessages { writer })
+    }
+
+    /// Writes `messages` in one transaction and returns them as stored, a broadcast without
+    /// its deliveries.
+    async fn insert(
+        writer: &SqlitePool,
+        messages: &[NewMessage],
+    ) -> Result<Vec<Message>, StoreError> {
+        let mut tx = writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a transaction"))?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO messages (app, target_kind, recipient, target_json, heading, body, url, \
-             extra_data, template_slug, tag, priority, options, retry_sending, sender, state, \
-             error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
-             extra_sender_data, created_at, changed_at, lease_owner, lease_until) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?) \
-             RETURNING id",
-        )
-        .bind(spec.app.as_str().to_owned())
-        .bind(target_kind)
-        .bind(recipient)
-        .bind(target_json)
-        .bind(spec.content.heading.clone())
-        .bind(spec.content.body.clone())
-        .bind(spec.content.url.clone())
-        .bind(opt_json_text(spec.content.extra_data.as_ref())?)
-        .bind(spec.template_slug.as_ref().map(|s| s.as_str().to_owned()))
-        .bind(spec.tag.as_ref().map(|t| t.as_str().to_owned()))
-        .bind(spec.priority.as_str())
-        .bind(json_text(&spec.options)?)
-        .bind(spec.retry_sending)
-        .bind(message.sender.as_str())
-        .bind(progress.state.as_str())
-        .bind(progress.error.clone())
-        .bind(i64::from(progress.number_of_send_attempts))
-        .bind(opt_millis(progress.next_attempt_at))
-        .bind(opt_millis(progress.sent_at))
-        .bind(millis(progress.queued_at))
-        .bind(now)
-        .bind(now)
-        .bind(message.lease.as_ref().map(|l| l.owner.clone()))
-        .bind(message.lease.as_ref().map(|l| millis(l.until)))
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_error("failed to insert a message"))?;
-
-        for object in &spec.related_objects {
-            sqlx::query(
-                "INSERT INTO message_related_objects (message_id, kind, object_id) \
-                 VALUES (?, ?, ?)",
-            )
-            .bind(id)
-            .bind(object.kind().to_owned())
-            .bind(object.object_id().to_owned())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("failed to insert a related object"))?;
+        let mut ids = Vec::with_capacity(messages.len());
+        for message in messages {
+            let id = insert_head(&mut tx, message).await?;
+            if let NewDeliveries::Broadcast { platform, channel } = &message.deliveries {
+                insert_broadcast(&mut tx, id, message, *platform, *channel).await?;
+            }
+            ids.push(id);
         }
-        let listed = match &message.deliveries {
-            NewDeliveries::Listed(list) => {
-                for (channel, device) in list {
-                    sqlx::query(
-                        "INSERT INTO deliveries (message_id, device_id, channel, state, \
-                         attempts, updated_at) VALUES (?, ?, ?, ?, 0, ?)",
-                    )
-                    .bind(id)
-                    .bind(device.map(|d| d.0))
-                    .bind(channel.as_str())
-                    .bind(DeliveryState::Pending.as_str())
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error("failed to insert a delivery"))?;
-                }
-                true
-            }
-            NewDeliveries::Broadcast { platform, channel } => {
-                // The devices' platform names are the channel names.
-                sqlx::query(
-                    "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, \
-                     updated_at) SELECT ?, id, COALESCE(?, platform), ?, 0, ? FROM devices \
-                     WHERE app = ? AND active AND (? IS NULL OR platform = ?) ORDER BY id",
-                )
-                .bind(id)
-                .bind(channel.map(Channel::as_str))
-                .bind(DeliveryState::Pending.as_str())
-                .bind(now)
-                .bind(spec.app.as_str().to_owned())
-                .bind(platform.map(Platform::as_str))
-                .bind(platform.map(Platform::as_str))
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error("failed to insert a broadcast's deliveries"))?;
-                false
-            }
-        };
+        insert_related(&mut tx, messages, &ids).await?;
+        let mut deliveries = insert_listed(&mut tx, messages, &ids).await?.into_iter();
         tx.commit()
             .await
-            .map_err(db_error("failed to commit a message"))?;
-
-        self.load_messages(&[id], listed.then_some(u32::MAX))
-            .await?
-            .pop()
-            .ok_or_else(|| {
-                StoreError::Unknown(anyhow::anyhow!("message {id} vanished after insert"))
+            .map_err(db_error("failed to commit messages"))?;
+        Ok(messages
+            .iter()
+            .zip(ids)
+            .map(|(message, id)| {
+                let listed = match &message.deliveries {
+                    NewDeliveries::Listed(list) => deliveries.by_ref().take(list.len()).collect(),
+                    NewDeliveries::Broadcast { .. } => Vec::new(),
+                };
+                inserted_message(message, id, listed)
             })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl WriteMany for SqliteMessages {
+    type Item = NewMessage;
+    type Output = Message;
+    const MAX_ITEMS: usize = MAX_BATCH;
+    const MAX_WEIGHT: usize = MAX_BATCH_DELIVERIES;
+
+    fn weight(message: &NewMessage) -> usize {
+        weight(message)
+    }
+
+    async fn write_many(&self, messages: &[NewMessage]) -> Result<Vec<Message>, StoreError> {
+        SqliteMessages::insert(&self.writer, messages).await
+    }
+}
+
+/// Inserts a message's row and returns its id.
+async fn insert_head(conn: &mut SqliteConnection, message: &NewMessage) -> Result<i64, StoreError> {
+    let spec = &message.spec;
+    let (target_kind, recipient, target_json) = target_columns(&spec.target)?;
+    let now = millis(message.now);
+    let progress = &message.progress;
+    sqlx::query_scalar(
+        "INSERT INTO messages (app, target_kind, recipient, target_json, heading, body, url, \
+         extra_data, template_slug, tag, priority, options, retry_sending, sender, state, \
+         error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
+         extra_sender_data, created_at, changed_at, lease_owner, lease_until) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?) \
+         RETURNING id",
+    )
+    .bind(spec.app.as_str().to_owned())
+    .bind(target_kind)
+    .bind(recipient)
+    .bind(target_json)
+    .bind(spec.content.heading.clone())
+    .bind(spec.content.body.clone())
+    .bind(spec.content.url.clone())
+    .bind(opt_json_text(spec.content.extra_data.as_ref())?)
+    .bind(spec.template_slug.as_ref().map(|s| s.as_str().to_owned()))
+    .bind(spec.tag.as_ref().map(|t| t.as_str().to_owned()))
+    .bind(spec.priority.as_str())
+    .bind(json_text(&spec.options)?)
+    .bind(spec.retry_sending)
+    .bind(message.sender.as_str())
+    .bind(progress.state.as_str())
+    .bind(progress.error.clone())
+    .bind(i64::from(progress.number_of_send_attempts))
+    .bind(opt_millis(progress.next_attempt_at))
+    .bind(opt_millis(progress.sent_at))
+    .bind(millis(progress.queued_at))
+    .bind(now)
+    .bind(now)
+    .bind(message.lease.as_ref().map(|l| l.owner.clone()))
+    .bind(message.lease.as_ref().map(|l| millis(l.until)))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(db_error("failed to insert a message"))
+}
+
+/// Inserts one delivery per active device of the message's application, without loading
+/// the devices. The devices' platform names are the channel names.
+async fn insert_broadcast(
+    conn: &mut SqliteConnection,
+    id: i64,
+    message: &NewMessage,
+    platform: Option<Platform>,
+    channel: Option<Channel>,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, \
+         updated_at) SELECT ?, id, COALESCE(?, platform), ?, 0, ? FROM devices \
+         WHERE app = ? AND active AND (? IS NULL OR platform = ?) ORDER BY id",
+    )
+    .bind(id)
+    .bind(channel.map(Channel::as_str))
+    .bind(DeliveryState::Pending.as_str())
+    .bind(millis(message.now))
+    .bind(message.spec.app.as_str().to_owned())
+    .bind(platform.map(Platform::as_str))
+    .bind(platform.map(Platform::as_str))
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error("failed to insert a broadcast's deliveries"))?;
+    Ok(())
+}
+
+/// Inserts the related objects of every message (`ids` their ids), in order, in one
+/// statement whose rows travel as one JSON array.
+async fn insert_related(
+    conn: &mut SqliteConnection,
+    messages: &[NewMessage],
+    ids: &[i64],
+) -> Result<(), StoreError> {
+    let mut rows = Vec::new();
+    for (message, id) in messages.iter().zip(ids) {
+        for object in &message.spec.related_objects {
+            rows.push(serde_json::json!([id, object.kind(), object.object_id()]));
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO message_related_objects (message_id, kind, object_id) \
+         SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) ORDER BY key",
+    )
+    .bind(serde_json::Value::Array(rows).to_string())
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error("failed to insert related objects"))?;
+    Ok(())
+}
+
+/// Inserts the listed deliveries of every message (`ids` their ids) in one statement whose
+/// rows travel as one JSON array, and returns them in order.
+///
+/// The statement inserts the rows in the array's order, and `AUTOINCREMENT` gives each a
+/// larger id than the one before, so the ids it returns, sorted, are the rows' in order.
+async fn insert_listed(
+    conn: &mut SqliteConnection,
+    messages: &[NewMessage],
+    ids: &[i64],
+) -> Result<Vec<Delivery>, StoreError> {
+    let mut rows = Vec::new();
+    let mut listed = Vec::new();
+    for (message, &id) in messages.iter().zip(ids) {
+        if let NewDeliveries::Listed(list) = &message.deliveries {
+            for delivery in list {
+                let (channel, device) = delivery;
+                rows.push(serde_json::json!([
+                    id,
+                    device.map(|d| d.0),
+                    channel.as_str(),
+                    millis(message.now)
+                ]));
+                listed.push((id, delivery, message.now));
+            }
+        }
+    }
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut delivery_ids: Vec<i64> = sqlx::query_scalar(
+        "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, updated_at) \
+         SELECT value ->> 0, value ->> 1, value ->> 2, 'pending', 0, value ->> 3 \
+         FROM json_each(?) ORDER BY key RETURNING id",
+    )
+    .bind(serde_json::Value::Array(rows).to_string())
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error("failed to insert deliveries"))?;
+    if delivery_ids.len() != listed.len() {
+        return Err(StoreError::Unknown(anyhow::anyhow!(
+            "{} deliveries were inserted for {} listed",
+            delivery_ids.len(),
+            listed.len()
+        )));
+    }
+    delivery_ids.sort_unstable();
+    Ok(delivery_ids
+        .into_iter()
+        .zip(listed)
+        .map(|(id, (message, delivery, now))| inserted_delivery(id, message, delivery, now))
+        .collect())
+}
+
+/// The transaction of grouped attempt results on SQLite: each write's statements in the
+/// order the writes arrived, on the writer. A write alone needs no transaction unless it
+/// saves a message with its deliveries.
+pub(crate) struct SqliteAttempts {
+    writer: SqlitePool,
+}
+
+impl SqliteAttempts {
+    pub(crate) fn grouped(writer: SqlitePool) -> Grouped<SqliteAttempts> {
+        Grouped::new(SqliteAttempts { writer })
+    }
+
+    /// Saves `message` in a transaction of its own.
+    async fn save_alone(
+        &self,
+        message: &Message,
+        lease: Option<&Lease>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error("failed to begin a transaction"))?;
+        if !save(&mut tx, message, lease).await? {
+            return Ok(false);
+        }
+        tx.commit()
+            .await
+            .map_err(db_error("failed to commit a message's progress"))?;
+        Ok(true)
+    }
+}
+
+#[async_trait]
+impl WriteMany for SqliteAttempts {
+    type Item = AttemptWrite;
+    type Output = bool;
+    const MAX_ITEMS: usize = MAX_ATTEMPT_WRITES;
+    const MAX_WEIGHT: usize = MAX_ATTEMPT_ROWS;
+
+    fn weight(write: &AttemptWrite) -> usize {
+        write.weight()
+    }
+
+    async fn write_many(&self, writes: &[AttemptWrite]) -> Result<Vec<bool>, StoreError> {
+        let alone = match writes {
+            [AttemptWrite::Deliveries(_)] => true,
+            [AttemptWrite::Progress(message, _)] => message.deliveries.is_empty(),
+            _ => false,
+        };
+        if alone {
+            // One statement, atomic on its own.
+            let mut conn = self
+                .writer
+                .acquire()
+                .await
+                .map_err(db_error("failed to get a database connection"))?;
+            let mut written = Vec::with_capacity(1);
+            for write in writes {
+                written.push(attempt_write(&mut conn, write).await?);
+            }
+            return Ok(written);
+        }
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(db_error("failed to begin a transaction"))?;
+        let mut written = Vec::with_capacity(writes.len());
+        for write in writes {
+            written.push(attempt_write(&mut tx, write).await?);
+        }
+        tx.commit()
+            .await
+            .map_err(db_error("failed to commit the results of attempts"))?;
+        Ok(written)
+    }
+}
+
+/// Writes one attempt result on `conn`, and says whether it was written.
+async fn attempt_write(
+    conn: &mut SqliteConnection,
+    write: &AttemptWrite,
+) -> Result<bool, StoreError> {
+    match write {
+        AttemptWrite::Deliveries(deliveries) => {
+            write_deliveries(conn, deliveries).await?;
+            Ok(true)
+        }
+        AttemptWrite::Progress(message, lease) => save(conn, message, lease.as_ref()).await,
+    }
+}
+
+/// Writes a message's progress and its loaded deliveries, and releases its lease, if the
+/// writer may (see [`MessageStore::save_progress`]); in the caller's transaction when the
+/// message has deliveries.
+async fn save(
+    conn: &mut SqliteConnection,
+    message: &Message,
+    lease: Option<&Lease>,
+) -> Result<bool, StoreError> {
+    let progress = message.progress();
+    let mut query = QueryBuilder::<Sqlite>::new("UPDATE messages SET state = ");
+    query.push_bind(progress.state.as_str());
+    query.push(", error = ").push_bind(progress.error.clone());
+    query
+        .push(", number_of_send_attempts = ")
+        .push_bind(i64::from(progress.number_of_send_attempts));
+    query
+        .push(", next_attempt_at = ")
+        .push_bind(opt_millis(progress.next_attempt_at));
+    query
+        .push(", sent_at = ")
+        .push_bind(opt_millis(progress.sent_at));
+    query
+        .push(", queued_at = ")
+        .push_bind(millis(progress.queued_at));
+    query
+        .push(", extra_sender_data = ")
+        .push_bind(opt_json_text(message.extra_sender_data.as_ref())?);
+    query
+        .push(", changed_at = ")
+        .push_bind(millis(message.changed_at));
+    query.push(", lease_owner = NULL, lease_until = NULL WHERE id = ");
+    query.push_bind(message.id.0);
+    match lease {
+        Some(lease) => {
+            query
+                .push(" AND lease_owner = ")
+                .push_bind(lease.owner.clone());
+        }
+        None => {
+            query
+                .push(" AND (lease_owner IS NULL OR lease_until <= ")
+                .push_bind(millis(message.changed_at))
+                .push(")");
+        }
+    }
+    let done = query
+        .build()
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error("failed to save a message's progress"))?;
+    if done.rows_affected() == 0 {
+        return Ok(false);
+    }
+    write_deliveries(conn, &message.deliveries).await?;
+    Ok(true)
+}
+
+#[async_trait]
+impl MessageStore for SqliteStore {
+    async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError> {
+        match message.deliveries {
+            // Messages sent at the same time are written together, one transaction a batch.
+            NewDeliveries::Listed(_) => self.messages.write(message.clone()).await,
+            // A broadcast's statement reads every device of its application: written alone,
+            // so that the messages sent meanwhile are not held until it commits.
+            NewDeliveries::Broadcast { .. } => {
+                let mut stored =
+                    SqliteMessages::insert(&self.pool, std::slice::from_ref(message)).await?;
+                stored.pop().ok_or_else(|| {
+                    StoreError::Unknown(anyhow::anyhow!("a broadcast was not stored"))
+                })
+            }
+        }
     }
 
     async fn get_message_head(
@@ -391,13 +666,11 @@ impl MessageStore for SqliteStore {
         if deliveries.is_empty() {
             return Ok(());
         }
-        // One statement, atomic on its own.
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(db_error("failed to get a database connection"))?;
-        write_deliveries(&mut conn, deliveries).await
+        // Written with the other attempts' results that arrive meanwhile.
+        self.attempts
+            .write(AttemptWrite::Deliveries(deliveries.to_vec()))
+            .await?;
+        Ok(())
     }
 
     async fn renew_lease(
@@ -459,22 +732,26 @@ impl MessageStore for SqliteStore {
     }
 
     async fn delivery_tally(&self, message: MessageId) -> Result<DeliveryTally, StoreError> {
-        let counts: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT state, COUNT(*), COUNT(error_code) FROM deliveries WHERE message_id = ? \
-             GROUP BY state",
+        // One statement: the counts by state, each row carrying the first error (a constant
+        // subquery, which SQLite runs once).
+        let rows: Vec<(String, i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
+            "WITH f (code, text) AS (SELECT error_code, error_text FROM deliveries \
+                 WHERE message_id = ?1 AND error_code IS NOT NULL ORDER BY id LIMIT 1) \
+             SELECT state, COUNT(*), COUNT(error_code), (SELECT code FROM f), \
+                 (SELECT text FROM f) \
+             FROM deliveries WHERE message_id = ?1 GROUP BY state",
         )
         .bind(message.0)
         .fetch_all(&self.readers)
         .await
         .map_err(db_error("failed to count deliveries"))?;
-        let first: Option<(String, Option<String>)> = sqlx::query_as(
-            "SELECT error_code, error_text FROM deliveries WHERE message_id = ? \
-             AND error_code IS NOT NULL ORDER BY id LIMIT 1",
-        )
-        .bind(message.0)
-        .fetch_optional(&self.readers)
-        .await
-        .map_err(db_error("failed to read a delivery error"))?;
+        let first = rows
+            .first()
+            .and_then(|row| row.3.clone().map(|code| (code, row.4.clone())));
+        let counts = rows
+            .into_iter()
+            .map(|(state, count, errors, _, _)| (state, count, errors))
+            .collect();
         tally_from(counts, first)
     }
 
@@ -525,61 +802,18 @@ impl MessageStore for SqliteStore {
         message: &Message,
         lease: Option<&'a Lease>,
     ) -> Result<bool, StoreError> {
-        let progress = message.progress();
-        let mut tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(db_error("failed to begin a transaction"))?;
-        let mut query = QueryBuilder::<Sqlite>::new("UPDATE messages SET state = ");
-        query.push_bind(progress.state.as_str());
-        query.push(", error = ").push_bind(progress.error.clone());
-        query
-            .push(", number_of_send_attempts = ")
-            .push_bind(i64::from(progress.number_of_send_attempts));
-        query
-            .push(", next_attempt_at = ")
-            .push_bind(opt_millis(progress.next_attempt_at));
-        query
-            .push(", sent_at = ")
-            .push_bind(opt_millis(progress.sent_at));
-        query
-            .push(", queued_at = ")
-            .push_bind(millis(progress.queued_at));
-        query
-            .push(", extra_sender_data = ")
-            .push_bind(opt_json_text(message.extra_sender_data.as_ref())?);
-        query
-            .push(", changed_at = ")
-            .push_bind(millis(message.changed_at));
-        query.push(", lease_owner = NULL, lease_until = NULL WHERE id = ");
-        query.push_bind(message.id.0);
-        match lease {
-            Some(lease) => {
-                query
-                    .push(" AND lease_owner = ")
-                    .push_bind(lease.owner.clone());
-            }
-            None => {
-                query
-                    .push(" AND (lease_owner IS NULL OR lease_until <= ")
-                    .push_bind(millis(message.changed_at))
-                    .push(")");
-            }
+        if message.deliveries.len() > MAX_GROUPED_DELIVERIES {
+            // An operator's save of a message with all its deliveries: written alone rather
+            // than copied into the queue.
+            return self.attempts.store().save_alone(message, lease).await;
         }
-        let done = query
-            .build()
-            .execute(&mut *tx)
+        // Written with the other attempts' results that arrive meanwhile.
+        self.attempts
+            .write(AttemptWrite::Progress(
+                Box::new(message.clone()),
+                lease.cloned(),
+            ))
             .await
-            .map_err(db_error("failed to save a message's progress"))?;
-        if done.rows_affected() == 0 {
-            return Ok(false);
-        }
-        write_deliveries(&mut tx, &message.deliveries).await?;
-        tx.commit()
-            .await
-            .map_err(db_error("failed to commit a message's progress"))?;
-        Ok(true)
     }
 
     async fn find_template_message(

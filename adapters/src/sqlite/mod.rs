@@ -40,8 +40,10 @@ use sqlx::{AssertSqlSafe, Connection as _, Row as _, SqliteConnection};
 use tokio::sync::watch;
 
 use crate::faults::{PROBE_WRITE, db_error, probe_time, unavailability};
+use crate::grouped::Grouped;
 use crate::registrations::GroupedRegistrations;
 use devices::SqliteRegistrations;
+use messages::{SqliteAttempts, SqliteMessages};
 use tokio::time::MissedTickBehavior;
 
 /// How long a statement waits for another connection's write lock before it fails. Writes
@@ -87,6 +89,10 @@ pub struct SqliteStore {
     checkpointer: Option<Arc<watch::Sender<bool>>>,
     /// Registrations made at the same time, written together by the writer.
     registrations: GroupedRegistrations,
+    /// Messages sent at the same time, written together by the writer.
+    messages: Grouped<SqliteMessages>,
+    /// Results of attempts at different messages made at the same time, written together.
+    attempts: Grouped<SqliteAttempts>,
     /// The database file; `None` in memory.
     file: Option<PathBuf>,
 }
@@ -145,6 +151,8 @@ impl SqliteStore {
             return Ok(SqliteStore {
                 readers: pool.clone(),
                 registrations: SqliteRegistrations::grouped(pool.clone()),
+                messages: SqliteMessages::grouped(pool.clone()),
+                attempts: SqliteAttempts::grouped(pool.clone()),
                 pool,
                 checkpointer: None,
                 file: None,
@@ -181,6 +189,8 @@ impl SqliteStore {
         tokio::spawn(checkpoint(connection, stopped));
         Ok(SqliteStore {
             registrations: SqliteRegistrations::grouped(pool.clone()),
+            messages: SqliteMessages::grouped(pool.clone()),
+            attempts: SqliteAttempts::grouped(pool.clone()),
             pool,
             readers,
             checkpointer: Some(Arc::new(stop)),

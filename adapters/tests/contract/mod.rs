@@ -57,6 +57,9 @@ macro_rules! store_contract_tests {
             registering_one_token_from_many_tasks_at_once_creates_one_device,
             registrations_made_at_once_each_get_their_own_device_back,
             writes_from_many_tasks_at_once_all_succeed,
+            messages_sent_at_once_are_each_stored_with_their_own_id_and_deliveries,
+            a_message_that_cannot_be_stored_fails_alone_among_messages_sent_at_once,
+            a_lost_lease_refuses_only_its_own_save_among_saves_made_at_once,
             the_same_token_on_another_app_or_platform_is_a_separate_device,
             registering_devices_in_bulk_creates_new_tokens_and_updates_known_ones,
             getting_more_devices_than_a_statement_binds_returns_them_all_in_id_order,
@@ -2183,6 +2186,183 @@ pub async fn a_worker_saves_only_while_it_holds_the_lease<S: Stores>(store: &S) 
         stored_message(store, inserted.id).await.state(),
         MessageState::Sent
     );
+}
+
+/// A message of `shop` numbered `i`, to `devices`, with a related object named after it.
+fn numbered_message(i: usize, devices: &[DeviceId]) -> NewMessage {
+    let mut spec = spec(
+        "shop",
+        Target::Devices {
+            device_ids: devices.to_vec(),
+        },
+    );
+    spec.content.body = format!("message {i}");
+    spec.related_objects = vec![RelatedObject::new("order", &format!("o-{i}")).expect("valid")];
+    let deliveries = devices.iter().map(|d| (Channel::Apns, Some(*d))).collect();
+    new_message(spec, deliveries, at(0))
+}
+
+pub async fn messages_sent_at_once_are_each_stored_with_their_own_id_and_deliveries<S: Stores>(
+    store: &S,
+) {
+    let mut devices = Vec::new();
+    for n in 1..=4 {
+        devices.push(register(store, &new_device("shop", apns(n), None), at(0)).await);
+    }
+
+    let tasks: Vec<_> = (0..200_usize)
+        .map(|i| {
+            let store = store.clone();
+            // One, two or three deliveries, to devices that differ from one message to the next.
+            let targets: Vec<DeviceId> = (0..=i % 3).map(|k| devices[(i + k) % 4]).collect();
+            let message = numbered_message(i, &targets);
+            tokio::spawn(async move { (i, targets, store.insert_message(&message).await) })
+        })
+        .collect();
+    let mut inserted = Vec::new();
+    for task in tasks {
+        let (i, targets, outcome) = task.await.expect("task");
+        inserted.push((i, targets, outcome.expect("insert")));
+    }
+
+    let message_ids: BTreeSet<MessageId> = inserted.iter().map(|(_, _, m)| m.id).collect();
+    assert_eq!(message_ids.len(), 200, "every message has an id of its own");
+    let delivery_ids: BTreeSet<_> = inserted
+        .iter()
+        .flat_map(|(_, _, m)| m.deliveries.iter().map(|d| d.id))
+        .collect();
+    let listed: usize = inserted.iter().map(|(_, targets, _)| targets.len()).sum();
+    assert_eq!(
+        delivery_ids.len(),
+        listed,
+        "every delivery has an id of its own"
+    );
+    for (i, targets, message) in &inserted {
+        assert_eq!(message.spec.content.body, format!("message {i}"));
+        let delivered: Vec<Option<DeviceId>> =
+            message.deliveries.iter().map(|d| d.device_id).collect();
+        let expected: Vec<Option<DeviceId>> = targets.iter().copied().map(Some).collect();
+        assert_eq!(delivered, expected, "message {i}");
+        assert!(
+            message
+                .deliveries
+                .iter()
+                .all(|d| d.message_id == message.id)
+        );
+        assert!(
+            message.deliveries.windows(2).all(|w| w[0].id < w[1].id),
+            "message {i}'s deliveries are in id order"
+        );
+        // What the send got back is what the store keeps.
+        assert_eq!(
+            &stored_message(store, message.id).await,
+            message,
+            "message {i}"
+        );
+    }
+}
+
+pub async fn a_message_that_cannot_be_stored_fails_alone_among_messages_sent_at_once<S: Stores>(
+    store: &S,
+) {
+    let device = register(store, &new_device("shop", apns(1), None), at(0)).await;
+    let missing = DeviceId(i64::MAX - 7);
+
+    let tasks: Vec<_> = (0..20_usize)
+        .map(|i| {
+            let store = store.clone();
+            let target = if i == 13 { missing } else { device };
+            let message = numbered_message(i, &[target]);
+            tokio::spawn(async move { (i, store.insert_message(&message).await) })
+        })
+        .collect();
+    let mut stored = BTreeMap::new();
+    for task in tasks {
+        let (i, outcome) = task.await.expect("task");
+        match (i, outcome) {
+            (13, outcome) => assert!(outcome.is_err(), "a delivery to no device is refused"),
+            (i, outcome) => {
+                stored.insert(i, outcome.expect("the other messages are stored").id);
+            }
+        }
+    }
+
+    assert_eq!(stored.len(), 19);
+    let all = store
+        .list_messages(&MessageFilter {
+            app: Some(app("shop")),
+            ..MessageFilter::default()
+        })
+        .await
+        .expect("list");
+    let bodies: BTreeSet<String> = all.iter().map(|m| m.spec.content.body.clone()).collect();
+    assert_eq!(all.len(), 19, "nothing of the refused message is stored");
+    assert!(!bodies.contains("message 13"));
+    for (i, id) in stored {
+        let message = stored_message(store, id).await;
+        assert_eq!(message.spec.content.body, format!("message {i}"));
+        assert_eq!(message.deliveries.len(), 1);
+    }
+}
+
+pub async fn a_lost_lease_refuses_only_its_own_save_among_saves_made_at_once<S: Stores>(store: &S) {
+    let device = register(store, &new_device("shop", apns(1), None), at(0)).await;
+    for i in 0..10 {
+        insert(store, &numbered_message(i, &[device])).await;
+    }
+    let first = lease("worker-1", at(10));
+    let claimed = store.claim_due(at(1), 10, &first).await.expect("claim");
+    assert_eq!(claimed.len(), 10);
+    // worker-1's leases expire and worker-2 takes over the oldest message only.
+    let second = lease("worker-2", at(71));
+    let taken = store.claim_due(at(11), 1, &second).await.expect("claim");
+    assert_eq!(ids(&taken), vec![claimed[0].id]);
+
+    let tasks: Vec<_> = claimed
+        .into_iter()
+        .map(|mut message| {
+            let store = store.clone();
+            let first = first.clone();
+            tokio::spawn(async move {
+                message.deliveries = store
+                    .due_deliveries(message.id, None, 10)
+                    .await
+                    .expect("due");
+                let delivery = message.deliveries[0].id;
+                message.record_outcome(
+                    delivery,
+                    &SendOutcome::Accepted {
+                        provider_id: None,
+                        details: None,
+                    },
+                    at(12),
+                );
+                message
+                    .finish_attempt(&RetryPolicy::default(), None, at(12))
+                    .expect("finish");
+                let saved = store.save_progress(&message, Some(&first)).await;
+                (message.id, saved.expect("save"))
+            })
+        })
+        .collect();
+    let mut refused = Vec::new();
+    for task in tasks {
+        let (id, saved) = task.await.expect("task");
+        if saved {
+            assert_eq!(stored_message(store, id).await.state(), MessageState::Sent);
+        } else {
+            refused.push(id);
+        }
+    }
+
+    assert_eq!(
+        refused,
+        ids(&taken),
+        "only the message taken over refuses the save"
+    );
+    let kept = stored_message(store, taken[0].id).await;
+    assert_eq!(kept.state(), MessageState::Waiting);
+    assert_eq!(kept.deliveries[0].state, DeliveryState::Pending);
 }
 
 pub async fn renewing_extends_only_the_leases_still_held<S: Stores>(store: &S) {
