@@ -105,7 +105,7 @@ async fn connect(
                 .connect(name, tcp)
                 .await
                 .with_context(|| format!("TLS with the mock at {addr} failed"))?;
-            let (sender, connection) = h2::client::handshake(stream)
+            let (sender, connection) = handshake(stream)
                 .await
                 .with_context(|| format!("the HTTP/2 handshake with {addr} failed"))?;
             tokio::spawn(async move {
@@ -113,7 +113,7 @@ async fn connect(
             });
             sender
         } else {
-            let (sender, connection) = h2::client::handshake(tcp)
+            let (sender, connection) = handshake(tcp)
                 .await
                 .with_context(|| format!("the HTTP/2 handshake with {addr} failed"))?;
             tokio::spawn(async move {
@@ -128,6 +128,28 @@ async fn connect(
         authority,
         senders,
     })
+}
+
+/// An HTTP/2 client handshake with hyper's default windows (5 MB per connection, 2 MB per
+/// stream), so that flow control holds back the ceiling no more than it holds back a
+/// hyper-based client.
+async fn handshake<T>(
+    io: T,
+) -> Result<
+    (
+        h2::client::SendRequest<Bytes>,
+        h2::client::Connection<T, Bytes>,
+    ),
+    h2::Error,
+>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    h2::client::Builder::new()
+        .initial_connection_window_size(5 * 1024 * 1024)
+        .initial_window_size(2 * 1024 * 1024)
+        .handshake(io)
+        .await
 }
 
 /// Sends `requests` requests made by `make` (which names the origin of each) over `origins`,

@@ -30,7 +30,7 @@ Usage: clarion-bench --bin-dir DIR [options]
   --bin-dir             the folder holding release builds of clarion-server and clarion-mocks
   --devices N           APNs and FCM devices loaded for the broadcasts (default 100000)
   --webpush-devices N   Web Push subscriptions loaded for the broadcast, spread over the
-                        push-service origins (default 20000)
+                        push-service origins (default --devices, at most 20000)
   --webpush-origins N   push services (MockWebPush instances) in clarion-mocks (default 10)
   --platforms LIST      which fan-outs to measure, of apns,fcm,webpush (default all three)
   --db sqlite|postgres|both
@@ -100,7 +100,7 @@ impl Platform {
 struct Args {
     bin_dir: PathBuf,
     devices: usize,
-    webpush_devices: usize,
+    webpush_devices: Option<usize>,
     webpush_origins: usize,
     platforms: Vec<Platform>,
     dbs: Vec<Db>,
@@ -139,7 +139,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         bin_dir: PathBuf::new(),
         devices: 100_000,
-        webpush_devices: 20_000,
+        webpush_devices: None,
         webpush_origins: 10,
         platforms: vec![Platform::Apns, Platform::Fcm, Platform::Webpush],
         dbs: vec![Db::Sqlite, Db::Postgres],
@@ -171,7 +171,7 @@ fn parse_args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--bin-dir" => args.bin_dir = PathBuf::from(v),
             "--devices" => args.devices = number(&flag, v)?,
-            "--webpush-devices" => args.webpush_devices = number(&flag, v)?,
+            "--webpush-devices" => args.webpush_devices = Some(number(&flag, v)?),
             "--webpush-origins" => args.webpush_origins = at_least_one(&flag, v)?,
             "--platforms" => {
                 args.platforms = v
@@ -324,6 +324,10 @@ pub struct Results {
     pub targets: Vec<report::Target>,
 }
 
+/// Web Push subscriptions at most, unless `--webpush-devices` asks for more: each is a key pair
+/// in the mocks and an encryption per send.
+const DEFAULT_WEBPUSH_DEVICES: usize = 20_000;
+
 /// APNs devices that single and queued sends go round.
 const SINGLE_SEND_DEVICES: usize = 1000;
 
@@ -359,6 +363,7 @@ async fn run() -> anyhow::Result<()> {
 
     let webpush_devices = if args.platforms.contains(&Platform::Webpush) {
         args.webpush_devices
+            .unwrap_or_else(|| args.devices.min(DEFAULT_WEBPUSH_DEVICES))
     } else {
         0
     };
@@ -556,7 +561,7 @@ async fn measure_server(
     let mut loaded = Vec::new();
     for &platform in &args.platforms {
         let count = match platform {
-            Platform::Webpush => args.webpush_devices,
+            Platform::Webpush => mocks.description.webpush.subscriptions.len(),
             Platform::Apns | Platform::Fcm => args.devices,
         };
         if count == 0 {

@@ -15,7 +15,7 @@ Tasks:
   ci      check formatting, run clippy with warnings as errors, then run every test
           (cargo nextest, or cargo test when nextest is not installed)
   bench   build release binaries and run the benchmark (docs/performance.md):
-          [--devices N (100000)] [--webpush-devices N (20000)] [--webpush-origins N (10)]
+          [--devices N (100000)] [--webpush-devices N (up to 20000)] [--webpush-origins N (10)]
           [--platforms apns,fcm,webpush] [--db sqlite|postgres|both (both)]
           [--provider-rtt-ms N (0 and 50; repeat or list)] [--provider-jitter-ms J (0)]
           [--provider-streams N (1000)] [--connections N (4)] [--max-in-flight N (4000)]
