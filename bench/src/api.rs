@@ -26,6 +26,9 @@ pub struct LatencyStats {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Requests answered 503 (the server shedding load) where that answer was allowed; they
+    /// are timed with the rest.
+    pub refused: usize,
 }
 
 impl LatencyStats {
@@ -55,6 +58,7 @@ impl LatencyStats {
             p50_ms: at(0.50),
             p99_ms: at(0.99),
             max_ms: at(1.0),
+            refused: 0,
         }
     }
 }
@@ -134,10 +138,11 @@ async fn drive(
         );
         clients.spawn(async move {
             let mut latencies = Vec::new();
+            let mut refused = 0;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= count {
-                    return anyhow::Ok(latencies);
+                    return anyhow::Ok((latencies, refused));
                 }
                 let (path, body, want) = request(i);
                 let sent = Instant::now();
@@ -154,14 +159,22 @@ async fn drive(
                 if !want.contains(&status) {
                     bail!("POST {path} answered {status}, not {want:?}: {text}");
                 }
+                if status == 503 {
+                    refused += 1;
+                }
             }
         });
     }
     let mut all = Vec::with_capacity(count);
+    let mut refused = 0;
     while let Some(done) = clients.join_next().await {
-        all.extend(done.context("a client panicked")??);
+        let (latencies, some) = done.context("a client panicked")??;
+        all.extend(latencies);
+        refused += some;
     }
-    Ok(LatencyStats::of(all, started.elapsed(), CLIENTS))
+    let mut stats = LatencyStats::of(all, started.elapsed(), CLIENTS);
+    stats.refused = refused;
+    Ok(stats)
 }
 
 /// Single sends (`dispatch` now) by [`CLIENTS`] clients through the APNs mock at its delay.
@@ -226,9 +239,13 @@ pub async fn provider_send(
 pub struct QueueResult {
     pub provider_rtt_ms: u64,
     pub messages: usize,
-    /// Accepting the messages (`dispatch` queue): throughput and latency.
-    pub accepted: LatencyStats,
-    /// From the first message queued to none of them `WAITING`.
+    /// Queuing the messages (`dispatch` queue): requests per second and latency, and how many
+    /// the server refused with 503 (shedding load; not sent again).
+    pub requests: LatencyStats,
+    /// Messages accepted (201 or 202) per second of the queuing.
+    pub accepted_per_sec: f64,
+    /// From the first message queued to none of them `WAITING`; per second counts the
+    /// accepted messages.
     pub drain_seconds: f64,
     pub drained_per_sec: f64,
     /// Requests the APNs mock received meanwhile (should equal `messages`), and those in
@@ -249,13 +266,13 @@ pub async fn queue_and_drain(
     let devices: Arc<Vec<i64>> = Arc::new(devices.to_vec());
     let path = format!("/v1/apps/{}/messages", apps::SINGLE);
     let started = Instant::now();
-    let accepted = drive(server, messages, move |i| {
+    let requests = drive(server, messages, move |i| {
         let id = devices.get(i % devices.len().max(1)).copied().unwrap_or(0);
         (
             path.clone(),
             json!({"target": {"device_ids": [id]}, "heading": "Clarion", "body": "Queued",
                    "dispatch": "queue"}),
-            &[201, 202][..],
+            &[201, 202, 503][..],
         )
     })
     .await?;
@@ -270,12 +287,14 @@ pub async fn queue_and_drain(
     .await?;
     let drain_seconds = started.elapsed().as_secs_f64();
     let after = mocks.counts(Platform::Apns).await?;
+    let accepted = messages - requests.refused;
     Ok(QueueResult {
         provider_rtt_ms,
         messages,
-        accepted,
+        accepted_per_sec: per_sec(accepted, requests.seconds),
+        requests,
         drain_seconds,
-        drained_per_sec: per_sec(messages, drain_seconds),
+        drained_per_sec: per_sec(accepted, drain_seconds),
         provider_requests: after.requests.saturating_sub(before.requests),
         faulty_requests: after.faulty.saturating_sub(before.faulty),
     })

@@ -676,7 +676,7 @@ async fn measure_server(
                 if let Some(queue) = &here.queue {
                     eprintln!(
                         "clarion-bench: queued {:.0}/s, {} drained in {:.1} s ({:.0}/s)",
-                        queue.accepted.requests_per_sec,
+                        queue.accepted_per_sec,
                         queue.messages,
                         queue.drain_seconds,
                         queue.drained_per_sec

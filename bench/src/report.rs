@@ -173,7 +173,7 @@ pub fn targets(runs: &[DbResults], sizes: &Sizes) -> Vec<Target> {
             run.at_delay
                 .iter()
                 .filter_map(|a| a.queue.as_ref())
-                .map(|q| q.accepted.requests_per_sec)
+                .map(|q| q.accepted_per_sec)
                 .reduce(f64::min)
                 .map(|v| rate(v, queue_goal)),
         ));
@@ -397,7 +397,7 @@ pub fn print(results: &Results) {
             format!("{rtt} ms: queued accepted/s"),
             each(&|r| {
                 cell(at(r, rtt).and_then(|a| a.queue.as_ref()), |q| {
-                    format!("{:.0}", q.accepted.requests_per_sec)
+                    format!("{:.0} ({} 503)", q.accepted_per_sec, q.requests.refused)
                 })
             }),
         );

@@ -494,9 +494,7 @@ impl Server {
         match Self::start(bin_dir, work, mocks, settings, database).await {
             Err(error)
                 if settings.pool_keys == PoolKeys::ConnectionsAndMaxInFlight
-                    && ["\"connections\"", "\"max_in_flight\""].iter().any(|key| {
-                        format!("{error:#}").contains(&format!("unknown key {key}"))
-                    }) =>
+                    && refuses_pool_keys(&format!("{error:#}")) =>
             {
                 eprintln!(
                     "clarion-bench: this server does not know `connections` / `max_in_flight`; \
@@ -616,7 +614,35 @@ fn config_toml(port: u16, mocks: &Mocks, s: &ServerSettings, database: &Database
     )
 }
 
+/// Whether a refused start's log says the pool settings are unknown keys (the log may be JSON,
+/// with the key's quotes escaped).
+fn refuses_pool_keys(said: &str) -> bool {
+    ["connections", "max_in_flight"].iter().any(|key| {
+        said.contains(&format!("unknown key \"{key}\""))
+            || said.contains(&format!("unknown key \\\"{key}\\\""))
+    })
+}
+
 /// A TOML basic string.
 fn toml_string(value: &str) -> String {
     serde_json::Value::String(value.to_owned()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_refusing_the_pool_keys_is_recognised_in_text_and_in_json() {
+        assert!(refuses_pool_keys(
+            r#"apps.bench.apns.connections: unknown key "connections"; expected one of"#
+        ));
+        assert!(refuses_pool_keys(
+            r#"{"error":"apps.bench.apns.connections: unknown key \"max_in_flight\"; expected"}"#
+        ));
+        assert!(!refuses_pool_keys(
+            r#"apps.bench.apns.topic: unknown key "topik""#
+        ));
+        assert!(!refuses_pool_keys("failed to connect to the database"));
+    }
 }
