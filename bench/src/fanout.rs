@@ -1,26 +1,39 @@
-//! Fan-out: N APNs devices loaded through the bulk route, then one broadcast, timed to the
-//! last delivery recorded; and its ceiling, the same mock driven by a bare HTTP/2 client.
+//! Fan-out: N devices of one platform loaded through the bulk route, then one broadcast to
+//! them, timed to the last delivery recorded. APNs and FCM devices have made-up tokens; Web
+//! Push devices are the mocks' subscriptions, spread over every push-service origin.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::server::{Database, Mocks, Server};
-use crate::{poll, proc_status_mb};
+use crate::server::{Database, Mocks, Server, apps};
+use crate::{Platform, per_sec, poll, proc_status_mb};
 
 /// Devices per bulk request.
 const BULK: usize = 2000;
 
+/// The broadcast's title and text.
+pub const HEADING: &str = "Clarion";
+pub const BODY: &str = "Benchmark broadcast";
+
+/// Loading one platform's devices.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadResult {
+    pub platform: Platform,
+    pub devices: usize,
+    /// Loading the devices through `POST /v1/apps/{app}/devices/bulk`.
+    pub seconds: f64,
+    pub devices_per_sec: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutResult {
+    pub platform: Platform,
+    /// The mocks' answer delay during the broadcast.
+    pub provider_rtt_ms: u64,
     pub devices: usize,
-    /// Loading the devices through `POST /v1/apps/bench/devices/bulk`.
-    pub load_seconds: f64,
-    pub load_devices_per_sec: f64,
     /// From the broadcast request to the mock's count of requests reaching N.
     pub sent_seconds: f64,
     /// From the broadcast request to no delivery pending in the database and the message
@@ -29,66 +42,109 @@ pub struct FanoutResult {
     pub deliveries_per_sec: f64,
     /// The message's final state.
     pub state: String,
-    /// Requests in which the APNs mock found a problem (should be 0).
+    /// Requests in which the mock found a problem (should be 0).
     pub faulty_requests: u64,
     /// The server's peak resident memory (`VmHWM`) over its whole life up to the last
-    /// delivery: startup, the API measurements, loading and the broadcast.
+    /// delivery of this broadcast.
     pub peak_rss_mb: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct CeilingResult {
-    pub requests: usize,
-    pub concurrency: usize,
-    pub seconds: f64,
-    pub requests_per_sec: f64,
-}
-
-fn per_sec(count: usize, seconds: f64) -> f64 {
-    #[allow(clippy::cast_precision_loss, reason = "counts are far below 2^52")]
-    let count = count as f64;
-    count / seconds.max(f64::EPSILON)
-}
-
-/// The APNs token of device `n` of the broadcast.
-fn token(n: usize) -> String {
+/// The APNs token of device `n`.
+pub fn apns_token(n: usize) -> String {
     format!("{:064x}", 0x00be_0000_0000_usize + n)
 }
 
-pub async fn fan_out(
+/// The FCM registration token of device `n`.
+pub fn fcm_token(n: usize) -> String {
+    format!("bench-fcm:{n:010}")
+}
+
+/// The body of an APNs notification of the broadcast.
+pub fn apns_payload() -> Value {
+    json!({"aps": {"alert": {"title": HEADING, "body": BODY}}})
+}
+
+/// The plaintext of a Web Push notification of the broadcast.
+pub fn webpush_payload() -> Value {
+    json!({"title": HEADING, "body": BODY})
+}
+
+fn app(platform: Platform) -> &'static str {
+    match platform {
+        Platform::Apns => apps::APNS,
+        Platform::Fcm => apps::FCM,
+        Platform::Webpush => apps::WEBPUSH,
+    }
+}
+
+fn device(mocks: &Mocks, platform: Platform, n: usize) -> anyhow::Result<Value> {
+    let user_id = format!("user-{n}");
+    Ok(match platform {
+        Platform::Apns => json!({"platform": "apns", "token": apns_token(n), "user_id": user_id}),
+        Platform::Fcm => json!({"platform": "fcm", "token": fcm_token(n), "user_id": user_id}),
+        Platform::Webpush => {
+            let s = mocks
+                .description
+                .webpush
+                .subscriptions
+                .get(n)
+                .context("fewer Web Push subscriptions than devices")?;
+            json!({"platform": "webpush", "token": s.endpoint, "p256dh": s.p256dh,
+                   "auth": s.auth, "user_id": user_id})
+        }
+    })
+}
+
+/// Registers `devices` devices of `platform` in its application, 2,000 a request.
+pub async fn load(
     server: &Server,
     mocks: &Mocks,
-    database: &Database,
+    platform: Platform,
     devices: usize,
-) -> anyhow::Result<FanoutResult> {
+) -> anyhow::Result<LoadResult> {
     let loading = Instant::now();
+    let path = format!("/v1/apps/{}/devices/bulk", app(platform));
     let mut start = 0;
     while start < devices {
         let end = (start + BULK).min(devices);
-        let batch: Vec<Value> = (start..end)
-            .map(|n| json!({"platform": "apns", "token": token(n), "user_id": format!("user-{n}")}))
-            .collect();
-        let (status, reply) = server
-            .post("/v1/apps/bench/devices/bulk", &json!({ "devices": batch }))
-            .await?;
+        let batch = (start..end)
+            .map(|n| device(mocks, platform, n))
+            .collect::<anyhow::Result<Vec<Value>>>()?;
+        let (status, reply) = server.post(&path, &json!({ "devices": batch })).await?;
         if status != 200 {
             bail!("a bulk registration answered {status}: {reply}");
         }
         start = end;
     }
-    let load_seconds = loading.elapsed().as_secs_f64();
-    eprintln!("clarion-bench: loaded {devices} devices in {load_seconds:.1} s; broadcasting");
+    let seconds = loading.elapsed().as_secs_f64();
+    Ok(LoadResult {
+        platform,
+        devices,
+        seconds,
+        devices_per_sec: per_sec(devices, seconds),
+    })
+}
 
-    let before = mocks.apns_counts().await?;
+/// One broadcast to the `devices` devices of `platform` loaded before, timed to its last
+/// delivery.
+pub async fn broadcast(
+    server: &Server,
+    mocks: &Mocks,
+    database: &Database,
+    platform: Platform,
+    devices: usize,
+    provider_rtt_ms: u64,
+) -> anyhow::Result<FanoutResult> {
+    let before = mocks.counts(platform).await?;
     let expected = before.requests + devices as u64;
     let started = Instant::now();
     let (status, message) = server
         .post(
-            "/v1/apps/bench/messages",
+            &format!("/v1/apps/{}/messages", app(platform)),
             &json!({
-                "target": {"broadcast": {"platform": "apns"}},
-                "heading": "Clarion",
-                "body": "Benchmark broadcast",
+                "target": {"broadcast": {"platform": platform.as_str()}},
+                "heading": HEADING,
+                "body": BODY,
                 "dispatch": "now",
             }),
         )
@@ -98,13 +154,13 @@ pub async fn fan_out(
     }
     let id = message["id"].as_i64().context("the broadcast's id")?;
     // Generous: a run far slower than this is broken, not slow.
-    let deadline = Duration::from_secs(120 + (devices / 500) as u64);
+    let deadline = Duration::from_secs(120 + (devices / 200) as u64);
     let counts = poll(
-        "the APNs mock to receive every delivery",
+        "the mock to receive every delivery",
         deadline,
         Duration::from_millis(20),
         || async {
-            let counts = mocks.apns_counts().await?;
+            let counts = mocks.counts(platform).await?;
             Ok((counts.requests >= expected).then_some(counts))
         },
     )
@@ -123,94 +179,14 @@ pub async fn fan_out(
     let seconds = started.elapsed().as_secs_f64();
     let peak_rss_mb = proc_status_mb(server.pid, "VmHWM");
     Ok(FanoutResult {
+        platform,
+        provider_rtt_ms,
         devices,
-        load_seconds,
-        load_devices_per_sec: per_sec(devices, load_seconds),
         sent_seconds,
         seconds,
         deliveries_per_sec: per_sec(devices, seconds),
         state,
-        faulty_requests: counts.faulty - before.faulty,
+        faulty_requests: counts.faulty.saturating_sub(before.faulty),
         peak_rss_mb,
-    })
-}
-
-/// Drives the APNs mock with a bare client: `requests` requests, `concurrency` at a time, on
-/// one HTTP/2 connection as Clarion's APNs client uses, with one provider token, and no
-/// storage or rendering.
-pub async fn ceiling(
-    mocks: &Mocks,
-    requests: usize,
-    concurrency: usize,
-) -> anyhow::Result<CeilingResult> {
-    let apns = &mocks.description.apns;
-    let ca = reqwest::Certificate::from_pem(mocks.description.ca_pem.as_bytes())
-        .context("the mocks' CA is not PEM")?;
-    let client = reqwest::Client::builder()
-        .add_root_certificate(ca)
-        .http2_prior_knowledge()
-        .build()
-        .context("failed to build the bare client")?;
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-    header.kid = Some(apns.key_id.clone());
-    let iat = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let key = jsonwebtoken::EncodingKey::from_ec_pem(apns.key_pem.as_bytes())
-        .context("the APNs key is not an EC PEM key")?;
-    let jwt = jsonwebtoken::encode(&header, &json!({"iss": apns.team_id, "iat": iat}), &key)
-        .context("failed to sign a provider token")?;
-    let authorization = format!("bearer {jwt}");
-    let body =
-        json!({"aps": {"alert": {"title": "Clarion", "body": "Benchmark broadcast"}}}).to_string();
-
-    let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..concurrency {
-        let (client, next) = (client.clone(), Arc::clone(&next));
-        let (base, topic, authorization, body) = (
-            apns.url.clone(),
-            apns.topic.clone(),
-            authorization.clone(),
-            body.clone(),
-        );
-        workers.spawn(async move {
-            loop {
-                let n = next.fetch_add(1, Ordering::Relaxed);
-                if n >= requests {
-                    return anyhow::Ok(());
-                }
-                let reply = client
-                    .post(format!("{base}/3/device/{}", token(n)))
-                    .header("authorization", &authorization)
-                    .header("apns-topic", &topic)
-                    .header("apns-push-type", "alert")
-                    .header("apns-priority", "10")
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .context("a bare APNs request failed")?;
-                if reply.status() != 200 {
-                    let status = reply.status();
-                    bail!(
-                        "the APNs mock answered {status}: {}",
-                        reply.text().await.unwrap_or_default()
-                    );
-                }
-                let _ = reply.bytes().await;
-            }
-        });
-    }
-    while let Some(done) = workers.join_next().await {
-        done.context("a bare client task panicked")??;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    Ok(CeilingResult {
-        requests,
-        concurrency,
-        seconds,
-        requests_per_sec: per_sec(requests, seconds),
     })
 }

@@ -15,9 +15,14 @@ Tasks:
   ci      check formatting, run clippy with warnings as errors, then run every test
           (cargo nextest, or cargo test when nextest is not installed)
   bench   build release binaries and run the benchmark (docs/performance.md):
-          [--devices N (100000)] [--db sqlite|postgres|both (both)] [--out FILE]
-          [--api-requests N (10000)] [--postgres-url URL]; results go to
-          <target>/bench/results.json unless --out says otherwise
+          [--devices N (100000)] [--webpush-devices N (up to 20000)] [--webpush-origins N (10)]
+          [--platforms apns,fcm,webpush] [--db sqlite|postgres|both (both)]
+          [--provider-rtt-ms N (0 and 50; repeat or list)] [--provider-jitter-ms J (0)]
+          [--provider-streams N (1000)] [--connections N (4)] [--max-in-flight N (4000)]
+          [--delivery-concurrency N] [--poll-interval-secs N (1)]
+          [--api-requests N (10000)] [--queued N (100000)] [--bulk-messages N (100000)]
+          [--out FILE] [--postgres-url URL]; results go to <target>/bench/results.json
+          unless --out says otherwise (clarion-bench --help for each option)
   fuzz    build the fuzz targets (fuzz/, cargo-fuzz) and run each for a while
           (docs/fuzzing.md): [--secs N (60)] [--sanitizer address|none (none)]
           [--verbose] [TARGET...] (every target when none is named); a crash fails
