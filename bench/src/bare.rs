@@ -363,7 +363,7 @@ pub async fn fcm(mocks: &Mocks, shape: Shape, requests: usize) -> anyhow::Result
 
 /// The Web Push ceiling: the subscriptions of every origin in turn, one VAPID JWT per origin,
 /// each payload encrypted for its subscription with a fresh key and salt (RFC 8291, with the
-/// `web-push-native` function Clarion's Web Push client calls).
+/// function Clarion's Web Push client calls, `clarion_adapters::providers::webpush_ece`).
 pub async fn webpush(
     mocks: &Mocks,
     shape: Shape,
@@ -389,8 +389,8 @@ pub async fn webpush(
     struct Target {
         origin: usize,
         path: String,
-        public: web_push_native::p256::PublicKey,
-        auth: web_push_native::Auth,
+        public: Vec<u8>,
+        auth: [u8; 16],
     }
     let mut targets = Vec::with_capacity(webpush.subscriptions.len());
     for s in &webpush.subscriptions {
@@ -407,8 +407,8 @@ pub async fn webpush(
         let public = URL_SAFE_NO_PAD
             .decode(&s.p256dh)
             .ok()
-            .and_then(|key| web_push_native::p256::PublicKey::from_sec1_bytes(&key).ok())
-            .context("a subscription's p256dh is not a P-256 point")?;
+            .filter(|key| key.len() == 65 && key.first() == Some(&4))
+            .context("a subscription's p256dh is not an uncompressed P-256 point")?;
         let auth: [u8; 16] = URL_SAFE_NO_PAD
             .decode(&s.auth)
             .ok()
@@ -418,7 +418,7 @@ pub async fn webpush(
             origin,
             path,
             public,
-            auth: web_push_native::Auth::from(auth),
+            auth,
         });
     }
     if targets.is_empty() {
@@ -429,8 +429,12 @@ pub async fn webpush(
         let target = targets
             .get(n % targets.len())
             .context("no subscription to send to")?;
-        let body = web_push_native::encrypt(plaintext.clone(), &target.public, &target.auth)
-            .map_err(|e| anyhow::anyhow!("RFC 8291 encryption failed: {e:?}"))?;
+        let body = clarion_adapters::providers::webpush_ece::encrypt(
+            &plaintext,
+            &target.public,
+            &target.auth,
+        )
+        .map_err(|e| anyhow::anyhow!("RFC 8291 encryption failed: {e}"))?;
         let authorization = authorizations
             .get(target.origin)
             .context("an origin has no VAPID authorization")?;
