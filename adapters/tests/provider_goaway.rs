@@ -117,9 +117,24 @@ timeout_secs = 10
         assert!(recorded.problems.is_empty(), "{:?}", recorded.problems);
         *seen.entry(recorded.view.device_token.unwrap()).or_default() += 1;
     }
+    let mut failures: HashMap<String, usize> = HashMap::new();
+    for delivery in &stored.deliveries {
+        if let Some(code) = &delivery.error_code {
+            *failures
+                .entry(format!(
+                    "{code}: {}",
+                    delivery.error_text.as_deref().unwrap_or("")
+                ))
+                .or_default() += 1;
+        }
+    }
     let doubled = seen.values().filter(|n| **n > 1).count();
     assert_eq!(doubled, 0, "notifications sent twice");
-    assert_eq!(seen.len(), DEVICES, "every device got the notification");
+    assert_eq!(
+        seen.len(),
+        DEVICES,
+        "every device got the notification; failures among the first deliveries: {failures:?}"
+    );
     assert_eq!(mock.request_count(), DEVICES);
     assert_eq!(stored.state(), MessageState::Sent, "{:?}", stored.error());
     assert!(mock.goaways_sent() >= 2, "{}", mock.goaways_sent());

@@ -212,34 +212,38 @@ impl Pool {
         self.state().conns.iter().map(|c| c.active()).sum()
     }
 
-    /// Sends one request: waits for room under `max_in_flight` (as long as it takes, as the
-    /// send of an attempt waits for its turn), then within the request timeout for a stream,
-    /// the connection if one must be opened, and the answer.
+    /// Sends one request: waits for room under `max_in_flight` and for a stream (as long as it
+    /// takes, as the send of an attempt waits for its turn; a connection that must be opened
+    /// is bounded by the connect timeout), then for the answer within the request timeout.
     ///
     /// # Errors
     /// See [`PoolError`].
     pub async fn send(&self, request: &Request) -> Result<Response, PoolError> {
         // The semaphore is never closed, so acquiring only waits.
         let _permit = self.in_flight.acquire().await;
-        let timeout = self.settings.request_timeout;
-        tokio::time::timeout(timeout, self.send_on_a_connection(request))
-            .await
-            .unwrap_or(Err(PoolError::Timeout(timeout)))
+        self.send_on_a_connection(request).await
     }
 
+    /// Sends on the least loaded connection, again on another when the provider refused the
+    /// request unprocessed. The request timeout counts the time on the wire only, from the
+    /// moment the request has its stream: waiting for room (a stream of a full pool) is
+    /// bounded by the requests ahead, each of which is bounded by the timeout.
     async fn send_on_a_connection(&self, request: &Request) -> Result<Response, PoolError> {
+        let timeout = self.settings.request_timeout;
         let mut refused = String::new();
         for _ in 0..MAX_RESENDS {
             let lease = self.lease().await?;
-            let sent = lease
-                .conn
-                .request(
+            let sent = tokio::time::timeout(
+                timeout,
+                lease.conn.request(
                     request,
                     self.origin.scheme(),
                     self.origin.authority(),
                     &self.user_agent,
-                )
-                .await;
+                ),
+            )
+            .await
+            .map_err(|_| PoolError::Timeout(timeout))?;
             match sent {
                 Ok(response) => return Ok(response),
                 Err(Failure::NotSent { why, retire }) => {
