@@ -43,8 +43,8 @@ async fn a_goaway_in_the_middle_of_a_broadcast_loses_and_doubles_nothing() {
     // A round trip long enough for requests to be in flight when the GOAWAY goes out.
     mock.set_delay(Duration::from_millis(5));
     mock.set_jitter(Duration::from_millis(10));
-    mock.set_max_concurrent_streams(100);
-    mock.go_away_at_request(6_000);
+    mock.connections().set_max_concurrent_streams(100);
+    mock.connections().go_away_at_request(6_000);
 
     let dir = temp_dir();
     let toml = format!(
@@ -95,11 +95,11 @@ timeout_secs = 10
             }
             // From here the mock holds each request 2 ms before taking it, and its next
             // GOAWAY is sent in one phase: the requests it holds then are refused.
-            mock.set_one_phase_go_away(true);
+            mock.connections().set_one_phase_go_away(true);
             while mock.request_count() < 14_000 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            mock.go_away_now();
+            mock.connections().go_away_now();
         })
     };
 
@@ -137,9 +137,13 @@ timeout_secs = 10
     );
     assert_eq!(mock.request_count(), DEVICES);
     assert_eq!(stored.state(), MessageState::Sent, "{:?}", stored.error());
-    assert!(mock.goaways_sent() >= 2, "{}", mock.goaways_sent());
     assert!(
-        mock.streams_refused() > 0,
+        mock.connections().goaways_sent() >= 2,
+        "{}",
+        mock.connections().goaways_sent()
+    );
+    assert!(
+        mock.connections().streams_refused() > 0,
         "the one-phase GOAWAY refused no request"
     );
 }

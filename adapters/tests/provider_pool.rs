@@ -155,7 +155,7 @@ fn assert_all_accepted(outcomes: &[SendOutcome]) {
 #[tokio::test]
 async fn two_connections_to_a_peer_allowing_ten_streams_carry_twenty_requests_at_a_time() {
     let apns = apns(Some(2), None, true).await;
-    apns.mock.set_max_concurrent_streams(10);
+    apns.mock.connections().set_max_concurrent_streams(10);
     apns.mock.set_delay(Duration::from_millis(100));
 
     let started = Instant::now();
@@ -165,7 +165,7 @@ async fn two_connections_to_a_peer_allowing_ten_streams_carry_twenty_requests_at
     assert_all_accepted(&outcomes);
     assert_eq!(apns.mock.request_count(), 100);
     // The second connection is opened only once the first carries its ten streams.
-    assert_eq!(apns.mock.connections_accepted(), 2);
+    assert_eq!(apns.mock.connections().connections_accepted(), 2);
     // 100 requests of 100 ms, 20 at a time, take at least five round trips; more in flight
     // would take fewer. (No upper bound: on a busy machine it would fail for the wrong
     // reason.)
@@ -185,19 +185,19 @@ async fn max_in_flight_bounds_the_requests_below_the_streams_the_peer_allows() {
     // Five at a time: four round trips.
     assert!(elapsed >= Duration::from_millis(390), "{elapsed:?}");
     // Lazily opened: five requests fit on the first connection.
-    assert_eq!(apns.mock.connections_accepted(), 1);
+    assert_eq!(apns.mock.connections().connections_accepted(), 1);
 }
 
 #[tokio::test]
 async fn a_goaway_in_the_middle_of_2000_sends_loses_and_doubles_nothing() {
     let apns = apns(None, None, true).await;
     apns.mock.set_delay(Duration::from_millis(20));
-    apns.mock.go_away_at_request(700);
+    apns.mock.connections().go_away_at_request(700);
 
     let outcomes = send_all(&apns.provider, 2000, apns_payload).await;
 
     assert_all_accepted(&outcomes);
-    assert!(apns.mock.goaways_sent() >= 1);
+    assert!(apns.mock.connections().goaways_sent() >= 1);
     assert_eq!(apns.mock.request_count(), 2000);
     let tokens: HashSet<String> = apns
         .mock
@@ -208,9 +208,9 @@ async fn a_goaway_in_the_middle_of_2000_sends_loses_and_doubles_nothing() {
     assert_eq!(tokens.len(), 2000);
     // The connections that went away were replaced.
     assert!(
-        apns.mock.connections_accepted() > 1,
+        apns.mock.connections().connections_accepted() > 1,
         "{}",
-        apns.mock.connections_accepted()
+        apns.mock.connections().connections_accepted()
     );
 }
 
@@ -305,7 +305,7 @@ async fn a_request_whose_connection_drops_after_it_was_sent_is_a_transient_failu
     assert!(reason.contains("after the request was sent"), "{reason}");
     // The next send opens a new connection.
     assert_all_accepted(&again);
-    assert_eq!(apns.mock.connections_accepted(), 2);
+    assert_eq!(apns.mock.connections().connections_accepted(), 2);
 }
 
 const PROJECT: &str = "pool-project";
@@ -323,9 +323,9 @@ fn fcm_payload(n: usize) -> Payload {
 #[tokio::test]
 async fn fcm_over_plain_http_is_pooled_and_survives_a_goaway_too() {
     let mock = MockFcm::start(PROJECT).await.expect("start the FCM mock");
-    mock.set_max_concurrent_streams(50);
+    mock.connections().set_max_concurrent_streams(50);
     mock.set_delay(Duration::from_millis(20));
-    mock.go_away_at_request(300);
+    mock.connections().go_away_at_request(300);
     let mut config = Config::default();
     config.apps.insert(
         APP.to_owned(),
@@ -350,7 +350,7 @@ async fn fcm_over_plain_http_is_pooled_and_survives_a_goaway_too() {
 
     assert_all_accepted(&outcomes);
     assert_eq!(mock.request_count(), 1000);
-    assert!(mock.goaways_sent() >= 1);
+    assert!(mock.connections().goaways_sent() >= 1);
     let versions: HashSet<String> = mock.requests().into_iter().map(|r| r.version).collect();
     assert_eq!(versions, HashSet::from(["HTTP/2.0".to_owned()]));
 }
@@ -442,7 +442,10 @@ async fn web_push_keeps_a_pool_per_origin_and_reaches_loopback_only_when_allowed
     assert_eq!((one.request_count(), other.request_count()), (10, 10));
     // One pool, so one connection, per push-service origin.
     assert_eq!(
-        (one.connections_accepted(), other.connections_accepted()),
+        (
+            one.connections().connections_accepted(),
+            other.connections().connections_accepted()
+        ),
         (1, 1)
     );
 }

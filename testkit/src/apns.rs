@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::jwt;
 use crate::script::{CannedResponse, IncomingRequest, RecordedRequest, Recorder, lock_state};
-use crate::server::{Peer, Respond, Server};
+use crate::server::{ConnectionControl, Peer, Respond, Server};
 use crate::tls::{PUSH_CERTIFICATE_CN_PREFIX, TestCa, TestClientCa, subject_common_name};
 
 /// What the mock expects of the provider: the values a real APNs knows from the developer
@@ -244,48 +244,11 @@ impl MockApns {
         self.state.recorder.set_jitter(jitter);
     }
 
-    /// Advertises `streams` as the HTTP/2 stream limit (`SETTINGS_MAX_CONCURRENT_STREAMS`) on
-    /// the connections opened from now on; hyper's default (200) otherwise.
-    pub fn set_max_concurrent_streams(&self, streams: u32) {
-        self.server.control().set_max_concurrent_streams(streams);
-    }
-
-    /// Sends a graceful `GOAWAY` on every open connection when request number `n` arrives
-    /// (counted from the mock's start, from 1): the requests a connection accepted are still
-    /// answered, later ones are refused and must be sent again on a new connection.
-    pub fn go_away_at_request(&self, n: u64) {
-        self.server.control().go_away_at_request(n);
-    }
-
-    /// Sends a graceful `GOAWAY` on every open connection now.
-    pub fn go_away_now(&self) {
-        self.server.control().go_away_now();
-    }
-
-    /// Makes each later `GOAWAY` a one-phase one, as a provider that stops at once sends it:
-    /// it names the last stream the connection received, and the requests the client sent
-    /// after it are refused (never handled, never recorded) and must be sent again on another
-    /// connection.
-    pub fn set_one_phase_go_away(&self, one_phase: bool) {
-        self.server.control().set_one_phase_go_away(one_phase);
-    }
-
-    /// How many requests a one-phase `GOAWAY` refused.
+    /// The mock's connections: the HTTP/2 stream limit they advertise and the `GOAWAY`s they
+    /// send (see [`ConnectionControl`]).
     #[must_use]
-    pub fn streams_refused(&self) -> usize {
-        self.server.control().streams_refused()
-    }
-
-    /// How many connections were sent a `GOAWAY`.
-    #[must_use]
-    pub fn goaways_sent(&self) -> usize {
-        self.server.control().goaways_sent()
-    }
-
-    /// How many connections the mock accepted.
-    #[must_use]
-    pub fn connections_accepted(&self) -> usize {
-        self.server.control().connections_accepted()
+    pub fn connections(&self) -> &ConnectionControl {
+        self.server.control()
     }
 
     /// How many distinct provider tokens (JWTs) the mock has seen, to check token caching.

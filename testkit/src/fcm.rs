@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use crate::jwt;
 use crate::script::{CannedResponse, IncomingRequest, RecordedRequest, Recorder, lock_state};
-use crate::server::{Respond, Server};
+use crate::server::{ConnectionControl, Respond, Server};
 
 /// The OAuth scope for sending with FCM.
 pub const FCM_SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -376,48 +376,11 @@ impl MockFcm {
         self.state.sends.set_jitter(jitter);
     }
 
-    /// Advertises `streams` as the HTTP/2 stream limit (`SETTINGS_MAX_CONCURRENT_STREAMS`) on
-    /// the connections opened from now on; hyper's default (200) otherwise.
-    pub fn set_max_concurrent_streams(&self, streams: u32) {
-        self.server.control().set_max_concurrent_streams(streams);
-    }
-
-    /// Sends a graceful `GOAWAY` on every open connection when request number `n` arrives
-    /// (counted from the mock's start, from 1): the requests a connection accepted are still
-    /// answered, later ones are refused and must be sent again on a new connection.
-    pub fn go_away_at_request(&self, n: u64) {
-        self.server.control().go_away_at_request(n);
-    }
-
-    /// Sends a graceful `GOAWAY` on every open connection now.
-    pub fn go_away_now(&self) {
-        self.server.control().go_away_now();
-    }
-
-    /// Makes each later `GOAWAY` a one-phase one, as a provider that stops at once sends it:
-    /// it names the last stream the connection received, and the requests the client sent
-    /// after it are refused (never handled, never recorded) and must be sent again on another
-    /// connection.
-    pub fn set_one_phase_go_away(&self, one_phase: bool) {
-        self.server.control().set_one_phase_go_away(one_phase);
-    }
-
-    /// How many requests a one-phase `GOAWAY` refused.
+    /// The mock's connections: the HTTP/2 stream limit they advertise and the `GOAWAY`s they
+    /// send (see [`ConnectionControl`]).
     #[must_use]
-    pub fn streams_refused(&self) -> usize {
-        self.server.control().streams_refused()
-    }
-
-    /// How many connections were sent a `GOAWAY`.
-    #[must_use]
-    pub fn goaways_sent(&self) -> usize {
-        self.server.control().goaways_sent()
-    }
-
-    /// How many connections the mock accepted.
-    #[must_use]
-    pub fn connections_accepted(&self) -> usize {
-        self.server.control().connections_accepted()
+    pub fn connections(&self) -> &ConnectionControl {
+        self.server.control()
     }
 
     /// Delays every token answer by `delay`.

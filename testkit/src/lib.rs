@@ -40,5 +40,6 @@ pub use onesignal::{MockOneSignal, OneSignalMockConfig, OneSignalView};
 pub use probe::{HealthProbe, ProbeReport, RawResponse};
 pub use process::{Spawned, Stream};
 pub use script::{CannedResponse, RecordedRequest};
+pub use server::ConnectionControl;
 pub use tls::{ClientIdentity, TestCa, TestClientCa, install_default_crypto_provider};
 pub use webpush::{MockWebPush, TestSubscription, VapidTestKey, WebPushMockConfig, WebPushView};

@@ -1,5 +1,5 @@
 //! The HTTP server harness the mocks run on: 127.0.0.1 port 0, plain or TLS, HTTP/1.1 and HTTP/2,
-//! stopped when its handle is dropped. Its [`Control`] sets what a real provider's server
+//! stopped when its handle is dropped. Its [`ConnectionControl`] sets what a real provider's server
 //! decides on its own: the HTTP/2 stream limit it advertises (`SETTINGS_MAX_CONCURRENT_STREAMS`)
 //! and when it closes its connections with a graceful `GOAWAY`.
 
@@ -59,12 +59,13 @@ pub(crate) struct Peer {
 pub(crate) struct Server {
     addr: SocketAddr,
     task: JoinHandle<()>,
-    control: Arc<Control>,
+    control: Arc<ConnectionControl>,
 }
 
-/// The connection-level behaviour of a mock server, changeable while it runs.
+/// The connection-level behaviour of a mock server, changeable while it runs: the HTTP/2
+/// stream limit its connections advertise and the `GOAWAY`s they send.
 #[derive(Debug)]
-pub(crate) struct Control {
+pub struct ConnectionControl {
     /// The `SETTINGS_MAX_CONCURRENT_STREAMS` that new HTTP/2 connections advertise; 0 keeps
     /// hyper's default.
     max_streams: AtomicU32,
@@ -90,7 +91,7 @@ pub(crate) struct Control {
     hold: Arc<AtomicU64>,
 }
 
-impl Default for Control {
+impl Default for ConnectionControl {
     fn default() -> Self {
         Self {
             max_streams: AtomicU32::new(0),
@@ -106,7 +107,7 @@ impl Default for Control {
     }
 }
 
-impl Control {
+impl ConnectionControl {
     /// Advertises `streams` as the HTTP/2 stream limit of connections opened from now on.
     pub fn set_max_concurrent_streams(&self, streams: u32) {
         self.max_streams.store(streams, Ordering::Relaxed);
@@ -169,7 +170,7 @@ impl Server {
         let addr = listener
             .local_addr()
             .context("failed to read the mock server's address")?;
-        let control = Arc::new(Control::default());
+        let control = Arc::new(ConnectionControl::default());
         let task = tokio::spawn(accept_loop(
             listener,
             handler,
@@ -188,7 +189,7 @@ impl Server {
     }
 
     /// The server's connection-level behaviour.
-    pub fn control(&self) -> &Control {
+    pub fn control(&self) -> &ConnectionControl {
         &self.control
     }
 }
@@ -203,7 +204,7 @@ async fn accept_loop(
     listener: TcpListener,
     handler: Arc<dyn Respond>,
     tls: Option<TlsAcceptor>,
-    control: Arc<Control>,
+    control: Arc<ConnectionControl>,
 ) {
     // The connections live in the loop's JoinSet so that aborting the loop closes them too.
     let mut connections = JoinSet::new();
@@ -229,7 +230,7 @@ async fn serve_connection(
     stream: TcpStream,
     handler: Arc<dyn Respond>,
     tls: Option<TlsAcceptor>,
-    control: Arc<Control>,
+    control: Arc<ConnectionControl>,
 ) {
     // Connection errors (a client that hangs up, a failed handshake) end only this connection.
     let trigger = Arc::new(Trigger::new(Arc::clone(&control.hold)));
@@ -280,7 +281,7 @@ async fn serve_http<S>(
     io: TokioIo<S>,
     handler: Arc<dyn Respond>,
     peer: Peer,
-    control: Arc<Control>,
+    control: Arc<ConnectionControl>,
     trigger: Arc<Trigger>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,

@@ -773,7 +773,7 @@ async fn one_signal_requires_english_contents_and_scripts_invalid_aliases() {
 #[tokio::test]
 async fn apns_advertises_its_stream_limit_so_one_connection_serves_that_many_at_once() {
     let apns = apns().await;
-    apns.mock.set_max_concurrent_streams(5);
+    apns.mock.connections().set_max_concurrent_streams(5);
     apns.mock.set_delay(Duration::from_millis(200));
     let client = https_client(apns.mock.ca_pem());
     let jwt = provider_token(&apns.private_pem, "KEY1234567", now());
@@ -797,7 +797,7 @@ async fn apns_advertises_its_stream_limit_so_one_connection_serves_that_many_at_
             .iter()
             .all(|r| r.as_ref().unwrap().status() == 200)
     );
-    assert_eq!(apns.mock.connections_accepted(), 1);
+    assert_eq!(apns.mock.connections().connections_accepted(), 1);
 }
 
 #[tokio::test]
@@ -829,7 +829,7 @@ async fn apns_delay_jitter_spreads_the_answers() {
 async fn apns_goes_away_gracefully_and_answers_what_it_accepted() {
     let apns = apns().await;
     apns.mock.set_delay(Duration::from_millis(100));
-    apns.mock.go_away_at_request(3);
+    apns.mock.connections().go_away_at_request(3);
     let client = https_client(apns.mock.ca_pem());
     let jwt = provider_token(&apns.private_pem, "KEY1234567", now());
     let base = apns.mock.base_url();
@@ -847,10 +847,10 @@ async fn apns_goes_away_gracefully_and_answers_what_it_accepted() {
             .all(|r| r.as_ref().unwrap().status() == 200)
     );
     assert_eq!(after.status(), 200);
-    assert_eq!(apns.mock.goaways_sent(), 1);
+    assert_eq!(apns.mock.connections().goaways_sent(), 1);
     assert_eq!(apns.mock.request_count(), 12);
     // The connection that went away was replaced.
-    assert!(apns.mock.connections_accepted() >= 2);
+    assert!(apns.mock.connections().connections_accepted() >= 2);
 }
 
 /// Runs every future on a task of its own, at once, and returns their outputs in order.

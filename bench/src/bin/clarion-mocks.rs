@@ -115,13 +115,13 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         mock.count_only();
-        mock.set_max_concurrent_streams(streams);
+        mock.connections().set_max_concurrent_streams(streams);
         webpush.push(mock);
     }
     apns.count_only();
     fcm.count_only();
-    apns.set_max_concurrent_streams(streams);
-    fcm.set_max_concurrent_streams(streams);
+    apns.connections().set_max_concurrent_streams(streams);
+    fcm.connections().set_max_concurrent_streams(streams);
     // Subscriptions go round the origins, so that any prefix of the list spreads over all.
     let subscriptions: Vec<Value> = (0..subscriptions)
         .filter_map(|n| webpush.get(n % origins))
