@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::server::{Database, Mocks, Server, apps};
-use crate::{Platform, per_sec, poll};
+use crate::{Platform, per_sec, poll, proc_status_mb};
 
 /// Concurrent clients of the API measurements.
 pub const CLIENTS: usize = 64;
@@ -265,19 +265,8 @@ pub async fn queue_and_drain(
     provider_rtt_ms: u64,
 ) -> anyhow::Result<QueueResult> {
     let before = mocks.counts(Platform::Apns).await?;
-    let devices: Arc<Vec<i64>> = Arc::new(devices.to_vec());
-    let path = format!("/v1/apps/{}/messages", apps::SINGLE);
     let started = Instant::now();
-    let requests = drive(server, messages, move |i| {
-        let id = devices.get(i % devices.len().max(1)).copied().unwrap_or(0);
-        (
-            path.clone(),
-            json!({"target": {"device_ids": [id]}, "heading": "Clarion", "body": "Queued",
-                   "dispatch": "queue"}),
-            &[201, 202, 503][..],
-        )
-    })
-    .await?;
+    let requests = queue(server, devices, messages).await?;
     // Generous: at the worker's slowest plausible pace (8 messages per round trip).
     let deadline = Duration::from_secs(60 + (messages as u64) * (provider_rtt_ms + 10) / 8000);
     // A drain that outlasts the deadline is reported with what was left, not as a failure:
@@ -313,6 +302,94 @@ pub async fn queue_and_drain(
         left_waiting,
         provider_requests: after.requests.saturating_sub(before.requests),
         faulty_requests: after.faulty.saturating_sub(before.faulty),
+    })
+}
+
+/// Queues `messages` one-device messages (`dispatch` queue) to the single-send application,
+/// going round `devices`, from [`CLIENTS`] clients.
+async fn queue(server: &Server, devices: &[i64], messages: usize) -> anyhow::Result<LatencyStats> {
+    let devices: Arc<Vec<i64>> = Arc::new(devices.to_vec());
+    let path = format!("/v1/apps/{}/messages", apps::SINGLE);
+    drive(server, messages, move |i| {
+        let id = devices.get(i % devices.len().max(1)).copied().unwrap_or(0);
+        (
+            path.clone(),
+            json!({"target": {"device_ids": [id]}, "heading": "Clarion", "body": "Queued",
+                   "dispatch": "queue"}),
+            &[201, 202, 503][..],
+        )
+    })
+    .await
+}
+
+/// The drain of a backlog: messages queued while no worker ran, then sent by a server whose
+/// worker starts with all of them waiting. Unlike [`QueueResult`]'s drain, which runs while
+/// the 64 clients still queue (and so cannot outrun their acceptance), this measures the
+/// worker alone.
+#[derive(Debug, Clone, Serialize)]
+pub struct BacklogResult {
+    pub provider_rtt_ms: u64,
+    pub messages: usize,
+    /// Queuing them with the worker off.
+    pub queued: LatencyStats,
+    /// From starting the server with the worker on (its startup included) to none of them
+    /// `WAITING`; per second counts the messages queued.
+    pub drain_seconds: f64,
+    pub drained_per_sec: f64,
+    /// Messages still `WAITING` when the bench stopped waiting (0: the drain finished).
+    pub left_waiting: usize,
+    /// Requests the APNs mock received during the drain, and those it found faulty.
+    pub provider_requests: u64,
+    pub faulty_requests: u64,
+    /// The draining server's peak resident memory.
+    pub peak_rss_mb: f64,
+}
+
+/// Queues `messages` one-device messages through `idle` (a server whose worker is off).
+pub async fn queue_backlog(
+    idle: &Server,
+    devices: &[i64],
+    messages: usize,
+) -> anyhow::Result<LatencyStats> {
+    queue(idle, devices, messages).await
+}
+
+/// Waits for the backlog to drain through `draining`, started at `started` with its worker
+/// on, and measures it.
+pub async fn drain_backlog(
+    started: Instant,
+    draining: &Server,
+    mocks: &Mocks,
+    database: &Database,
+    queued: LatencyStats,
+    provider_rtt_ms: u64,
+    before: crate::server::Counts,
+) -> anyhow::Result<BacklogResult> {
+    let messages = queued.requests.saturating_sub(queued.refused);
+    let deadline = Duration::from_secs(60 + (messages as u64) * (provider_rtt_ms + 10) / 8000);
+    let drained = poll(
+        "every queued message of the backlog to leave WAITING",
+        deadline,
+        Duration::from_millis(20),
+        || async { Ok((database.waiting(apps::SINGLE).await? == 0).then_some(())) },
+    )
+    .await;
+    let drain_seconds = started.elapsed().as_secs_f64();
+    let left_waiting = match drained {
+        Ok(()) => 0,
+        Err(_) => usize::try_from(database.waiting(apps::SINGLE).await?).unwrap_or(usize::MAX),
+    };
+    let after = mocks.counts(Platform::Apns).await?;
+    Ok(BacklogResult {
+        provider_rtt_ms,
+        messages,
+        queued,
+        drain_seconds,
+        drained_per_sec: per_sec(messages.saturating_sub(left_waiting), drain_seconds),
+        left_waiting,
+        provider_requests: after.requests.saturating_sub(before.requests),
+        faulty_requests: after.faulty.saturating_sub(before.faulty),
+        peak_rss_mb: proc_status_mb(draining.pid, "VmHWM"),
     })
 }
 

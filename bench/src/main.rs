@@ -273,6 +273,9 @@ pub struct DbResults {
     pub bulk: Option<api::BulkResult>,
     pub loads: Vec<fanout::LoadResult>,
     pub at_delay: Vec<AtDelay>,
+    /// At each round trip, the drain of a backlog of `--queued` messages queued with the
+    /// worker off, by a server started again with it on.
+    pub backlogs: Vec<api::BacklogResult>,
     /// The server's peak resident memory (`VmHWM`) over its whole run.
     pub peak_rss_mb: f64,
     /// Measurements that failed, with the reason; the others still count.
@@ -284,6 +287,12 @@ impl DbResults {
         self.at_delay
             .iter()
             .find(|d| d.provider_rtt_ms == provider_rtt_ms)
+    }
+
+    pub fn backlog(&self, provider_rtt_ms: u64) -> Option<&api::BacklogResult> {
+        self.backlogs
+            .iter()
+            .find(|b| b.provider_rtt_ms == provider_rtt_ms)
     }
 }
 
@@ -491,9 +500,75 @@ async fn run_one(
         }
     };
     let outcome = measure_server(args, mocks, settings, &server, &database, db).await;
+    let admin_key = server.admin_key.clone();
     server.stop().await;
+    let outcome = match outcome {
+        Ok((mut results, Some(devices))) if args.queued > 0 => {
+            for &rtt in &args.provider_rtt_ms {
+                let what = format!("backlog drain at {rtt} ms");
+                let backlog = backlog(
+                    args, mocks, settings, work, &database, &admin_key, &devices, rtt,
+                );
+                if let Some(backlog) = measure(&mut results.problems, &what, backlog).await {
+                    eprintln!(
+                        "clarion-bench: backlog of {} queued at {:.0}/s with the worker off, \
+                         drained in {:.1} s ({:.0}/s)",
+                        backlog.messages,
+                        backlog.queued.requests_per_sec,
+                        backlog.drain_seconds,
+                        backlog.drained_per_sec
+                    );
+                    results.backlogs.push(backlog);
+                }
+            }
+            Ok(results)
+        }
+        other => other.map(|(results, _)| results),
+    };
+    mocks.set_delay(0, 0).await?;
     database.drop_schema().await;
     outcome
+}
+
+/// Queues `--queued` one-device messages with a server whose worker is off, then starts a
+/// server with its worker on and times the drain of that backlog through the APNs mock at
+/// `rtt` ms.
+#[allow(clippy::too_many_arguments)]
+async fn backlog(
+    args: &Args,
+    mocks: &Mocks,
+    settings: &ServerSettings,
+    work: &std::path::Path,
+    database: &server::Database,
+    admin_key: &str,
+    devices: &[i64],
+    rtt: u64,
+) -> anyhow::Result<api::BacklogResult> {
+    mocks.set_delay(rtt, args.provider_jitter_ms).await?;
+    let idle_settings = ServerSettings {
+        worker_enabled: false,
+        ..settings.clone()
+    };
+    let idle = server::Server::restart(
+        &args.bin_dir,
+        work,
+        mocks,
+        &idle_settings,
+        database,
+        admin_key,
+    )
+    .await?;
+    let queued = api::queue_backlog(&idle, devices, args.queued).await;
+    idle.stop().await;
+    let queued = queued?;
+    let before = mocks.counts(Platform::Apns).await?;
+    let started = std::time::Instant::now();
+    let draining =
+        server::Server::restart(&args.bin_dir, work, mocks, settings, database, admin_key).await?;
+    let drained =
+        api::drain_backlog(started, &draining, mocks, database, queued, rtt, before).await;
+    draining.stop().await;
+    drained
 }
 
 async fn measure_server(
@@ -503,7 +578,7 @@ async fn measure_server(
     server: &server::Server,
     database: &server::Database,
     db: Db,
-) -> anyhow::Result<DbResults> {
+) -> anyhow::Result<(DbResults, Option<Vec<i64>>)> {
     let mut problems = Vec::new();
     let startup = server.startup.clone();
     eprintln!(
@@ -687,7 +762,7 @@ async fn measure_server(
         at_delay.push(here);
     }
     mocks.set_delay(0, 0).await?;
-    Ok(DbResults {
+    let results = DbResults {
         db,
         startup,
         registration,
@@ -695,9 +770,11 @@ async fn measure_server(
         bulk,
         loads,
         at_delay,
+        backlogs: Vec::new(),
         peak_rss_mb: proc_status_mb(server.pid, "VmHWM"),
         problems,
-    })
+    };
+    Ok((results, single_devices))
 }
 
 /// `count` events in `seconds`, per second.

@@ -188,6 +188,8 @@ pub enum PoolKeys {
 /// The server settings the benchmark runs with; the server's defaults except where noted.
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerSettings {
+    /// `worker.enabled`: off while the backlog for the drain measurement is queued.
+    pub worker_enabled: bool,
     /// `worker.delivery_concurrency`, written only when `--delivery-concurrency` is given
     /// (`None`: the server's default).
     pub worker_delivery_concurrency: Option<usize>,
@@ -214,6 +216,7 @@ pub struct ServerSettings {
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
+            worker_enabled: true,
             worker_delivery_concurrency: None,
             worker_poll_interval_secs: 1,
             connections: 4,
@@ -383,12 +386,37 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts a server on a fresh database, which prints the admin key it creates.
     pub async fn start(
         bin_dir: &Path,
         work: &Path,
         mocks: &Mocks,
         settings: &ServerSettings,
         database: &Database,
+    ) -> anyhow::Result<Self> {
+        Self::launch(bin_dir, work, mocks, settings, database, None).await
+    }
+
+    /// Starts a server again on a database an earlier one created, with that one's admin key
+    /// (a server prints a key only when the database has none).
+    pub async fn restart(
+        bin_dir: &Path,
+        work: &Path,
+        mocks: &Mocks,
+        settings: &ServerSettings,
+        database: &Database,
+        admin_key: &str,
+    ) -> anyhow::Result<Self> {
+        Self::launch(bin_dir, work, mocks, settings, database, Some(admin_key)).await
+    }
+
+    async fn launch(
+        bin_dir: &Path,
+        work: &Path,
+        mocks: &Mocks,
+        settings: &ServerSettings,
+        database: &Database,
+        known_admin_key: Option<&str>,
     ) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -449,6 +477,9 @@ impl Server {
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let admin_key = tokio::time::timeout(Duration::from_secs(10), async {
+            if let Some(known) = known_admin_key {
+                return Some(known.to_owned());
+            }
             while let Ok(Some(line)) = lines.next_line().await {
                 if let Some((_, key)) = line.split_once("(shown once): ") {
                     return Some(key.trim().to_owned());
@@ -586,7 +617,7 @@ fn config_toml(port: u16, mocks: &Mocks, s: &ServerSettings, database: &Database
     format!(
         "listen = {listen}\n\
          \n[database]\nurl = {url}\n\
-         \n[worker]\npoll_interval_secs = {poll}\n{delivery_concurrency}\
+         \n[worker]\nenabled = {worker_enabled}\npoll_interval_secs = {poll}\n{delivery_concurrency}\
          \n[http]\nrate_limit_per_second = 0\nrate_limit_burst = 0\n\
          body_limit_bytes = {body}\nsend_wait_secs = {wait}\n\
          \n[tls]\nextra_ca_certs = [{ca}]\n\
@@ -599,6 +630,7 @@ fn config_toml(port: u16, mocks: &Mocks, s: &ServerSettings, database: &Database
          \n[apps.{debug}]\nsender = \"debug\"\n",
         listen = quote(&format!("127.0.0.1:{port}")),
         url = quote(&database.url),
+        worker_enabled = s.worker_enabled,
         poll = s.worker_poll_interval_secs,
         body = s.body_limit_bytes,
         wait = s.send_wait_secs,
