@@ -25,6 +25,30 @@ use time::macros::datetime;
 
 use crate::grouped::{AttemptWrite, WriteMany};
 
+/// Expands to one `#[tokio::test]` per contract of this module, each on the store that the
+/// future `$fresh` gives and that `$finish` (an async fn taking the store) then disposes of.
+/// The store's `messages` and `attempts` fields are the batch writers under test.
+macro_rules! batch_contract_tests {
+    ($fresh:expr, $finish:expr) => {
+        $crate::grouped::batch_contract::batch_contract_tests!(@each $fresh, $finish;
+            (a_batch_of_messages_gives_each_its_own_row_objects_and_deliveries, messages),
+            (a_batch_of_results_leaves_what_writing_them_in_turn_would, attempts),
+            (saving_a_message_twice_in_a_batch_is_saving_it_twice_in_turn, attempts),
+        );
+    };
+    (@each $fresh:expr, $finish:expr; $(($name:ident, $writer:ident)),+ $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                let store = $fresh.await;
+                $crate::grouped::batch_contract::$name(&store, store.$writer.store()).await;
+                $finish(store).await;
+            }
+        )+
+    };
+}
+pub(crate) use batch_contract_tests;
+
 const T0: OffsetDateTime = datetime!(2025-03-04 05:06:07.089 UTC);
 
 pub(crate) fn at(seconds: i64) -> OffsetDateTime {
@@ -54,7 +78,10 @@ async fn devices<S: DeviceStore>(store: &S, n: u8) -> Vec<DeviceId> {
             user_id: None,
             device_id: None,
         };
-        let (stored, _) = store.register_device(&device, at(0)).await.expect("register");
+        let (stored, _) = store
+            .register_device(&device, at(0))
+            .await
+            .expect("register");
         ids.push(stored.id);
     }
     ids
@@ -88,7 +115,9 @@ pub(crate) fn new_message(
         spec,
         sender: SenderKind::Direct,
         progress: Message::initial_progress(at(0)),
-        deliveries: NewDeliveries::Listed(devices.iter().map(|d| (Channel::Apns, Some(*d))).collect()),
+        deliveries: NewDeliveries::Listed(
+            devices.iter().map(|d| (Channel::Apns, Some(*d))).collect(),
+        ),
         lease: None,
         now: at(0),
     }
@@ -178,7 +207,12 @@ pub(crate) async fn a_batch_of_messages_gives_each_its_own_row_objects_and_deliv
             message.deliveries.iter().map(|d| d.device_id).collect();
         let listed: Vec<Option<DeviceId>> = devices[..i % 4].iter().copied().map(Some).collect();
         assert_eq!(delivered, listed, "message {i}");
-        assert!(message.deliveries.iter().all(|d| d.message_id == message.id));
+        assert!(
+            message
+                .deliveries
+                .iter()
+                .all(|d| d.message_id == message.id)
+        );
         assert_eq!(&stored(store, message).await, message, "message {i}");
     }
 }
@@ -206,7 +240,10 @@ pub(crate) async fn a_batch_of_results_leaves_what_writing_them_in_turn_would<S,
     // worker-1 claims a and b; its leases expire and worker-2 takes a over.
     let first = lease("worker-1", at(10));
     let claimed = store.claim_due(at(1), 2, &first).await.expect("claim");
-    assert_eq!(claimed.iter().map(|m| m.id).collect::<Vec<_>>(), [a.id, b.id]);
+    assert_eq!(
+        claimed.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [a.id, b.id]
+    );
     let taken = store
         .claim_due(at(11), 1, &lease("worker-2", at(71)))
         .await
@@ -217,7 +254,12 @@ pub(crate) async fn a_batch_of_results_leaves_what_writing_them_in_turn_would<S,
     let c1 = &c.deliveries[0];
     use DeliveryState::{Accepted, Failed, Retrying};
 
-    let saved_b = saved_as(&b, MessageState::Sent, "3", vec![outcome(b1, Accepted, "3")]);
+    let saved_b = saved_as(
+        &b,
+        MessageState::Sent,
+        "3",
+        vec![outcome(b1, Accepted, "3")],
+    );
     let saved_c = saved_as(&c, MessageState::Error, "7", vec![outcome(c1, Failed, "7")]);
     let writes = vec![
         AttemptWrite::Deliveries(vec![outcome(a1, Retrying, "0")]),
@@ -243,10 +285,7 @@ pub(crate) async fn a_batch_of_results_leaves_what_writing_them_in_turn_would<S,
 
     let written = writer.write_many(&writes).await.expect("write");
 
-    assert_eq!(
-        written,
-        [true, false, true, true, true, true, true, true]
-    );
+    assert_eq!(written, [true, false, true, true, true, true, true, true]);
     let stored_a = stored(store, &a).await;
     assert_eq!(stored_a.progress(), a.progress(), "a is not saved");
     assert_eq!(
@@ -288,8 +327,18 @@ pub(crate) async fn saving_a_message_twice_in_a_batch_is_saving_it_twice_in_turn
     let (b1, c1) = (&b.deliveries[0], &c.deliveries[0]);
     use DeliveryState::{Accepted, Failed, Retrying};
 
-    let retry_b = saved_as(&b, MessageState::ErrorRetry, "0", vec![outcome(b1, Retrying, "0")]);
-    let sent_c = saved_as(&c, MessageState::Sent, "2", vec![outcome(c1, Accepted, "2")]);
+    let retry_b = saved_as(
+        &b,
+        MessageState::ErrorRetry,
+        "0",
+        vec![outcome(b1, Retrying, "0")],
+    );
+    let sent_c = saved_as(
+        &c,
+        MessageState::Sent,
+        "2",
+        vec![outcome(c1, Accepted, "2")],
+    );
     let failed_c = saved_as(&c, MessageState::Error, "3", vec![outcome(c1, Failed, "3")]);
     let writes = vec![
         AttemptWrite::Progress(Box::new(retry_b.clone()), Some(first.clone())),

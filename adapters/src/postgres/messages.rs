@@ -511,7 +511,10 @@ impl PgAttempts {
             .begin()
             .await
             .map_err(db_error("failed to begin a transaction"))?;
-        if save_progress(&mut tx, &[(message, lease)]).await?.is_empty() {
+        if save_progress(&mut tx, &[(message, lease)])
+            .await?
+            .is_empty()
+        {
             return Ok(false);
         }
         write_deliveries(&mut tx, &message.deliveries.iter().collect::<Vec<_>>()).await?;
@@ -953,14 +956,14 @@ mod tests {
     use clarion_domain::message::MessageState;
 
     use super::{CLAIM, DUE};
-    use crate::grouped::batch_contract;
+    use crate::grouped::batch_contract::batch_contract_tests;
     use crate::postgres::{PgSettings, PgStore};
 
     /// A store in a fresh schema of the test database (`CLARION_TEST_POSTGRES_URL`, else the
     /// local server), dropped by [`drop_store`]. The schema's name starts as the integration
     /// tests' do (`t_` and the process id), so that their sweep removes it should a test fail
-    /// before dropping it.
-    async fn fresh_store() -> (PgStore, String) {
+    /// before [`drop_store`].
+    async fn fresh_store() -> PgStore {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let url = std::env::var("CLARION_TEST_POSTGRES_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
@@ -975,20 +978,24 @@ mod tests {
         );
         let settings = PgSettings {
             max_connections: 2,
-            schema: Some(schema.clone()),
+            schema: Some(schema),
         };
-        let store = PgStore::connect_with(&url, &settings)
+        PgStore::connect_with(&url, &settings)
             .await
             .unwrap_or_else(|error| {
                 panic!(
                     "the test database (CLARION_TEST_POSTGRES_URL or the local server) cannot \
                      be used: {error:#}"
                 )
-            });
-        (store, schema)
+            })
     }
 
-    async fn drop_store(store: PgStore, schema: &str) {
+    /// Drops the store's schema and closes its pool.
+    async fn drop_store(store: PgStore) {
+        let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
+            .fetch_one(store.pool())
+            .await
+            .expect("the test schema");
         let sql = format!("DROP SCHEMA \"{schema}\" CASCADE");
         sqlx::query(sqlx::AssertSqlSafe(sql))
             .execute(store.pool())
@@ -997,38 +1004,7 @@ mod tests {
         store.pool().close().await;
     }
 
-    #[tokio::test]
-    async fn a_batch_of_messages_gives_each_its_own_row_objects_and_deliveries() {
-        let (store, schema) = fresh_store().await;
-        batch_contract::a_batch_of_messages_gives_each_its_own_row_objects_and_deliveries(
-            &store,
-            store.messages.store(),
-        )
-        .await;
-        drop_store(store, &schema).await;
-    }
-
-    #[tokio::test]
-    async fn a_batch_of_results_leaves_what_writing_them_in_turn_would() {
-        let (store, schema) = fresh_store().await;
-        batch_contract::a_batch_of_results_leaves_what_writing_them_in_turn_would(
-            &store,
-            store.attempts.store(),
-        )
-        .await;
-        drop_store(store, &schema).await;
-    }
-
-    #[tokio::test]
-    async fn saving_a_message_twice_in_a_batch_is_saving_it_twice_in_turn() {
-        let (store, schema) = fresh_store().await;
-        batch_contract::saving_a_message_twice_in_a_batch_is_saving_it_twice_in_turn(
-            &store,
-            store.attempts.store(),
-        )
-        .await;
-        drop_store(store, &schema).await;
-    }
+    batch_contract_tests!(fresh_store(), drop_store);
 
     #[test]
     fn the_due_condition_spells_the_domain_state_names() {

@@ -442,7 +442,10 @@ impl SqliteAttempts {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a transaction"))?;
-        if save_progress(&mut tx, &[(message, lease)]).await?.is_empty() {
+        if save_progress(&mut tx, &[(message, lease)])
+            .await?
+            .is_empty()
+        {
             return Ok(false);
         }
         write_deliveries(&mut tx, &message.deliveries.iter().collect::<Vec<_>>()).await?;
@@ -892,7 +895,7 @@ mod tests {
     use clarion_domain::message::MessageState;
 
     use super::{DUE, RELEASE_LEASES, SAVE_PROGRESS, first_deliveries_sql};
-    use crate::grouped::batch_contract;
+    use crate::grouped::batch_contract::batch_contract_tests;
     use crate::sqlite::SqliteStore;
     use crate::sqlite::tests::plan_of;
 
@@ -902,35 +905,10 @@ mod tests {
             .expect("store")
     }
 
-    #[tokio::test]
-    async fn a_batch_of_messages_gives_each_its_own_row_objects_and_deliveries() {
-        let store = memory_store().await;
-        batch_contract::a_batch_of_messages_gives_each_its_own_row_objects_and_deliveries(
-            &store,
-            store.messages.store(),
-        )
-        .await;
-    }
+    /// An in-memory database needs nothing done after a test.
+    async fn keep(_store: SqliteStore) {}
 
-    #[tokio::test]
-    async fn a_batch_of_results_leaves_what_writing_them_in_turn_would() {
-        let store = memory_store().await;
-        batch_contract::a_batch_of_results_leaves_what_writing_them_in_turn_would(
-            &store,
-            store.attempts.store(),
-        )
-        .await;
-    }
-
-    #[tokio::test]
-    async fn saving_a_message_twice_in_a_batch_is_saving_it_twice_in_turn() {
-        let store = memory_store().await;
-        batch_contract::saving_a_message_twice_in_a_batch_is_saving_it_twice_in_turn(
-            &store,
-            store.attempts.store(),
-        )
-        .await;
-    }
+    batch_contract_tests!(memory_store(), keep);
 
     #[tokio::test]
     async fn saving_progress_finds_each_message_by_its_id() {

@@ -10,28 +10,17 @@
 use std::collections::HashSet;
 
 use clarion_domain::app::SenderKind;
-use clarion_domain::ids::{DeliveryId, MessageId};
+use clarion_domain::ids::MessageId;
 use clarion_domain::message::{Channel, Delivery, DeliveryState, Message};
 
 use super::AttemptBatch;
 use crate::grouped::AttemptWrite;
 use crate::grouped::batch_contract::{at, new_message, outcome, saved_as};
+use crate::rows::inserted_delivery;
 
 /// A pending delivery with id `id` of the message with id `message`.
 fn delivery(id: i64, message: i64) -> Delivery {
-    Delivery {
-        id: DeliveryId(id),
-        message_id: MessageId(message),
-        device_id: None,
-        channel: Channel::Apns,
-        state: DeliveryState::Pending,
-        attempts: 0,
-        provider_id: None,
-        error_code: None,
-        error_text: None,
-        details: None,
-        updated_at: at(0),
-    }
+    inserted_delivery(id, message, &(Channel::Apns, None), at(0))
 }
 
 /// A message with id `id` and `deliveries` loaded, as a worker saves it.
@@ -134,14 +123,24 @@ fn a_batch_is_one_statement_when_it_only_saves_or_only_writes_deliveries() {
         (vec![d(), d()], true),
         (vec![progress(1, Vec::new()), progress(2, Vec::new())], true),
         (
-            vec![progress(1, Vec::new()), AttemptWrite::Deliveries(Vec::new())],
+            vec![
+                progress(1, Vec::new()),
+                AttemptWrite::Deliveries(Vec::new()),
+            ],
             true,
         ),
         (vec![progress(1, vec![delivery(1, 1)])], false),
         (vec![progress(1, Vec::new()), d()], false),
-        (vec![progress(1, Vec::new()), progress(1, Vec::new())], false),
+        (
+            vec![progress(1, Vec::new()), progress(1, Vec::new())],
+            false,
+        ),
     ];
     for (i, (writes, one)) in cases.iter().enumerate() {
-        assert_eq!(AttemptBatch::new(writes).is_one_statement(), *one, "case {i}");
+        assert_eq!(
+            AttemptBatch::new(writes).is_one_statement(),
+            *one,
+            "case {i}"
+        );
     }
 }
