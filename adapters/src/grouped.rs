@@ -22,6 +22,8 @@ use clarion_domain::message::{Delivery, Message};
 use clarion_domain::ports::{Lease, StoreError};
 use tokio::sync::oneshot;
 
+pub(crate) mod attempts;
+
 /// A store's transaction for a batch of writes of one kind.
 #[async_trait]
 pub(crate) trait WriteMany: Send + Sync + 'static {
@@ -254,5 +256,7 @@ pub(crate) const MAX_ATTEMPT_WRITES: usize = 256;
 /// The most rows (deliveries and messages) attempt writes change in one transaction.
 pub(crate) const MAX_ATTEMPT_ROWS: usize = 10_000;
 
+#[cfg(test)]
+pub(crate) mod batch_contract;
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 //! [`MessageStore`] on PostgreSQL: messages, their related objects and deliveries, and the
 //! claim of due messages with a lease (`FOR UPDATE SKIP LOCKED`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use clarion_domain::ids::{AppId, DeliveryId, MessageId, RelatedObject, Slug};
@@ -13,6 +13,7 @@ use clarion_domain::token::Platform;
 use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
+use crate::grouped::attempts::{AttemptBatch, Save};
 use crate::grouped::{
     AttemptWrite, Grouped, MAX_ATTEMPT_ROWS, MAX_ATTEMPT_WRITES, MAX_GROUPED_DELIVERIES, WriteMany,
 };
@@ -48,14 +49,6 @@ const CLAIM: &str = "UPDATE messages SET lease_owner = $2, lease_until = $3 WHER
     AND (lease_until IS NULL OR lease_until <= $1) AND app <> ALL($5) \
     ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
     RETURNING id";
-
-/// Saves a message's progress and releases its lease: for a worker (`$10` its id) only while
-/// it holds the lease, for an operator (`$10` NULL) only while no lease runs at `$8`.
-const SAVE_PROGRESS: &str = "UPDATE messages SET state = $1, error = $2, \
-    number_of_send_attempts = $3, next_attempt_at = $4, sent_at = $5, queued_at = $6, \
-    extra_sender_data = $7::jsonb, changed_at = $8, lease_owner = NULL, lease_until = NULL \
-    WHERE id = $9 AND CASE WHEN $10::text IS NOT NULL THEN lease_owner = $10 \
-        ELSE (lease_owner IS NULL OR lease_until <= $8) END";
 
 impl PgStore {
     /// Loads the messages with the given ids, each with its related objects and deliveries,
@@ -133,7 +126,7 @@ impl PgStore {
 /// statement.
 async fn write_deliveries(
     conn: &mut PgConnection,
-    deliveries: &[Delivery],
+    deliveries: &[&Delivery],
 ) -> Result<(), StoreError> {
     if deliveries.is_empty() {
         return Ok(());
@@ -495,9 +488,9 @@ async fn insert_listed(
         .collect())
 }
 
-/// The transaction of grouped attempt results on PostgreSQL: each write's statements in the
-/// order the writes arrived, committed once. A write alone needs no transaction unless it
-/// saves a message with its deliveries.
+/// The transaction of grouped attempt results on PostgreSQL: the progress of every message
+/// in one statement, then every delivery in another (see [`AttemptBatch`]), committed once.
+/// A batch that is one statement needs no transaction.
 pub(crate) struct PgAttempts {
     pool: PgPool,
 }
@@ -518,9 +511,13 @@ impl PgAttempts {
             .begin()
             .await
             .map_err(db_error("failed to begin a transaction"))?;
-        if !save(&mut tx, message, lease).await? {
+        if save_progress(&mut tx, &[(message, lease)])
+            .await?
+            .is_empty()
+        {
             return Ok(false);
         }
+        write_deliveries(&mut tx, &message.deliveries.iter().collect::<Vec<_>>()).await?;
         tx.commit()
             .await
             .map_err(db_error("failed to commit a message's progress"))?;
@@ -541,34 +538,22 @@ impl WriteMany for PgAttempts {
     }
 
     async fn write_many(&self, writes: &[AttemptWrite]) -> Result<Vec<bool>, StoreError> {
-        let alone = match writes {
-            [AttemptWrite::Deliveries(_)] => true,
-            // A worker's message has no deliveries loaded (they were recorded as they came).
-            [AttemptWrite::Progress(message, _)] => message.deliveries.is_empty(),
-            _ => false,
-        };
-        if alone {
+        let batch = AttemptBatch::new(writes);
+        if batch.is_one_statement() {
             // One statement, without a transaction's extra round trips.
             let mut conn = self
                 .pool
                 .acquire()
                 .await
                 .map_err(db_error("failed to get a database connection"))?;
-            let mut written = Vec::with_capacity(1);
-            for write in writes {
-                written.push(attempt_write(&mut conn, write).await?);
-            }
-            return Ok(written);
+            return write_attempts(&mut conn, &batch).await;
         }
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(db_error("failed to begin a transaction"))?;
-        let mut written = Vec::with_capacity(writes.len());
-        for write in writes {
-            written.push(attempt_write(&mut tx, write).await?);
-        }
+        let written = write_attempts(&mut tx, &batch).await?;
         tx.commit()
             .await
             .map_err(db_error("failed to commit the results of attempts"))?;
@@ -576,46 +561,86 @@ impl WriteMany for PgAttempts {
     }
 }
 
-/// Writes one attempt result on `conn`, and says whether it was written.
-async fn attempt_write(conn: &mut PgConnection, write: &AttemptWrite) -> Result<bool, StoreError> {
-    match write {
-        AttemptWrite::Deliveries(deliveries) => {
-            write_deliveries(conn, deliveries).await?;
-            Ok(true)
-        }
-        AttemptWrite::Progress(message, lease) => save(conn, message, lease.as_ref()).await,
+/// Writes a batch of attempt results on `conn`, two statements a run, and says whether each
+/// write was written.
+async fn write_attempts(
+    conn: &mut PgConnection,
+    batch: &AttemptBatch<'_>,
+) -> Result<Vec<bool>, StoreError> {
+    let mut written = Vec::new();
+    for run in batch.runs() {
+        let saved = save_progress(conn, &run.saves()).await?;
+        write_deliveries(conn, &run.deliveries(&saved)).await?;
+        written.extend(run.outcomes(&saved));
     }
+    Ok(written)
 }
 
-/// Writes a message's progress and its loaded deliveries, and releases its lease, if the
-/// writer may (see [`MessageStore::save_progress`]); in the caller's transaction when the
-/// message has deliveries.
-async fn save(
+/// Saves the progress of messages and releases their leases, each if its writer may (see
+/// [`MessageStore::save_progress`]), in one statement over arrays; returns the ids of the
+/// messages it saved. No message may appear twice.
+async fn save_progress(
     conn: &mut PgConnection,
-    message: &Message,
-    lease: Option<&Lease>,
-) -> Result<bool, StoreError> {
-    let progress = message.progress();
-    let done = sqlx::query(SAVE_PROGRESS)
-        .bind(progress.state.as_str())
-        .bind(progress.error.clone())
-        .bind(i64::from(progress.number_of_send_attempts))
-        .bind(opt_ms(progress.next_attempt_at))
-        .bind(opt_ms(progress.sent_at))
-        .bind(ms(progress.queued_at))
-        .bind(opt_json_text(message.extra_sender_data.as_ref())?)
-        .bind(ms(message.changed_at))
-        .bind(message.id.0)
-        .bind(lease.map(|l| l.owner.clone()))
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error("failed to save a message's progress"))?;
-    if done.rows_affected() == 0 {
-        return Ok(false);
+    saves: &[Save<'_>],
+) -> Result<HashSet<MessageId>, StoreError> {
+    if saves.is_empty() {
+        return Ok(HashSet::new());
     }
-    write_deliveries(conn, &message.deliveries).await?;
-    Ok(true)
+    let mut ids = Vec::with_capacity(saves.len());
+    let mut states = Vec::with_capacity(saves.len());
+    let mut errors = Vec::with_capacity(saves.len());
+    let mut attempts = Vec::with_capacity(saves.len());
+    let mut next_attempts = Vec::with_capacity(saves.len());
+    let mut sent = Vec::with_capacity(saves.len());
+    let mut queued = Vec::with_capacity(saves.len());
+    let mut extra = Vec::with_capacity(saves.len());
+    let mut changed = Vec::with_capacity(saves.len());
+    let mut owners = Vec::with_capacity(saves.len());
+    for (message, lease) in saves {
+        let progress = message.progress();
+        ids.push(message.id.0);
+        states.push(progress.state.as_str());
+        errors.push(progress.error.clone());
+        attempts.push(i64::from(progress.number_of_send_attempts));
+        next_attempts.push(opt_ms(progress.next_attempt_at));
+        sent.push(opt_ms(progress.sent_at));
+        queued.push(ms(progress.queued_at));
+        extra.push(opt_json_text(message.extra_sender_data.as_ref())?);
+        changed.push(ms(message.changed_at));
+        owners.push(lease.map(|l| l.owner.clone()));
+    }
+    let saved: Vec<i64> = sqlx::query_scalar(SAVE_PROGRESS)
+        .bind(ids)
+        .bind(states)
+        .bind(errors)
+        .bind(attempts)
+        .bind(next_attempts)
+        .bind(sent)
+        .bind(queued)
+        .bind(extra)
+        .bind(changed)
+        .bind(owners)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error("failed to save the progress of messages"))?;
+    Ok(saved.into_iter().map(MessageId).collect())
 }
+
+/// Saves the progress of the messages in its arrays and releases their leases: a worker's
+/// (its id in `owner`) only while it holds the lease, an operator's (`owner` NULL) only while
+/// no lease runs at the row's `changed_at`.
+const SAVE_PROGRESS: &str = "UPDATE messages m SET state = s.state, error = s.error, \
+    number_of_send_attempts = s.attempts, next_attempt_at = s.next_attempt_at, \
+    sent_at = s.sent_at, queued_at = s.queued_at, \
+    extra_sender_data = s.extra_sender_data::jsonb, changed_at = s.changed_at, \
+    lease_owner = NULL, lease_until = NULL \
+    FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::timestamptz[], \
+        $6::timestamptz[], $7::timestamptz[], $8::text[], $9::timestamptz[], $10::text[]) \
+        AS s (id, state, error, attempts, next_attempt_at, sent_at, queued_at, \
+        extra_sender_data, changed_at, owner) \
+    WHERE m.id = s.id AND CASE WHEN s.owner IS NOT NULL THEN m.lease_owner = s.owner \
+        ELSE (m.lease_owner IS NULL OR m.lease_until <= s.changed_at) END \
+    RETURNING m.id";
 
 #[async_trait]
 impl MessageStore for PgStore {
@@ -926,9 +951,60 @@ impl MessageStore for PgStore {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
     use clarion_domain::message::MessageState;
 
     use super::{CLAIM, DUE};
+    use crate::grouped::batch_contract::batch_contract_tests;
+    use crate::postgres::{PgSettings, PgStore};
+
+    /// A store in a fresh schema of the test database (`CLARION_TEST_POSTGRES_URL`, else the
+    /// local server), dropped by [`drop_store`]. The schema's name starts as the integration
+    /// tests' do (`t_` and the process id), so that their sweep removes it should a test fail
+    /// before [`drop_store`].
+    async fn fresh_store() -> PgStore {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let url = std::env::var("CLARION_TEST_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+        // The time too: a schema left by an earlier process with the same id is not reused.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let schema = format!(
+            "t_{}_batch_{}_{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let settings = PgSettings {
+            max_connections: 2,
+            schema: Some(schema),
+        };
+        PgStore::connect_with(&url, &settings)
+            .await
+            .unwrap_or_else(|error| {
+                panic!(
+                    "the test database (CLARION_TEST_POSTGRES_URL or the local server) cannot \
+                     be used: {error:#}"
+                )
+            })
+    }
+
+    /// Drops the store's schema and closes its pool.
+    async fn drop_store(store: PgStore) {
+        let schema: String = sqlx::query_scalar("SELECT current_schema()::text")
+            .fetch_one(store.pool())
+            .await
+            .expect("the test schema");
+        let sql = format!("DROP SCHEMA \"{schema}\" CASCADE");
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(store.pool())
+            .await
+            .expect("drop the test schema");
+        store.pool().close().await;
+    }
+
+    batch_contract_tests!(fresh_store(), drop_store);
 
     #[test]
     fn the_due_condition_spells_the_domain_state_names() {

@@ -1,7 +1,7 @@
 //! [`MessageStore`] on SQLite: messages, their related objects and deliveries, and the claim
 //! of due messages with a lease.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use clarion_domain::ids::{AppId, DeliveryId, MessageId, RelatedObject, Slug};
@@ -13,6 +13,7 @@ use clarion_domain::token::Platform;
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use time::OffsetDateTime;
 
+use crate::grouped::attempts::{AttemptBatch, Save};
 use crate::grouped::{
     AttemptWrite, Grouped, MAX_ATTEMPT_ROWS, MAX_ATTEMPT_WRITES, MAX_GROUPED_DELIVERIES, WriteMany,
 };
@@ -144,7 +145,7 @@ fn select_in(head: &str, ids: &[i64], tail: &str) -> QueryBuilder<Sqlite> {
 /// for every batch size (which grew the server by hundreds of megabytes during a fan-out).
 async fn write_deliveries(
     conn: &mut SqliteConnection,
-    deliveries: &[Delivery],
+    deliveries: &[&Delivery],
 ) -> Result<(), StoreError> {
     if deliveries.is_empty() {
         return Ok(());
@@ -200,13 +201,11 @@ impl SqliteMessages {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a transaction"))?;
-        let mut ids = Vec::with_capacity(messages.len());
-        for message in messages {
-            let id = insert_head(&mut tx, message).await?;
+        let ids = insert_heads(&mut tx, messages).await?;
+        for (message, &id) in messages.iter().zip(&ids) {
             if let NewDeliveries::Broadcast { platform, channel } = &message.deliveries {
                 insert_broadcast(&mut tx, id, message, *platform, *channel).await?;
             }
-            ids.push(id);
         }
         insert_related(&mut tx, messages, &ids).await?;
         let mut deliveries = insert_listed(&mut tx, messages, &ids).await?.into_iter();
@@ -243,48 +242,75 @@ impl WriteMany for SqliteMessages {
     }
 }
 
-/// Inserts a message's row and returns its id.
-async fn insert_head(conn: &mut SqliteConnection, message: &NewMessage) -> Result<i64, StoreError> {
-    let spec = &message.spec;
-    let (target_kind, recipient, target_json) = target_columns(&spec.target)?;
-    let now = millis(message.now);
-    let progress = &message.progress;
-    sqlx::query_scalar(
-        "INSERT INTO messages (app, target_kind, recipient, target_json, heading, body, url, \
-         extra_data, template_slug, tag, priority, options, retry_sending, sender, state, \
-         error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
-         extra_sender_data, created_at, changed_at, lease_owner, lease_until) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, ?) \
-         RETURNING id",
-    )
-    .bind(spec.app.as_str().to_owned())
-    .bind(target_kind)
-    .bind(recipient)
-    .bind(target_json)
-    .bind(spec.content.heading.clone())
-    .bind(spec.content.body.clone())
-    .bind(spec.content.url.clone())
-    .bind(opt_json_text(spec.content.extra_data.as_ref())?)
-    .bind(spec.template_slug.as_ref().map(|s| s.as_str().to_owned()))
-    .bind(spec.tag.as_ref().map(|t| t.as_str().to_owned()))
-    .bind(spec.priority.as_str())
-    .bind(json_text(&spec.options)?)
-    .bind(spec.retry_sending)
-    .bind(message.sender.as_str())
-    .bind(progress.state.as_str())
-    .bind(progress.error.clone())
-    .bind(i64::from(progress.number_of_send_attempts))
-    .bind(opt_millis(progress.next_attempt_at))
-    .bind(opt_millis(progress.sent_at))
-    .bind(millis(progress.queued_at))
-    .bind(now)
-    .bind(now)
-    .bind(message.lease.as_ref().map(|l| l.owner.clone()))
-    .bind(message.lease.as_ref().map(|l| millis(l.until)))
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db_error("failed to insert a message"))
+/// Inserts the rows of `messages` in one statement and returns their ids, in order.
+///
+/// The rows travel as one JSON array bound to a single parameter, so the statement's text is
+/// the same for every batch and SQLite prepares it once per connection. The statement inserts
+/// the rows in the array's order and `AUTOINCREMENT` gives each a larger id than the one
+/// before, so the ids it returns, sorted, are the rows' in order. One statement rather than
+/// one per message: each statement is a round trip to the connection's thread, and those
+/// hand-offs, not SQLite, were what a batch of messages cost.
+async fn insert_heads(
+    conn: &mut SqliteConnection,
+    messages: &[NewMessage],
+) -> Result<Vec<i64>, StoreError> {
+    let mut rows = Vec::with_capacity(messages.len());
+    for message in messages {
+        let spec = &message.spec;
+        let (target_kind, recipient, target_json) = target_columns(&spec.target)?;
+        let progress = &message.progress;
+        rows.push(serde_json::json!([
+            spec.app.as_str(),
+            target_kind,
+            recipient,
+            target_json,
+            spec.content.heading,
+            spec.content.body,
+            spec.content.url,
+            opt_json_text(spec.content.extra_data.as_ref())?,
+            spec.template_slug.as_ref().map(Slug::as_str),
+            spec.tag.as_ref().map(|t| t.as_str()),
+            spec.priority.as_str(),
+            json_text(&spec.options)?,
+            spec.retry_sending,
+            message.sender.as_str(),
+            progress.state.as_str(),
+            progress.error,
+            progress.number_of_send_attempts,
+            opt_millis(progress.next_attempt_at),
+            opt_millis(progress.sent_at),
+            millis(progress.queued_at),
+            millis(message.now),
+            message.lease.as_ref().map(|l| l.owner.as_str()),
+            message.lease.as_ref().map(|l| millis(l.until)),
+        ]));
+    }
+    let mut ids: Vec<i64> = sqlx::query_scalar(INSERT_HEADS)
+        .bind(serde_json::Value::Array(rows).to_string())
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error("failed to insert messages"))?;
+    if ids.len() != messages.len() {
+        return Err(StoreError::Unknown(anyhow::anyhow!(
+            "{} messages were inserted for {} given",
+            ids.len(),
+            messages.len()
+        )));
+    }
+    ids.sort_unstable();
+    Ok(ids)
 }
+
+/// Inserts message rows from the JSON array bound to its parameter (see [`insert_heads`]).
+const INSERT_HEADS: &str = "INSERT INTO messages (app, target_kind, recipient, target_json, \
+    heading, body, url, extra_data, template_slug, tag, priority, options, retry_sending, \
+    sender, state, error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
+    extra_sender_data, created_at, changed_at, lease_owner, lease_until) \
+    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+    value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, \
+    value ->> 12, value ->> 13, value ->> 14, value ->> 15, value ->> 16, value ->> 17, \
+    value ->> 18, value ->> 19, NULL, value ->> 20, value ->> 20, value ->> 21, value ->> 22 \
+    FROM json_each(?) ORDER BY key RETURNING id";
 
 /// Inserts one delivery per active device of the message's application, without loading
 /// the devices. The devices' platform names are the channel names.
@@ -393,9 +419,9 @@ async fn insert_listed(
         .collect())
 }
 
-/// The transaction of grouped attempt results on SQLite: each write's statements in the
-/// order the writes arrived, on the writer. A write alone needs no transaction unless it
-/// saves a message with its deliveries.
+/// The transaction of grouped attempt results on SQLite: the progress of every message in one
+/// statement, then every delivery in another (see [`AttemptBatch`]), on the writer. A batch
+/// that is one statement needs no transaction.
 pub(crate) struct SqliteAttempts {
     writer: SqlitePool,
 }
@@ -416,9 +442,13 @@ impl SqliteAttempts {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a transaction"))?;
-        if !save(&mut tx, message, lease).await? {
+        if save_progress(&mut tx, &[(message, lease)])
+            .await?
+            .is_empty()
+        {
             return Ok(false);
         }
+        write_deliveries(&mut tx, &message.deliveries.iter().collect::<Vec<_>>()).await?;
         tx.commit()
             .await
             .map_err(db_error("failed to commit a message's progress"))?;
@@ -438,33 +468,22 @@ impl WriteMany for SqliteAttempts {
     }
 
     async fn write_many(&self, writes: &[AttemptWrite]) -> Result<Vec<bool>, StoreError> {
-        let alone = match writes {
-            [AttemptWrite::Deliveries(_)] => true,
-            [AttemptWrite::Progress(message, _)] => message.deliveries.is_empty(),
-            _ => false,
-        };
-        if alone {
+        let batch = AttemptBatch::new(writes);
+        if batch.is_one_statement() {
             // One statement, atomic on its own.
             let mut conn = self
                 .writer
                 .acquire()
                 .await
                 .map_err(db_error("failed to get a database connection"))?;
-            let mut written = Vec::with_capacity(1);
-            for write in writes {
-                written.push(attempt_write(&mut conn, write).await?);
-            }
-            return Ok(written);
+            return write_attempts(&mut conn, &batch).await;
         }
         let mut tx = self
             .writer
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a transaction"))?;
-        let mut written = Vec::with_capacity(writes.len());
-        for write in writes {
-            written.push(attempt_write(&mut tx, write).await?);
-        }
+        let written = write_attempts(&mut tx, &batch).await?;
         tx.commit()
             .await
             .map_err(db_error("failed to commit the results of attempts"))?;
@@ -472,76 +491,70 @@ impl WriteMany for SqliteAttempts {
     }
 }
 
-/// Writes one attempt result on `conn`, and says whether it was written.
-async fn attempt_write(
+/// Writes a batch of attempt results on `conn`, two statements a run, and says whether each
+/// write was written.
+async fn write_attempts(
     conn: &mut SqliteConnection,
-    write: &AttemptWrite,
-) -> Result<bool, StoreError> {
-    match write {
-        AttemptWrite::Deliveries(deliveries) => {
-            write_deliveries(conn, deliveries).await?;
-            Ok(true)
-        }
-        AttemptWrite::Progress(message, lease) => save(conn, message, lease.as_ref()).await,
+    batch: &AttemptBatch<'_>,
+) -> Result<Vec<bool>, StoreError> {
+    let mut written = Vec::new();
+    for run in batch.runs() {
+        let saved = save_progress(conn, &run.saves()).await?;
+        write_deliveries(conn, &run.deliveries(&saved)).await?;
+        written.extend(run.outcomes(&saved));
     }
+    Ok(written)
 }
 
-/// Writes a message's progress and its loaded deliveries, and releases its lease, if the
-/// writer may (see [`MessageStore::save_progress`]); in the caller's transaction when the
-/// message has deliveries.
-async fn save(
+/// Saves the progress of messages and releases their leases, each if its writer may (see
+/// [`MessageStore::save_progress`]), in one statement whose rows travel as one JSON array;
+/// returns the ids of the messages it saved. No message may appear twice.
+async fn save_progress(
     conn: &mut SqliteConnection,
-    message: &Message,
-    lease: Option<&Lease>,
-) -> Result<bool, StoreError> {
-    let progress = message.progress();
-    let mut query = QueryBuilder::<Sqlite>::new("UPDATE messages SET state = ");
-    query.push_bind(progress.state.as_str());
-    query.push(", error = ").push_bind(progress.error.clone());
-    query
-        .push(", number_of_send_attempts = ")
-        .push_bind(i64::from(progress.number_of_send_attempts));
-    query
-        .push(", next_attempt_at = ")
-        .push_bind(opt_millis(progress.next_attempt_at));
-    query
-        .push(", sent_at = ")
-        .push_bind(opt_millis(progress.sent_at));
-    query
-        .push(", queued_at = ")
-        .push_bind(millis(progress.queued_at));
-    query
-        .push(", extra_sender_data = ")
-        .push_bind(opt_json_text(message.extra_sender_data.as_ref())?);
-    query
-        .push(", changed_at = ")
-        .push_bind(millis(message.changed_at));
-    query.push(", lease_owner = NULL, lease_until = NULL WHERE id = ");
-    query.push_bind(message.id.0);
-    match lease {
-        Some(lease) => {
-            query
-                .push(" AND lease_owner = ")
-                .push_bind(lease.owner.clone());
-        }
-        None => {
-            query
-                .push(" AND (lease_owner IS NULL OR lease_until <= ")
-                .push_bind(millis(message.changed_at))
-                .push(")");
-        }
+    saves: &[Save<'_>],
+) -> Result<HashSet<MessageId>, StoreError> {
+    if saves.is_empty() {
+        return Ok(HashSet::new());
     }
-    let done = query
-        .build()
-        .execute(&mut *conn)
+    let mut rows = Vec::with_capacity(saves.len());
+    for (message, lease) in saves {
+        let progress = message.progress();
+        rows.push(serde_json::json!([
+            message.id.0,
+            progress.state.as_str(),
+            progress.error,
+            progress.number_of_send_attempts,
+            opt_millis(progress.next_attempt_at),
+            opt_millis(progress.sent_at),
+            millis(progress.queued_at),
+            opt_json_text(message.extra_sender_data.as_ref())?,
+            millis(message.changed_at),
+            lease.map(|l| l.owner.as_str()),
+        ]));
+    }
+    let saved: Vec<i64> = sqlx::query_scalar(SAVE_PROGRESS)
+        .bind(serde_json::Value::Array(rows).to_string())
+        .fetch_all(&mut *conn)
         .await
-        .map_err(db_error("failed to save a message's progress"))?;
-    if done.rows_affected() == 0 {
-        return Ok(false);
-    }
-    write_deliveries(conn, &message.deliveries).await?;
-    Ok(true)
+        .map_err(db_error("failed to save the progress of messages"))?;
+    Ok(saved.into_iter().map(MessageId).collect())
 }
+
+/// Saves the progress of the messages in the JSON array bound to its parameter: a worker's
+/// (its id in the row) only while it holds the lease, an operator's only while no lease runs
+/// at the row's `changed_at`.
+const SAVE_PROGRESS: &str = "WITH s (message, state, error, attempts, next_attempt_at, \
+    sent_at, queued_at, extra_sender_data, changed_at, owner) AS (SELECT value ->> 0, \
+    value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7, \
+    value ->> 8, value ->> 9 FROM json_each(?)) \
+    UPDATE messages SET state = s.state, error = s.error, \
+    number_of_send_attempts = s.attempts, next_attempt_at = s.next_attempt_at, \
+    sent_at = s.sent_at, queued_at = s.queued_at, extra_sender_data = s.extra_sender_data, \
+    changed_at = s.changed_at, lease_owner = NULL, lease_until = NULL FROM s \
+    WHERE messages.id = s.message AND CASE WHEN s.owner IS NOT NULL \
+        THEN messages.lease_owner = s.owner \
+        ELSE (messages.lease_owner IS NULL OR messages.lease_until <= s.changed_at) END \
+    RETURNING id";
 
 #[async_trait]
 impl MessageStore for SqliteStore {
@@ -881,9 +894,32 @@ pub(crate) fn tally_from(
 mod tests {
     use clarion_domain::message::MessageState;
 
-    use super::{DUE, RELEASE_LEASES, first_deliveries_sql};
+    use super::{DUE, RELEASE_LEASES, SAVE_PROGRESS, first_deliveries_sql};
+    use crate::grouped::batch_contract::batch_contract_tests;
     use crate::sqlite::SqliteStore;
     use crate::sqlite::tests::plan_of;
+
+    async fn memory_store() -> SqliteStore {
+        SqliteStore::connect("sqlite::memory:")
+            .await
+            .expect("store")
+    }
+
+    /// An in-memory database needs nothing done after a test.
+    async fn keep(_store: SqliteStore) {}
+
+    batch_contract_tests!(memory_store(), keep);
+
+    #[tokio::test]
+    async fn saving_progress_finds_each_message_by_its_id() {
+        let store = memory_store().await;
+        let plan = plan_of(&store, SAVE_PROGRESS, &["[]"]).await;
+        assert!(
+            plan.contains("SEARCH messages USING INTEGER PRIMARY KEY"),
+            "{plan}"
+        );
+        assert!(!plan.contains("SCAN messages"), "{plan}");
+    }
 
     #[tokio::test]
     async fn the_first_deliveries_of_messages_are_ranges_of_the_message_index() {
