@@ -887,6 +887,46 @@ fn claimed(shared: &Shared, message: Message) -> Message {
     message
 }
 
+/// A store whose first claim brings `messages` and whose later claims find nothing due.
+fn claims_once(mocks: &mut Mocks, messages: Vec<Message>) {
+    let mut claims = Some(messages);
+    mocks
+        .messages
+        .expect_claim_due_except()
+        .returning(move |_, _, _, _, each| {
+            Ok(first_deliveries(claims.take().unwrap_or_default(), each))
+        });
+}
+
+/// A store whose first claim brings one message with `progress` to APNs device 1.
+fn claims_one_device_message(mocks: &mut Mocks, progress: Progress) {
+    let message = claimed(
+        &mocks.deliveries,
+        claimed_message(vec![(Channel::Apns, 1)], progress),
+    );
+    claims_once(mocks, vec![message]);
+    mocks
+        .devices
+        .expect_get_devices()
+        .returning(|_, _| Ok(vec![apns_device(1)]));
+}
+
+/// Messages 1 to `count` in the store, message n with one delivery (n) to APNs device n.
+fn one_device_messages(mocks: &Mocks, count: i64) -> Vec<Message> {
+    (1..=count)
+        .map(|n| {
+            let mut message =
+                claimed_message(vec![(Channel::Apns, n)], Message::initial_progress(NOW));
+            message.id = MessageId(n);
+            for delivery in &mut message.deliveries {
+                delivery.id = DeliveryId(n);
+                delivery.message_id = MessageId(n);
+            }
+            claimed(&mocks.deliveries, message)
+        })
+        .collect()
+}
+
 /// Claimed messages as `claim_due_except` returns them: each with its first `each` deliveries.
 fn first_deliveries(messages: Vec<Message>, each: u32) -> Vec<Message> {
     messages
@@ -1006,13 +1046,7 @@ async fn a_fan_out_over_several_pages_records_every_outcome_once_in_batches() {
             Message::initial_progress(NOW),
         ),
     );
-    let mut claims = vec![vec![], vec![message]];
-    mocks
-        .messages
-        .expect_claim_due_except()
-        .returning(move |_, _, _, _, each| {
-            Ok(first_deliveries(claims.pop().unwrap_or_default(), each))
-        });
+    claims_once(&mut mocks, vec![message]);
     mocks.devices.expect_get_devices().returning(|_, ids| {
         assert!(ids.len() <= 500, "a page of devices, not all of them");
         Ok(ids.iter().map(|id| apns_device(id.0)).collect())
@@ -1074,23 +1108,7 @@ async fn a_fan_out_over_several_pages_records_every_outcome_once_in_batches() {
 async fn a_batch_gives_up_an_expired_message_without_sending() {
     let mut mocks = Mocks::new(SenderKind::Direct);
     let old = Message::initial_progress(NOW - Duration::from_secs(7200));
-    let mut claims = vec![
-        vec![],
-        vec![claimed(
-            &mocks.deliveries,
-            claimed_message(vec![(Channel::Apns, 1)], old),
-        )],
-    ];
-    mocks
-        .messages
-        .expect_claim_due_except()
-        .returning(move |_, _, _, _, each| {
-            Ok(first_deliveries(claims.pop().unwrap_or_default(), each))
-        });
-    mocks
-        .devices
-        .expect_get_devices()
-        .returning(|_, _| Ok(vec![apns_device(1)]));
+    claims_one_device_message(&mut mocks, old);
     // The claim brought every delivery: they are given up with the save, in one write.
     mocks.messages.expect_give_up_due_deliveries().never();
     let saved = capture_saves(&mut mocks);
@@ -1115,26 +1133,9 @@ async fn a_claim_of_one_device_messages_costs_a_few_reads_and_one_write_per_mess
     // the reads a message used to cost (its deliveries, devices and tally) fail the test.
     const MESSAGES: i64 = 200;
     let mut mocks = Mocks::new(SenderKind::Direct);
-    let messages: Vec<Message> = (1..=MESSAGES)
-        .map(|n| {
-            let mut message =
-                claimed_message(vec![(Channel::Apns, n)], Message::initial_progress(NOW));
-            message.id = MessageId(n);
-            for delivery in &mut message.deliveries {
-                delivery.id = DeliveryId(n);
-                delivery.message_id = MessageId(n);
-            }
-            claimed(&mocks.deliveries, message)
-        })
-        .collect();
+    let messages = one_device_messages(&mocks, MESSAGES);
     // Later claims find nothing due (the pipeline claims again as slots free up).
-    let mut claims = vec![messages];
-    mocks
-        .messages
-        .expect_claim_due_except()
-        .returning(move |_, _, _, _, each| {
-            Ok(first_deliveries(claims.pop().unwrap_or_default(), each))
-        });
+    claims_once(&mut mocks, messages);
     let asked = Arc::new(Mutex::new(Vec::new()));
     let sink = asked.clone();
     mocks
@@ -1190,21 +1191,7 @@ async fn a_claim_of_one_device_messages_costs_a_few_reads_and_one_write_per_mess
 async fn outcomes_held_for_the_save_are_recorded_when_another_worker_took_the_message() {
     // Arrange: the save finds the lease taken over after the send.
     let mut mocks = Mocks::new(SenderKind::Direct);
-    let message = claimed(
-        &mocks.deliveries,
-        claimed_message(vec![(Channel::Apns, 1)], Message::initial_progress(NOW)),
-    );
-    let mut claims = vec![vec![], vec![message]];
-    mocks
-        .messages
-        .expect_claim_due_except()
-        .returning(move |_, _, _, _, each| {
-            Ok(first_deliveries(claims.pop().unwrap_or_default(), each))
-        });
-    mocks
-        .devices
-        .expect_get_devices()
-        .returning(|_, _| Ok(vec![apns_device(1)]));
+    claims_one_device_message(&mut mocks, Message::initial_progress(NOW));
     mocks
         .messages
         .expect_save_attempt()
@@ -1467,13 +1454,7 @@ async fn a_lost_lease_stops_the_attempt_without_saving() {
             Message::initial_progress(NOW),
         ),
     );
-    let mut claims = vec![vec![], vec![message]];
-    mocks
-        .messages
-        .expect_claim_due_except()
-        .returning(move |_, _, _, _, each| {
-            Ok(first_deliveries(claims.pop().unwrap_or_default(), each))
-        });
+    claims_once(&mut mocks, vec![message]);
     mocks
         .devices
         .expect_get_devices()
@@ -1518,21 +1499,7 @@ async fn a_lost_lease_stops_the_attempt_without_saving() {
 #[tokio::test]
 async fn the_lease_is_renewed_once_half_of_it_has_passed() {
     let mut mocks = Mocks::new(SenderKind::Direct);
-    let message = claimed(
-        &mocks.deliveries,
-        claimed_message(vec![(Channel::Apns, 1)], Message::initial_progress(NOW)),
-    );
-    let mut claims = vec![vec![], vec![message]];
-    mocks
-        .messages
-        .expect_claim_due_except()
-        .returning(move |_, _, _, _, each| {
-            Ok(first_deliveries(claims.pop().unwrap_or_default(), each))
-        });
-    mocks
-        .devices
-        .expect_get_devices()
-        .returning(|_, _| Ok(vec![apns_device(1)]));
+    claims_one_device_message(&mut mocks, Message::initial_progress(NOW));
     mocks
         .messages
         .expect_record_deliveries()
@@ -1585,25 +1552,8 @@ async fn the_leases_of_a_batch_are_renewed_together_in_one_call() {
     // Arrange: three one-device messages claimed together; the first send takes 40 s, past
     // the half of their 60-second lease.
     let mut mocks = Mocks::new(SenderKind::Direct);
-    let messages: Vec<Message> = (1..=3)
-        .map(|n| {
-            let mut message =
-                claimed_message(vec![(Channel::Apns, n)], Message::initial_progress(NOW));
-            message.id = MessageId(n);
-            for delivery in &mut message.deliveries {
-                delivery.id = DeliveryId(n);
-                delivery.message_id = MessageId(n);
-            }
-            claimed(&mocks.deliveries, message)
-        })
-        .collect();
-    let mut claims = vec![vec![], messages];
-    mocks
-        .messages
-        .expect_claim_due_except()
-        .returning(move |_, _, _, _, each| {
-            Ok(first_deliveries(claims.pop().unwrap_or_default(), each))
-        });
+    let messages = one_device_messages(&mocks, 3);
+    claims_once(&mut mocks, messages);
     mocks
         .devices
         .expect_get_devices()
