@@ -56,6 +56,27 @@ fn count_message(message: &Message) {
     .increment(1);
 }
 
+/// Counts recorded delivery attempts by provider, outcome and reason: one counter update per
+/// distinct label set of the batch, not one per delivery.
+fn count_deliveries(deliveries: &[Delivery]) {
+    let mut counts: BTreeMap<(&'static str, &'static str, &str), u64> = BTreeMap::new();
+    for delivery in deliveries {
+        let reason = delivery.error_code.as_deref().unwrap_or("none");
+        *counts
+            .entry((delivery.channel.as_str(), delivery.state.as_str(), reason))
+            .or_default() += 1;
+    }
+    for ((provider, outcome, reason), count) in counts {
+        metrics::counter!(
+            DELIVERIES_TOTAL,
+            "provider" => provider,
+            "outcome" => outcome,
+            "reason" => reason.to_owned(),
+        )
+        .increment(count);
+    }
+}
+
 /// A [`MessageStore`] that counts the messages it stores by state and the deliveries it
 /// records by outcome, and otherwise does what the store it wraps does.
 #[derive(Debug)]
@@ -97,29 +118,16 @@ impl<S: MessageStore + ?Sized> MessageStore for InstrumentedMessages<S> {
         limit: u32,
         lease: &Lease,
         except: &[AppId],
+        deliveries_each: u32,
     ) -> Result<Vec<Message>, StoreError> {
-        self.inner.claim_due_except(now, limit, lease, except).await
+        self.inner
+            .claim_due_except(now, limit, lease, except, deliveries_each)
+            .await
     }
 
     async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {
         self.inner.record_deliveries(deliveries).await?;
-        // One counter update per distinct label set of the batch, not one per delivery.
-        let mut counts: BTreeMap<(&'static str, &'static str, &str), u64> = BTreeMap::new();
-        for delivery in deliveries {
-            let reason = delivery.error_code.as_deref().unwrap_or("none");
-            *counts
-                .entry((delivery.channel.as_str(), delivery.state.as_str(), reason))
-                .or_default() += 1;
-        }
-        for ((provider, outcome, reason), count) in counts {
-            metrics::counter!(
-                DELIVERIES_TOTAL,
-                "provider" => provider,
-                "outcome" => outcome,
-                "reason" => reason.to_owned(),
-            )
-            .increment(count);
-        }
+        count_deliveries(deliveries);
         Ok(())
     }
 
@@ -169,6 +177,21 @@ impl<S: MessageStore + ?Sized> MessageStore for InstrumentedMessages<S> {
         // A refused save changed nothing, so it counts nothing.
         if saved {
             count_message(message);
+        }
+        Ok(saved)
+    }
+
+    async fn save_attempt(
+        &self,
+        message: &Message,
+        lease: &Lease,
+        outcomes: &[Delivery],
+    ) -> Result<bool, StoreError> {
+        let saved = self.inner.save_attempt(message, lease, outcomes).await?;
+        // The outcomes written with the message are recorded attempts too.
+        if saved {
+            count_message(message);
+            count_deliveries(outcomes);
         }
         Ok(saved)
     }

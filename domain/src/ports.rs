@@ -262,12 +262,15 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: u32,
         lease: &Lease,
     ) -> Result<Vec<Message>, StoreError> {
-        self.claim_due_except(now, limit, lease, &[]).await
+        self.claim_due_except(now, limit, lease, &[], 0).await
     }
 
     /// [`MessageStore::claim_due`], leaving the messages of the applications in `except`
     /// unclaimed (a worker that already sends as many messages of those applications as it
-    /// allows one application).
+    /// allows one application), and bringing each claimed message's first `deliveries_each`
+    /// deliveries, whatever their state, in id order (none when it is 0): a message that
+    /// comes back with fewer has every delivery loaded, and a worker sends it without reading
+    /// its deliveries again. The deliveries are read in one statement for the whole claim.
     ///
     /// # Errors
     /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
@@ -277,6 +280,7 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: u32,
         lease: &Lease,
         except: &[AppId],
+        deliveries_each: u32,
     ) -> Result<Vec<Message>, StoreError>;
 
     /// Extends to `lease.until` the leases of `ids` that `lease.owner` still holds, and returns
@@ -354,6 +358,29 @@ pub trait MessageStore: Send + Sync + 'static {
         message: &Message,
         lease: Option<&'a Lease>,
     ) -> Result<bool, StoreError>;
+
+    /// Concludes a worker's attempt at a message whose deliveries are all loaded: writes what
+    /// [`MessageStore::save_progress`] with `Some(lease)` writes, and with it `outcomes`, the
+    /// deliveries whose outcomes the attempt has not recorded with
+    /// [`MessageStore::record_deliveries`] (each is also in `message.deliveries`, as recent).
+    /// A small message thus costs one write for its outcomes and its progress together.
+    ///
+    /// The stores need not implement it: the loaded deliveries that `save_progress` writes
+    /// carry the outcomes. A decorator that counts recorded outcomes counts `outcomes` here.
+    ///
+    /// Returns `false`, writing nothing, when `lease.owner` no longer holds the message.
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] on a database failure; nothing is written then.
+    async fn save_attempt(
+        &self,
+        message: &Message,
+        lease: &Lease,
+        outcomes: &[Delivery],
+    ) -> Result<bool, StoreError> {
+        let _ = outcomes;
+        self.save_progress(message, Some(lease)).await
+    }
 
     /// The newest message of `app` sent from template `slug` that is linked to every one of
     /// `related` (to every message when `related` is empty).

@@ -24,7 +24,8 @@ use crate::device::{
 };
 use crate::ids::{DeliveryId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use crate::message::{
-    AttemptEnd, Channel, Content, Delivery, DeliveryTally, IllegalTransition, Message, MessageSpec,
+    AttemptEnd, Channel, Content, Delivery, DeliveryTally, GiveUp, IllegalTransition, Message,
+    MessageSpec,
     MessageState, OptionError, Priority, PushOptions, SendOutcome, Target,
 };
 use crate::payload::{self, Payload, PayloadError, PayloadTarget};
@@ -1047,6 +1048,10 @@ impl PushService {
     /// each outcome as soon as it is known, deactivates dead devices, concludes the attempt and
     /// releases the claim. The lease is renewed while sending; once it is lost the attempt
     /// stops and saves nothing, since the worker that took the message over sends the rest.
+    ///
+    /// A message whose deliveries are all loaded writes the outcomes that arrive last, and
+    /// the deliveries it gives up, with its progress in one write (see
+    /// [`PushService::record_outcomes`]): a one-device message costs one write in all.
     async fn attempt(
         &self,
         app: &Application,
@@ -1055,26 +1060,26 @@ impl PushService {
         loaded: Loaded,
         batch: Option<&Batch>,
     ) -> Result<Attempted, StoreError> {
-        let store = &self.ports.messages;
         let started = self.now();
         if message.is_expired(&app.retry, started) {
             let expiry = Message::expiry();
-            if !store
-                .give_up_due_deliveries(message.id, &lease, &expiry, started)
+            if !self
+                .give_up_due(&mut message, &lease, &loaded, &expiry, started)
                 .await?
             {
                 return Ok(Attempted::Lost(message));
             }
-            message.give_up_due(&expiry, started);
             let tally = self.tally(&message, &loaded).await?;
             if message.expire_tallied(&tally, started).is_ok()
-                && !store.save_progress(&message, Some(&lease)).await?
+                && !self.save_attempt(&message, &lease, &[]).await?
             {
                 return Ok(Attempted::Lost(message));
             }
             return Ok(Attempted::Done(message));
         }
         let mut retry_after: Option<Duration> = None;
+        // The outcomes the attempt holds back to write them with the message's progress.
+        let mut held: Vec<Delivery> = Vec::new();
         if !self
             .send_due(
                 app,
@@ -1082,7 +1087,7 @@ impl PushService {
                 (&mut lease, batch),
                 &loaded,
                 started,
-                &mut retry_after,
+                (&mut retry_after, &mut held),
             )
             .await?
         {
@@ -1092,25 +1097,89 @@ impl PushService {
         let tally = self.tally(&message, &loaded).await?;
         let end = match message.finish_attempt_tallied(&app.retry, retry_after, &tally, now) {
             Ok(end) => end,
-            Err(_) => return Ok(Attempted::Done(message)),
+            Err(_) => {
+                self.record_held(&held).await?;
+                return Ok(Attempted::Done(message));
+            }
         };
         if let AttemptEnd::GiveUp(_, give_up) = end {
-            if !store
-                .give_up_due_deliveries(message.id, &lease, &give_up, now)
+            if !self
+                .give_up_due(&mut message, &lease, &loaded, &give_up, now)
                 .await?
             {
                 return Ok(Attempted::Lost(message));
             }
-            message.give_up_due(&give_up, now);
             let tally = self.tally(&message, &loaded).await?;
             if message.conclude_tallied(&tally, now).is_err() {
+                self.record_held(&held).await?;
                 return Ok(Attempted::Done(message));
             }
         }
-        if !store.save_progress(&message, Some(&lease)).await? {
+        if !self.save_attempt(&message, &lease, &held).await? {
             return Ok(Attempted::Lost(message));
         }
         Ok(Attempted::Done(message))
+    }
+
+    /// Records the outcomes an attempt held back when no save follows to write them.
+    async fn record_held(&self, held: &[Delivery]) -> Result<(), StoreError> {
+        if held.is_empty() {
+            return Ok(());
+        }
+        self.ports.messages.record_deliveries(held).await
+    }
+
+    /// Gives up the deliveries of `message` that are still due: in the store and in memory
+    /// for a paged message, in memory only for a loaded one, whose save writes every loaded
+    /// delivery with its progress in one transaction. Returns `false` when the lease was lost.
+    async fn give_up_due(
+        &self,
+        message: &mut Message,
+        lease: &Lease,
+        loaded: &Loaded,
+        give_up: &GiveUp,
+        now: OffsetDateTime,
+    ) -> Result<bool, StoreError> {
+        if matches!(loaded, Loaded::Paged)
+            && !self
+                .ports
+                .messages
+                .give_up_due_deliveries(message.id, lease, give_up, now)
+                .await?
+        {
+            return Ok(false);
+        }
+        message.give_up_due(give_up, now);
+        Ok(true)
+    }
+
+    /// Saves the conclusion of an attempt, with `held`, the outcomes not yet recorded, in the
+    /// same write. Returns `false` when the lease was lost; the held outcomes are recorded
+    /// anyway then, since a provider's answer is a fact worth keeping whoever holds the lease.
+    async fn save_attempt(
+        &self,
+        message: &Message,
+        lease: &Lease,
+        held: &[Delivery],
+    ) -> Result<bool, StoreError> {
+        let store = &self.ports.messages;
+        if held.is_empty() {
+            return store.save_progress(message, Some(lease)).await;
+        }
+        match store.save_attempt(message, lease, held).await {
+            Ok(true) => Ok(true),
+            Ok(false) => {
+                store.record_deliveries(held).await?;
+                Ok(false)
+            }
+            Err(error) => {
+                // The write may have failed for a moment only (a busy database): one more try
+                // at the outcomes alone spares their devices a second notification. Its own
+                // failure adds nothing to the error returned.
+                let _ = store.record_deliveries(held).await;
+                Err(error)
+            }
+        }
     }
 
     /// The tally of `message`'s deliveries: counted in memory when they are all loaded (and
@@ -1134,6 +1203,10 @@ impl PushService {
     /// per batch instead of one per device. When the recording half falls behind, the
     /// channel between them fills and the sending half waits.
     ///
+    /// A loaded message holds the outcomes of its last batch in `held` rather than recording
+    /// them: the save that concludes the attempt writes them (see
+    /// [`PushService::record_outcomes`]).
+    ///
     /// Returns `false` when the lease was lost; the sends still in flight are dropped then.
     async fn send_due(
         &self,
@@ -1142,7 +1215,7 @@ impl PushService {
         (lease, batch): (&mut Lease, Option<&Batch>),
         loaded: &Loaded,
         started: OffsetDateTime,
-        retry_after: &mut Option<Duration>,
+        (retry_after, held): (&mut Option<Duration>, &mut Vec<Delivery>),
     ) -> Result<bool, StoreError> {
         if !self.keep_lease(message.id, lease, batch).await? {
             return Ok(false);
@@ -1150,6 +1223,12 @@ impl PushService {
         let (mut outcomes_tx, outcomes_rx) = mpsc::channel::<Sent>(RECORD_BATCH);
         let spec = message.spec.clone();
         let concurrency = self.settings.delivery_concurrency.max(1);
+        // Each due delivery of a loaded message gives exactly one outcome, so the recording
+        // half knows which batch is the last.
+        let expected = match loaded {
+            Loaded::All(_) => Some(message.due_deliveries().count()),
+            Loaded::Paged => None,
+        };
         let pages = match loaded {
             // Known from planning: one page of every due delivery, with no store call.
             Loaded::All(devices) => {
@@ -1196,8 +1275,13 @@ impl PushService {
                 }
             }
         };
-        let recording =
-            self.record_outcomes(app, message, (lease, batch), outcomes_rx, retry_after);
+        let recording = self.record_outcomes(
+            app,
+            message,
+            (lease, batch),
+            (outcomes_rx, expected),
+            (retry_after, held),
+        );
         let (sending, recording) = (std::pin::pin!(sending), std::pin::pin!(recording));
         match future::select(sending, recording).await {
             // Everything was sent: the recording half writes what is left and ends when the
@@ -1273,16 +1357,24 @@ impl PushService {
 
     /// The recording half of [`PushService::send_due`]. Returns `false` when the lease was
     /// lost.
+    ///
+    /// When `expected` outcomes are all there will be (a loaded message), the batch that
+    /// brings the last of them is not recorded but moved to `held`, for the save that
+    /// concludes the attempt: no send waits between that batch and the save (only the
+    /// deactivation of dead devices comes between), so holding it loses no more in a crash
+    /// than recording it first would, and saves a write. Batches
+    /// that arrive while sends are still in flight are recorded as they come.
     async fn record_outcomes(
         &self,
         app: &Application,
         message: &mut Message,
         (lease, in_batch): (&mut Lease, Option<&Batch>),
-        mut outcomes: mpsc::Receiver<Sent>,
-        retry_after: &mut Option<Duration>,
+        (mut outcomes, expected): (mpsc::Receiver<Sent>, Option<usize>),
+        (retry_after, held): (&mut Option<Duration>, &mut Vec<Delivery>),
     ) -> Result<bool, StoreError> {
         let mut batch: Vec<Delivery> = Vec::with_capacity(RECORD_BATCH);
         let mut dead: Vec<(DeviceId, String)> = Vec::new();
+        let mut received: usize = 0;
         while let Some(first) = outcomes.next().await {
             let mut failure = None;
             let mut next = Some(first);
@@ -1315,15 +1407,20 @@ impl PushService {
                     dead.push((device, format!("dead token: {reason}")));
                 }
                 batch.push(delivery);
+                received += 1;
                 next = if batch.len() < RECORD_BATCH {
                     outcomes.try_recv().ok()
                 } else {
                     None
                 };
             }
-            // What was sent is recorded even when reading the next page failed.
-            self.ports.messages.record_deliveries(&batch).await?;
-            batch.clear();
+            if failure.is_none() && expected == Some(received) {
+                held.append(&mut batch);
+            } else {
+                // What was sent is recorded even when reading the next page failed.
+                self.ports.messages.record_deliveries(&batch).await?;
+                batch.clear();
+            }
             let now = self.now();
             for (device, reason) in dead.drain(..) {
                 self.ports
@@ -1335,6 +1432,8 @@ impl PushService {
                 return Err(e);
             }
             if !self.keep_lease(message.id, lease, in_batch).await? {
+                // No save follows: what is held is recorded now.
+                self.record_held(held).await?;
                 return Ok(false);
             }
         }
@@ -1732,12 +1831,15 @@ impl PushService {
 
 /// Where an attempt finds the deliveries it sends.
 enum Loaded {
-    /// In the store, read a page at a time with their devices (a claimed message, a
-    /// broadcast).
+    /// In the store, read a page at a time with their devices (a claimed message with more
+    /// deliveries than its claim brought, a broadcast).
     Paged,
-    /// Every delivery of the message is in `message.deliveries` and every device it names is
-    /// here: a message with listed deliveries that was just stored, whose devices planning
-    /// read. The attempt then reads neither deliveries, devices nor tallies from the store.
+    /// Every delivery of the message is in `message.deliveries` and every device its due
+    /// deliveries name is here (perhaps with others of its application): a message with
+    /// listed deliveries that was just stored, whose devices planning read, or a small message
+    /// that came with its deliveries in a batch's claim, whose devices the claim read. The
+    /// attempt then reads neither deliveries, devices nor tallies from the store, and writes
+    /// its last outcomes with its progress.
     All(Arc<PageDevices>),
 }
 

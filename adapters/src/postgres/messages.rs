@@ -742,6 +742,7 @@ impl MessageStore for PgStore {
         limit: u32,
         lease: &Lease,
         except: &[AppId],
+        deliveries_each: u32,
     ) -> Result<Vec<Message>, StoreError> {
         let except: Vec<String> = except.iter().map(|app| app.as_str().to_owned()).collect();
         let mut ids: Vec<i64> = sqlx::query_scalar(CLAIM)
@@ -754,7 +755,10 @@ impl MessageStore for PgStore {
             .await
             .map_err(db_error("failed to claim due messages"))?;
         ids.sort_unstable();
-        self.load_messages(&ids, None).await
+        // The deliveries come in one statement for the whole claim, so that a worker sends a
+        // small message without reading anything more of it.
+        let deliveries = (deliveries_each > 0).then_some(deliveries_each);
+        self.load_messages(&ids, deliveries).await
     }
 
     async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {

@@ -647,6 +647,7 @@ impl MessageStore for SqliteStore {
         limit: u32,
         lease: &Lease,
         except: &[AppId],
+        deliveries_each: u32,
     ) -> Result<Vec<Message>, StoreError> {
         let now = millis(now);
         // The applications left out, as one JSON array: one bound parameter however many.
@@ -672,7 +673,10 @@ impl MessageStore for SqliteStore {
             .await
             .map_err(db_error("failed to claim due messages"))?;
         ids.sort_unstable();
-        self.load_messages(&ids, None).await
+        // The deliveries come in one statement for the whole claim, so that a worker sends a
+        // small message without reading anything more of it.
+        let deliveries = (deliveries_each > 0).then_some(deliveries_each);
+        self.load_messages(&ids, deliveries).await
     }
 
     async fn record_deliveries(&self, deliveries: &[Delivery]) -> Result<(), StoreError> {

@@ -78,6 +78,7 @@ macro_rules! store_contract_tests {
             claiming_returns_waiting_and_due_retries_oldest_first,
             a_claimed_message_is_not_claimed_again_until_its_lease_expires,
             a_claim_leaves_out_the_messages_of_the_applications_it_names,
+            a_claim_brings_the_first_deliveries_of_each_message_in_every_state,
             a_message_inserted_with_a_lease_is_not_claimed_until_the_lease_expires,
             two_concurrent_claimers_never_get_the_same_message,
             recording_a_delivery_never_changes_an_accepted_delivery,
@@ -1240,15 +1241,16 @@ pub async fn a_claim_leaves_out_the_messages_of_the_applications_it_names<S: Sto
             10,
             &lease("worker-1", at(70)),
             std::slice::from_ref(&shop),
+            0,
         )
         .await
         .expect("claim");
     let without_either = store
-        .claim_due_except(at(10), 10, &lease("worker-2", at(70)), &[shop, news])
+        .claim_due_except(at(10), 10, &lease("worker-2", at(70)), &[shop, news], 0)
         .await
         .expect("claim again");
     let the_rest = store
-        .claim_due_except(at(10), 10, &lease("worker-3", at(70)), &[])
+        .claim_due_except(at(10), 10, &lease("worker-3", at(70)), &[], 0)
         .await
         .expect("claim the rest");
 
@@ -1258,6 +1260,52 @@ pub async fn a_claim_leaves_out_the_messages_of_the_applications_it_names<S: Sto
     );
     assert!(without_either.is_empty(), "{without_either:?}");
     assert_eq!(ids(&the_rest), vec![inserted[0].id, inserted[2].id]);
+}
+
+pub async fn a_claim_brings_the_first_deliveries_of_each_message_in_every_state<S: Stores>(
+    store: &S,
+) {
+    // Arrange: a message to three devices whose first delivery was accepted already (a
+    // retry), and a message to one device.
+    let mut three = message_to_three_devices(store).await;
+    three.deliveries[0].record(
+        &SendOutcome::Accepted {
+            provider_id: Some("apns-id-1".to_owned()),
+            details: None,
+        },
+        at(1),
+    );
+    store
+        .record_deliveries(&three.deliveries[..1])
+        .await
+        .expect("record");
+    let device = three.deliveries[0].device_id;
+    let one = insert(
+        store,
+        &new_message(
+            spec(
+                "shop",
+                Target::Devices {
+                    device_ids: device.into_iter().collect(),
+                },
+            ),
+            vec![(Channel::Apns, device)],
+            at(0),
+        ),
+    )
+    .await;
+
+    // Act
+    let claimed = store
+        .claim_due_except(at(2), 10, &lease("worker", at(62)), &[], 2)
+        .await
+        .expect("claim");
+
+    // Assert: at most two deliveries each, in id order, the accepted one among them.
+    assert_eq!(ids(&claimed), vec![three.id, one.id]);
+    assert_eq!(claimed[0].deliveries, three.deliveries[..2].to_vec());
+    assert_eq!(claimed[0].deliveries[0].state, DeliveryState::Accepted);
+    assert_eq!(claimed[1].deliveries, one.deliveries);
 }
 
 pub async fn a_claimed_message_is_not_claimed_again_until_its_lease_expires<S: Stores>(store: &S) {

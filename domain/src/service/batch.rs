@@ -12,8 +12,8 @@ use futures_util::future::{self, BoxFuture};
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use time::OffsetDateTime;
 
-use super::{Attempted, BatchReport, Loaded, PushService};
-use crate::ids::{AppId, MessageId};
+use super::{Attempted, BatchReport, FIRST_PAGE, Loaded, PageDevices, PushService};
+use crate::ids::{AppId, DeviceId, MessageId};
 use crate::message::Message;
 use crate::ports::{Lease, StoreError};
 
@@ -177,8 +177,11 @@ impl LeaseBook {
 /// interval).
 pub type PollAgain<'a> = dyn Fn() -> BoxFuture<'static, bool> + Send + Sync + 'a;
 
-/// What a claim brings back: the messages it claimed, each with its lease.
-type Claimed = Result<Vec<(Message, Lease)>, StoreError>;
+/// A claimed message, with its lease and where its attempt finds its deliveries.
+type ClaimedMessage = (Message, Lease, Loaded);
+
+/// What a claim brings back: the messages it claimed.
+type Claimed = Result<Vec<ClaimedMessage>, StoreError>;
 
 /// What a running batch waits for.
 enum Event {
@@ -359,11 +362,11 @@ impl PushService {
                 Event::Claimed(Ok(claimed)) => {
                     claiming = None;
                     // Claimed messages are leased: they are sent even after a stop.
-                    for (message, lease) in claimed {
+                    for (message, lease, loaded) in claimed {
                         taken += 1;
                         slots.take(&message.spec.app);
                         batch.leases.enter(message.id, &lease);
-                        sending.push(self.start(message, lease, &batch));
+                        sending.push(self.start(message, lease, loaded, &batch));
                     }
                 }
                 Event::Claimed(Err(error)) => {
@@ -406,11 +409,7 @@ impl PushService {
     /// Claims what the free slots can take, at most `room` messages: first the messages of
     /// the applications that are below their share, claim after claim until one comes back
     /// short (nothing more of theirs is due), then, borrowed, those of the saturated ones.
-    async fn claim_for(
-        &self,
-        mut slots: Slots,
-        room: u64,
-    ) -> Result<Vec<(Message, Lease)>, StoreError> {
+    async fn claim_for(&self, mut slots: Slots, room: u64) -> Claimed {
         let room = usize::try_from(room).unwrap_or(usize::MAX);
         let claim_size = usize::try_from(self.settings.claim_size.max(1)).unwrap_or(usize::MAX);
         let mut claimed = Vec::new();
@@ -422,9 +421,9 @@ impl PushService {
             let except = slots.saturated();
             let got = self.claim(want, &except).await?;
             let short = got.len() < want;
-            for (message, lease) in got {
-                slots.take(&message.spec.app);
-                claimed.push((message, lease));
+            for message in got {
+                slots.take(&message.0.spec.app);
+                claimed.push(message);
             }
             if short {
                 if except.is_empty() {
@@ -441,22 +440,60 @@ impl PushService {
 
     /// Claims up to `limit` due messages, none of the applications in `except`, under a
     /// fresh lease.
-    async fn claim(
-        &self,
-        limit: usize,
-        except: &[AppId],
-    ) -> Result<Vec<(Message, Lease)>, StoreError> {
+    ///
+    /// The claim brings each message's first deliveries, one more than [`FIRST_PAGE`]: a
+    /// message that has no more is small, and is sent from what the claim brought
+    /// ([`Loaded::All`]) with the devices its due deliveries name, read for all the small
+    /// messages of an application in one call. The store calls of a claim are thus the same
+    /// few however many small messages it brings, where reading each message's deliveries,
+    /// devices and tally cost three calls a message. A larger message is paged as before.
+    async fn claim(&self, limit: usize, except: &[AppId]) -> Claimed {
         let now = self.now();
         let lease = self.lease(now);
         let limit = u32::try_from(limit).unwrap_or(u32::MAX);
         let claimed = self
             .ports
             .messages
-            .claim_due_except(now, limit, &lease, except)
+            .claim_due_except(now, limit, &lease, except, FIRST_PAGE + 1)
             .await?;
+        let small = |message: &Message| message.deliveries.len() <= FIRST_PAGE as usize;
+        let mut wanted: BTreeMap<&AppId, BTreeSet<DeviceId>> = BTreeMap::new();
+        for message in claimed.iter().filter(|message| small(message)) {
+            wanted
+                .entry(&message.spec.app)
+                .or_default()
+                .extend(message.due_deliveries().filter_map(|d| d.device_id));
+        }
+        let mut devices: BTreeMap<AppId, Arc<PageDevices>> = BTreeMap::new();
+        for (app, ids) in wanted {
+            let found: PageDevices = if ids.is_empty() {
+                PageDevices::new()
+            } else {
+                let ids: Vec<DeviceId> = ids.into_iter().collect();
+                match self.ports.devices.get_devices(app, &ids).await {
+                    Ok(found) => found.into_iter().map(|d| (d.id, d)).collect(),
+                    // The messages are claimed already: failing the claim would leave them
+                    // leased, and unsent, until their leases expire. Their application's
+                    // messages are paged instead, and that path reads (and fails) again.
+                    Err(_) => continue,
+                }
+            };
+            devices.insert(app.clone(), Arc::new(found));
+        }
         Ok(claimed
             .into_iter()
-            .map(|message| (message, lease.clone()))
+            .map(|mut message| {
+                let loaded = match devices.get(&message.spec.app) {
+                    Some(found) if small(&message) => Loaded::All(Arc::clone(found)),
+                    _ => {
+                        // A large message is read a page at a time; what the claim brought of
+                        // it is left out, so that its save writes no stale delivery.
+                        message.deliveries.clear();
+                        Loaded::Paged
+                    }
+                };
+                (message, lease.clone(), loaded)
+            })
             .collect())
     }
 
@@ -465,12 +502,13 @@ impl PushService {
         &'a self,
         message: Message,
         lease: Lease,
+        loaded: Loaded,
         batch: &'a Batch,
     ) -> impl Future<Output = (AppId, Result<Attempted, StoreError>)> + Send + 'a {
         let app = message.spec.app.clone();
         let id = message.id;
         async move {
-            let attempted = self.process_claimed(message, lease, batch).await;
+            let attempted = self.process_claimed(message, lease, loaded, batch).await;
             batch.leases.leave(id);
             (app, attempted)
         }
@@ -480,6 +518,7 @@ impl PushService {
         &self,
         mut message: Message,
         lease: Lease,
+        loaded: Loaded,
         batch: &Batch,
     ) -> Result<Attempted, StoreError> {
         let Ok(app) = self.apps.get(message.spec.app.as_str()) else {
@@ -503,8 +542,7 @@ impl PushService {
             }
             return Ok(Attempted::Done(message));
         };
-        self.attempt(app, message, lease, Loaded::Paged, Some(batch))
-            .await
+        self.attempt(app, message, lease, loaded, Some(batch)).await
     }
 }
 

@@ -265,7 +265,7 @@ fn provider(outcome: SendOutcome, times: usize) -> MockPushProvider {
     p
 }
 
-/// Captures the last progress saved.
+/// Captures the progress saved, alone or with the outcomes of an attempt.
 fn capture_saves(mocks: &mut Mocks) -> Arc<Mutex<Vec<Message>>> {
     let saved = Arc::new(Mutex::new(Vec::new()));
     let sink = saved.clone();
@@ -273,6 +273,14 @@ fn capture_saves(mocks: &mut Mocks) -> Arc<Mutex<Vec<Message>>> {
         .messages
         .expect_save_progress()
         .returning(move |m, _| {
+            sink.lock().unwrap().push(m.clone());
+            Ok(true)
+        });
+    let sink = saved.clone();
+    mocks
+        .messages
+        .expect_save_attempt()
+        .returning(move |m, _, _| {
             sink.lock().unwrap().push(m.clone());
             Ok(true)
         });
@@ -377,7 +385,7 @@ async fn a_user_with_devices_on_two_platforms_gets_one_delivery_each_with_its_ow
     mocks
         .messages
         .expect_record_deliveries()
-        .times(1..=2)
+        .times(0..=1)
         .returning(recording(&mocks.deliveries));
     mocks
         .devices
@@ -449,12 +457,18 @@ async fn a_send_now_to_one_device_reads_no_delivery_device_or_tally_after_storin
         .expect_insert_message()
         .times(1)
         .returning(storing(&mocks.deliveries));
+    mocks.messages.expect_record_deliveries().never();
+    mocks.messages.expect_save_progress().never();
+    let outcomes = Arc::new(Mutex::new(Vec::new()));
+    let sink = outcomes.clone();
     mocks
         .messages
-        .expect_record_deliveries()
+        .expect_save_attempt()
         .times(1)
-        .returning(recording(&mocks.deliveries));
-    let saved = capture_saves(&mut mocks);
+        .returning(move |m, _, held| {
+            sink.lock().unwrap().push((m.clone(), held.to_vec()));
+            Ok(true)
+        });
     mocks.providers.push((
         Channel::Apns,
         provider(
@@ -476,13 +490,17 @@ async fn a_send_now_to_one_device_reads_no_delivery_device_or_tally_after_storin
     // Act
     let message = service.send("shop", request, Dispatch::Now).await.unwrap();
 
-    // Assert: four store calls in all (get_devices, insert_message, record_deliveries,
-    // save_progress), and the tally counted in memory concluded the message.
+    // Assert: three store calls in all (get_devices, insert_message, save_attempt): the
+    // outcome is written with the progress, and the tally counted in memory concluded it.
     assert_eq!(message.state(), MessageState::Sent);
     assert_eq!(message.deliveries[0].state, DeliveryState::Accepted);
-    let saved = saved.lock().unwrap();
-    assert_eq!(saved.len(), 1);
-    assert_eq!(saved[0].state(), MessageState::Sent);
+    let outcomes = outcomes.lock().unwrap();
+    let [(saved, held)] = outcomes.as_slice() else {
+        panic!("one save, not {}", outcomes.len());
+    };
+    assert_eq!(saved.state(), MessageState::Sent);
+    assert_eq!(saved.deliveries, message.deliveries);
+    assert_eq!(held.as_slice(), message.deliveries.as_slice());
 }
 
 #[tokio::test]
@@ -596,11 +614,7 @@ async fn the_onesignal_sender_makes_one_delivery_and_keeps_the_response() {
         .expect_insert_message()
         .withf(|new| new.deliveries == NewDeliveries::Listed(vec![(Channel::Onesignal, None)]))
         .returning(storing(&mocks.deliveries));
-    mocks
-        .messages
-        .expect_record_deliveries()
-        .times(1)
-        .returning(recording(&mocks.deliveries));
+    mocks.messages.expect_record_deliveries().never();
     let saved = capture_saves(&mut mocks);
     mocks.providers.push((
         Channel::Onesignal,
@@ -863,10 +877,65 @@ async fn a_template_message_keeps_its_slug_and_related_objects() {
     assert_eq!(message.state(), MessageState::Debug);
 }
 
-/// A claimed message as the store returns it: its deliveries stay in the store.
-fn claimed(shared: &Shared, mut message: Message) -> Message {
-    shared.lock().unwrap().append(&mut message.deliveries);
+/// A claimed message as the store holds it: its deliveries are in the store, and the claim
+/// brings the first of them (see [`first_deliveries`]).
+fn claimed(shared: &Shared, message: Message) -> Message {
+    shared
+        .lock()
+        .unwrap()
+        .extend(message.deliveries.iter().cloned());
     message
+}
+
+/// A store whose first claim brings `messages` and whose later claims find nothing due.
+fn claims_once(mocks: &mut Mocks, messages: Vec<Message>) {
+    let mut claims = Some(messages);
+    mocks
+        .messages
+        .expect_claim_due_except()
+        .returning(move |_, _, _, _, each| {
+            Ok(first_deliveries(claims.take().unwrap_or_default(), each))
+        });
+}
+
+/// A store whose first claim brings one message with `progress` to APNs device 1.
+fn claims_one_device_message(mocks: &mut Mocks, progress: Progress) {
+    let message = claimed(
+        &mocks.deliveries,
+        claimed_message(vec![(Channel::Apns, 1)], progress),
+    );
+    claims_once(mocks, vec![message]);
+    mocks
+        .devices
+        .expect_get_devices()
+        .returning(|_, _| Ok(vec![apns_device(1)]));
+}
+
+/// Messages 1 to `count` in the store, message n with one delivery (n) to APNs device n.
+fn one_device_messages(mocks: &Mocks, count: i64) -> Vec<Message> {
+    (1..=count)
+        .map(|n| {
+            let mut message =
+                claimed_message(vec![(Channel::Apns, n)], Message::initial_progress(NOW));
+            message.id = MessageId(n);
+            for delivery in &mut message.deliveries {
+                delivery.id = DeliveryId(n);
+                delivery.message_id = MessageId(n);
+            }
+            claimed(&mocks.deliveries, message)
+        })
+        .collect()
+}
+
+/// Claimed messages as `claim_due_except` returns them: each with its first `each` deliveries.
+fn first_deliveries(messages: Vec<Message>, each: u32) -> Vec<Message> {
+    messages
+        .into_iter()
+        .map(|mut message| {
+            message.deliveries.truncate(each as usize);
+            message
+        })
+        .collect()
 }
 
 fn claimed_message(deliveries: Vec<(Channel, i64)>, progress: Progress) -> Message {
@@ -915,10 +984,10 @@ async fn a_batch_retries_transient_failures_later_and_honours_retry_after() {
         .messages
         .expect_claim_due_except()
         .times(2)
-        .returning(move |_, limit, lease, _| {
+        .returning(move |_, limit, lease, _, each| {
             assert!(limit >= 1);
             assert_eq!(lease.until, NOW + Duration::from_secs(60));
-            Ok(claims.pop().unwrap())
+            Ok(first_deliveries(claims.pop().unwrap(), each))
         });
     mocks
         .devices
@@ -977,11 +1046,7 @@ async fn a_fan_out_over_several_pages_records_every_outcome_once_in_batches() {
             Message::initial_progress(NOW),
         ),
     );
-    let mut claims = vec![vec![], vec![message]];
-    mocks
-        .messages
-        .expect_claim_due_except()
-        .returning(move |_, _, _, _| Ok(claims.pop().unwrap_or_default()));
+    claims_once(&mut mocks, vec![message]);
     mocks.devices.expect_get_devices().returning(|_, ids| {
         assert!(ids.len() <= 500, "a page of devices, not all of them");
         Ok(ids.iter().map(|id| apns_device(id.0)).collect())
@@ -1043,17 +1108,9 @@ async fn a_fan_out_over_several_pages_records_every_outcome_once_in_batches() {
 async fn a_batch_gives_up_an_expired_message_without_sending() {
     let mut mocks = Mocks::new(SenderKind::Direct);
     let old = Message::initial_progress(NOW - Duration::from_secs(7200));
-    let mut claims = vec![
-        vec![],
-        vec![claimed(
-            &mocks.deliveries,
-            claimed_message(vec![(Channel::Apns, 1)], old),
-        )],
-    ];
-    mocks
-        .messages
-        .expect_claim_due_except()
-        .returning(move |_, _, _, _| Ok(claims.pop().unwrap_or_default()));
+    claims_one_device_message(&mut mocks, old);
+    // The claim brought every delivery: they are given up with the save, in one write.
+    mocks.messages.expect_give_up_due_deliveries().never();
     let saved = capture_saves(&mut mocks);
     mocks
         .providers
@@ -1066,6 +1123,106 @@ async fn a_batch_gives_up_an_expired_message_without_sending() {
     let saved = saved.lock().unwrap();
     assert_eq!(saved[0].state(), MessageState::Error);
     assert_eq!(saved[0].error(), Some("message is older than max_age"));
+    assert_eq!(saved[0].deliveries[0].state, DeliveryState::Failed);
+    assert_eq!(saved[0].deliveries[0].error_code.as_deref(), Some("expired"));
+}
+
+#[tokio::test]
+async fn a_claim_of_one_device_messages_costs_a_few_reads_and_one_write_per_message() {
+    // Arrange: 200 one-device messages come due together; every store call is counted, and
+    // the reads a message used to cost (its deliveries, devices and tally) fail the test.
+    const MESSAGES: i64 = 200;
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    let messages = one_device_messages(&mocks, MESSAGES);
+    // Later claims find nothing due (the pipeline claims again as slots free up).
+    claims_once(&mut mocks, messages);
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let sink = asked.clone();
+    mocks
+        .devices
+        .expect_get_devices()
+        .times(1)
+        .returning(move |_, ids| {
+            sink.lock().unwrap().push(ids.len());
+            Ok(ids.iter().map(|id| apns_device(id.0)).collect())
+        });
+    mocks.messages.expect_due_deliveries().never();
+    mocks.messages.expect_delivery_tally().never();
+    mocks.messages.expect_give_up_due_deliveries().never();
+    mocks.messages.expect_record_deliveries().never();
+    mocks.messages.expect_save_progress().never();
+    let saves = Arc::new(Mutex::new(Vec::new()));
+    let sink = saves.clone();
+    mocks
+        .messages
+        .expect_save_attempt()
+        .times(MESSAGES as usize)
+        .returning(move |m, _, held| {
+            sink.lock().unwrap().push((m.state(), held.to_vec()));
+            Ok(true)
+        });
+    mocks.providers.push((
+        Channel::Apns,
+        provider(
+            SendOutcome::Accepted {
+                provider_id: None,
+                details: None,
+            },
+            MESSAGES as usize,
+        ),
+    ));
+    let service = mocks.service();
+
+    // Act
+    let report = service.process_batch(1000, &|_| {}).await.unwrap();
+
+    // Assert: the claim that brought the messages read their devices in one call, and each
+    // message cost one write, which carried its outcome.
+    assert_eq!(report.sent, MESSAGES as u64);
+    assert_eq!(asked.lock().unwrap().as_slice(), &[MESSAGES as usize]);
+    let saves = saves.lock().unwrap();
+    assert!(saves.iter().all(|(state, held)| {
+        *state == MessageState::Sent
+            && matches!(held.as_slice(), [d] if d.state == DeliveryState::Accepted)
+    }));
+}
+
+#[tokio::test]
+async fn outcomes_held_for_the_save_are_recorded_when_another_worker_took_the_message() {
+    // Arrange: the save finds the lease taken over after the send.
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    claims_one_device_message(&mut mocks, Message::initial_progress(NOW));
+    mocks
+        .messages
+        .expect_save_attempt()
+        .times(1)
+        .returning(|_, _, _| Ok(false));
+    mocks
+        .messages
+        .expect_record_deliveries()
+        .times(1)
+        .returning(recording(&mocks.deliveries));
+    mocks.providers.push((
+        Channel::Apns,
+        provider(
+            SendOutcome::Accepted {
+                provider_id: Some("apns-1".into()),
+                details: None,
+            },
+            1,
+        ),
+    ));
+    let deliveries = mocks.deliveries.clone();
+    let service = mocks.service();
+
+    // Act
+    let report = service.process_batch(10, &|_| {}).await.unwrap();
+
+    // Assert: the provider's answer is kept although the message is another worker's now.
+    assert_eq!(report.lost, 1);
+    let deliveries = deliveries.lock().unwrap();
+    assert_eq!(deliveries[0].state, DeliveryState::Accepted);
+    assert_eq!(deliveries[0].provider_id.as_deref(), Some("apns-1"));
 }
 
 #[tokio::test]
@@ -1297,11 +1454,7 @@ async fn a_lost_lease_stops_the_attempt_without_saving() {
             Message::initial_progress(NOW),
         ),
     );
-    let mut claims = vec![vec![], vec![message]];
-    mocks
-        .messages
-        .expect_claim_due_except()
-        .returning(move |_, _, _, _| Ok(claims.pop().unwrap_or_default()));
+    claims_once(&mut mocks, vec![message]);
     mocks
         .devices
         .expect_get_devices()
@@ -1346,19 +1499,7 @@ async fn a_lost_lease_stops_the_attempt_without_saving() {
 #[tokio::test]
 async fn the_lease_is_renewed_once_half_of_it_has_passed() {
     let mut mocks = Mocks::new(SenderKind::Direct);
-    let message = claimed(
-        &mocks.deliveries,
-        claimed_message(vec![(Channel::Apns, 1)], Message::initial_progress(NOW)),
-    );
-    let mut claims = vec![vec![], vec![message]];
-    mocks
-        .messages
-        .expect_claim_due_except()
-        .returning(move |_, _, _, _| Ok(claims.pop().unwrap_or_default()));
-    mocks
-        .devices
-        .expect_get_devices()
-        .returning(|_, _| Ok(vec![apns_device(1)]));
+    claims_one_device_message(&mut mocks, Message::initial_progress(NOW));
     mocks
         .messages
         .expect_record_deliveries()
@@ -1376,9 +1517,9 @@ async fn the_lease_is_renewed_once_half_of_it_has_passed() {
     let sink = saved.clone();
     mocks
         .messages
-        .expect_save_progress()
-        .returning(move |m, lease| {
-            sink.lock().unwrap().push((m.state(), lease.cloned()));
+        .expect_save_attempt()
+        .returning(move |m, lease, _| {
+            sink.lock().unwrap().push((m.state(), Some(lease.clone())));
             Ok(true)
         });
     mocks.providers.push((
@@ -1411,23 +1552,8 @@ async fn the_leases_of_a_batch_are_renewed_together_in_one_call() {
     // Arrange: three one-device messages claimed together; the first send takes 40 s, past
     // the half of their 60-second lease.
     let mut mocks = Mocks::new(SenderKind::Direct);
-    let messages: Vec<Message> = (1..=3)
-        .map(|n| {
-            let mut message =
-                claimed_message(vec![(Channel::Apns, n)], Message::initial_progress(NOW));
-            message.id = MessageId(n);
-            for delivery in &mut message.deliveries {
-                delivery.id = DeliveryId(n);
-                delivery.message_id = MessageId(n);
-            }
-            claimed(&mocks.deliveries, message)
-        })
-        .collect();
-    let mut claims = vec![vec![], messages];
-    mocks
-        .messages
-        .expect_claim_due_except()
-        .returning(move |_, _, _, _| Ok(claims.pop().unwrap_or_default()));
+    let messages = one_device_messages(&mocks, 3);
+    claims_once(&mut mocks, messages);
     mocks
         .devices
         .expect_get_devices()
@@ -1449,9 +1575,9 @@ async fn the_leases_of_a_batch_are_renewed_together_in_one_call() {
     let sink = saved.clone();
     mocks
         .messages
-        .expect_save_progress()
-        .returning(move |m, lease| {
-            sink.lock().unwrap().push((m.id, lease.cloned()));
+        .expect_save_attempt()
+        .returning(move |m, lease, _| {
+            sink.lock().unwrap().push((m.id, Some(lease.clone())));
             Ok(true)
         });
     let (now, slow_once) = (mocks.now.clone(), std::sync::atomic::AtomicBool::new(true));
