@@ -6,6 +6,7 @@ pub mod config;
 pub mod debug;
 mod faults;
 mod grouped;
+pub mod key_cache;
 pub mod keys;
 pub mod metrics;
 pub mod postgres;
