@@ -4,6 +4,7 @@ pub mod client_token;
 pub mod clock;
 pub mod config;
 pub mod debug;
+mod device_reads;
 mod faults;
 mod grouped;
 pub mod key_cache;

@@ -9,8 +9,8 @@ use clarion_domain::service::{Ports, PushService, ServiceSettings};
 
 use crate::client_token::ClientTokens;
 use crate::clock::SystemClock;
-use crate::key_cache::{CachedKeys, KeyCacheSettings};
 use crate::config::{Config, DatabaseKind, TemplateIsolation, TemplatesConfig};
+use crate::key_cache::{CachedKeys, KeyCacheSettings};
 use crate::metrics::InstrumentedMessages;
 use crate::postgres::{DEFAULT_MAX_CONNECTIONS, PgSettings, PgStore};
 use crate::render::{Isolation, MiniJinjaRenderer, RenderLimits, RenderSettings};

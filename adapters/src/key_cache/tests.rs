@@ -63,7 +63,11 @@ struct Fixture {
 
 impl Fixture {
     async fn new(gated: bool) -> Self {
-        let store = Arc::new(SqliteStore::connect("sqlite::memory:").await.expect("a store"));
+        let store = Arc::new(
+            SqliteStore::connect("sqlite::memory:")
+                .await
+                .expect("a store"),
+        );
         let clock = Arc::new(ManualClock::starting_now());
         let counting = Arc::new(Counting {
             store: store.clone(),
@@ -170,7 +174,10 @@ async fn a_look_up_that_began_before_a_revocation_does_not_keep_the_key_after_it
     };
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while fixture.finds() == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "the look-up never began");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the look-up never began"
+        );
         tokio::task::yield_now().await;
     }
 
@@ -188,8 +195,14 @@ async fn a_look_up_that_began_before_a_revocation_does_not_keep_the_key_after_it
 async fn an_unknown_key_is_read_once_within_the_age_and_a_key_created_with_it_counts_at_once() {
     let fixture = Fixture::new(false).await;
 
-    assert_eq!(fixture.authenticate(SECRET).await, Err(AuthError::UnknownKey));
-    assert_eq!(fixture.authenticate(SECRET).await, Err(AuthError::UnknownKey));
+    assert_eq!(
+        fixture.authenticate(SECRET).await,
+        Err(AuthError::UnknownKey)
+    );
+    assert_eq!(
+        fixture.authenticate(SECRET).await,
+        Err(AuthError::UnknownKey)
+    );
     assert_eq!(fixture.finds(), 1);
 
     fixture.create_admin_key().await;
@@ -203,7 +216,13 @@ fn a_full_map_keeps_at_most_its_bound() {
 
     for i in 0..100 {
         let entry = Entry { value: (), at: now };
-        insert_bounded(&mut map, KeyHash::of(&i.to_string()), entry, 10, Duration::from_secs(1));
+        insert_bounded(
+            &mut map,
+            KeyHash::of(&i.to_string()),
+            entry,
+            10,
+            Duration::from_secs(1),
+        );
         assert!(map.len() <= 10, "{} entries", map.len());
     }
     assert!(map.contains_key(&KeyHash::of("99")));
