@@ -237,6 +237,12 @@ pub struct HttpConfig {
     /// How many requests one credential may make at once above the average rate. 0 turns
     /// the limit off.
     pub rate_limit_burst: u32,
+    /// How long, in milliseconds, what the database said about an API key is used before it
+    /// is asked again, so that a busy client costs one key look-up a second rather than one
+    /// a request. A key revoked by this process is refused at once; one revoked by another
+    /// process (the CLI, another server on the same database) after at most this long. 0
+    /// asks the database on every request.
+    pub key_cache_ms: u64,
     /// How long a stop (SIGTERM, Ctrl-C) waits for the open requests and the worker's
     /// current batch before the process exits anyway.
     pub shutdown_grace_secs: u64,
@@ -268,6 +274,7 @@ impl Default for HttpConfig {
             send_wait_secs: 10,
             rate_limit_per_second: 50,
             rate_limit_burst: 100,
+            key_cache_ms: 1000,
             shutdown_grace_secs: 30,
             header_read_timeout_secs: 10,
             idle_timeout_secs: 60,

@@ -4,11 +4,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use clarion_domain::ports::Clock;
 use clarion_domain::service::{Ports, PushService, ServiceSettings};
 
 use crate::client_token::ClientTokens;
 use crate::clock::SystemClock;
 use crate::config::{Config, DatabaseKind, TemplateIsolation, TemplatesConfig};
+use crate::key_cache::{CachedKeys, KeyCacheSettings};
 use crate::metrics::InstrumentedMessages;
 use crate::postgres::{DEFAULT_MAX_CONNECTIONS, PgSettings, PgStore};
 use crate::render::{Isolation, MiniJinjaRenderer, RenderLimits, RenderSettings};
@@ -41,17 +43,27 @@ pub async fn build(config: Config, worker_id: &str) -> anyhow::Result<Runtime> {
             without_password(&format!("{error:#}"), &config.database.url)
         )
     })?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let keys = CachedKeys::new(
+        store.clone(),
+        clock.clone(),
+        KeyCacheSettings {
+            max_age: Duration::from_millis(config.http.key_cache_ms),
+            ..KeyCacheSettings::default()
+        },
+    );
     let ports = Ports {
         devices: store.clone(),
         // Counted by state and delivery outcome for `/metrics`.
         messages: Arc::new(InstrumentedMessages::new(store.clone())),
         templates: store.clone(),
-        keys: store.clone(),
+        // Every authenticated request asks for its key: answered from memory for a while.
+        keys: Arc::new(keys),
         reports: store.clone(),
         renderer: Arc::new(MiniJinjaRenderer::with_settings(render_settings(
             &config.templates,
         ))),
-        clock: Arc::new(SystemClock),
+        clock,
     };
     let settings = ServiceSettings {
         worker_id: worker_id.to_owned(),

@@ -1670,8 +1670,9 @@ impl PushService {
 
     /// The principal the key whose secret hashes to `presented` acts for, asked again for
     /// each request of a session that signed in with it (the admin UI keeps the hash, not
-    /// the key), so that revoking the key ends its sessions at once, also when another
-    /// process revoked it.
+    /// the key), so that revoking the key ends its sessions. The key store may answer from a
+    /// cache that forgets a key revoked through it at once and one revoked by another
+    /// process after a short age (the adapters' `key_cache`).
     ///
     /// # Errors
     /// As [`PushService::authenticate_key`].

@@ -20,10 +20,11 @@ use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, Row as _};
 use time::OffsetDateTime;
 
 use crate::config::redact_url;
+use crate::device_reads::CoalescedReads;
 use crate::faults::{PROBE_WRITE, db_error, probe_time};
 use crate::grouped::Grouped;
 use crate::registrations::GroupedRegistrations;
-use devices::PgRegistrations;
+use devices::{PgDeviceReads, PgRegistrations};
 use messages::{PgAttempts, PgMessages};
 
 /// Connections per process when the configuration does not say.
@@ -61,6 +62,8 @@ pub struct PgStore {
     messages: Grouped<PgMessages>,
     /// Results of attempts at different messages made at the same time, written together.
     attempts: Grouped<PgAttempts>,
+    /// Reads of devices by id made at the same time, read together.
+    device_reads: CoalescedReads<PgDeviceReads>,
 }
 
 impl PgStore {
@@ -119,6 +122,7 @@ impl PgStore {
             registrations: PgRegistrations::grouped(pool.clone()),
             messages: PgMessages::grouped(pool.clone()),
             attempts: PgAttempts::grouped(pool.clone()),
+            device_reads: PgDeviceReads::coalesced(pool.clone()),
             pool,
         })
     }

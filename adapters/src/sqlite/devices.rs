@@ -13,6 +13,7 @@ use clarion_domain::token::DeviceToken;
 use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqlitePool};
 use time::OffsetDateTime;
 
+use crate::device_reads::{CoalescedReads, ReadDevices, coalesced};
 use crate::registrations::{GroupedRegistrations, Pending, RegisterMany, registered};
 use crate::sqlite::rows::{DEVICE_COLUMNS, DeviceRow, millis};
 use crate::sqlite::{SqliteStore, db_error};
@@ -122,18 +123,48 @@ impl SqliteRegistrations {
     }
 }
 
-/// Reads the devices whose ids are in a JSON array (`?1`) of application `?2`.
+/// Reads the devices of a JSON array (`?1`) of `[application, id]` pairs.
 ///
-/// `CROSS JOIN` makes SQLite walk the ids and look each device up by its primary key.
+/// `CROSS JOIN` makes SQLite walk the pairs and look each device up by its primary key.
 /// Written as `app = ? AND id IN (SELECT value FROM json_each(?))`, the planner (with no
 /// statistics) chose the `(app, active)` index instead and read every device of the
 /// application for each call: a broadcast's page of 500 ids read all 1,000,000 devices,
 /// and a single send read them all as well.
 fn get_devices_sql() -> String {
     format!(
-        "SELECT {DEVICE_COLUMNS} FROM (SELECT value AS wanted FROM json_each(?1)) \
-         CROSS JOIN devices ON devices.id = wanted WHERE app = ?2 ORDER BY id"
+        "SELECT {DEVICE_COLUMNS} FROM (SELECT value ->> 0 AS wanted_app, value ->> 1 AS wanted \
+         FROM json_each(?1)) CROSS JOIN devices ON devices.id = wanted WHERE app = wanted_app"
     )
+}
+
+/// The statement of [`CoalescedReads`] on SQLite: [`get_devices_sql`] on a reader.
+pub(crate) struct SqliteDeviceReads {
+    pub(crate) readers: SqlitePool,
+}
+
+impl SqliteDeviceReads {
+    pub(crate) fn coalesced(readers: SqlitePool) -> CoalescedReads<SqliteDeviceReads> {
+        coalesced(SqliteDeviceReads { readers })
+    }
+}
+
+#[async_trait]
+impl ReadDevices for SqliteDeviceReads {
+    async fn read_devices(&self, wanted: &[(AppId, DeviceId)]) -> Result<Vec<Device>, StoreError> {
+        // The pairs travel as one JSON array: one parameter whatever their number (SQLite
+        // allows 32,766 a statement), and one statement text, which SQLite prepares once per
+        // connection rather than once for every number of ids.
+        let wanted: Vec<serde_json::Value> = wanted
+            .iter()
+            .map(|(app, id)| serde_json::json!([app.as_str(), id.0]))
+            .collect();
+        let rows: Vec<DeviceRow> = sqlx::query_as(AssertSqlSafe(get_devices_sql()))
+            .bind(serde_json::Value::Array(wanted).to_string())
+            .fetch_all(&self.readers)
+            .await
+            .map_err(db_error("failed to read devices"))?;
+        rows.into_iter().map(DeviceRow::into_domain).collect()
+    }
 }
 
 #[async_trait]
@@ -231,17 +262,8 @@ impl DeviceStore for SqliteStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        // The ids travel as one JSON array: one parameter whatever their number (SQLite
-        // allows 32,766 a statement), and one statement text, which SQLite prepares once per
-        // connection rather than once for every number of ids.
-        let ids = serde_json::Value::from(ids.iter().map(|id| id.0).collect::<Vec<i64>>());
-        let rows: Vec<DeviceRow> = sqlx::query_as(AssertSqlSafe(get_devices_sql()))
-            .bind(ids.to_string())
-            .bind(app.as_str().to_owned())
-            .fetch_all(&self.readers)
-            .await
-            .map_err(db_error("failed to read devices"))?;
-        rows.into_iter().map(DeviceRow::into_domain).collect()
+        // Reads of other sends made at the same time go in the same statement.
+        self.device_reads.write((app.clone(), ids.to_vec())).await
     }
 
     async fn list_devices(

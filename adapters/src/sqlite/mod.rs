@@ -39,10 +39,11 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection as _, Row as _, SqliteConnection};
 use tokio::sync::watch;
 
+use crate::device_reads::CoalescedReads;
 use crate::faults::{PROBE_WRITE, db_error, probe_time, unavailability};
 use crate::grouped::Grouped;
 use crate::registrations::GroupedRegistrations;
-use devices::SqliteRegistrations;
+use devices::{SqliteDeviceReads, SqliteRegistrations};
 use messages::{SqliteAttempts, SqliteMessages};
 use tokio::time::MissedTickBehavior;
 
@@ -93,6 +94,8 @@ pub struct SqliteStore {
     messages: Grouped<SqliteMessages>,
     /// Results of attempts at different messages made at the same time, written together.
     attempts: Grouped<SqliteAttempts>,
+    /// Reads of devices by id made at the same time, read together by a reader.
+    device_reads: CoalescedReads<SqliteDeviceReads>,
     /// The database file; `None` in memory.
     file: Option<PathBuf>,
 }
@@ -150,6 +153,7 @@ impl SqliteStore {
         if in_memory {
             return Ok(SqliteStore {
                 readers: pool.clone(),
+                device_reads: SqliteDeviceReads::coalesced(pool.clone()),
                 registrations: SqliteRegistrations::grouped(pool.clone()),
                 messages: SqliteMessages::grouped(pool.clone()),
                 attempts: SqliteAttempts::grouped(pool.clone()),
@@ -191,6 +195,7 @@ impl SqliteStore {
             registrations: SqliteRegistrations::grouped(pool.clone()),
             messages: SqliteMessages::grouped(pool.clone()),
             attempts: SqliteAttempts::grouped(pool.clone()),
+            device_reads: SqliteDeviceReads::coalesced(readers.clone()),
             pool,
             readers,
             checkpointer: Some(Arc::new(stop)),

@@ -66,6 +66,7 @@ macro_rules! store_contract_tests {
             a_web_push_subscription_keeps_its_keys_and_an_update_replaces_them,
             listing_devices_filters_by_owner_platform_and_activity_and_pages_by_id,
             getting_devices_ignores_ids_of_other_apps,
+            device_reads_made_at_once_each_get_their_own_devices,
             deactivating_and_deleting_a_device_say_whether_it_existed,
             deleting_a_device_keeps_its_deliveries_without_a_device,
             dead_devices_are_those_whose_latest_delivery_hit_a_dead_token,
@@ -733,6 +734,60 @@ pub async fn getting_devices_ignores_ids_of_other_apps<S: Stores>(store: &S) {
         store.get_devices(&app("shop"), &[]).await.expect("empty"),
         Vec::new()
     );
+}
+
+/// Reads of devices made at the same time are read together; each must still get what it
+/// would have read alone: the devices of its own application among its ids, in id order, an id
+/// given twice found twice.
+pub async fn device_reads_made_at_once_each_get_their_own_devices<S: Stores>(store: &S) {
+    let mut ids = Vec::new();
+    for n in 0..24_u8 {
+        let owner = if n % 3 == 0 { "news" } else { "shop" };
+        ids.push(register(store, &new_device(owner, fcm(n), None), at(0)).await);
+    }
+    store
+        .deactivate_device(&app("shop"), ids[1], "test", at(1))
+        .await
+        .expect("deactivate");
+    let mut all: BTreeMap<DeviceId, Device> = BTreeMap::new();
+    for owner in [app("shop"), app("news")] {
+        let filter = DeviceFilter {
+            limit: Some(1000),
+            ..DeviceFilter::default()
+        };
+        let listed = store.list_devices(&owner, &filter).await.expect("list");
+        all.extend(listed.into_iter().map(|device| (device.id, device)));
+    }
+
+    let reads: Vec<(AppId, Vec<DeviceId>)> = (0..CONCURRENT_TASKS)
+        .map(|k| {
+            let owner = app(if k % 2 == 0 { "shop" } else { "news" });
+            // A window of the ids, backwards, with one of them twice and an unknown id.
+            let mut wanted: Vec<DeviceId> =
+                ids.iter().skip(k % 20).take(5).rev().copied().collect();
+            wanted.push(ids[k % ids.len()]);
+            wanted.push(DeviceId(1_000_000 + i64::try_from(k).expect("small")));
+            (owner, wanted)
+        })
+        .collect();
+    let tasks: Vec<_> = reads
+        .iter()
+        .cloned()
+        .map(|(owner, wanted)| {
+            let store = store.clone();
+            tokio::spawn(async move { store.get_devices(&owner, &wanted).await })
+        })
+        .collect();
+
+    for ((owner, wanted), task) in reads.iter().zip(tasks) {
+        let got = task.await.expect("task").expect("get devices");
+        let mut expected: Vec<Device> = wanted
+            .iter()
+            .filter_map(|id| all.get(id).filter(|d| d.app == *owner).cloned())
+            .collect();
+        expected.sort_by_key(|d| d.id);
+        assert_eq!(got, expected, "{owner} {wanted:?}");
+    }
 }
 
 pub async fn deactivating_and_deleting_a_device_say_whether_it_existed<S: Stores>(store: &S) {

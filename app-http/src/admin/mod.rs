@@ -318,8 +318,9 @@ impl FromRequestParts<AppState> for Signed {
     ) -> Result<Self, Self::Rejection> {
         let id = cookie(&parts.headers, SESSION_COOKIE).ok_or(AdminError::SignIn)?;
         let session = state.sessions.get(id).ok_or(AdminError::SignIn)?;
-        // The key is asked for on every request, through the store, so that a revocation by
-        // any process (the API, the CLI, another server) ends the session at once.
+        // The key is asked for on every request, so that a revocation ends the session: at
+        // once through this process, and within the key cache's age (`http.key_cache_ms`)
+        // when another process (the CLI, another server) revoked it.
         match state.service.authenticate_key_hash(&session.key).await {
             Ok(Ok(_)) => {}
             Ok(Err(_)) => {

@@ -2,7 +2,8 @@
 //! cookie. A session holds the principal a key signed in as and the key's hash (as the store
 //! keeps it, never the key), and a CSRF token that every form of the session carries.
 //! Sessions end at sign-out, after a fixed time (`admin.session_ttl_secs`) however busy, or
-//! at the first request after their key is revoked; a restart signs everyone out.
+//! at the first request after their key is revoked (after at most `http.key_cache_ms` when
+//! another process revoked it); a restart signs everyone out.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -28,7 +29,7 @@ const MAX_SESSIONS: usize = 10_000;
 pub(crate) struct Session {
     pub(crate) principal: Principal,
     /// The hash of the key that signed in, checked on every request so that a revoked key's
-    /// sessions end at once.
+    /// sessions end.
     pub(crate) key: KeyHash,
     /// Carried by every form of the session and checked on every POST.
     pub(crate) csrf: String,
