@@ -31,6 +31,14 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 /// How long getting a connection from the pool may take before a query fails, so that an
 /// unreachable database is reported instead of waited for.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may sit idle in the pool and still be handed out without a check.
+///
+/// sqlx checks every connection it hands out with a round trip of its own (a `Sync` message)
+/// unless told otherwise, and again when the connection comes back: a statement on the pool
+/// paid three round trips where it needs one, and on a busy machine a round trip is a wait for
+/// both processes to be scheduled. A connection in steady use was checked when it came back a
+/// moment ago; one idle for longer (the server may have restarted meanwhile) is still checked.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// How to connect, beyond the URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,9 +113,7 @@ impl PgStore {
             options = options.options([("search_path", schema.as_str())]);
         }
         first.close().await.ok();
-        let pool = PgPoolOptions::new()
-            .max_connections(settings.max_connections.max(1))
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+        let pool = pool_options(settings.max_connections)
             .connect_with(options)
             .await
             .with_context(|| format!("failed to connect to PostgreSQL at {shown}"))?;
@@ -191,6 +197,23 @@ pub async fn probe(url: &str) -> anyhow::Result<()> {
         .with_context(|| format!("{shown} does not answer queries"))?;
     conn.close().await.ok();
     Ok(())
+}
+
+/// A pool of at most `size` connections that checks a connection before handing it out only
+/// when it has been idle for [`CHECK_AFTER_IDLE`].
+fn pool_options(size: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(size.max(1))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= CHECK_AFTER_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// One connection, or an error naming the server (`shown`, redacted) within
