@@ -88,7 +88,9 @@ impl Default for Config {
 pub struct DatabaseConfig {
     /// `sqlite://path` (created on first start) or `postgres://...`.
     pub url: String,
-    /// The size of each process's connection pool: PostgreSQL's defaults to 10; SQLite keeps
+    /// The PostgreSQL connections of each process in all (default 18): up to 9 for the
+    /// grouped writes of messages, attempt results and registrations, and at most half; the
+    /// rest for everything else (docs/scaling.md sizes it for many processes). SQLite keeps
     /// its own (writers are serialised there anyway) and ignores this.
     pub max_connections: Option<u32>,
 }

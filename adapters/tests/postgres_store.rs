@@ -489,3 +489,132 @@ async fn a_large_broadcast_leaves_the_deliveries_table_analysed_for_the_planner(
         "estimate {estimate} after a broadcast to {count} devices"
     );
 }
+
+/// A TCP proxy in front of the test server that counts the `Sync` messages clients send: one
+/// per round trip that waits for the server to be ready again.
+struct SyncCounter {
+    port: u16,
+    syncs: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SyncCounter {
+    async fn start() -> SyncCounter {
+        use sqlx::postgres::PgConnectOptions;
+        use std::str::FromStr as _;
+
+        let upstream = PgConnectOptions::from_str(&server_url()).expect("the test server's URL");
+        let upstream = format!("{}:{}", upstream.get_host(), upstream.get_port());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let syncs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = std::sync::Arc::clone(&syncs);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                tokio::spawn(forward(client, server, std::sync::Arc::clone(&counted)));
+            }
+        });
+        SyncCounter { port, syncs }
+    }
+
+    fn syncs(&self) -> usize {
+        self.syncs.load(Ordering::SeqCst)
+    }
+}
+
+/// Forwards one connection, counting the client's `Sync` messages: after the untyped start-up
+/// packets (an SSL or GSS request, then the start-up message), each message is a type byte
+/// and a length that counts itself.
+async fn forward(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    syncs: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    const ENCRYPTION_REQUESTS: [u32; 2] = [80_877_103, 80_877_104];
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+    });
+    let mut started = false;
+    loop {
+        let mut message = Vec::new();
+        if started {
+            let mut kind = [0_u8; 1];
+            if client_read.read_exact(&mut kind).await.is_err() {
+                return;
+            }
+            if kind[0] == b'S' {
+                syncs.fetch_add(1, Ordering::SeqCst);
+            }
+            message.push(kind[0]);
+        }
+        let mut length = [0_u8; 4];
+        if client_read.read_exact(&mut length).await.is_err() {
+            return;
+        }
+        message.extend_from_slice(&length);
+        let mut body = vec![0_u8; (u32::from_be_bytes(length) as usize).saturating_sub(4)];
+        if client_read.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        if !started {
+            let code = body.get(..4).map(|c| u32::from_be_bytes(c.try_into().unwrap()));
+            started = !code.is_some_and(|code| ENCRYPTION_REQUESTS.contains(&code));
+        }
+        message.extend_from_slice(&body);
+        if server_write.write_all(&message).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_on_a_busy_pool_costs_its_own_round_trip_and_no_check_before_it() {
+    // Arrange: a store whose connections go through a proxy counting the round trips, with
+    // every connection of its pool used once.
+    let schema = Schema::new().await;
+    let proxy = SyncCounter::start().await;
+    let url = {
+        use sqlx::postgres::PgConnectOptions;
+        use std::str::FromStr as _;
+        PgConnectOptions::from_str(&server_url())
+            .unwrap()
+            .host("127.0.0.1")
+            .port(proxy.port)
+            .ssl_mode(sqlx::postgres::PgSslMode::Disable)
+            .to_url_lossy()
+            .to_string()
+    };
+    let settings = PgSettings {
+        max_connections: TEST_POOL_SIZE,
+        schema: Some(schema.name.clone()),
+    };
+    let store = PgStore::connect_with(&url, &settings).await.unwrap();
+    for _ in 0..20 {
+        sqlx::query("SELECT 1").execute(store.pool()).await.unwrap();
+    }
+
+    // Act: statements one after the other, as a request's reads are.
+    let statements = 100;
+    let before = proxy.syncs();
+    for _ in 0..statements {
+        sqlx::query("SELECT 1").execute(store.pool()).await.unwrap();
+    }
+    // The pool checks each connection as it comes back, in a task of its own.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while store.pool().num_idle() < store.pool().size() as usize {
+        assert!(std::time::Instant::now() < deadline, "the connections came back");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let syncs = proxy.syncs() - before;
+
+    // Assert: the statement's own round trip and sqlx's check as the connection comes back
+    // (a connection can be prepared anew once in a while), not a third check before it.
+    assert!(
+        syncs <= statements * 2 + statements / 5,
+        "{syncs} round trips for {statements} statements"
+    );
+}

@@ -22,21 +22,44 @@ use time::OffsetDateTime;
 use crate::config::redact_url;
 use crate::device_reads::CoalescedReads;
 use crate::faults::{PROBE_WRITE, db_error, probe_time};
-use crate::grouped::Grouped;
+use crate::grouped::{Grouped, WriteMany as _};
 use crate::registrations::GroupedRegistrations;
 use devices::{PgDeviceReads, PgRegistrations};
 use messages::{PgAttempts, PgMessages};
 
-/// Connections per process when the configuration does not say.
-pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
+/// Connections per process when the configuration does not say: up to
+/// [`GROUPED_WRITER_CONNECTIONS`] for the grouped writes, the others for everything else.
+/// Five processes at this size fit PostgreSQL's default `max_connections` of 100 with room
+/// for administration (docs/scaling.md).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 18;
+/// The most connections the grouped writes hold at once: each batch of messages or of attempt
+/// results holds one while it is written, up to [`WriteMany::WRITERS`] batches of each kind,
+/// and registrations are written one batch at a time.
+pub const GROUPED_WRITER_CONNECTIONS: u32 = {
+    let writers = PgMessages::WRITERS + PgAttempts::WRITERS + 1;
+    assert!(writers < 64, "a handful of writers");
+    // The assertion above makes the conversion exact.
+    #[allow(clippy::cast_possible_truncation, reason = "checked just above")]
+    let writers = writers as u32;
+    writers
+};
 /// How long getting a connection from the pool may take before a query fails, so that an
 /// unreachable database is reported instead of waited for.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection may sit idle in the pool and still be handed out without a check.
+///
+/// sqlx checks every connection it hands out with a round trip of its own (a `Sync` message)
+/// unless told otherwise, and again when the connection comes back: a statement on the pool
+/// paid three round trips where it needs one, and on a busy machine a round trip is a wait for
+/// both processes to be scheduled. A connection in steady use was checked when it came back a
+/// moment ago; one idle for longer (the server may have restarted meanwhile) is still checked.
+const CHECK_AFTER_IDLE: Duration = Duration::from_secs(1);
 
 /// How to connect, beyond the URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PgSettings {
-    /// The size of the connection pool.
+    /// The connections of the process in all, split by [`pool_sizes`] between the grouped
+    /// writes and everything else.
     pub max_connections: u32,
     /// A schema to create if missing and to put first on every connection's `search_path`
     /// (tests give each store its own); `None` keeps the URL's or the server's default.
@@ -55,6 +78,7 @@ impl Default for PgSettings {
 /// The PostgreSQL implementation of the storage ports. Cloning it shares the connection pool.
 #[derive(Debug, Clone)]
 pub struct PgStore {
+    /// The pool of everything but the grouped writes: reads, claims, leases, broadcasts.
     pool: PgPool,
     /// Registrations made at the same time, written together.
     registrations: GroupedRegistrations,
@@ -108,20 +132,26 @@ impl PgStore {
             options = options.options([("search_path", schema.as_str())]);
         }
         first.close().await.ok();
-        let pool = PgPoolOptions::new()
-            .max_connections(settings.max_connections.max(1))
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_with(options)
+        let (others, writers) = pool_sizes(settings.max_connections);
+        let pool = pool_options(others)
+            .connect_with(options.clone())
             .await
             .with_context(|| format!("failed to connect to PostgreSQL at {shown}"))?;
         sqlx::migrate!("./migrations/postgres")
             .run(&pool)
             .await
             .context("failed to migrate the PostgreSQL database")?;
+        // The grouped writes have connections of their own, so that a read never waits for
+        // a batch's commit (a disk flush) to free a connection, and the batches never wait
+        // behind reads; the pool opens its connections when they are first needed.
+        let writing = match writers {
+            Some(size) => pool_options(size).connect_lazy_with(options),
+            None => pool.clone(),
+        };
         Ok(PgStore {
-            registrations: PgRegistrations::grouped(pool.clone()),
-            messages: PgMessages::grouped(pool.clone()),
-            attempts: PgAttempts::grouped(pool.clone()),
+            registrations: PgRegistrations::grouped(writing.clone()),
+            messages: PgMessages::grouped(writing.clone()),
+            attempts: PgAttempts::grouped(writing),
             device_reads: PgDeviceReads::coalesced(pool.clone()),
             pool,
         })
@@ -197,6 +227,34 @@ pub async fn probe(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Splits `total` connections between everything else and the grouped writes: the writes
+/// get up to [`GROUPED_WRITER_CONNECTIONS`] and at most half, everything else the rest.
+/// `None` for the writes when `total` is too small to split: one pool serves both.
+fn pool_sizes(total: u32) -> (u32, Option<u32>) {
+    if total < 2 {
+        return (1, None);
+    }
+    let writers = GROUPED_WRITER_CONNECTIONS.min(total / 2);
+    (total - writers, Some(writers))
+}
+
+/// A pool of at most `size` connections that checks a connection before handing it out only
+/// when it has been idle for [`CHECK_AFTER_IDLE`].
+fn pool_options(size: u32) -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(size.max(1))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= CHECK_AFTER_IDLE {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
 /// One connection, or an error naming the server (`shown`, redacted) within
 /// [`ACQUIRE_TIMEOUT`].
 async fn connect_once(options: &PgConnectOptions, shown: &str) -> anyhow::Result<PgConnection> {
@@ -262,6 +320,23 @@ mod tests {
     use time::macros::datetime;
 
     use super::*;
+
+    #[test]
+    fn the_grouped_writes_get_their_connections_and_at_most_half_of_the_pool() {
+        let writers = GROUPED_WRITER_CONNECTIONS;
+        for (total, expected) in [
+            (0, (1, None)),
+            (1, (1, None)),
+            (2, (1, Some(1))),
+            (4, (2, Some(2))),
+            (10, (5, Some(5))),
+            (2 * writers, (writers, Some(writers))),
+            (DEFAULT_MAX_CONNECTIONS, (DEFAULT_MAX_CONNECTIONS - writers, Some(writers))),
+            (100, (100 - writers, Some(writers))),
+        ] {
+            assert_eq!(pool_sizes(total), expected, "{total} connections");
+        }
+    }
 
     #[test]
     fn times_are_written_to_the_millisecond_rounding_down() {
