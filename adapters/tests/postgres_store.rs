@@ -561,7 +561,9 @@ async fn forward(
             return;
         }
         if !started {
-            let code = body.get(..4).map(|c| u32::from_be_bytes(c.try_into().unwrap()));
+            let code = body
+                .get(..4)
+                .map(|c| u32::from_be_bytes(c.try_into().unwrap()));
             started = !code.is_some_and(|code| ENCRYPTION_REQUESTS.contains(&code));
         }
         message.extend_from_slice(&body);
@@ -606,7 +608,10 @@ async fn a_statement_on_a_busy_pool_costs_its_own_round_trip_and_no_check_before
     // The pool checks each connection as it comes back, in a task of its own.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while store.pool().num_idle() < store.pool().size() as usize {
-        assert!(std::time::Instant::now() < deadline, "the connections came back");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the connections came back"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let syncs = proxy.syncs() - before;

@@ -25,8 +25,7 @@ use crate::device::{
 use crate::ids::{DeliveryId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use crate::message::{
     AttemptEnd, Channel, Content, Delivery, DeliveryTally, GiveUp, IllegalTransition, Message,
-    MessageSpec,
-    MessageState, OptionError, Priority, PushOptions, SendOutcome, Target,
+    MessageSpec, MessageState, OptionError, Priority, PushOptions, SendOutcome, Target,
 };
 use crate::payload::{self, Payload, PayloadError, PayloadTarget};
 use crate::ports::{

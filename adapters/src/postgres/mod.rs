@@ -331,7 +331,10 @@ mod tests {
             (4, (2, Some(2))),
             (10, (5, Some(5))),
             (2 * writers, (writers, Some(writers))),
-            (DEFAULT_MAX_CONNECTIONS, (DEFAULT_MAX_CONNECTIONS - writers, Some(writers))),
+            (
+                DEFAULT_MAX_CONNECTIONS,
+                (DEFAULT_MAX_CONNECTIONS - writers, Some(writers)),
+            ),
             (100, (100 - writers, Some(writers))),
         ] {
             assert_eq!(pool_sizes(total), expected, "{total} connections");

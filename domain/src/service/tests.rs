@@ -1124,7 +1124,10 @@ async fn a_batch_gives_up_an_expired_message_without_sending() {
     assert_eq!(saved[0].state(), MessageState::Error);
     assert_eq!(saved[0].error(), Some("message is older than max_age"));
     assert_eq!(saved[0].deliveries[0].state, DeliveryState::Failed);
-    assert_eq!(saved[0].deliveries[0].error_code.as_deref(), Some("expired"));
+    assert_eq!(
+        saved[0].deliveries[0].error_code.as_deref(),
+        Some("expired")
+    );
 }
 
 #[tokio::test]
