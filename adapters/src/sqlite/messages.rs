@@ -285,16 +285,36 @@ async fn insert_heads(
             message.lease.as_ref().map(|l| millis(l.until)),
         ]));
     }
-    let mut ids: Vec<i64> = sqlx::query_scalar(INSERT_HEADS)
+    insert_rows(
+        conn,
+        INSERT_HEADS,
+        rows,
+        ("messages", "failed to insert messages"),
+    )
+    .await
+}
+
+/// Runs `sql`, an `INSERT … SELECT … FROM json_each(?) ORDER BY key RETURNING id`, with
+/// `rows` as its one JSON array, and returns the new ids in the rows' order: the statement
+/// inserts the rows in the array's order and `AUTOINCREMENT` gives each a larger id than the
+/// one before, so the returned ids, sorted, follow the rows. A count that differs from the
+/// rows' is an error naming `what` was inserted.
+async fn insert_rows(
+    conn: &mut SqliteConnection,
+    sql: &'static str,
+    rows: Vec<serde_json::Value>,
+    (what, doing): (&str, &'static str),
+) -> Result<Vec<i64>, StoreError> {
+    let expected = rows.len();
+    let mut ids: Vec<i64> = sqlx::query_scalar(sql)
         .bind(serde_json::Value::Array(rows).to_string())
         .fetch_all(&mut *conn)
         .await
-        .map_err(db_error("failed to insert messages"))?;
-    if ids.len() != messages.len() {
+        .map_err(db_error(doing))?;
+    if ids.len() != expected {
         return Err(StoreError::Unknown(anyhow::anyhow!(
-            "{} messages were inserted for {} given",
-            ids.len(),
-            messages.len()
+            "{} {what} were inserted for {expected} given",
+            ids.len()
         )));
     }
     ids.sort_unstable();
@@ -367,10 +387,7 @@ async fn insert_related(
 }
 
 /// Inserts the listed deliveries of every message (`ids` their ids) in one statement whose
-/// rows travel as one JSON array, and returns them in order.
-///
-/// The statement inserts the rows in the array's order, and `AUTOINCREMENT` gives each a
-/// larger id than the one before, so the ids it returns, sorted, are the rows' in order.
+/// rows travel as one JSON array, and returns them in order ([`insert_rows`]).
 async fn insert_listed(
     conn: &mut SqliteConnection,
     messages: &[NewMessage],
@@ -395,23 +412,15 @@ async fn insert_listed(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let mut delivery_ids: Vec<i64> = sqlx::query_scalar(
+    let delivery_ids = insert_rows(
+        conn,
         "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, updated_at) \
          SELECT value ->> 0, value ->> 1, value ->> 2, 'pending', 0, value ->> 3 \
          FROM json_each(?) ORDER BY key RETURNING id",
+        rows,
+        ("deliveries", "failed to insert deliveries"),
     )
-    .bind(serde_json::Value::Array(rows).to_string())
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db_error("failed to insert deliveries"))?;
-    if delivery_ids.len() != listed.len() {
-        return Err(StoreError::Unknown(anyhow::anyhow!(
-            "{} deliveries were inserted for {} listed",
-            delivery_ids.len(),
-            listed.len()
-        )));
-    }
-    delivery_ids.sort_unstable();
+    .await?;
     Ok(delivery_ids
         .into_iter()
         .zip(listed)
