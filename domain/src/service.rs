@@ -1371,7 +1371,11 @@ impl PushService {
         (mut outcomes, expected): (mpsc::Receiver<Sent>, Option<usize>),
         (retry_after, held): (&mut Option<Duration>, &mut Vec<Delivery>),
     ) -> Result<bool, StoreError> {
-        let mut batch: Vec<Delivery> = Vec::with_capacity(RECORD_BATCH);
+        // Sized for what the message can bring, not for a full batch: a worker has up to a
+        // thousand one-device messages in flight, and 512 deliveries reserved for each held
+        // 80 MB (heaptrack, 52,000 queued messages drained through the APNs mock at 50 ms).
+        let mut batch: Vec<Delivery> =
+            Vec::with_capacity(expected.unwrap_or(RECORD_BATCH).min(RECORD_BATCH));
         let mut dead: Vec<(DeviceId, String)> = Vec::new();
         let mut received: usize = 0;
         while let Some(first) = outcomes.next().await {
