@@ -10,7 +10,9 @@ use clarion_domain::ports::{
     DELIVERIES_SHOWN, Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
 };
 use clarion_domain::token::Platform;
-use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{AssertSqlSafe, Connection as _, QueryBuilder, Sqlite, SqliteConnection};
+
+use crate::held::Held;
 use time::OffsetDateTime;
 
 use crate::grouped::attempts::{AttemptBatch, Save};
@@ -50,7 +52,7 @@ impl SqliteStore {
             ")",
         )
         .build_query_as()
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *self.readers.get().await?)
         .await
         .map_err(db_error("failed to read messages"))?;
 
@@ -61,7 +63,7 @@ impl SqliteStore {
             ") ORDER BY id",
         )
         .build_query_as()
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *self.readers.get().await?)
         .await
         .map_err(db_error("failed to read related objects"))?;
         let mut related: HashMap<MessageId, Vec<RelatedObject>> = HashMap::new();
@@ -78,7 +80,7 @@ impl SqliteStore {
                 .bind(ids)
                 .bind(i64::from(each));
             let delivery_rows: Vec<DeliveryRow> = query
-                .fetch_all(&self.readers)
+                .fetch_all(&mut *self.readers.get().await?)
                 .await
                 .map_err(db_error("failed to read deliveries"))?;
             for row in delivery_rows {
@@ -183,21 +185,22 @@ async fn write_deliveries(
 /// The transaction of grouped messages on SQLite: each message's row, then every related
 /// object and every listed delivery of the batch in one statement each, on the writer.
 pub(crate) struct SqliteMessages {
-    writer: SqlitePool,
+    writer: Held<Sqlite>,
 }
 
 impl SqliteMessages {
-    pub(crate) fn grouped(writer: SqlitePool) -> Grouped<SqliteMessages> {
+    pub(crate) fn grouped(writer: Held<Sqlite>) -> Grouped<SqliteMessages> {
         Grouped::new(SqliteMessages { writer })
     }
 
     /// Writes `messages` in one transaction and returns them as stored, a broadcast without
     /// its deliveries.
     async fn insert(
-        writer: &SqlitePool,
+        writer: &Held<Sqlite>,
         messages: &[NewMessage],
     ) -> Result<Vec<Message>, StoreError> {
-        let mut tx = writer
+        let mut conn = writer.get().await?;
+        let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a transaction"))?;
@@ -212,6 +215,7 @@ impl SqliteMessages {
         tx.commit()
             .await
             .map_err(db_error("failed to commit messages"))?;
+        conn.done();
         Ok(messages
             .iter()
             .zip(ids)
@@ -432,11 +436,11 @@ async fn insert_listed(
 /// statement, then every delivery in another (see [`AttemptBatch`]), on the writer. A batch
 /// that is one statement needs no transaction.
 pub(crate) struct SqliteAttempts {
-    writer: SqlitePool,
+    writer: Held<Sqlite>,
 }
 
 impl SqliteAttempts {
-    pub(crate) fn grouped(writer: SqlitePool) -> Grouped<SqliteAttempts> {
+    pub(crate) fn grouped(writer: Held<Sqlite>) -> Grouped<SqliteAttempts> {
         Grouped::new(SqliteAttempts { writer })
     }
 
@@ -446,8 +450,8 @@ impl SqliteAttempts {
         message: &Message,
         lease: Option<&Lease>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self
-            .writer
+        let mut conn = self.writer.get().await?;
+        let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a transaction"))?;
@@ -461,6 +465,7 @@ impl SqliteAttempts {
         tx.commit()
             .await
             .map_err(db_error("failed to commit a message's progress"))?;
+        conn.done();
         Ok(true)
     }
 }
@@ -480,15 +485,13 @@ impl WriteMany for SqliteAttempts {
         let batch = AttemptBatch::new(writes);
         if batch.is_one_statement() {
             // One statement, atomic on its own.
-            let mut conn = self
-                .writer
-                .acquire()
-                .await
-                .map_err(db_error("failed to get a database connection"))?;
-            return write_attempts(&mut conn, &batch).await;
+            let mut conn = self.writer.get().await?;
+            let written = write_attempts(&mut conn, &batch).await?;
+            conn.done();
+            return Ok(written);
         }
-        let mut tx = self
-            .writer
+        let mut conn = self.writer.get().await?;
+        let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a transaction"))?;
@@ -496,6 +499,7 @@ impl WriteMany for SqliteAttempts {
         tx.commit()
             .await
             .map_err(db_error("failed to commit the results of attempts"))?;
+        conn.done();
         Ok(written)
     }
 }
@@ -593,7 +597,7 @@ impl MessageStore for SqliteStore {
             sqlx::query_scalar("SELECT id FROM messages WHERE app = ? AND id = ?")
                 .bind(app.as_str().to_owned())
                 .bind(id.0)
-                .fetch_optional(&self.readers)
+                .fetch_optional(&mut *self.readers.get().await?)
                 .await
                 .map_err(db_error("failed to read a message"))?;
         let Some(id) = found else {
@@ -644,7 +648,7 @@ impl MessageStore for SqliteStore {
             .push_bind(i64::from(limit));
         let ids: Vec<i64> = query
             .build_query_scalar()
-            .fetch_all(&self.readers)
+            .fetch_all(&mut *self.readers.get().await?)
             .await
             .map_err(db_error("failed to list messages"))?;
         self.load_messages(&ids, Some(DELIVERIES_SHOWN)).await
@@ -678,7 +682,7 @@ impl MessageStore for SqliteStore {
             .bind(now)
             .bind(except)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to claim due messages"))?;
         ids.sort_unstable();
@@ -721,7 +725,7 @@ impl MessageStore for SqliteStore {
         query.push(") RETURNING id");
         let mut renewed: Vec<i64> = query
             .build_query_scalar()
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to renew leases"))?;
         renewed.sort_unstable();
@@ -731,7 +735,7 @@ impl MessageStore for SqliteStore {
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
         let done = sqlx::query(RELEASE_LEASES)
             .bind(owner.to_owned())
-            .execute(&self.pool)
+            .execute(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to release leases"))?;
         Ok(done.rows_affected())
@@ -751,7 +755,7 @@ impl MessageStore for SqliteStore {
             .bind(message.0)
             .bind(after.map_or(i64::MIN, |d| d.0))
             .bind(i64::from(limit))
-            .fetch_all(&self.readers)
+            .fetch_all(&mut *self.readers.get().await?)
             .await
             .map_err(db_error("failed to read due deliveries"))?;
         rows.into_iter().map(DeliveryRow::into_domain).collect()
@@ -768,7 +772,7 @@ impl MessageStore for SqliteStore {
              FROM deliveries WHERE message_id = ?1 GROUP BY state",
         )
         .bind(message.0)
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *self.readers.get().await?)
         .await
         .map_err(db_error("failed to count deliveries"))?;
         let first = rows
@@ -788,8 +792,8 @@ impl MessageStore for SqliteStore {
         give_up: &GiveUp,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let mut tx = self
-            .pool
+        let mut conn = self.pool.get().await?;
+        let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a transaction"))?;
@@ -867,7 +871,7 @@ impl MessageStore for SqliteStore {
         query.push(" ORDER BY id DESC LIMIT 1");
         let id: Option<i64> = query
             .build_query_scalar()
-            .fetch_optional(&self.readers)
+            .fetch_optional(&mut *self.readers.get().await?)
             .await
             .map_err(db_error("failed to look for a template's message"))?;
         Ok(id.map(MessageId))
@@ -877,7 +881,7 @@ impl MessageStore for SqliteStore {
         let sql = format!("SELECT COUNT(*) FROM messages WHERE {DUE}");
         let count: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
             .bind(millis(now))
-            .fetch_one(&self.readers)
+            .fetch_one(&mut *self.readers.get().await?)
             .await
             .map_err(db_error("failed to count due messages"))?;
         Ok(u64::try_from(count).unwrap_or(0))
