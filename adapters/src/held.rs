@@ -28,6 +28,9 @@ use crate::faults::db_error;
 
 /// How long a kept connection may wait unused before it is checked again.
 const CHECK_AFTER: Duration = Duration::from_secs(1);
+/// How long a connection is kept, however busy, before it goes back to the pool once: so
+/// that the pool's own rules (its connections' lifetime, their check) still apply to it.
+const RETURN_AFTER: Duration = Duration::from_secs(60);
 
 /// Hands out connections of a pool, at most a given number at once, and keeps those whose
 /// use ended well. Cloning it shares the connections.
@@ -54,27 +57,43 @@ impl<DB: Database> std::fmt::Debug for Held<DB> {
 struct Shared<DB: Database> {
     pool: Pool<DB>,
     most: usize,
+    /// Whether connections are kept at all: not when others share a pool too small to lend
+    /// connections to the [`Held`] for good.
+    keep: bool,
     permits: Arc<Semaphore>,
     /// Connections whose last use ended well, with the time it ended; the last one kept is
     /// handed out first.
-    kept: Mutex<Vec<(PoolConnection<DB>, Instant)>>,
+    kept: Mutex<Vec<Kept<DB>>>,
 }
 
 impl<DB: Database> Shared<DB> {
-    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<(PoolConnection<DB>, Instant)>> {
+    fn kept(&self) -> std::sync::MutexGuard<'_, Vec<Kept<DB>>> {
         // The list is consistent at every point a panic could occur.
         self.kept.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl<DB: Database> Held<DB> {
-    /// Connections of `pool`, at most `most` handed out at once (at least one).
+    /// Connections of `pool`, at most `most` handed out at once (at least one), kept between
+    /// uses. Others may use `pool` directly only if it has more than `most` connections.
     pub(crate) fn new(pool: Pool<DB>, most: usize) -> Self {
+        Held::with(pool, most, true)
+    }
+
+    /// Connections of `pool`, at most `most` at once, that all go back to the pool after
+    /// each use, as if taken from it directly: for a pool shared with others that has no
+    /// connection to spare.
+    pub(crate) fn passing(pool: Pool<DB>, most: usize) -> Self {
+        Held::with(pool, most, false)
+    }
+
+    fn with(pool: Pool<DB>, most: usize, keep: bool) -> Self {
         let most = most.max(1);
         Held {
             shared: Arc::new(Shared {
                 pool,
                 most,
+                keep,
                 permits: Arc::new(Semaphore::new(most)),
                 kept: Mutex::new(Vec::new()),
             }),
@@ -99,20 +118,21 @@ impl<DB: Database> Held<DB> {
             .map_err(|_| sqlx::Error::PoolClosed)?;
         loop {
             let kept = self.shared.kept().pop();
-            let connection = match kept {
-                Some((connection, since)) if since.elapsed() < CHECK_AFTER => connection,
-                Some((mut connection, _)) => {
-                    if connection.ping().await.is_err() {
+            let (connection, taken) = match kept {
+                Some(kept) if kept.since.elapsed() < CHECK_AFTER => (kept.connection, kept.taken),
+                Some(mut kept) => {
+                    if kept.connection.ping().await.is_err() {
                         // Back to the pool, which checks it again and closes it.
-                        drop(connection);
+                        drop(kept);
                         continue;
                     }
-                    connection
+                    (kept.connection, kept.taken)
                 }
-                None => self.shared.pool.acquire().await?,
+                None => (self.shared.pool.acquire().await?, Instant::now()),
             };
             return Ok(HeldConnection {
                 connection: Some(connection),
+                taken,
                 keep: false,
                 _permit: permit,
                 shared: Arc::clone(&self.shared),
@@ -144,10 +164,21 @@ impl<DB: Database> Held<DB> {
     }
 }
 
+/// A connection kept between uses.
+struct Kept<DB: Database> {
+    connection: PoolConnection<DB>,
+    /// When its last use ended.
+    since: Instant,
+    /// When it was taken from the pool.
+    taken: Instant,
+}
+
 /// A connection handed out by a [`Held`]. Dropped after [`HeldConnection::done`], it is kept
 /// for the next use; dropped without, it goes back to the pool and its check.
 pub(crate) struct HeldConnection<DB: Database> {
     connection: Option<PoolConnection<DB>>,
+    /// When the connection was taken from the pool.
+    taken: Instant,
     keep: bool,
     _permit: OwnedSemaphorePermit,
     shared: Arc<Shared<DB>>,
@@ -186,8 +217,17 @@ impl<DB: Database> Drop for HeldConnection<DB> {
         let Some(connection) = self.connection.take() else {
             return;
         };
-        if self.keep && !connection.is_in_transaction() && !self.shared.pool.is_closed() {
-            self.shared.kept().push((connection, Instant::now()));
+        if self.keep
+            && self.shared.keep
+            && !connection.is_in_transaction()
+            && !self.shared.pool.is_closed()
+            && self.taken.elapsed() < RETURN_AFTER
+        {
+            self.shared.kept().push(Kept {
+                connection,
+                since: Instant::now(),
+                taken: self.taken,
+            });
         }
         // Otherwise the connection is dropped here and goes back to the pool, which checks
         // it (and, for the SQLite writer, replaces it if it is left inside a transaction).

@@ -10,7 +10,9 @@ use clarion_domain::ports::{
     DELIVERIES_SHOWN, Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
 };
 use clarion_domain::token::Platform;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, QueryBuilder};
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Postgres, QueryBuilder};
+
+use crate::held::Held;
 use time::OffsetDateTime;
 
 use crate::grouped::attempts::{AttemptBatch, Save};
@@ -175,21 +177,21 @@ async fn write_deliveries(
 /// The transaction of grouped messages on PostgreSQL: each message's row, then every related
 /// object and every listed delivery of the batch in one statement each.
 pub(crate) struct PgMessages {
-    pool: PgPool,
+    pool: Held<Postgres>,
 }
 
 impl PgMessages {
-    pub(crate) fn grouped(pool: PgPool) -> Grouped<PgMessages> {
+    pub(crate) fn grouped(pool: Held<Postgres>) -> Grouped<PgMessages> {
         Grouped::new(PgMessages { pool })
     }
 
     /// Writes `messages` in one transaction and returns them as stored, a broadcast without
     /// its deliveries, with the number of deliveries the broadcasts created.
     async fn insert(
-        pool: &PgPool,
+        conn: &mut PgConnection,
         messages: &[NewMessage],
     ) -> Result<(Vec<Message>, u64), StoreError> {
-        let mut tx = pool
+        let mut tx = conn
             .begin()
             .await
             .map_err(db_error("failed to begin a transaction"))?;
@@ -233,7 +235,10 @@ impl WriteMany for PgMessages {
     }
 
     async fn write_many(&self, messages: &[NewMessage]) -> Result<Vec<Message>, StoreError> {
-        Ok(PgMessages::insert(&self.pool, messages).await?.0)
+        let mut conn = self.pool.get().await?;
+        let (stored, _) = PgMessages::insert(&mut conn, messages).await?;
+        conn.done();
+        Ok(stored)
     }
 }
 
@@ -492,11 +497,11 @@ async fn insert_listed(
 /// in one statement, then every delivery in another (see [`AttemptBatch`]), committed once.
 /// A batch that is one statement needs no transaction.
 pub(crate) struct PgAttempts {
-    pool: PgPool,
+    pool: Held<Postgres>,
 }
 
 impl PgAttempts {
-    pub(crate) fn grouped(pool: PgPool) -> Grouped<PgAttempts> {
+    pub(crate) fn grouped(pool: Held<Postgres>) -> Grouped<PgAttempts> {
         Grouped::new(PgAttempts { pool })
     }
 
@@ -506,8 +511,8 @@ impl PgAttempts {
         message: &Message,
         lease: Option<&Lease>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self
-            .pool
+        let mut conn = self.pool.get().await?;
+        let mut tx = conn
             .begin()
             .await
             .map_err(db_error("failed to begin a transaction"))?;
@@ -521,6 +526,7 @@ impl PgAttempts {
         tx.commit()
             .await
             .map_err(db_error("failed to commit a message's progress"))?;
+        conn.done();
         Ok(true)
     }
 }
@@ -541,15 +547,13 @@ impl WriteMany for PgAttempts {
         let batch = AttemptBatch::new(writes);
         if batch.is_one_statement() {
             // One statement, without a transaction's extra round trips.
-            let mut conn = self
-                .pool
-                .acquire()
-                .await
-                .map_err(db_error("failed to get a database connection"))?;
-            return write_attempts(&mut conn, &batch).await;
+            let mut conn = self.pool.get().await?;
+            let written = write_attempts(&mut conn, &batch).await?;
+            conn.done();
+            return Ok(written);
         }
-        let mut tx = self
-            .pool
+        let mut conn = self.pool.get().await?;
+        let mut tx = conn
             .begin()
             .await
             .map_err(db_error("failed to begin a transaction"))?;
@@ -557,6 +561,7 @@ impl WriteMany for PgAttempts {
         tx.commit()
             .await
             .map_err(db_error("failed to commit the results of attempts"))?;
+        conn.done();
         Ok(written)
     }
 }
@@ -651,8 +656,14 @@ impl MessageStore for PgStore {
         };
         // A broadcast's statement reads every device of its application: written alone, so
         // that the messages sent meanwhile are not held until it commits.
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_error("failed to get a database connection"))?;
         let (mut stored, broadcast) =
-            PgMessages::insert(&self.pool, std::slice::from_ref(message)).await?;
+            PgMessages::insert(&mut conn, std::slice::from_ref(message)).await?;
+        drop(conn);
         if broadcast >= ANALYZE_AFTER_DELIVERIES {
             // The planner's statistics still describe the table from before the broadcast:
             // with them, each page of its due deliveries was read through a bitmap of all the
