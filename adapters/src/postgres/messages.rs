@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use clarion_domain::ids::{AppId, DeliveryId, MessageId, RelatedObject, Slug};
 use clarion_domain::message::{Channel, Delivery, DeliveryState, DeliveryTally, GiveUp, Message};
 use clarion_domain::ports::{
-    DELIVERIES_SHOWN, Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
+    DELIVERIES_SHOWN, DueDelivery, Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage,
+    StoreError,
 };
 use clarion_domain::token::Platform;
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Postgres, QueryBuilder};
@@ -20,7 +21,7 @@ use crate::grouped::{
     AttemptWrite, Grouped, MAX_ATTEMPT_ROWS, MAX_ATTEMPT_WRITES, MAX_GROUPED_DELIVERIES, WriteMany,
 };
 use crate::postgres::rows::{
-    DELIVERY_COLUMNS, DeliveryRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text,
+    DELIVERY_COLUMNS, DeliveryRow, DueRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text,
     opt_json_text, target_columns,
 };
 use crate::postgres::{PgStore, db_error, ms, opt_ms};
@@ -835,6 +836,38 @@ impl MessageStore for PgStore {
             .await
             .map_err(db_error("failed to read due deliveries"))?;
         rows.into_iter().map(DeliveryRow::into_domain).collect()
+    }
+
+    async fn due_page(
+        &self,
+        app: &AppId,
+        message: MessageId,
+        after: Option<DeliveryId>,
+        limit: u32,
+    ) -> Result<Option<Vec<DueDelivery>>, StoreError> {
+        // Each device is a `LATERAL` primary-key look-up, as in `get_devices`, whatever the
+        // statistics say.
+        let sql = format!(
+            "SELECT d.*, v.platform, v.token_key, v.p256dh, v.auth, v.active, \
+             v.deactivation_reason \
+             FROM (SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = $2 AND id > $3 \
+             AND state IN ('pending', 'retrying') ORDER BY id LIMIT $4) AS d \
+             LEFT JOIN LATERAL (SELECT platform, token_key, p256dh, auth, active, \
+             deactivation_reason FROM devices WHERE id = d.device_id AND app = $1) AS v ON TRUE \
+             ORDER BY d.id"
+        );
+        let rows: Vec<DueRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(app.as_str())
+            .bind(message.0)
+            .bind(after.map_or(i64::MIN, |d| d.0))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("failed to read due deliveries"))?;
+        rows.into_iter()
+            .map(DueRow::into_domain)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     async fn delivery_tally(&self, message: MessageId) -> Result<DeliveryTally, StoreError> {

@@ -313,6 +313,7 @@ mod rows {
     pub(super) type DeviceRow = crate::rows::DeviceRow<OffsetDateTime>;
     pub(super) type MessageRow = crate::rows::MessageRow<OffsetDateTime>;
     pub(super) type DeliveryRow = crate::rows::DeliveryRow<OffsetDateTime>;
+    pub(super) type DueRow = crate::rows::DueRow<OffsetDateTime>;
     pub(super) type TemplateRow = crate::rows::TemplateRow<OffsetDateTime>;
     pub(super) type ApiKeyRow = crate::rows::ApiKeyRow<OffsetDateTime>;
 

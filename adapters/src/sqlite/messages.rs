@@ -7,7 +7,8 @@ use async_trait::async_trait;
 use clarion_domain::ids::{AppId, DeliveryId, MessageId, RelatedObject, Slug};
 use clarion_domain::message::{Channel, Delivery, DeliveryState, DeliveryTally, GiveUp, Message};
 use clarion_domain::ports::{
-    DELIVERIES_SHOWN, Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
+    DELIVERIES_SHOWN, DueDelivery, Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage,
+    StoreError,
 };
 use clarion_domain::token::Platform;
 use sqlx::{AssertSqlSafe, Connection as _, QueryBuilder, Sqlite, SqliteConnection};
@@ -21,8 +22,8 @@ use crate::grouped::{
 };
 use crate::rows::{MAX_BATCH, MAX_BATCH_DELIVERIES, inserted_delivery, inserted_message, weight};
 use crate::sqlite::rows::{
-    DELIVERY_COLUMNS, DeliveryRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text, millis,
-    opt_json_text, opt_millis, target_columns,
+    DELIVERY_COLUMNS, DeliveryRow, DueRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text,
+    millis, opt_json_text, opt_millis, target_columns,
 };
 use crate::sqlite::{SqliteStore, db_error};
 
@@ -569,6 +570,22 @@ const SAVE_PROGRESS: &str = "WITH s (message, state, error, attempts, next_attem
         ELSE (messages.lease_owner IS NULL OR messages.lease_until <= s.changed_at) END \
     RETURNING id";
 
+/// The statement of `due_page`: the page of due deliveries (`?2`, after `?3`, at most `?4`),
+/// each looked up with its device of application `?1` by primary key (`NULL`s when there is
+/// none), as one JSON array of [`DueRow`]s. `active` is written as a JSON boolean.
+fn due_page_sql() -> String {
+    format!(
+        "SELECT json_group_array(json_array(d.id, d.message_id, d.device_id, d.channel, \
+         d.state, d.attempts, d.provider_id, d.error_code, d.error_text, d.details, \
+         d.updated_at, v.platform, v.token_key, v.p256dh, v.auth, \
+         CASE WHEN v.id IS NULL THEN NULL WHEN v.active THEN json('true') \
+         ELSE json('false') END, v.deactivation_reason)) \
+         FROM (SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ?2 AND id > ?3 \
+         AND state IN ('pending', 'retrying') ORDER BY id LIMIT ?4) AS d \
+         LEFT JOIN devices AS v ON v.id = d.device_id AND v.app = ?1"
+    )
+}
+
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError> {
@@ -759,6 +776,39 @@ impl MessageStore for SqliteStore {
             .await
             .map_err(db_error("failed to read due deliveries"))?;
         rows.into_iter().map(DeliveryRow::into_domain).collect()
+    }
+
+    async fn due_page(
+        &self,
+        app: &AppId,
+        message: MessageId,
+        after: Option<DeliveryId>,
+        limit: u32,
+    ) -> Result<Option<Vec<DueDelivery>>, StoreError> {
+        // One row holding the page as JSON: sqlx hands each row of a statement over from the
+        // connection's thread and copies each of its values, which for a page of 500
+        // deliveries and their devices cost more than the look-ups (see `due_page_sql`).
+        let page: String = sqlx::query_scalar(AssertSqlSafe(due_page_sql()))
+            .bind(app.as_str())
+            .bind(message.0)
+            .bind(after.map_or(i64::MIN, |d| d.0))
+            .bind(i64::from(limit))
+            .fetch_one(&self.readers)
+            .await
+            .map_err(db_error("failed to read due deliveries"))?;
+        let rows: Vec<DueRow> = serde_json::from_str(&page).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "deliveries of message {}: a due delivery or its device: {e}",
+                message.0
+            ))
+        })?;
+        let mut page = rows
+            .into_iter()
+            .map(DueRow::into_domain)
+            .collect::<Result<Vec<_>, _>>()?;
+        // The aggregate's order is SQLite's choice.
+        page.sort_unstable_by_key(|(delivery, _)| delivery.id);
+        Ok(Some(page))
     }
 
     async fn delivery_tally(&self, message: MessageId) -> Result<DeliveryTally, StoreError> {

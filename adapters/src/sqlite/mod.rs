@@ -19,6 +19,7 @@ mod rows {
     pub(super) type DeviceRow = crate::rows::DeviceRow<i64>;
     pub(super) type MessageRow = crate::rows::MessageRow<i64>;
     pub(super) type DeliveryRow = crate::rows::DeliveryRow<i64>;
+    pub(super) type DueRow = crate::rows::DueRow<i64>;
     pub(super) type TemplateRow = crate::rows::TemplateRow<i64>;
     pub(super) type ApiKeyRow = crate::rows::ApiKeyRow<i64>;
 }
