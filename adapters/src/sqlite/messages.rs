@@ -788,14 +788,16 @@ impl MessageStore for SqliteStore {
         // One row holding the page as JSON: sqlx hands each row of a statement over from the
         // connection's thread and copies each of its values, which for a page of 500
         // deliveries and their devices cost more than the look-ups (see `due_page_sql`).
+        let mut conn = self.readers.get().await?;
         let page: String = sqlx::query_scalar(AssertSqlSafe(due_page_sql()))
             .bind(app.as_str())
             .bind(message.0)
             .bind(after.map_or(i64::MIN, |d| d.0))
             .bind(i64::from(limit))
-            .fetch_one(&self.readers)
+            .fetch_one(&mut *conn)
             .await
             .map_err(db_error("failed to read due deliveries"))?;
+        conn.done();
         let rows: Vec<DueRow> = serde_json::from_str(&page).map_err(|e| {
             StoreError::Corrupt(format!(
                 "deliveries of message {}: a due delivery or its device: {e}",
