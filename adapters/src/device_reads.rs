@@ -35,6 +35,11 @@ const MAX_READS: usize = 256;
 /// The most ids in one statement; a single read with more is made alone.
 const MAX_IDS: usize = 4_000;
 
+/// How many batches are read at the same time. Reads do not wait for each other in the
+/// database: a second batch may be read while the first is, so that one slow statement does
+/// not hold back the sends behind it.
+pub(crate) const READERS: usize = 2;
+
 /// Makes the reads of a batch with one statement of `R`.
 pub(crate) struct DeviceReads<R>(R);
 
@@ -52,9 +57,7 @@ impl<R: ReadDevices> WriteMany for DeviceReads<R> {
     type Output = Vec<Device>;
     const MAX_ITEMS: usize = MAX_READS;
     const MAX_WEIGHT: usize = MAX_IDS;
-    // Reads do not wait for each other in the database: a second batch may be read while the
-    // first is, so that one slow statement does not hold back the sends behind it.
-    const WRITERS: usize = 2;
+    const WRITERS: usize = READERS;
 
     fn weight(read: &DeviceRead) -> usize {
         read.1.len()

@@ -7,6 +7,7 @@ pub mod debug;
 mod device_reads;
 mod faults;
 mod grouped;
+mod held;
 pub mod key_cache;
 pub mod keys;
 pub mod metrics;

@@ -11,7 +11,7 @@ use clarion_domain::ids::{AppId, DeliveryId, MessageId, RelatedObject, Slug};
 use clarion_domain::message::{Channel, Delivery, DeliveryTally, GiveUp, Message, SendOutcome};
 use clarion_domain::payload::Payload;
 use clarion_domain::ports::{
-    Lease, MessageFilter, MessageStore, NewMessage, PushProvider, StoreError,
+    DueDelivery, Lease, MessageFilter, MessageStore, NewMessage, PushProvider, StoreError,
 };
 use time::OffsetDateTime;
 
@@ -150,6 +150,16 @@ impl<S: MessageStore + ?Sized> MessageStore for InstrumentedMessages<S> {
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError> {
         self.inner.due_deliveries(message, after, limit).await
+    }
+
+    async fn due_page(
+        &self,
+        app: &AppId,
+        message: MessageId,
+        after: Option<DeliveryId>,
+        limit: u32,
+    ) -> Result<Option<Vec<DueDelivery>>, StoreError> {
+        self.inner.due_page(app, message, after, limit).await
     }
 
     async fn delivery_tally(&self, message: MessageId) -> Result<DeliveryTally, StoreError> {

@@ -8,7 +8,7 @@ use std::fmt::Display;
 
 use clarion_domain::app::SenderKind;
 use clarion_domain::auth::{ApiKey, ApiKeyId, KeyHash};
-use clarion_domain::device::Device;
+use clarion_domain::device::{Device, Recipient};
 use clarion_domain::ids::{
     AppId, DeliveryId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId,
 };
@@ -16,7 +16,7 @@ use clarion_domain::message::{
     Channel, Content, Delivery, DeliveryState, Message, MessageSpec, MessageState, Priority,
     Progress, PushOptions, Target,
 };
-use clarion_domain::ports::{NewDeliveries, NewMessage, StoreError};
+use clarion_domain::ports::{DueDelivery, NewDeliveries, NewMessage, StoreError};
 use clarion_domain::template::Template;
 use clarion_domain::token::{DeviceToken, EndpointPolicy, Platform};
 use serde_json::{Map, Value};
@@ -466,6 +466,76 @@ impl<T: StoredTime> DeliveryRow<T> {
             details: f.json("details", self.details.as_deref())?,
             updated_at: f.time("updated_at", self.updated_at)?,
         })
+    }
+}
+
+/// A due delivery with the columns of its device that sending needs, as
+/// [`clarion_domain::ports::MessageStore::due_page`] reads them: the delivery's columns in
+/// [`DELIVERY_COLUMNS`] order, then its device's (all `NULL` when there is none). SQLite
+/// gives a page as one JSON array of these rows (in this field order), PostgreSQL as rows.
+#[derive(Debug, sqlx::FromRow, serde::Deserialize)]
+pub(crate) struct DueRow<T> {
+    pub id: i64,
+    pub message_id: i64,
+    pub device_id: Option<i64>,
+    pub channel: String,
+    pub state: String,
+    pub attempts: i64,
+    pub provider_id: Option<String>,
+    pub error_code: Option<String>,
+    pub error_text: Option<String>,
+    pub details: Option<String>,
+    pub updated_at: T,
+    pub platform: Option<String>,
+    pub token_key: Option<String>,
+    pub p256dh: Option<String>,
+    pub auth: Option<String>,
+    pub active: Option<bool>,
+    pub deactivation_reason: Option<String>,
+}
+
+impl<T: StoredTime> DueRow<T> {
+    pub(crate) fn into_domain(self) -> Result<DueDelivery, StoreError> {
+        let device = match (self.device_id, &self.platform, &self.token_key) {
+            (Some(id), Some(platform), Some(token_key)) => {
+                let f = Field {
+                    table: "devices",
+                    id: &id,
+                };
+                let platform: Platform = platform.parse().map_err(|e| f.err("platform", e))?;
+                // As in `DeviceRow::into_domain`: validated on the way in.
+                let token = DeviceToken::parse(
+                    platform,
+                    token_key,
+                    self.p256dh.as_deref(),
+                    self.auth.as_deref(),
+                    EndpointPolicy::AllowPrivate,
+                )
+                .map_err(|e| f.err("token", e))?;
+                Some(Recipient {
+                    id: DeviceId(id),
+                    token,
+                    active: self.active.ok_or_else(|| f.err("active", "missing"))?,
+                    deactivation_reason: self.deactivation_reason,
+                })
+            }
+            _ => None,
+        };
+        let delivery = DeliveryRow {
+            id: self.id,
+            message_id: self.message_id,
+            device_id: self.device_id,
+            channel: self.channel,
+            state: self.state,
+            attempts: self.attempts,
+            provider_id: self.provider_id,
+            error_code: self.error_code,
+            error_text: self.error_text,
+            details: self.details,
+            updated_at: self.updated_at,
+        }
+        .into_domain()?;
+        Ok((delivery, device))
     }
 }
 

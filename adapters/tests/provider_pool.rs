@@ -120,7 +120,7 @@ fn apns_payload(n: usize) -> Payload {
             expiration: None,
             collapse_id: None,
         },
-        body: br#"{"aps":{"alert":{"title":"Hi","body":"There"}}}"#.to_vec(),
+        body: br#"{"aps":{"alert":{"title":"Hi","body":"There"}}}"#.as_slice().into(),
     })
 }
 

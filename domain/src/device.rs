@@ -35,6 +35,35 @@ impl Device {
     }
 }
 
+/// What sending to a device needs of it: its token, and whether it is still active (with
+/// why not). A page of due deliveries carries this rather than the whole [`Device`], so that a
+/// store reads and decodes only these columns for each delivery of a broadcast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    pub id: DeviceId,
+    pub token: DeviceToken,
+    pub active: bool,
+    pub deactivation_reason: Option<String>,
+}
+
+impl Recipient {
+    #[must_use]
+    pub fn platform(&self) -> Platform {
+        self.token.platform()
+    }
+}
+
+impl From<Device> for Recipient {
+    fn from(device: Device) -> Self {
+        Self {
+            id: device.id,
+            token: device.token,
+            active: device.active,
+            deactivation_reason: device.deactivation_reason,
+        }
+    }
+}
+
 /// A registration request, already validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDevice {

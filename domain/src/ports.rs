@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use crate::app::SenderKind;
 use crate::auth::{ApiKey, ApiKeyId, KeyHash, NewApiKey};
 use crate::device::{
-    BulkRegistration, Device, DeviceFilter, DeviceUpdate, NewDevice, Registration,
+    BulkRegistration, Device, DeviceFilter, DeviceUpdate, NewDevice, Recipient, Registration,
 };
 use crate::ids::{AppId, DeliveryId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use crate::message::SendOutcome;
@@ -98,6 +98,10 @@ pub struct MessageFilter {
     pub before: Option<MessageId>,
     pub limit: Option<u32>,
 }
+
+/// A due delivery with what sending needs of its device, `None` when it has none (see
+/// [`MessageStore::due_page`]).
+pub type DueDelivery = (Delivery, Option<Recipient>);
 
 /// Devices: registration, look-up, deactivation.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
@@ -312,6 +316,27 @@ pub trait MessageStore: Send + Sync + 'static {
         after: Option<DeliveryId>,
         limit: u32,
     ) -> Result<Vec<Delivery>, StoreError>;
+
+    /// Up to `limit` due deliveries of `message` as [`MessageStore::due_deliveries`] gives
+    /// them, each with what sending needs of its device: `None` for a delivery without one
+    /// (OneSignal), for a device that no longer exists, and for one that is not of `app`.
+    /// Read in one statement, which is what a broadcast pays for each page.
+    ///
+    /// Returns `Ok(None)` when the store cannot read them together (the default): the caller
+    /// then reads the deliveries with [`MessageStore::due_deliveries`] and their devices with
+    /// [`DeviceStore::get_devices`].
+    ///
+    /// # Errors
+    /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
+    async fn due_page(
+        &self,
+        _app: &AppId,
+        _message: MessageId,
+        _after: Option<DeliveryId>,
+        _limit: u32,
+    ) -> Result<Option<Vec<DueDelivery>>, StoreError> {
+        Ok(None)
+    }
 
     /// The counts of `message`'s deliveries by state and its first error.
     ///

@@ -20,7 +20,8 @@ use crate::auth::{
     ApiKey, ApiKeyId, AuthError, CreatedApiKey, KeyHash, KeyScope, NewApiKey, Principal,
 };
 use crate::device::{
-    BulkRegistration, Device, DeviceFieldError, DeviceFilter, DeviceUpdate, NewDevice, Registration,
+    BulkRegistration, Device, DeviceFieldError, DeviceFilter, DeviceUpdate, NewDevice, Recipient,
+    Registration,
 };
 use crate::ids::{DeliveryId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use crate::message::{
@@ -29,9 +30,9 @@ use crate::message::{
 };
 use crate::payload::{self, Payload, PayloadError, PayloadTarget};
 use crate::ports::{
-    ApiKeyStore, Clock, DELIVERIES_SHOWN, DeviceCount, DeviceStore, ErrorReason, Lease,
-    MessageFilter, MessageStore, NewDeliveries, NewMessage, PushProvider, RenderError, ReportStore,
-    StateCount, StoreError, TemplateRenderer, TemplateStore,
+    ApiKeyStore, Clock, DELIVERIES_SHOWN, DeviceCount, DeviceStore, DueDelivery, ErrorReason,
+    Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, PushProvider, RenderError,
+    ReportStore, StateCount, StoreError, TemplateRenderer, TemplateStore,
 };
 use crate::template::{CannotSend, Rendered, Template, TemplateSpec};
 use crate::text::{UnstorableText, storable};
@@ -346,8 +347,8 @@ const RECORD_BATCH: usize = 512;
 /// is a large one (see [`PushService::due_pages`]).
 const FIRST_PAGE: u32 = 64;
 
-/// The devices of one page of deliveries, by id.
-type PageDevices = BTreeMap<DeviceId, Device>;
+/// The devices of a loaded message's deliveries, by id, as sending needs them.
+type PageDevices = BTreeMap<DeviceId, Recipient>;
 /// What one delivery needs to go out, or the outcome it gets without a request.
 enum Prepared<'a> {
     Send(&'a Arc<dyn PushProvider>, Payload),
@@ -908,7 +909,10 @@ impl PushService {
             .iter()
             .map(|d| (debug.unwrap_or(Channel::from(d.platform())), Some(d.id)))
             .collect();
-        let devices = devices.into_iter().map(|d| (d.id, d)).collect();
+        let devices = devices
+            .into_iter()
+            .map(|d| (d.id, Recipient::from(d)))
+            .collect();
         Ok((NewDeliveries::Listed(listed), devices))
     }
 
@@ -1231,9 +1235,12 @@ impl PushService {
         let pages = match loaded {
             // Known from planning: one page of every due delivery, with no store call.
             Loaded::All(devices) => {
-                let page: Vec<(Delivery, Arc<PageDevices>)> = message
+                let page: Vec<DueDelivery> = message
                     .due_deliveries()
-                    .map(|delivery| (delivery.clone(), Arc::clone(devices)))
+                    .map(|delivery| {
+                        let device = delivery.device_id.and_then(|id| devices.get(&id).cloned());
+                        (delivery.clone(), device)
+                    })
                     .collect();
                 Either::Left(stream::once(future::ready(Ok(page))))
             }
@@ -1247,9 +1254,15 @@ impl PushService {
                     .map_ok(|page| stream::iter(page).map(Ok::<_, StoreError>))
                     .try_flatten()
                     .map(move |due| {
-                        let prepared = due.map(|(delivery, devices)| {
-                            let prepared =
-                                self.prepare(app, spec, &delivery, &devices, started, &mut built);
+                        let prepared = due.map(|(delivery, device)| {
+                            let prepared = self.prepare(
+                                app,
+                                spec,
+                                &delivery,
+                                device.as_ref(),
+                                started,
+                                &mut built,
+                            );
                             (delivery, prepared)
                         });
                         async move {
@@ -1292,8 +1305,7 @@ impl PushService {
         }
     }
 
-    /// The due deliveries of message `id`, a page at a time, each with the devices of its
-    /// page.
+    /// The due deliveries of message `id`, a page at a time, each with its device.
     ///
     /// In a batch, the first page is small ([`FIRST_PAGE`]), and a message with more due
     /// deliveries than that is a large one: it waits for one of the few permits its
@@ -1306,7 +1318,7 @@ impl PushService {
         app: &'a Application,
         id: MessageId,
         batch: Option<&'a Batch>,
-    ) -> impl Stream<Item = Result<Vec<(Delivery, Arc<PageDevices>)>, StoreError>> + Send + 'a {
+    ) -> impl Stream<Item = Result<Vec<DueDelivery>, StoreError>> + Send + 'a {
         let page = self.settings.delivery_page.max(1);
         let first = match batch {
             Some(_) => page.min(FIRST_PAGE),
@@ -1327,31 +1339,49 @@ impl PushService {
                     }
                     (Some(_), _) => (page, permit),
                 };
-                let due = self.ports.messages.due_deliveries(id, after, limit).await?;
-                let Some(last) = due.last() else {
+                let page = self.due_page(app, id, after, limit).await?;
+                let Some((last, _)) = page.last() else {
                     return Ok(None);
                 };
-                let next = (due.len() >= limit as usize).then_some(Some(last.id));
-                let device_ids: Vec<DeviceId> = due.iter().filter_map(|d| d.device_id).collect();
-                let devices: PageDevices = if device_ids.is_empty() {
-                    BTreeMap::new()
-                } else {
-                    self.ports
-                        .devices
-                        .get_devices(&app.id, &device_ids)
-                        .await?
-                        .into_iter()
-                        .map(|d| (d.id, d))
-                        .collect()
-                };
-                let devices = Arc::new(devices);
-                let page = due
-                    .into_iter()
-                    .map(|delivery| (delivery, Arc::clone(&devices)))
-                    .collect();
+                let next = (page.len() >= limit as usize).then_some(Some(last.id));
                 Ok(Some((page, (next, permit))))
             },
         )
+    }
+
+    /// One page of due deliveries of message `id` with their devices: in one read when the
+    /// store can, else the deliveries and then their devices.
+    async fn due_page(
+        &self,
+        app: &Application,
+        id: MessageId,
+        after: Option<DeliveryId>,
+        limit: u32,
+    ) -> Result<Vec<DueDelivery>, StoreError> {
+        let messages = &self.ports.messages;
+        if let Some(page) = messages.due_page(&app.id, id, after, limit).await? {
+            return Ok(page);
+        }
+        let due = messages.due_deliveries(id, after, limit).await?;
+        let device_ids: Vec<DeviceId> = due.iter().filter_map(|d| d.device_id).collect();
+        let devices: PageDevices = if device_ids.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.ports
+                .devices
+                .get_devices(&app.id, &device_ids)
+                .await?
+                .into_iter()
+                .map(|d| (d.id, Recipient::from(d)))
+                .collect()
+        };
+        Ok(due
+            .into_iter()
+            .map(|delivery| {
+                let device = delivery.device_id.and_then(|id| devices.get(&id).cloned());
+                (delivery, device)
+            })
+            .collect())
     }
 
     /// The recording half of [`PushService::send_due`]. Returns `false` when the lease was
@@ -1444,19 +1474,20 @@ impl PushService {
     }
 
     /// What delivery `delivery` needs to go out: its provider and payload, or the outcome it
-    /// gets without a request. `built` keeps the first payload of each platform, so that a
-    /// payload that does not depend on the device (APNs) is built once per attempt.
+    /// gets without a request. `device` is its device, `None` when it was not found. `built`
+    /// keeps the first payload of each platform, so that a payload that does not depend on the
+    /// device (APNs) is built once per attempt.
     fn prepare(
         &self,
         app: &Application,
         spec: &MessageSpec,
         delivery: &Delivery,
-        devices: &PageDevices,
+        device: Option<&Recipient>,
         now: OffsetDateTime,
         built: &mut BTreeMap<Platform, Payload>,
     ) -> Prepared<'_> {
         let payload = match delivery.device_id {
-            Some(id) => match devices.get(&id) {
+            Some(id) => match device {
                 None => {
                     return Prepared::Done(permanent(
                         "device_deleted",

@@ -10,7 +10,9 @@ use clarion_domain::device::{
 use clarion_domain::ids::{AppId, DeviceId};
 use clarion_domain::ports::{DeviceStore, StoreError};
 use clarion_domain::token::DeviceToken;
-use sqlx::{AssertSqlSafe, PgPool, Postgres, QueryBuilder};
+use sqlx::{AssertSqlSafe, Postgres, QueryBuilder};
+
+use crate::held::Held;
 use time::OffsetDateTime;
 
 use crate::device_reads::{CoalescedReads, ReadDevices, coalesced};
@@ -83,11 +85,11 @@ struct RegisteredRow {
 /// The statement of [`GroupedRegistrations`] on PostgreSQL: one atomic upsert of every
 /// device of the batch, whoever registers the same tokens at the same time.
 pub(crate) struct PgRegistrations {
-    pub(crate) pool: PgPool,
+    pub(crate) pool: Held<Postgres>,
 }
 
 impl PgRegistrations {
-    pub(crate) fn grouped(pool: PgPool) -> GroupedRegistrations {
+    pub(crate) fn grouped(pool: Held<Postgres>) -> GroupedRegistrations {
         GroupedRegistrations::new(Arc::new(PgRegistrations { pool }))
     }
 }
@@ -98,14 +100,16 @@ impl RegisterMany for PgRegistrations {
         &self,
         devices: &[&Pending],
     ) -> Result<Vec<(Device, Registration)>, StoreError> {
+        let mut conn = self.pool.get().await?;
         let rows: Vec<RegisteredRow> = upsert(
             devices.iter().map(|(device, now)| (device, *now)),
             &format!("{DEVICE_COLUMNS}, (xmax = 0) AS created"),
         )
         .build_query_as()
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error("failed to register devices"))?;
+        conn.done();
         rows.into_iter()
             .map(|row| Ok(registered(row.device.into_domain()?, row.created)))
             .collect()
@@ -115,11 +119,11 @@ impl RegisterMany for PgRegistrations {
 /// The statement of [`CoalescedReads`] on PostgreSQL: the devices of the `(application, id)`
 /// pairs given as two arrays.
 pub(crate) struct PgDeviceReads {
-    pub(crate) pool: PgPool,
+    pub(crate) pool: Held<Postgres>,
 }
 
 impl PgDeviceReads {
-    pub(crate) fn coalesced(pool: PgPool) -> CoalescedReads<PgDeviceReads> {
+    pub(crate) fn coalesced(pool: Held<Postgres>) -> CoalescedReads<PgDeviceReads> {
         coalesced(PgDeviceReads { pool })
     }
 }
@@ -143,15 +147,15 @@ impl ReadDevices for PgDeviceReads {
              CROSS JOIN LATERAL (SELECT {DEVICE_COLUMNS} FROM devices \
              WHERE id = wanted.wanted_device OFFSET 0) AS d WHERE d.app = wanted.wanted_app"
         );
-        sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
+        let mut conn = self.pool.get().await?;
+        let rows = sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
             .bind(apps)
             .bind(ids)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
-            .map_err(db_error("failed to read devices"))?
-            .into_iter()
-            .map(DeviceRow::into_domain)
-            .collect()
+            .map_err(db_error("failed to read devices"))?;
+        conn.done();
+        rows.into_iter().map(DeviceRow::into_domain).collect()
     }
 }
 

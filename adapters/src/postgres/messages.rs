@@ -7,10 +7,13 @@ use async_trait::async_trait;
 use clarion_domain::ids::{AppId, DeliveryId, MessageId, RelatedObject, Slug};
 use clarion_domain::message::{Channel, Delivery, DeliveryState, DeliveryTally, GiveUp, Message};
 use clarion_domain::ports::{
-    DELIVERIES_SHOWN, Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
+    DELIVERIES_SHOWN, DueDelivery, Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage,
+    StoreError,
 };
 use clarion_domain::token::Platform;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, QueryBuilder};
+use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Postgres, QueryBuilder};
+
+use crate::held::Held;
 use time::OffsetDateTime;
 
 use crate::grouped::attempts::{AttemptBatch, Save};
@@ -18,7 +21,7 @@ use crate::grouped::{
     AttemptWrite, Grouped, MAX_ATTEMPT_ROWS, MAX_ATTEMPT_WRITES, MAX_GROUPED_DELIVERIES, WriteMany,
 };
 use crate::postgres::rows::{
-    DELIVERY_COLUMNS, DeliveryRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text,
+    DELIVERY_COLUMNS, DeliveryRow, DueRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text,
     opt_json_text, target_columns,
 };
 use crate::postgres::{PgStore, db_error, ms, opt_ms};
@@ -175,21 +178,21 @@ async fn write_deliveries(
 /// The transaction of grouped messages on PostgreSQL: each message's row, then every related
 /// object and every listed delivery of the batch in one statement each.
 pub(crate) struct PgMessages {
-    pool: PgPool,
+    pool: Held<Postgres>,
 }
 
 impl PgMessages {
-    pub(crate) fn grouped(pool: PgPool) -> Grouped<PgMessages> {
+    pub(crate) fn grouped(pool: Held<Postgres>) -> Grouped<PgMessages> {
         Grouped::new(PgMessages { pool })
     }
 
     /// Writes `messages` in one transaction and returns them as stored, a broadcast without
     /// its deliveries, with the number of deliveries the broadcasts created.
     async fn insert(
-        pool: &PgPool,
+        conn: &mut PgConnection,
         messages: &[NewMessage],
     ) -> Result<(Vec<Message>, u64), StoreError> {
-        let mut tx = pool
+        let mut tx = conn
             .begin()
             .await
             .map_err(db_error("failed to begin a transaction"))?;
@@ -233,7 +236,10 @@ impl WriteMany for PgMessages {
     }
 
     async fn write_many(&self, messages: &[NewMessage]) -> Result<Vec<Message>, StoreError> {
-        Ok(PgMessages::insert(&self.pool, messages).await?.0)
+        let mut conn = self.pool.get().await?;
+        let (stored, _) = PgMessages::insert(&mut conn, messages).await?;
+        conn.done();
+        Ok(stored)
     }
 }
 
@@ -492,11 +498,11 @@ async fn insert_listed(
 /// in one statement, then every delivery in another (see [`AttemptBatch`]), committed once.
 /// A batch that is one statement needs no transaction.
 pub(crate) struct PgAttempts {
-    pool: PgPool,
+    pool: Held<Postgres>,
 }
 
 impl PgAttempts {
-    pub(crate) fn grouped(pool: PgPool) -> Grouped<PgAttempts> {
+    pub(crate) fn grouped(pool: Held<Postgres>) -> Grouped<PgAttempts> {
         Grouped::new(PgAttempts { pool })
     }
 
@@ -506,8 +512,8 @@ impl PgAttempts {
         message: &Message,
         lease: Option<&Lease>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self
-            .pool
+        let mut conn = self.pool.get().await?;
+        let mut tx = conn
             .begin()
             .await
             .map_err(db_error("failed to begin a transaction"))?;
@@ -521,6 +527,7 @@ impl PgAttempts {
         tx.commit()
             .await
             .map_err(db_error("failed to commit a message's progress"))?;
+        conn.done();
         Ok(true)
     }
 }
@@ -541,15 +548,13 @@ impl WriteMany for PgAttempts {
         let batch = AttemptBatch::new(writes);
         if batch.is_one_statement() {
             // One statement, without a transaction's extra round trips.
-            let mut conn = self
-                .pool
-                .acquire()
-                .await
-                .map_err(db_error("failed to get a database connection"))?;
-            return write_attempts(&mut conn, &batch).await;
+            let mut conn = self.pool.get().await?;
+            let written = write_attempts(&mut conn, &batch).await?;
+            conn.done();
+            return Ok(written);
         }
-        let mut tx = self
-            .pool
+        let mut conn = self.pool.get().await?;
+        let mut tx = conn
             .begin()
             .await
             .map_err(db_error("failed to begin a transaction"))?;
@@ -557,6 +562,7 @@ impl WriteMany for PgAttempts {
         tx.commit()
             .await
             .map_err(db_error("failed to commit the results of attempts"))?;
+        conn.done();
         Ok(written)
     }
 }
@@ -651,8 +657,14 @@ impl MessageStore for PgStore {
         };
         // A broadcast's statement reads every device of its application: written alone, so
         // that the messages sent meanwhile are not held until it commits.
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(db_error("failed to get a database connection"))?;
         let (mut stored, broadcast) =
-            PgMessages::insert(&self.pool, std::slice::from_ref(message)).await?;
+            PgMessages::insert(&mut conn, std::slice::from_ref(message)).await?;
+        drop(conn);
         if broadcast >= ANALYZE_AFTER_DELIVERIES {
             // The planner's statistics still describe the table from before the broadcast:
             // with them, each page of its due deliveries was read through a bitmap of all the
@@ -824,6 +836,38 @@ impl MessageStore for PgStore {
             .await
             .map_err(db_error("failed to read due deliveries"))?;
         rows.into_iter().map(DeliveryRow::into_domain).collect()
+    }
+
+    async fn due_page(
+        &self,
+        app: &AppId,
+        message: MessageId,
+        after: Option<DeliveryId>,
+        limit: u32,
+    ) -> Result<Option<Vec<DueDelivery>>, StoreError> {
+        // Each device is a `LATERAL` primary-key look-up, as in `get_devices`, whatever the
+        // statistics say.
+        let sql = format!(
+            "SELECT d.*, v.platform, v.token_key, v.p256dh, v.auth, v.active, \
+             v.deactivation_reason \
+             FROM (SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = $2 AND id > $3 \
+             AND state IN ('pending', 'retrying') ORDER BY id LIMIT $4) AS d \
+             LEFT JOIN LATERAL (SELECT platform, token_key, p256dh, auth, active, \
+             deactivation_reason FROM devices WHERE id = d.device_id AND app = $1) AS v ON TRUE \
+             ORDER BY d.id"
+        );
+        let rows: Vec<DueRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(app.as_str())
+            .bind(message.0)
+            .bind(after.map_or(i64::MIN, |d| d.0))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error("failed to read due deliveries"))?;
+        rows.into_iter()
+            .map(DueRow::into_domain)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
     }
 
     async fn delivery_tally(&self, message: MessageId) -> Result<DeliveryTally, StoreError> {

@@ -16,13 +16,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clarion_domain::ports::StoreError;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, Row as _};
+use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, Postgres, Row as _};
 use time::OffsetDateTime;
 
 use crate::config::redact_url;
-use crate::device_reads::CoalescedReads;
+use crate::device_reads::{CoalescedReads, READERS as DEVICE_READERS};
 use crate::faults::{PROBE_WRITE, db_error, probe_time};
 use crate::grouped::{Grouped, WriteMany as _};
+use crate::held::Held;
 use crate::registrations::GroupedRegistrations;
 use devices::{PgDeviceReads, PgRegistrations};
 use messages::{PgAttempts, PgMessages};
@@ -88,6 +89,8 @@ pub struct PgStore {
     attempts: Grouped<PgAttempts>,
     /// Reads of devices by id made at the same time, read together.
     device_reads: CoalescedReads<PgDeviceReads>,
+    /// The connections of `pool` that the device reads keep between batches.
+    reading: Held<Postgres>,
 }
 
 impl PgStore {
@@ -144,22 +147,32 @@ impl PgStore {
         // The grouped writes have connections of their own, so that a read never waits for
         // a batch's commit (a disk flush) to free a connection, and the batches never wait
         // behind reads; the pool opens its connections when they are first needed.
+        // They keep their connections between batches (`held.rs`) when the pool is theirs;
+        // the device reads keep theirs when the shared pool has others to spare.
         let writing = match writers {
-            Some(size) => pool_options(size).connect_lazy_with(options),
-            None => pool.clone(),
+            Some(size) => Held::new(pool_options(size).connect_lazy_with(options), size as usize),
+            None => Held::passing(pool.clone(), others as usize),
+        };
+        let reading = if others as usize > DEVICE_READERS {
+            Held::new(pool.clone(), DEVICE_READERS)
+        } else {
+            Held::passing(pool.clone(), DEVICE_READERS)
         };
         Ok(PgStore {
             registrations: PgRegistrations::grouped(writing.clone()),
             messages: PgMessages::grouped(writing.clone()),
             attempts: PgAttempts::grouped(writing),
-            device_reads: PgDeviceReads::coalesced(pool.clone()),
+            device_reads: PgDeviceReads::coalesced(reading.clone()),
+            reading,
             pool,
         })
     }
 
-    /// The connection pool, for tests and maintenance.
+    /// The connection pool, for tests and maintenance. The connections the device reads
+    /// keep are given back to it first, so that closing it does not wait for them.
     #[must_use]
     pub fn pool(&self) -> &PgPool {
+        self.reading.release_kept();
         &self.pool
     }
 
@@ -300,6 +313,7 @@ mod rows {
     pub(super) type DeviceRow = crate::rows::DeviceRow<OffsetDateTime>;
     pub(super) type MessageRow = crate::rows::MessageRow<OffsetDateTime>;
     pub(super) type DeliveryRow = crate::rows::DeliveryRow<OffsetDateTime>;
+    pub(super) type DueRow = crate::rows::DueRow<OffsetDateTime>;
     pub(super) type TemplateRow = crate::rows::TemplateRow<OffsetDateTime>;
     pub(super) type ApiKeyRow = crate::rows::ApiKeyRow<OffsetDateTime>;
 

@@ -211,7 +211,7 @@ mod tests {
                 expiration: None,
                 collapse_id: None,
             },
-            body: b"{}".to_vec(),
+            body: b"{}".as_slice().into(),
         })
     }
 

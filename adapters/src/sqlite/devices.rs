@@ -10,7 +10,9 @@ use clarion_domain::device::{
 use clarion_domain::ids::{AppId, DeviceId, UserId};
 use clarion_domain::ports::{DeviceStore, StoreError};
 use clarion_domain::token::DeviceToken;
-use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqlitePool};
+use sqlx::{AssertSqlSafe, Connection as _, QueryBuilder, Sqlite};
+
+use crate::held::Held;
 use time::OffsetDateTime;
 
 use crate::device_reads::{CoalescedReads, ReadDevices, coalesced};
@@ -76,7 +78,7 @@ fn register_statements() -> [String; 2] {
 
 /// The statement of [`GroupedRegistrations`] on SQLite: [`register_statements`] on the writer.
 pub(crate) struct SqliteRegistrations {
-    pub(crate) writer: SqlitePool,
+    pub(crate) writer: Held<Sqlite>,
     pub(crate) sql: String,
 }
 
@@ -103,11 +105,13 @@ impl RegisterMany for SqliteRegistrations {
                 ])
             })
             .collect();
+        let mut conn = self.writer.get().await?;
         let rows: Vec<RegisteredRow> = sqlx::query_as(AssertSqlSafe(self.sql.as_str()))
             .bind(serde_json::Value::Array(rows).to_string())
-            .fetch_all(&self.writer)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db_error("failed to register devices"))?;
+        conn.done();
         rows.into_iter()
             .map(|row| Ok(registered(row.device.into_domain()?, row.created)))
             .collect()
@@ -115,7 +119,7 @@ impl RegisterMany for SqliteRegistrations {
 }
 
 impl SqliteRegistrations {
-    pub(crate) fn grouped(writer: SqlitePool) -> GroupedRegistrations {
+    pub(crate) fn grouped(writer: Held<Sqlite>) -> GroupedRegistrations {
         GroupedRegistrations::new(Arc::new(SqliteRegistrations {
             writer,
             sql: register_statements().join("; "),
@@ -139,11 +143,11 @@ fn get_devices_sql() -> String {
 
 /// The statement of [`CoalescedReads`] on SQLite: [`get_devices_sql`] on a reader.
 pub(crate) struct SqliteDeviceReads {
-    pub(crate) readers: SqlitePool,
+    pub(crate) readers: Held<Sqlite>,
 }
 
 impl SqliteDeviceReads {
-    pub(crate) fn coalesced(readers: SqlitePool) -> CoalescedReads<SqliteDeviceReads> {
+    pub(crate) fn coalesced(readers: Held<Sqlite>) -> CoalescedReads<SqliteDeviceReads> {
         coalesced(SqliteDeviceReads { readers })
     }
 }
@@ -158,11 +162,13 @@ impl ReadDevices for SqliteDeviceReads {
             .iter()
             .map(|(app, id)| serde_json::json!([app.as_str(), id.0]))
             .collect();
+        let mut conn = self.readers.get().await?;
         let rows: Vec<DeviceRow> = sqlx::query_as(AssertSqlSafe(get_devices_sql()))
             .bind(serde_json::Value::Array(wanted).to_string())
-            .fetch_all(&self.readers)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db_error("failed to read devices"))?;
+        conn.done();
         rows.into_iter().map(DeviceRow::into_domain).collect()
     }
 }
@@ -191,8 +197,8 @@ impl DeviceStore for SqliteStore {
         let now = millis(now);
         // `IMMEDIATE` takes the write lock before the first read, so that no other writer (of
         // another process) commits between that read and the inserts.
-        let mut tx = self
-            .pool
+        let mut conn = self.pool.get().await?;
+        let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a bulk registration"))?;
@@ -251,7 +257,7 @@ impl DeviceStore for SqliteStore {
         sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
             .bind(app.as_str().to_owned())
             .bind(id.0)
-            .fetch_optional(&self.readers)
+            .fetch_optional(&mut *self.readers.get().await?)
             .await
             .map_err(db_error("failed to read a device"))?
             .map(DeviceRow::into_domain)
@@ -303,7 +309,7 @@ impl DeviceStore for SqliteStore {
             .push_bind(i64::from(limit));
         query
             .build_query_as::<DeviceRow>()
-            .fetch_all(&self.readers)
+            .fetch_all(&mut *self.readers.get().await?)
             .await
             .map_err(db_error("failed to list devices"))?
             .into_iter()
@@ -328,7 +334,7 @@ impl DeviceStore for SqliteStore {
         .bind(now)
         .bind(app.as_str().to_owned())
         .bind(id.0)
-        .execute(&self.pool)
+        .execute(&mut *self.pool.get().await?)
         .await
         .map_err(db_error("failed to deactivate a device"))?;
         Ok(done.rows_affected() > 0)
@@ -378,7 +384,7 @@ impl DeviceStore for SqliteStore {
             .push(DEVICE_COLUMNS);
         query
             .build_query_as::<DeviceRow>()
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to update a device"))?
             .map(DeviceRow::into_domain)
@@ -389,7 +395,7 @@ impl DeviceStore for SqliteStore {
         let done = sqlx::query("DELETE FROM devices WHERE app = ? AND id = ?")
             .bind(app.as_str().to_owned())
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to delete a device"))?;
         Ok(done.rows_affected() > 0)
@@ -414,7 +420,7 @@ impl DeviceStore for SqliteStore {
         .bind(now)
         .bind(now)
         .bind(app.as_str().to_owned())
-        .execute(&self.pool)
+        .execute(&mut *self.pool.get().await?)
         .await
         .map_err(db_error("failed to deactivate dead devices"))?;
         Ok(done.rows_affected())
@@ -429,7 +435,7 @@ impl DeviceStore for SqliteStore {
             sqlx::query("DELETE FROM devices WHERE app = ? AND active = 0 AND deactivated_at < ?")
                 .bind(app.as_str().to_owned())
                 .bind(millis(before))
-                .execute(&self.pool)
+                .execute(&mut *self.pool.get().await?)
                 .await
                 .map_err(db_error("failed to delete inactive devices"))?;
         Ok(done.rows_affected())

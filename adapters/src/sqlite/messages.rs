@@ -7,10 +7,13 @@ use async_trait::async_trait;
 use clarion_domain::ids::{AppId, DeliveryId, MessageId, RelatedObject, Slug};
 use clarion_domain::message::{Channel, Delivery, DeliveryState, DeliveryTally, GiveUp, Message};
 use clarion_domain::ports::{
-    DELIVERIES_SHOWN, Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage, StoreError,
+    DELIVERIES_SHOWN, DueDelivery, Lease, MessageFilter, MessageStore, NewDeliveries, NewMessage,
+    StoreError,
 };
 use clarion_domain::token::Platform;
-use sqlx::{AssertSqlSafe, QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{AssertSqlSafe, Connection as _, QueryBuilder, Sqlite, SqliteConnection};
+
+use crate::held::Held;
 use time::OffsetDateTime;
 
 use crate::grouped::attempts::{AttemptBatch, Save};
@@ -19,8 +22,8 @@ use crate::grouped::{
 };
 use crate::rows::{MAX_BATCH, MAX_BATCH_DELIVERIES, inserted_delivery, inserted_message, weight};
 use crate::sqlite::rows::{
-    DELIVERY_COLUMNS, DeliveryRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text, millis,
-    opt_json_text, opt_millis, target_columns,
+    DELIVERY_COLUMNS, DeliveryRow, DueRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text,
+    millis, opt_json_text, opt_millis, target_columns,
 };
 use crate::sqlite::{SqliteStore, db_error};
 
@@ -50,7 +53,7 @@ impl SqliteStore {
             ")",
         )
         .build_query_as()
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *self.readers.get().await?)
         .await
         .map_err(db_error("failed to read messages"))?;
 
@@ -61,7 +64,7 @@ impl SqliteStore {
             ") ORDER BY id",
         )
         .build_query_as()
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *self.readers.get().await?)
         .await
         .map_err(db_error("failed to read related objects"))?;
         let mut related: HashMap<MessageId, Vec<RelatedObject>> = HashMap::new();
@@ -78,7 +81,7 @@ impl SqliteStore {
                 .bind(ids)
                 .bind(i64::from(each));
             let delivery_rows: Vec<DeliveryRow> = query
-                .fetch_all(&self.readers)
+                .fetch_all(&mut *self.readers.get().await?)
                 .await
                 .map_err(db_error("failed to read deliveries"))?;
             for row in delivery_rows {
@@ -183,21 +186,22 @@ async fn write_deliveries(
 /// The transaction of grouped messages on SQLite: each message's row, then every related
 /// object and every listed delivery of the batch in one statement each, on the writer.
 pub(crate) struct SqliteMessages {
-    writer: SqlitePool,
+    writer: Held<Sqlite>,
 }
 
 impl SqliteMessages {
-    pub(crate) fn grouped(writer: SqlitePool) -> Grouped<SqliteMessages> {
+    pub(crate) fn grouped(writer: Held<Sqlite>) -> Grouped<SqliteMessages> {
         Grouped::new(SqliteMessages { writer })
     }
 
     /// Writes `messages` in one transaction and returns them as stored, a broadcast without
     /// its deliveries.
     async fn insert(
-        writer: &SqlitePool,
+        writer: &Held<Sqlite>,
         messages: &[NewMessage],
     ) -> Result<Vec<Message>, StoreError> {
-        let mut tx = writer
+        let mut conn = writer.get().await?;
+        let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a transaction"))?;
@@ -212,6 +216,7 @@ impl SqliteMessages {
         tx.commit()
             .await
             .map_err(db_error("failed to commit messages"))?;
+        conn.done();
         Ok(messages
             .iter()
             .zip(ids)
@@ -432,11 +437,11 @@ async fn insert_listed(
 /// statement, then every delivery in another (see [`AttemptBatch`]), on the writer. A batch
 /// that is one statement needs no transaction.
 pub(crate) struct SqliteAttempts {
-    writer: SqlitePool,
+    writer: Held<Sqlite>,
 }
 
 impl SqliteAttempts {
-    pub(crate) fn grouped(writer: SqlitePool) -> Grouped<SqliteAttempts> {
+    pub(crate) fn grouped(writer: Held<Sqlite>) -> Grouped<SqliteAttempts> {
         Grouped::new(SqliteAttempts { writer })
     }
 
@@ -446,8 +451,8 @@ impl SqliteAttempts {
         message: &Message,
         lease: Option<&Lease>,
     ) -> Result<bool, StoreError> {
-        let mut tx = self
-            .writer
+        let mut conn = self.writer.get().await?;
+        let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a transaction"))?;
@@ -461,6 +466,7 @@ impl SqliteAttempts {
         tx.commit()
             .await
             .map_err(db_error("failed to commit a message's progress"))?;
+        conn.done();
         Ok(true)
     }
 }
@@ -480,15 +486,13 @@ impl WriteMany for SqliteAttempts {
         let batch = AttemptBatch::new(writes);
         if batch.is_one_statement() {
             // One statement, atomic on its own.
-            let mut conn = self
-                .writer
-                .acquire()
-                .await
-                .map_err(db_error("failed to get a database connection"))?;
-            return write_attempts(&mut conn, &batch).await;
+            let mut conn = self.writer.get().await?;
+            let written = write_attempts(&mut conn, &batch).await?;
+            conn.done();
+            return Ok(written);
         }
-        let mut tx = self
-            .writer
+        let mut conn = self.writer.get().await?;
+        let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a transaction"))?;
@@ -496,6 +500,7 @@ impl WriteMany for SqliteAttempts {
         tx.commit()
             .await
             .map_err(db_error("failed to commit the results of attempts"))?;
+        conn.done();
         Ok(written)
     }
 }
@@ -565,6 +570,22 @@ const SAVE_PROGRESS: &str = "WITH s (message, state, error, attempts, next_attem
         ELSE (messages.lease_owner IS NULL OR messages.lease_until <= s.changed_at) END \
     RETURNING id";
 
+/// The statement of `due_page`: the page of due deliveries (`?2`, after `?3`, at most `?4`),
+/// each looked up with its device of application `?1` by primary key (`NULL`s when there is
+/// none), as one JSON array of [`DueRow`]s. `active` is written as a JSON boolean.
+fn due_page_sql() -> String {
+    format!(
+        "SELECT json_group_array(json_array(d.id, d.message_id, d.device_id, d.channel, \
+         d.state, d.attempts, d.provider_id, d.error_code, d.error_text, d.details, \
+         d.updated_at, v.platform, v.token_key, v.p256dh, v.auth, \
+         CASE WHEN v.id IS NULL THEN NULL WHEN v.active THEN json('true') \
+         ELSE json('false') END, v.deactivation_reason)) \
+         FROM (SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ?2 AND id > ?3 \
+         AND state IN ('pending', 'retrying') ORDER BY id LIMIT ?4) AS d \
+         LEFT JOIN devices AS v ON v.id = d.device_id AND v.app = ?1"
+    )
+}
+
 #[async_trait]
 impl MessageStore for SqliteStore {
     async fn insert_message(&self, message: &NewMessage) -> Result<Message, StoreError> {
@@ -593,7 +614,7 @@ impl MessageStore for SqliteStore {
             sqlx::query_scalar("SELECT id FROM messages WHERE app = ? AND id = ?")
                 .bind(app.as_str().to_owned())
                 .bind(id.0)
-                .fetch_optional(&self.readers)
+                .fetch_optional(&mut *self.readers.get().await?)
                 .await
                 .map_err(db_error("failed to read a message"))?;
         let Some(id) = found else {
@@ -644,7 +665,7 @@ impl MessageStore for SqliteStore {
             .push_bind(i64::from(limit));
         let ids: Vec<i64> = query
             .build_query_scalar()
-            .fetch_all(&self.readers)
+            .fetch_all(&mut *self.readers.get().await?)
             .await
             .map_err(db_error("failed to list messages"))?;
         self.load_messages(&ids, Some(DELIVERIES_SHOWN)).await
@@ -678,7 +699,7 @@ impl MessageStore for SqliteStore {
             .bind(now)
             .bind(except)
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to claim due messages"))?;
         ids.sort_unstable();
@@ -721,7 +742,7 @@ impl MessageStore for SqliteStore {
         query.push(") RETURNING id");
         let mut renewed: Vec<i64> = query
             .build_query_scalar()
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to renew leases"))?;
         renewed.sort_unstable();
@@ -731,7 +752,7 @@ impl MessageStore for SqliteStore {
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
         let done = sqlx::query(RELEASE_LEASES)
             .bind(owner.to_owned())
-            .execute(&self.pool)
+            .execute(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to release leases"))?;
         Ok(done.rows_affected())
@@ -751,10 +772,45 @@ impl MessageStore for SqliteStore {
             .bind(message.0)
             .bind(after.map_or(i64::MIN, |d| d.0))
             .bind(i64::from(limit))
-            .fetch_all(&self.readers)
+            .fetch_all(&mut *self.readers.get().await?)
             .await
             .map_err(db_error("failed to read due deliveries"))?;
         rows.into_iter().map(DeliveryRow::into_domain).collect()
+    }
+
+    async fn due_page(
+        &self,
+        app: &AppId,
+        message: MessageId,
+        after: Option<DeliveryId>,
+        limit: u32,
+    ) -> Result<Option<Vec<DueDelivery>>, StoreError> {
+        // One row holding the page as JSON: sqlx hands each row of a statement over from the
+        // connection's thread and copies each of its values, which for a page of 500
+        // deliveries and their devices cost more than the look-ups (see `due_page_sql`).
+        let mut conn = self.readers.get().await?;
+        let page: String = sqlx::query_scalar(AssertSqlSafe(due_page_sql()))
+            .bind(app.as_str())
+            .bind(message.0)
+            .bind(after.map_or(i64::MIN, |d| d.0))
+            .bind(i64::from(limit))
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(db_error("failed to read due deliveries"))?;
+        conn.done();
+        let rows: Vec<DueRow> = serde_json::from_str(&page).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "deliveries of message {}: a due delivery or its device: {e}",
+                message.0
+            ))
+        })?;
+        let mut page = rows
+            .into_iter()
+            .map(DueRow::into_domain)
+            .collect::<Result<Vec<_>, _>>()?;
+        // The aggregate's order is SQLite's choice.
+        page.sort_unstable_by_key(|(delivery, _)| delivery.id);
+        Ok(Some(page))
     }
 
     async fn delivery_tally(&self, message: MessageId) -> Result<DeliveryTally, StoreError> {
@@ -768,7 +824,7 @@ impl MessageStore for SqliteStore {
              FROM deliveries WHERE message_id = ?1 GROUP BY state",
         )
         .bind(message.0)
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *self.readers.get().await?)
         .await
         .map_err(db_error("failed to count deliveries"))?;
         let first = rows
@@ -788,8 +844,8 @@ impl MessageStore for SqliteStore {
         give_up: &GiveUp,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let mut tx = self
-            .pool
+        let mut conn = self.pool.get().await?;
+        let mut tx = conn
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(db_error("failed to begin a transaction"))?;
@@ -867,7 +923,7 @@ impl MessageStore for SqliteStore {
         query.push(" ORDER BY id DESC LIMIT 1");
         let id: Option<i64> = query
             .build_query_scalar()
-            .fetch_optional(&self.readers)
+            .fetch_optional(&mut *self.readers.get().await?)
             .await
             .map_err(db_error("failed to look for a template's message"))?;
         Ok(id.map(MessageId))
@@ -877,7 +933,7 @@ impl MessageStore for SqliteStore {
         let sql = format!("SELECT COUNT(*) FROM messages WHERE {DUE}");
         let count: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
             .bind(millis(now))
-            .fetch_one(&self.readers)
+            .fetch_one(&mut *self.readers.get().await?)
             .await
             .map_err(db_error("failed to count due messages"))?;
         Ok(u64::try_from(count).unwrap_or(0))

@@ -19,6 +19,7 @@ mod rows {
     pub(super) type DeviceRow = crate::rows::DeviceRow<i64>;
     pub(super) type MessageRow = crate::rows::MessageRow<i64>;
     pub(super) type DeliveryRow = crate::rows::DeliveryRow<i64>;
+    pub(super) type DueRow = crate::rows::DueRow<i64>;
     pub(super) type TemplateRow = crate::rows::TemplateRow<i64>;
     pub(super) type ApiKeyRow = crate::rows::ApiKeyRow<i64>;
 }
@@ -36,12 +37,13 @@ use clarion_domain::ports::StoreError;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Connection as _, Row as _, SqliteConnection};
+use sqlx::{AssertSqlSafe, Connection as _, Row as _, Sqlite, SqliteConnection};
 use tokio::sync::watch;
 
 use crate::device_reads::CoalescedReads;
 use crate::faults::{PROBE_WRITE, db_error, probe_time, unavailability};
 use crate::grouped::Grouped;
+use crate::held::Held;
 use crate::registrations::GroupedRegistrations;
 use devices::{SqliteDeviceReads, SqliteRegistrations};
 use messages::{SqliteAttempts, SqliteMessages};
@@ -83,9 +85,9 @@ const SPACE_PROBE_BYTES: usize = 1 << 20;
 pub struct SqliteStore {
     /// The writer: one connection, for every statement or transaction that writes (and for
     /// a transaction that reads what it then writes).
-    pool: SqlitePool,
+    pool: Held<Sqlite>,
     /// Read-only connections, for statements that only read.
-    readers: SqlitePool,
+    readers: Held<Sqlite>,
     /// Stops the checkpointer when told to, or when the last clone of the store is dropped.
     checkpointer: Option<Arc<watch::Sender<bool>>>,
     /// Registrations made at the same time, written together by the writer.
@@ -150,6 +152,7 @@ impl SqliteStore {
                 other => anyhow::Error::new(other)
                     .context(format!("failed to migrate the SQLite database {location}")),
             })?;
+        let pool = Held::new(pool, 1);
         if in_memory {
             return Ok(SqliteStore {
                 readers: pool.clone(),
@@ -169,6 +172,7 @@ impl SqliteStore {
             .connect_with(options.clone().read_only(true))
             .await
             .map_err(|error| refused(location, file.as_deref(), error))?;
+        let readers = Held::new(readers, READER_POOL_SIZE as usize);
         // A read-only or damaged file is refused here rather than reported by every request:
         // the schema and the first page of every table are read, and one row is written.
         // Reading every page (`PRAGMA integrity_check`) would make a large database slow to
@@ -221,10 +225,13 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// The writer's pool (one connection), for tests and maintenance.
+    /// The writer's pool (one connection), for tests and maintenance. The connection the
+    /// store keeps between its own writes is given back to the pool first, so that a
+    /// statement on the pool does not wait for it.
     #[must_use]
     pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+        self.pool.release_kept();
+        self.pool.pool()
     }
 
     /// Stops the checkpointer and closes the writer's and the readers' connections; later
@@ -246,7 +253,7 @@ impl SqliteStore {
             "SELECT name FROM sqlite_master WHERE type = 'table' \
              AND name NOT LIKE 'sqlite_%' AND name NOT LIKE '_sqlx_%' ORDER BY name",
         )
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *self.readers.acquire().await?)
         .await
         .context("failed to list the tables")?;
         let mut counts = BTreeMap::new();
@@ -254,7 +261,7 @@ impl SqliteStore {
             // The name comes from sqlite_master, not from a caller; quoting it is enough.
             let sql = format!("SELECT COUNT(*) FROM \"{}\"", name.replace('"', "\"\""));
             let row = sqlx::query(AssertSqlSafe(sql))
-                .fetch_one(&self.readers)
+                .fetch_one(&mut *self.readers.acquire().await?)
                 .await
                 .with_context(|| format!("failed to count the rows of {name}"))?;
             let count: i64 = row
@@ -362,18 +369,18 @@ async fn replace_if_in_transaction(connection: &mut SqliteConnection) -> Result<
 
 /// Reads the schema and the first row of every table: a file that is not a database, or
 /// whose first pages are damaged, fails here. Cheap whatever the size of the database.
-async fn read_every_table(readers: &SqlitePool) -> Result<(), StoreError> {
+async fn read_every_table(readers: &Held<Sqlite>) -> Result<(), StoreError> {
     let names: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
     )
-    .fetch_all(readers)
+    .fetch_all(&mut *readers.get().await?)
     .await
     .map_err(db_error("failed to read the schema"))?;
     for name in names {
         // The name comes from sqlite_master, not from a caller; quoting it is enough.
         let sql = format!("SELECT * FROM \"{}\" LIMIT 1", name.replace('"', "\"\""));
         sqlx::query(AssertSqlSafe(sql))
-            .fetch_optional(readers)
+            .fetch_optional(&mut *readers.get().await?)
             .await
             .map_err(db_error("failed to read a table"))?;
     }
@@ -381,10 +388,10 @@ async fn read_every_table(readers: &SqlitePool) -> Result<(), StoreError> {
 }
 
 /// Writes and commits the probe row through the writer.
-async fn probe_write(pool: &SqlitePool) -> Result<(), StoreError> {
+async fn probe_write(pool: &Held<Sqlite>) -> Result<(), StoreError> {
     sqlx::query(PROBE_WRITE)
         .bind(probe_time())
-        .execute(pool)
+        .execute(&mut *pool.get().await?)
         .await
         .map_err(db_error("failed to write the readiness probe"))?;
     Ok(())

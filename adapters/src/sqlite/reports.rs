@@ -17,7 +17,7 @@ impl ReportStore for SqliteStore {
              GROUP BY platform, active ORDER BY platform, active",
         )
         .bind(app.as_str().to_owned())
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *self.readers.get().await?)
         .await
         .map_err(db_error("failed to count devices"))?;
         rows.into_iter().map(device_count).collect()
@@ -34,7 +34,7 @@ impl ReportStore for SqliteStore {
         )
         .bind(app.as_str().to_owned())
         .bind(millis(since))
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *self.readers.get().await?)
         .await
         .map_err(db_error("failed to count messages by state"))?;
         rows.into_iter().map(state_count).collect()
@@ -47,7 +47,7 @@ impl ReportStore for SqliteStore {
         )
         .bind(app.as_str().to_owned())
         .bind(millis(now))
-        .fetch_one(&self.readers)
+        .fetch_one(&mut *self.readers.get().await?)
         .await
         .map_err(db_error("failed to count an application's due messages"))?;
         Ok(u64::try_from(count).unwrap_or(0))
@@ -79,7 +79,7 @@ impl ReportStore for SqliteStore {
         .bind(app.as_str().to_owned())
         .bind(millis(since))
         .bind(i64::from(limit))
-        .fetch_all(&self.readers)
+        .fetch_all(&mut *self.readers.get().await?)
         .await
         .map_err(db_error("failed to group errors by reason"))?;
         rows.into_iter().map(error_reason).collect()
@@ -94,7 +94,7 @@ impl ReportStore for SqliteStore {
                  AND d.state = 'dead_token' AND d.updated_at > devices.updated_at)",
         )
         .bind(app.as_str().to_owned())
-        .fetch_one(&self.readers)
+        .fetch_one(&mut *self.readers.get().await?)
         .await
         .map_err(db_error("failed to count dead devices"))?;
         Ok(u64::try_from(count).unwrap_or(0))
@@ -110,7 +110,7 @@ impl ReportStore for SqliteStore {
         )
         .bind(app.as_str().to_owned())
         .bind(millis(before))
-        .fetch_one(&self.readers)
+        .fetch_one(&mut *self.readers.get().await?)
         .await
         .map_err(db_error("failed to count inactive devices"))?;
         Ok(u64::try_from(count).unwrap_or(0))

@@ -34,7 +34,7 @@ impl SqliteStore {
             .bind(now)
             .bind(template.app.as_str().to_owned())
             .bind(template.slug.as_str().to_owned())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to replace a template"))
     }
@@ -59,7 +59,7 @@ impl SqliteStore {
             .bind(template.allow_duplicates)
             .bind(now)
             .bind(now)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to insert a template"))
     }
@@ -93,7 +93,7 @@ impl TemplateStore for SqliteStore {
         sqlx::query_as::<_, TemplateRow>(AssertSqlSafe(sql))
             .bind(app.as_str().to_owned())
             .bind(slug.as_str().to_owned())
-            .fetch_optional(&self.readers)
+            .fetch_optional(&mut *self.readers.get().await?)
             .await
             .map_err(db_error("failed to read a template"))?
             .map(TemplateRow::into_domain)
@@ -104,7 +104,7 @@ impl TemplateStore for SqliteStore {
         let sql = format!("SELECT {TEMPLATE_COLUMNS} FROM templates WHERE app = ? ORDER BY slug");
         sqlx::query_as::<_, TemplateRow>(AssertSqlSafe(sql))
             .bind(app.as_str().to_owned())
-            .fetch_all(&self.readers)
+            .fetch_all(&mut *self.readers.get().await?)
             .await
             .map_err(db_error("failed to list templates"))?
             .into_iter()
@@ -116,7 +116,7 @@ impl TemplateStore for SqliteStore {
         let done = sqlx::query("DELETE FROM templates WHERE app = ? AND slug = ?")
             .bind(app.as_str().to_owned())
             .bind(slug.as_str().to_owned())
-            .execute(&self.pool)
+            .execute(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to delete a template"))?;
         Ok(done.rows_affected() > 0)

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use clarion_domain::app::SenderKind;
 use clarion_domain::auth::{ApiKeyId, KeyHash, KeyScope, NewApiKey};
-use clarion_domain::device::{Device, DeviceFilter, DeviceUpdate, NewDevice, Registration};
+use clarion_domain::device::{
+    Device, DeviceFilter, DeviceUpdate, NewDevice, Recipient, Registration,
+};
 use clarion_domain::ids::{AppId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use clarion_domain::message::{
     Channel, Content, DeliveryState, GiveUp, Message, MessageSpec, MessageState, Priority,
@@ -98,6 +100,7 @@ macro_rules! store_contract_tests {
             releasing_a_workers_leases_lets_others_claim_at_once,
             an_operator_save_is_refused_while_a_worker_holds_a_running_lease,
             due_deliveries_come_in_id_order_pages_without_finished_ones,
+            a_page_of_due_deliveries_comes_with_what_sending_needs_of_each_device,
             a_broadcast_creates_one_delivery_per_active_device_without_loading_them,
             the_tally_counts_deliveries_and_giving_up_needs_the_lease,
             devices_are_found_by_the_start_of_their_token,
@@ -2614,6 +2617,147 @@ pub async fn due_deliveries_come_in_id_order_pages_without_finished_ones<S: Stor
     assert_eq!(page_ids(&second), vec![all[3], all[4]]);
     assert_eq!(second[0].state, DeliveryState::Retrying);
     assert!(third.is_empty());
+}
+
+pub async fn a_page_of_due_deliveries_comes_with_what_sending_needs_of_each_device<S: Stores>(
+    store: &S,
+) {
+    // Arrange: deliveries to an active device, a Web Push subscription, a device deactivated
+    // and one deleted after the message was stored, a device of another application, one that
+    // was already accepted, and a OneSignal user.
+    let active = register(store, &new_device("shop", apns(1), None), at(0)).await;
+    let subscription = register(
+        store,
+        &new_device("shop", webpush(2, P256DH, AUTH), None),
+        at(0),
+    )
+    .await;
+    let deactivated = register(store, &new_device("shop", apns(3), None), at(0)).await;
+    let deleted = register(store, &new_device("shop", fcm(4), None), at(0)).await;
+    let foreign = register(store, &new_device("news", apns(5), None), at(0)).await;
+    let accepted = register(store, &new_device("shop", apns(6), None), at(0)).await;
+    let message = insert(
+        store,
+        &new_message(
+            spec(
+                "shop",
+                Target::Devices {
+                    device_ids: vec![active, subscription, deactivated, deleted, accepted],
+                },
+            ),
+            vec![
+                (Channel::Apns, Some(active)),
+                (Channel::Webpush, Some(subscription)),
+                (Channel::Apns, Some(deactivated)),
+                (Channel::Fcm, Some(deleted)),
+                (Channel::Apns, Some(foreign)),
+                (Channel::Apns, Some(accepted)),
+                (Channel::Onesignal, None),
+            ],
+            at(1),
+        ),
+    )
+    .await;
+    assert!(
+        store
+            .deactivate_device(&app("shop"), deactivated, "dead token: Unregistered", at(2))
+            .await
+            .expect("deactivate")
+    );
+    assert!(
+        store
+            .delete_device(&app("shop"), deleted)
+            .await
+            .expect("delete")
+    );
+    let mut done = message.deliveries[5].clone();
+    done.record(
+        &SendOutcome::Accepted {
+            provider_id: Some("apns-1".to_owned()),
+            details: None,
+        },
+        at(3),
+    );
+    store
+        .record_deliveries(std::slice::from_ref(&done))
+        .await
+        .expect("record");
+
+    // Act: two pages of four.
+    let first = store
+        .due_page(&app("shop"), message.id, None, 4)
+        .await
+        .expect("page")
+        .expect("the store reads a page with its devices");
+    let after = first.last().map(|(delivery, _)| delivery.id);
+    let second = store
+        .due_page(&app("shop"), message.id, after, 4)
+        .await
+        .expect("page")
+        .expect("the store reads a page with its devices");
+
+    // Assert: the deliveries are those `due_deliveries` reads, in id order.
+    let due = store
+        .due_deliveries(message.id, None, 10)
+        .await
+        .expect("due deliveries");
+    let paged: Vec<_> = first
+        .iter()
+        .chain(&second)
+        .map(|(d, _)| d.clone())
+        .collect();
+    assert_eq!(paged, due);
+    let ids: Vec<_> = paged.iter().map(|d| d.id).collect();
+    let expected: Vec<_> = [0, 1, 2, 3, 4, 6]
+        .iter()
+        .map(|&i| message.deliveries[i].id)
+        .collect();
+    assert_eq!(ids, expected);
+    let devices: Vec<_> = first
+        .iter()
+        .chain(&second)
+        .map(|(_, r)| r.clone())
+        .collect();
+    let recipient = |id: DeviceId, token: DeviceToken, active: bool, reason: Option<&str>| {
+        Some(Recipient {
+            id,
+            token,
+            active,
+            deactivation_reason: reason.map(str::to_owned),
+        })
+    };
+    assert_eq!(
+        devices,
+        vec![
+            recipient(active, apns(1), true, None),
+            recipient(subscription, webpush(2, P256DH, AUTH), true, None),
+            recipient(
+                deactivated,
+                apns(3),
+                false,
+                Some("dead token: Unregistered")
+            ),
+            // Deleted: the delivery kept, without its device.
+            None,
+            // Of another application: not this message's to send to.
+            None,
+            // OneSignal: no device.
+            None,
+        ]
+    );
+    assert_eq!(paged[3].device_id, None);
+    assert_eq!(paged[4].device_id, Some(foreign));
+    let past_the_end = store
+        .due_page(
+            &app("shop"),
+            message.id,
+            second.last().map(|(d, _)| d.id),
+            4,
+        )
+        .await
+        .expect("page")
+        .expect("the store reads a page with its devices");
+    assert!(past_the_end.is_empty());
 }
 
 pub async fn a_broadcast_creates_one_delivery_per_active_device_without_loading_them<S: Stores>(

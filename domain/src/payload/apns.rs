@@ -1,5 +1,7 @@
 //! APNs payloads: the `aps` dictionary, custom data and the request headers.
 
+use std::sync::Arc;
+
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
@@ -52,8 +54,8 @@ pub struct ApnsHeaders {
 pub struct ApnsRequest {
     pub device_token: String,
     pub headers: ApnsHeaders,
-    /// The JSON body.
-    pub body: Vec<u8>,
+    /// The JSON body, shared by the requests of a fan-out (it does not depend on the device).
+    pub body: Arc<[u8]>,
 }
 
 /// Builds the APNs request for one device.
@@ -169,7 +171,7 @@ pub fn build(
             expiration,
             collapse_id: options.collapse_key.clone(),
         },
-        body,
+        body: body.into(),
     })
 }
 

@@ -100,16 +100,46 @@ pub fn build(
     }
 
     let mut message = Map::new();
-    message.insert("token".into(), json!(token.as_str()));
     message.extend(delivered);
     message.insert("android".into(), Value::Object(android));
     message.insert("apns".into(), apns_config(spec, has_notification, now));
 
-    let body = json!({ "message": message }).to_string().into_bytes();
+    // The token goes first, so that the same message for another device is this body with
+    // the token replaced (`FcmRequest::for_token`). `android` is always there: the rest of
+    // the message is never empty.
+    let rest = Value::Object(message).to_string();
+    let rest = rest.strip_prefix('{').unwrap_or(&rest);
+    let mut body = token_head(token.as_str()).into_bytes();
+    body.extend_from_slice(rest.as_bytes());
+    body.push(b'}');
     Ok(FcmRequest {
         token: token.as_str().to_owned(),
         body,
     })
+}
+
+/// The start of a body for `token`: `{"message":{"token":"<token>",`.
+fn token_head(token: &str) -> String {
+    format!(
+        "{{\"message\":{{\"token\":{},",
+        Value::String(token.to_owned())
+    )
+}
+
+impl FcmRequest {
+    /// The same request for the device of `token`: a copy of the body with the token replaced,
+    /// since nothing else in it depends on the device. `None` when the body does not start
+    /// with its token as [`build`] writes it.
+    #[must_use]
+    pub fn for_token(&self, token: &FcmToken) -> Option<FcmRequest> {
+        let rest = self.body.strip_prefix(token_head(&self.token).as_bytes())?;
+        let mut body = token_head(token.as_str()).into_bytes();
+        body.extend_from_slice(rest);
+        Some(FcmRequest {
+            token: token.as_str().to_owned(),
+            body,
+        })
+    }
 }
 
 /// The `data` map: custom data with every value as a string, plus the message's `url`.
@@ -239,6 +269,31 @@ mod tests {
             body: body.into(),
             ..Content::default()
         }
+    }
+
+    #[test]
+    fn the_request_for_another_token_is_the_one_built_for_it() {
+        let options = PushOptions {
+            collapse_key: Some("orders".into()),
+            time_to_live: Some(3600),
+            ..PushOptions::default()
+        };
+        let spec = spec(
+            Content {
+                heading: Some("Order \"shipped\"".into()),
+                body: "Your parcel: fcm-token:APA91b".into(),
+                url: Some("app://orders/1".into()),
+                extra_data: Some(Map::from_iter([("n".to_owned(), json!(5))])),
+            },
+            options,
+        );
+        let first = build(&spec, &token(), NOW).unwrap();
+        let other = FcmToken::parse("other\\token\"x").unwrap();
+
+        let copied = first.for_token(&other).expect("a copy for the other token");
+
+        assert_eq!(copied, build(&spec, &other, NOW).unwrap());
+        assert_eq!(body_json(&copied)["message"]["token"], "other\\token\"x");
     }
 
     fn body_json(request: &FcmRequest) -> Value {

@@ -29,11 +29,11 @@ pub enum Payload {
 }
 
 impl Payload {
-    /// The same notification for another device of the same platform, when the payload does
-    /// not depend on the device: an APNs request carries the token only in its path, so a
-    /// fan-out builds and checks its body once. `None` otherwise: an FCM message carries the
-    /// token in its body and Web Push encrypts for each subscription, so those are built for
-    /// each device.
+    /// The same notification for another device of the same platform, when only the token
+    /// differs: an APNs request carries the token only in its path, and an FCM message in
+    /// its body beside a part that does not depend on the device, so a fan-out builds and
+    /// checks the payload once and copies it. `None` otherwise: Web Push encrypts for each
+    /// subscription, so its payloads are built for each device.
     #[must_use]
     pub fn for_device(&self, token: &DeviceToken) -> Option<Payload> {
         match (self, token) {
@@ -43,6 +43,9 @@ impl Payload {
                     headers: request.headers.clone(),
                     body: request.body.clone(),
                 }))
+            }
+            (Payload::Fcm(request), DeviceToken::Fcm { token }) => {
+                request.for_token(token).map(Payload::Fcm)
             }
             _ => None,
         }

@@ -471,7 +471,7 @@ impl PushService {
             } else {
                 let ids: Vec<DeviceId> = ids.into_iter().collect();
                 match self.ports.devices.get_devices(app, &ids).await {
-                    Ok(found) => found.into_iter().map(|d| (d.id, d)).collect(),
+                    Ok(found) => found.into_iter().map(|d| (d.id, d.into())).collect(),
                     // The messages are claimed already: failing the claim would leave them
                     // leased, and unsent, until their leases expire. Their application's
                     // messages are paged instead, and that path reads (and fails) again.

@@ -9,7 +9,7 @@ mod token;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use anyhow::Context as _;
@@ -180,6 +180,8 @@ struct AppClient {
     /// The endpoint's path without its trailing `/` (empty for APNs itself).
     base_path: String,
     auth: Auth,
+    /// The `authorization` header of the last provider token sent, and that token.
+    bearer: Mutex<Option<(Arc<str>, HeaderValue)>>,
 }
 
 enum Auth {
@@ -264,6 +266,7 @@ impl AppClient {
             pool: Pool::new(origin, settings, Arc::new(Semaphore::new(max_in_flight))),
             base_path: base_url.path().trim_end_matches('/').to_owned(),
             auth,
+            bearer: Mutex::new(None),
         })
     }
 
@@ -292,7 +295,7 @@ impl AppClient {
         };
         let mut renewed = false;
         loop {
-            let response = match self.post(request, topic, &apns_id, token.as_deref()).await {
+            let response = match self.post(request, topic, &apns_id, token.as_ref()).await {
                 Ok(response) => response,
                 Err(err) => return err.outcome(PROVIDER),
             };
@@ -348,15 +351,36 @@ impl AppClient {
         })
     }
 
+    /// The `authorization` header of provider token `token`, made once per token: a fan-out
+    /// sends the same one with every request.
+    fn bearer(&self, token: &Arc<str>) -> Option<HeaderValue> {
+        let mut cached = self.bearer.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((signed, value)) = cached.as_ref()
+            && Arc::ptr_eq(signed, token)
+        {
+            return Some(value.clone());
+        }
+        let mut value = HeaderValue::from_str(&format!("bearer {token}")).ok()?;
+        value.set_sensitive(true);
+        *cached = Some((Arc::clone(token), value.clone()));
+        Some(value)
+    }
+
     async fn post(
         &self,
         request: &ApnsRequest,
         topic: Option<&str>,
         apns_id: &str,
-        token: Option<&str>,
+        token: Option<&Arc<str>>,
     ) -> Result<pool::Response, pool::PoolError> {
         let headers = &request.headers;
-        let mut map = HeaderMap::new();
+        let mut map = HeaderMap::with_capacity(8);
+        map.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        map.insert(
+            APNS_PUSH_TYPE,
+            HeaderValue::from_static(headers.push_type.as_str()),
+        );
+        map.insert(APNS_PRIORITY, priority(headers.priority));
         let mut set = |name: HeaderName, value: &str| {
             // Every value comes from a validated payload; one that is no header value is left
             // out, and APNs answers for what is missing.
@@ -364,10 +388,7 @@ impl AppClient {
                 map.insert(name, value);
             }
         };
-        set(CONTENT_TYPE, "application/json");
         set(APNS_ID, apns_id);
-        set(APNS_PUSH_TYPE, headers.push_type.as_str());
-        set(APNS_PRIORITY, &headers.priority.to_string());
         if let Some(topic) = topic {
             set(APNS_TOPIC, topic);
         }
@@ -377,10 +398,7 @@ impl AppClient {
         if let Some(collapse_id) = &headers.collapse_id {
             set(APNS_COLLAPSE_ID, collapse_id);
         }
-        if let Some(token) = token
-            && let Ok(mut value) = HeaderValue::from_str(&format!("bearer {token}"))
-        {
-            value.set_sensitive(true);
+        if let Some(value) = token.and_then(|token| self.bearer(token)) {
             map.insert(AUTHORIZATION, value);
         }
         self.pool
@@ -388,9 +406,18 @@ impl AppClient {
                 method: ::http::Method::POST,
                 path_and_query: format!("{}/3/device/{}", self.base_path, request.device_token),
                 headers: map,
-                body: bytes::Bytes::from(request.body.clone()),
+                body: bytes::Bytes::from_owner(Arc::clone(&request.body)),
             })
             .await
+    }
+}
+
+/// The `apns-priority` header: 10 and 5 as constants, any other value written out.
+fn priority(priority: u8) -> HeaderValue {
+    match priority {
+        10 => HeaderValue::from_static("10"),
+        5 => HeaderValue::from_static("5"),
+        other => HeaderValue::from(u16::from(other)),
     }
 }
 
