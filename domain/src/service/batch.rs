@@ -180,8 +180,9 @@ pub type PollAgain<'a> = dyn Fn() -> BoxFuture<'static, bool> + Send + Sync + 'a
 /// A claimed message, with its lease and where its attempt finds its deliveries.
 type ClaimedMessage = (Message, Lease, Loaded);
 
-/// What a claim brings back: the messages it claimed.
-type Claimed = Result<Vec<ClaimedMessage>, StoreError>;
+/// What a claim brings back: the messages it claimed, and whether it came back short (it
+/// found fewer due messages than it had room for).
+type Claimed = Result<(Vec<ClaimedMessage>, bool), StoreError>;
 
 /// What a running batch waits for.
 enum Event {
@@ -293,7 +294,9 @@ impl PushService {
     /// Claims due messages and sends them as a pipeline, up to `limit` messages, calling
     /// `on_message` after each one. It sends `message_concurrency` messages at once and claims
     /// more as slots free up (once half of them are free, or whenever `poll_again` says so
-    /// while any is free), so a slow message holds one slot and nothing else. One
+    /// while any is free), so a slow message holds one slot and nothing else. After a
+    /// claim that came back short (nothing more was due), it claims again only when
+    /// `poll_again` says so or once nothing is being sent, not each time a message ends. One
     /// application holds at most `app_concurrency` slots while other applications have due
     /// messages; when none has, it may borrow every free slot but one, which stays free for
     /// the next message of another application. Returns when nothing is being sent and
@@ -331,6 +334,8 @@ impl PushService {
         let mut failure: Option<StoreError> = None;
         let mut stopped = false;
         let mut claim_now = true;
+        // The last claim came back short: nothing more was due then.
+        let mut drained = false;
         let mut poll: Option<BoxFuture<'static, bool>> = None;
         loop {
             if claiming.is_none() && std::mem::take(&mut claim_now) && !stopped && taken < limit {
@@ -359,8 +364,9 @@ impl PushService {
             })
             .await;
             match event {
-                Event::Claimed(Ok(claimed)) => {
+                Event::Claimed(Ok((claimed, short))) => {
                     claiming = None;
+                    drained = short;
                     // Claimed messages are leased: they are sent even after a stop.
                     for (message, lease, loaded) in claimed {
                         taken += 1;
@@ -391,10 +397,19 @@ impl PushService {
                             stopped = true;
                         }
                     }
-                    claim_now |= slots.worth_a_claim();
+                    // Once the backlog is drained, the messages that end do not each ask for
+                    // a claim that would find nothing: the next comes with `poll_again`, or
+                    // when the last message ends (so that a one-off pass ends only when
+                    // nothing more is due).
+                    claim_now |= if drained {
+                        slots.busy == 0
+                    } else {
+                        slots.worth_a_claim()
+                    };
                 }
                 Event::Tick(go_on) => {
                     poll = None;
+                    drained = false;
                     stopped |= !go_on;
                     claim_now = go_on;
                 }
@@ -416,7 +431,7 @@ impl PushService {
         loop {
             let want = slots.claimable().min(room - claimed.len()).min(claim_size);
             if want == 0 {
-                return Ok(claimed);
+                return Ok((claimed, false));
             }
             let except = slots.saturated();
             let got = self.claim(want, &except).await?;
@@ -427,13 +442,16 @@ impl PushService {
             }
             if short {
                 if except.is_empty() {
-                    return Ok(claimed);
+                    return Ok((claimed, true));
                 }
                 let borrow = slots.borrowable().min(room - claimed.len()).min(claim_size);
-                if borrow > 0 {
-                    claimed.extend(self.claim(borrow, &[]).await?);
+                if borrow == 0 {
+                    return Ok((claimed, false));
                 }
-                return Ok(claimed);
+                let borrowed = self.claim(borrow, &[]).await?;
+                let short = borrowed.len() < borrow;
+                claimed.extend(borrowed);
+                return Ok((claimed, short));
             }
         }
     }
@@ -447,7 +465,11 @@ impl PushService {
     /// messages of an application in one call. The store calls of a claim are thus the same
     /// few however many small messages it brings, where reading each message's deliveries,
     /// devices and tally cost three calls a message. A larger message is paged as before.
-    async fn claim(&self, limit: usize, except: &[AppId]) -> Claimed {
+    async fn claim(
+        &self,
+        limit: usize,
+        except: &[AppId],
+    ) -> Result<Vec<ClaimedMessage>, StoreError> {
         let now = self.now();
         let lease = self.lease(now);
         let limit = u32::try_from(limit).unwrap_or(u32::MAX);
