@@ -1096,6 +1096,9 @@ impl PushService {
         {
             return Ok(Attempted::Lost(message));
         }
+        if let Some(batch) = batch {
+            batch.sent(message.id);
+        }
         let now = self.now();
         let tally = self.tally(&message, &loaded).await?;
         let end = match message.finish_attempt_tallied(&app.retry, retry_after, &tally, now) {

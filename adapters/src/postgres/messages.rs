@@ -42,15 +42,36 @@ const PG_WRITERS: usize = 4;
 const DUE: &str = "(state = 'WAITING' OR (state = 'ERROR_RETRY' \
     AND (next_attempt_at IS NULL OR next_attempt_at <= $1)))";
 
-/// Claims due messages whose lease is free or expired. The subquery locks the rows it picks
-/// and skips rows another transaction has locked, so concurrent claimers split the backlog
-/// without waiting; a row another claimer leased and committed meanwhile is re-checked
-/// against the lease condition and left out.
-const CLAIM: &str = "UPDATE messages SET lease_owner = $2, lease_until = $3 WHERE id IN ( \
-    SELECT id FROM messages WHERE (state = 'WAITING' OR (state = 'ERROR_RETRY' \
-        AND (next_attempt_at IS NULL OR next_attempt_at <= $1))) \
-    AND (lease_until IS NULL OR lease_until <= $1) AND app <> ALL($5) \
-    ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+/// Claims, under the lease of owner `$2` until `$3`, the first `$4` messages in id order that
+/// are due at `$1` with their lease free or expired, none of the applications in `$5`.
+///
+/// It reads the partial index `messages_due_by_app`, which holds only the messages that may
+/// be due, an application at a time: the applications that have any (one look-up each in the
+/// index), then the first `$4` of each that is not left out. Its cost is thus the
+/// applications and the messages claimed (and those leased in flight, skipped), not the
+/// backlog: scanning every due message in id order for the first that is not left out read
+/// the whole backlog of an application that was.
+///
+/// Each application's subquery locks the rows it picks and skips rows another transaction
+/// has locked, so concurrent claimers split the backlog without waiting; a row another
+/// claimer leased and committed meanwhile is re-checked against the lease condition and
+/// left out. The chosen ids come as an array, so that the update finds each by its key
+/// (joined to the subquery, the planner read the whole table to hash it).
+const CLAIM: &str = "WITH RECURSIVE apps (app) AS ( \
+        SELECT (SELECT MIN(app) FROM messages WHERE state IN ('WAITING', 'ERROR_RETRY')) \
+        UNION ALL \
+        SELECT (SELECT MIN(app) FROM messages \
+            WHERE state IN ('WAITING', 'ERROR_RETRY') AND app > apps.app) \
+        FROM apps WHERE apps.app IS NOT NULL) \
+    UPDATE messages SET lease_owner = $2, lease_until = $3 WHERE id = ANY (ARRAY ( \
+        SELECT claimed.id FROM apps CROSS JOIN LATERAL ( \
+            SELECT id FROM messages WHERE state IN ('WAITING', 'ERROR_RETRY') \
+            AND app = apps.app AND (state = 'WAITING' OR (state = 'ERROR_RETRY' \
+                AND (next_attempt_at IS NULL OR next_attempt_at <= $1))) \
+            AND (lease_until IS NULL OR lease_until <= $1) \
+            ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) AS claimed \
+        WHERE apps.app IS NOT NULL AND apps.app <> ALL($5) \
+        ORDER BY claimed.id LIMIT $4)) \
     RETURNING id";
 
 impl PgStore {

@@ -31,9 +31,46 @@ use crate::sqlite::{SqliteStore, db_error};
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 1000;
 
-/// The condition that makes a message due at the time bound to its one parameter.
+/// The condition that makes a message due at the time bound to the first parameter.
 const DUE: &str = "(state = 'WAITING' OR (state = 'ERROR_RETRY' \
-    AND (next_attempt_at IS NULL OR next_attempt_at <= ?)))";
+    AND (next_attempt_at IS NULL OR next_attempt_at <= ?1)))";
+
+/// The states of the messages in the partial index `messages_due_by_app`: spelled as in its
+/// `WHERE`, so that SQLite sees that a query which says it may read the index.
+const DUE_STATES: &str = "state IN ('WAITING', 'ERROR_RETRY')";
+
+/// Claims, under the lease of owner `?2` until `?3`, the first `?5` messages in id order that
+/// are due at `?1` with their lease free or expired, none of the applications in the JSON
+/// array `?4`.
+///
+/// One statement, so that SQLite's write lock makes the choice and the claim atomic. It
+/// reads the partial index `messages_due_by_app`, which holds only the messages that may be
+/// due, an application at a time: the applications that have any (one look-up each in
+/// the index), then the first `?5` of each that is not left out. Its cost is thus the
+/// applications and the messages claimed (and those leased in flight, skipped), not the
+/// backlog: scanning every due message for the first that is not left out read the whole
+/// backlog of an application that was (50 ms at 100,000 queued messages), and a claim of
+/// the first due messages sorted every due message (the planner chose the index on state).
+fn claim_sql() -> String {
+    format!(
+        "WITH RECURSIVE apps (app) AS ( \
+             SELECT (SELECT MIN(app) FROM messages INDEXED BY messages_due_by_app \
+                 WHERE {DUE_STATES}) \
+             UNION ALL \
+             SELECT (SELECT MIN(app) FROM messages INDEXED BY messages_due_by_app \
+                 WHERE {DUE_STATES} AND app > apps.app) \
+             FROM apps WHERE apps.app IS NOT NULL) \
+         UPDATE messages SET lease_owner = ?2, lease_until = ?3 WHERE id IN ( \
+             SELECT claimed.id FROM apps JOIN messages AS claimed ON claimed.id IN ( \
+                 SELECT id FROM messages INDEXED BY messages_due_by_app \
+                 WHERE {DUE_STATES} AND app = apps.app AND {DUE} \
+                 AND (lease_until IS NULL OR lease_until <= ?1) ORDER BY id LIMIT ?5) \
+             WHERE apps.app IS NOT NULL \
+             AND apps.app NOT IN (SELECT value FROM json_each(?4)) \
+             ORDER BY claimed.id LIMIT ?5) \
+         RETURNING id"
+    )
+}
 
 impl SqliteStore {
     /// Loads the messages with the given ids, each with its related objects and deliveries,
@@ -683,20 +720,10 @@ impl MessageStore for SqliteStore {
         // The applications left out, as one JSON array: one bound parameter however many.
         let except = serde_json::to_string(&except.iter().map(AppId::as_str).collect::<Vec<_>>())
             .map_err(|e| StoreError::Unknown(e.into()))?;
-        // One statement, so SQLite's write lock makes the choice and the claim atomic: no
-        // other connection can claim the same rows in between.
-        let sql = format!(
-            "UPDATE messages SET lease_owner = ?, lease_until = ? WHERE id IN ( \
-                 SELECT id FROM messages WHERE {DUE} \
-                 AND (lease_until IS NULL OR lease_until <= ?) \
-                 AND app NOT IN (SELECT value FROM json_each(?)) ORDER BY id LIMIT ?) \
-             RETURNING id"
-        );
-        let mut ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
+        let mut ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(claim_sql()))
+            .bind(now)
             .bind(lease.owner.clone())
             .bind(millis(lease.until))
-            .bind(now)
-            .bind(now)
             .bind(except)
             .bind(i64::from(limit))
             .fetch_all(&mut *self.pool.get().await?)
@@ -963,7 +990,7 @@ pub(crate) fn tally_from(
 mod tests {
     use clarion_domain::message::MessageState;
 
-    use super::{DUE, RELEASE_LEASES, SAVE_PROGRESS, first_deliveries_sql};
+    use super::{DUE, RELEASE_LEASES, SAVE_PROGRESS, claim_sql, first_deliveries_sql};
     use crate::grouped::batch_contract::batch_contract_tests;
     use crate::sqlite::SqliteStore;
     use crate::sqlite::tests::plan_of;
@@ -1003,6 +1030,15 @@ mod tests {
             "{plan}"
         );
         assert!(!plan.contains("SCAN deliveries"), "{plan}");
+    }
+
+    #[tokio::test]
+    async fn a_claim_reads_the_due_messages_of_each_application_from_their_index() {
+        let store = memory_store().await;
+        let plan = plan_of(&store, &claim_sql(), &["0", "w", "0", "[]", "500"]).await;
+        assert!(plan.contains("messages_due_by_app"), "{plan}");
+        assert!(!plan.contains("messages_state_next_attempt"), "{plan}");
+        assert!(!plan.contains("SCAN messages"), "{plan}");
     }
 
     #[tokio::test]

@@ -25,6 +25,9 @@ pub(super) struct Batch {
     pub(super) leases: LeaseBook,
     large_per_app: usize,
     large: Mutex<BTreeMap<AppId, Arc<Permits>>>,
+    /// Where an attempt says that its sends are over (only its save is left), so that its
+    /// sending slot is freed at once rather than after the save.
+    sent: Option<mpsc::UnboundedSender<MessageId>>,
 }
 
 impl Batch {
@@ -33,6 +36,15 @@ impl Batch {
             leases: LeaseBook::default(),
             large_per_app,
             large: Mutex::default(),
+            sent: None,
+        }
+    }
+
+    /// Says that the sends of message `id` are over: its attempt has only its save left.
+    pub(super) fn sent(&self, id: MessageId) {
+        if let Some(sent) = &self.sent {
+            // Fails only once the batch stopped listening, and then nobody needs it.
+            let _ = sent.unbounded_send(id);
         }
     }
 
@@ -180,15 +192,18 @@ pub type PollAgain<'a> = dyn Fn() -> BoxFuture<'static, bool> + Send + Sync + 'a
 /// A claimed message, with its lease and where its attempt finds its deliveries.
 type ClaimedMessage = (Message, Lease, Loaded);
 
-/// What a claim brings back: the messages it claimed.
-type Claimed = Result<Vec<ClaimedMessage>, StoreError>;
+/// What a claim brings back: the messages it claimed, and whether it came back short (it
+/// found fewer due messages than it had room for).
+type Claimed = Result<(Vec<ClaimedMessage>, bool), StoreError>;
 
 /// What a running batch waits for.
 enum Event {
     /// The claim under way came back.
     Claimed(Claimed),
-    /// A message's attempt ended; it names the message's application.
-    Done(Box<(AppId, Result<Attempted, StoreError>)>),
+    /// A message's sends are over; its save is under way.
+    Sent(MessageId),
+    /// A message's attempt ended; it names the message and its application.
+    Done(Box<(MessageId, AppId, Result<Attempted, StoreError>)>),
     /// The caller's rhythm: look for due messages again (`true`) or stop (`false`).
     Tick(bool),
 }
@@ -293,7 +308,9 @@ impl PushService {
     /// Claims due messages and sends them as a pipeline, up to `limit` messages, calling
     /// `on_message` after each one. It sends `message_concurrency` messages at once and claims
     /// more as slots free up (once half of them are free, or whenever `poll_again` says so
-    /// while any is free), so a slow message holds one slot and nothing else. One
+    /// while any is free), so a slow message holds one slot and nothing else. After a
+    /// claim that came back short (nothing more was due), it claims again only when
+    /// `poll_again` says so or once nothing is being sent, not each time a message ends. One
     /// application holds at most `app_concurrency` slots while other applications have due
     /// messages; when none has, it may borrow every free slot but one, which stays free for
     /// the next message of another application. Returns when nothing is being sent and
@@ -318,7 +335,16 @@ impl PushService {
             self.settings.app_concurrency
         };
         let mut slots = Slots::new(slots_total, per_app);
-        let batch = Batch::new(self.settings.large_message_concurrency);
+        let (sent, mut sends_over) = mpsc::unbounded();
+        let batch = Batch {
+            sent: Some(sent),
+            ..Batch::new(self.settings.large_message_concurrency)
+        };
+        // The messages that hold a sending slot, with their application. A message frees its
+        // slot once its sends are over, so that a slot waits for the provider only and not
+        // for the save (a grouped write, behind the claims and the other saves): the
+        // messages being saved are bounded apart, by `message_concurrency` again.
+        let mut holding: BTreeMap<MessageId, AppId> = BTreeMap::new();
         let mut sending = FuturesUnordered::new();
         // The claim under way, if any. It runs side by side with the sends: a send that holds
         // a store connection (SQLite has one writer) must go on being polled while the claim
@@ -331,10 +357,20 @@ impl PushService {
         let mut failure: Option<StoreError> = None;
         let mut stopped = false;
         let mut claim_now = true;
+        // The last claim came back short: nothing more was due then.
+        let mut drained = false;
         let mut poll: Option<BoxFuture<'static, bool>> = None;
         loop {
-            if claiming.is_none() && std::mem::take(&mut claim_now) && !stopped && taken < limit {
-                claiming = Some(Box::pin(self.claim_for(slots.clone(), limit - taken)));
+            // Room for the attempts that are being saved, whose slots are free already.
+            let saving_room = (2 * slots.total).saturating_sub(sending.len());
+            if claiming.is_none()
+                && saving_room > 0
+                && std::mem::take(&mut claim_now)
+                && !stopped
+                && taken < limit
+            {
+                let room = (limit - taken).min(u64::try_from(saving_room).unwrap_or(u64::MAX));
+                claiming = Some(Box::pin(self.claim_for(slots.clone(), room)));
             }
             if sending.is_empty() && claiming.is_none() {
                 break;
@@ -345,6 +381,9 @@ impl PushService {
                     && let Poll::Ready(claimed) = claim.as_mut().poll(cx)
                 {
                     return Poll::Ready(Event::Claimed(claimed));
+                }
+                if let Poll::Ready(Some(id)) = sends_over.poll_next_unpin(cx) {
+                    return Poll::Ready(Event::Sent(id));
                 }
                 if let Poll::Ready(Some(done)) = sending.poll_next_unpin(cx) {
                     return Poll::Ready(Event::Done(Box::new(done)));
@@ -359,12 +398,14 @@ impl PushService {
             })
             .await;
             match event {
-                Event::Claimed(Ok(claimed)) => {
+                Event::Claimed(Ok((claimed, short))) => {
                     claiming = None;
+                    drained = short;
                     // Claimed messages are leased: they are sent even after a stop.
                     for (message, lease, loaded) in claimed {
                         taken += 1;
                         slots.take(&message.spec.app);
+                        holding.insert(message.id, message.spec.app.clone());
                         batch.leases.enter(message.id, &lease);
                         sending.push(self.start(message, lease, loaded, &batch));
                     }
@@ -374,9 +415,22 @@ impl PushService {
                     failure.get_or_insert(error);
                     stopped = true;
                 }
+                Event::Sent(id) => {
+                    if let Some(app) = holding.remove(&id) {
+                        slots.give_back(&app);
+                        claim_now |= if drained {
+                            slots.busy == 0
+                        } else {
+                            slots.worth_a_claim()
+                        };
+                    }
+                }
                 Event::Done(done) => {
-                    let (app, attempted) = *done;
-                    slots.give_back(&app);
+                    let (id, app, attempted) = *done;
+                    let freed = holding.remove(&id).is_some();
+                    if freed {
+                        slots.give_back(&app);
+                    }
                     match attempted {
                         Ok(Attempted::Done(message)) => {
                             report.count(&message);
@@ -391,10 +445,19 @@ impl PushService {
                             stopped = true;
                         }
                     }
-                    claim_now |= slots.worth_a_claim();
+                    // Once the backlog is drained, the messages that end do not each ask for
+                    // a claim that would find nothing: the next comes with `poll_again`, or
+                    // when the last message ends (so that a one-off pass ends only when
+                    // nothing more is due).
+                    claim_now |= if drained {
+                        freed && slots.busy == 0
+                    } else {
+                        slots.worth_a_claim()
+                    };
                 }
                 Event::Tick(go_on) => {
                     poll = None;
+                    drained = false;
                     stopped |= !go_on;
                     claim_now = go_on;
                 }
@@ -416,7 +479,7 @@ impl PushService {
         loop {
             let want = slots.claimable().min(room - claimed.len()).min(claim_size);
             if want == 0 {
-                return Ok(claimed);
+                return Ok((claimed, false));
             }
             let except = slots.saturated();
             let got = self.claim(want, &except).await?;
@@ -427,13 +490,16 @@ impl PushService {
             }
             if short {
                 if except.is_empty() {
-                    return Ok(claimed);
+                    return Ok((claimed, true));
                 }
                 let borrow = slots.borrowable().min(room - claimed.len()).min(claim_size);
-                if borrow > 0 {
-                    claimed.extend(self.claim(borrow, &[]).await?);
+                if borrow == 0 {
+                    return Ok((claimed, false));
                 }
-                return Ok(claimed);
+                let borrowed = self.claim(borrow, &[]).await?;
+                let short = borrowed.len() < borrow;
+                claimed.extend(borrowed);
+                return Ok((claimed, short));
             }
         }
     }
@@ -447,7 +513,11 @@ impl PushService {
     /// messages of an application in one call. The store calls of a claim are thus the same
     /// few however many small messages it brings, where reading each message's deliveries,
     /// devices and tally cost three calls a message. A larger message is paged as before.
-    async fn claim(&self, limit: usize, except: &[AppId]) -> Claimed {
+    async fn claim(
+        &self,
+        limit: usize,
+        except: &[AppId],
+    ) -> Result<Vec<ClaimedMessage>, StoreError> {
         let now = self.now();
         let lease = self.lease(now);
         let limit = u32::try_from(limit).unwrap_or(u32::MAX);
@@ -497,20 +567,21 @@ impl PushService {
             .collect())
     }
 
-    /// Sends a claimed message; the answer names its application, whose slot it frees.
+    /// Sends a claimed message; the answer names it and its application, whose slot it frees
+    /// unless the attempt said earlier that its sends were over.
     fn start<'a>(
         &'a self,
         message: Message,
         lease: Lease,
         loaded: Loaded,
         batch: &'a Batch,
-    ) -> impl Future<Output = (AppId, Result<Attempted, StoreError>)> + Send + 'a {
+    ) -> impl Future<Output = (MessageId, AppId, Result<Attempted, StoreError>)> + Send + 'a {
         let app = message.spec.app.clone();
         let id = message.id;
         async move {
             let attempted = self.process_claimed(message, lease, loaded, batch).await;
             batch.leases.leave(id);
-            (app, attempted)
+            (id, app, attempted)
         }
     }
 

@@ -1193,6 +1193,54 @@ async fn a_claim_of_one_device_messages_costs_a_few_reads_and_one_write_per_mess
 }
 
 #[tokio::test]
+async fn once_nothing_more_is_due_a_batch_claims_again_only_when_its_last_message_ends() {
+    // Arrange: 200 one-device messages come due together, fewer than a claim may take; every
+    // later claim finds nothing due.
+    const MESSAGES: i64 = 200;
+    let mut mocks = Mocks::new(SenderKind::Direct);
+    let messages = one_device_messages(&mocks, MESSAGES);
+    let claims = Arc::new(Mutex::new(0));
+    let counted = claims.clone();
+    let mut first = Some(messages);
+    mocks
+        .messages
+        .expect_claim_due_except()
+        .returning(move |_, _, _, _, each| {
+            *counted.lock().unwrap() += 1;
+            Ok(first_deliveries(first.take().unwrap_or_default(), each))
+        });
+    mocks
+        .devices
+        .expect_get_devices()
+        .returning(|_, ids| Ok(ids.iter().map(|id| apns_device(id.0)).collect()));
+    mocks
+        .messages
+        .expect_save_attempt()
+        .times(MESSAGES as usize)
+        .returning(|_, _, _| Ok(true));
+    mocks.providers.push((
+        Channel::Apns,
+        provider(
+            SendOutcome::Accepted {
+                provider_id: None,
+                details: None,
+            },
+            MESSAGES as usize,
+        ),
+    ));
+    let service = mocks.service();
+
+    // Act
+    let report = service.process_batch(1000, &|_| {}).await.unwrap();
+
+    // Assert: the claim that brought the messages came back short, so the messages that
+    // ended asked for no claim of their own; one more claim, once the last ended, found
+    // nothing and ended the pass.
+    assert_eq!(report.sent, MESSAGES as u64);
+    assert_eq!(*claims.lock().unwrap(), 2);
+}
+
+#[tokio::test]
 async fn outcomes_held_for_the_save_are_recorded_when_another_worker_took_the_message() {
     // Arrange: the save finds the lease taken over after the send.
     let mut mocks = Mocks::new(SenderKind::Direct);
