@@ -84,13 +84,15 @@ impl SqliteStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        // The claim's reads, one after the other on one connection.
+        let mut conn = self.readers.get().await?;
         let rows: Vec<MessageRow> = select_in(
             &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN ("),
             ids,
             ")",
         )
         .build_query_as()
-        .fetch_all(&mut *self.readers.get().await?)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error("failed to read messages"))?;
 
@@ -101,7 +103,7 @@ impl SqliteStore {
             ") ORDER BY id",
         )
         .build_query_as()
-        .fetch_all(&mut *self.readers.get().await?)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error("failed to read related objects"))?;
         let mut related: HashMap<MessageId, Vec<RelatedObject>> = HashMap::new();
@@ -118,7 +120,7 @@ impl SqliteStore {
                 .bind(ids)
                 .bind(i64::from(each));
             let delivery_rows: Vec<DeliveryRow> = query
-                .fetch_all(&mut *self.readers.get().await?)
+                .fetch_all(&mut *conn)
                 .await
                 .map_err(db_error("failed to read deliveries"))?;
             for row in delivery_rows {
@@ -129,6 +131,7 @@ impl SqliteStore {
                     .push(delivery);
             }
         }
+        conn.done();
 
         let mut by_id = HashMap::with_capacity(rows.len());
         for row in rows {
@@ -720,15 +723,17 @@ impl MessageStore for SqliteStore {
         // The applications left out, as one JSON array: one bound parameter however many.
         let except = serde_json::to_string(&except.iter().map(AppId::as_str).collect::<Vec<_>>())
             .map_err(|e| StoreError::Unknown(e.into()))?;
+        let mut conn = self.pool.get().await?;
         let mut ids: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(claim_sql()))
             .bind(now)
             .bind(lease.owner.clone())
             .bind(millis(lease.until))
             .bind(except)
             .bind(i64::from(limit))
-            .fetch_all(&mut *self.pool.get().await?)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db_error("failed to claim due messages"))?;
+        conn.done();
         ids.sort_unstable();
         // The deliveries come in one statement for the whole claim, so that a worker sends a
         // small message without reading anything more of it.
@@ -767,11 +772,13 @@ impl MessageStore for SqliteStore {
             list.push_bind(*id);
         }
         query.push(") RETURNING id");
+        let mut conn = self.pool.get().await?;
         let mut renewed: Vec<i64> = query
             .build_query_scalar()
-            .fetch_all(&mut *self.pool.get().await?)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db_error("failed to renew leases"))?;
+        conn.done();
         renewed.sort_unstable();
         Ok(renewed.into_iter().map(MessageId).collect())
     }
