@@ -57,9 +57,6 @@ impl<DB: Database> std::fmt::Debug for Held<DB> {
 struct Shared<DB: Database> {
     pool: Pool<DB>,
     most: usize,
-    /// Whether connections are kept at all: not when others share a pool too small to lend
-    /// connections to the [`Held`] for good.
-    keep: bool,
     permits: Arc<Semaphore>,
     /// Connections whose last use ended well, with the time it ended; the last one kept is
     /// handed out first.
@@ -77,23 +74,11 @@ impl<DB: Database> Held<DB> {
     /// Connections of `pool`, at most `most` handed out at once (at least one), kept between
     /// uses. Others may use `pool` directly only if it has more than `most` connections.
     pub(crate) fn new(pool: Pool<DB>, most: usize) -> Self {
-        Held::with(pool, most, true)
-    }
-
-    /// Connections of `pool`, at most `most` at once, that all go back to the pool after
-    /// each use, as if taken from it directly: for a pool shared with others that has no
-    /// connection to spare.
-    pub(crate) fn passing(pool: Pool<DB>, most: usize) -> Self {
-        Held::with(pool, most, false)
-    }
-
-    fn with(pool: Pool<DB>, most: usize, keep: bool) -> Self {
         let most = most.max(1);
         Held {
             shared: Arc::new(Shared {
                 pool,
                 most,
-                keep,
                 permits: Arc::new(Semaphore::new(most)),
                 kept: Mutex::new(Vec::new()),
             }),
@@ -218,7 +203,6 @@ impl<DB: Database> Drop for HeldConnection<DB> {
             return;
         };
         if self.keep
-            && self.shared.keep
             && !connection.is_in_transaction()
             && !self.shared.pool.is_closed()
             && self.taken.elapsed() < RETURN_AFTER

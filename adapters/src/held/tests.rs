@@ -133,23 +133,3 @@ async fn at_most_the_given_number_of_connections_are_handed_out_at_once() {
         .expect("a connection");
     second.done();
 }
-
-#[tokio::test]
-async fn a_passing_held_keeps_nothing() {
-    let pool = SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .expect("an in-memory database");
-    let held = Held::passing(pool.clone(), 1);
-    held.acquire().await.expect("a connection").done();
-    assert_eq!(kept(&held), 0);
-    let one: i64 = tokio::time::timeout(
-        Duration::from_secs(5),
-        sqlx::query_scalar("SELECT 1").fetch_one(&pool),
-    )
-    .await
-    .expect("the pool's connection is free for others")
-    .expect("a row");
-    assert_eq!(one, 1);
-}

@@ -10,7 +10,7 @@ use clarion_domain::device::{
 use clarion_domain::ids::{AppId, DeviceId};
 use clarion_domain::ports::{DeviceStore, StoreError};
 use clarion_domain::token::DeviceToken;
-use sqlx::{AssertSqlSafe, Postgres, QueryBuilder};
+use sqlx::{AssertSqlSafe, Connection as _, Postgres, QueryBuilder};
 
 use crate::held::Held;
 use time::OffsetDateTime;
@@ -182,8 +182,8 @@ impl DeviceStore for PgStore {
         // In key order, as registrations in batches: writers that overlap lock the rows in
         // the same order and cannot deadlock.
         devices.sort_by(|a, b| key_of_new(a).cmp(&key_of_new(b)));
-        let mut tx = self
-            .pool
+        let mut conn = self.pool.get().await?;
+        let mut tx = conn
             .begin()
             .await
             .map_err(db_error("failed to begin a bulk registration"))?;
@@ -214,7 +214,7 @@ impl DeviceStore for PgStore {
         sqlx::query_as::<_, DeviceRow>(AssertSqlSafe(sql))
             .bind(app.as_str().to_owned())
             .bind(id.0)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to read a device"))?
             .map(DeviceRow::into_domain)
@@ -265,7 +265,7 @@ impl DeviceStore for PgStore {
             .push_bind(i64::from(limit));
         query
             .build_query_as::<DeviceRow>()
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to list devices"))?
             .into_iter()
@@ -281,6 +281,7 @@ impl DeviceStore for PgStore {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let now = ms(now);
+        let mut conn = self.pool.get().await?;
         let done = sqlx::query(
             "UPDATE devices SET active = FALSE, deactivated_at = $1, deactivation_reason = $2, \
              updated_at = $3 WHERE app = $4 AND id = $5",
@@ -290,9 +291,10 @@ impl DeviceStore for PgStore {
         .bind(now)
         .bind(app.as_str().to_owned())
         .bind(id.0)
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await
         .map_err(db_error("failed to deactivate a device"))?;
+        conn.done();
         Ok(done.rows_affected() > 0)
     }
 
@@ -340,7 +342,7 @@ impl DeviceStore for PgStore {
             .push(DEVICE_COLUMNS);
         query
             .build_query_as::<DeviceRow>()
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to update a device"))?
             .map(DeviceRow::into_domain)
@@ -348,12 +350,14 @@ impl DeviceStore for PgStore {
     }
 
     async fn delete_device(&self, app: &AppId, id: DeviceId) -> Result<bool, StoreError> {
+        let mut conn = self.pool.get().await?;
         let done = sqlx::query("DELETE FROM devices WHERE app = $1 AND id = $2")
             .bind(app.as_str().to_owned())
             .bind(id.0)
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await
             .map_err(db_error("failed to delete a device"))?;
+        conn.done();
         Ok(done.rows_affected() > 0)
     }
 
@@ -365,6 +369,7 @@ impl DeviceStore for PgStore {
         let now = ms(now);
         // The latest delivery must also be newer than the device's last update, so that a
         // device registered again after its token was reported dead stays active.
+        let mut conn = self.pool.get().await?;
         let done = sqlx::query(
             "UPDATE devices SET active = FALSE, deactivated_at = $1, \
              deactivation_reason = 'dead token', updated_at = $2 \
@@ -376,9 +381,10 @@ impl DeviceStore for PgStore {
         .bind(now)
         .bind(now)
         .bind(app.as_str().to_owned())
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await
         .map_err(db_error("failed to deactivate dead devices"))?;
+        conn.done();
         Ok(done.rows_affected())
     }
 
@@ -387,14 +393,16 @@ impl DeviceStore for PgStore {
         app: &AppId,
         before: OffsetDateTime,
     ) -> Result<u64, StoreError> {
+        let mut conn = self.pool.get().await?;
         let done = sqlx::query(
             "DELETE FROM devices WHERE app = $1 AND active = FALSE AND deactivated_at < $2",
         )
         .bind(app.as_str().to_owned())
         .bind(ms(before))
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await
         .map_err(db_error("failed to delete inactive devices"))?;
+        conn.done();
         Ok(done.rows_affected())
     }
 }

@@ -26,7 +26,7 @@ impl ApiKeyStore for PgStore {
             .bind(key.prefix.clone())
             .bind(key.hash.as_str().to_owned())
             .bind(ms(now))
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to insert an API key"))?
             .into_domain()
@@ -36,7 +36,7 @@ impl ApiKeyStore for PgStore {
         let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys WHERE hash = $1");
         sqlx::query_as::<_, ApiKeyRow>(AssertSqlSafe(sql))
             .bind(hash.as_str().to_owned())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to look up an API key"))?
             .map(ApiKeyRow::into_domain)
@@ -46,7 +46,7 @@ impl ApiKeyStore for PgStore {
     async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
         let sql = format!("SELECT {API_KEY_COLUMNS} FROM api_keys ORDER BY id");
         sqlx::query_as::<_, ApiKeyRow>(AssertSqlSafe(sql))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to list API keys"))?
             .into_iter()
@@ -66,7 +66,7 @@ impl ApiKeyStore for PgStore {
         sqlx::query_as::<_, ApiKeyRow>(AssertSqlSafe(sql))
             .bind(ms(now))
             .bind(id.0)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to revoke an API key"))?
             .map(ApiKeyRow::into_domain)

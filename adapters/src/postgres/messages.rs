@@ -87,20 +87,24 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ANY($1)");
+        let mut conn = self.pool.get().await?;
         let rows: Vec<MessageRow> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(ids)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db_error("failed to read messages"))?;
+        conn.done();
 
+        let mut conn = self.pool.get().await?;
         let related_rows: Vec<RelatedRow> = sqlx::query_as(
             "SELECT id, message_id, kind, object_id FROM message_related_objects \
              WHERE message_id = ANY($1) ORDER BY id",
         )
         .bind(ids)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error("failed to read related objects"))?;
+        conn.done();
         let mut related: HashMap<MessageId, Vec<RelatedObject>> = HashMap::new();
         for row in related_rows {
             let (message, object) = row.into_domain()?;
@@ -117,12 +121,14 @@ impl PgStore {
                  CROSS JOIN LATERAL (SELECT {DELIVERY_COLUMNS} FROM deliveries \
                  WHERE message_id = wanted.message ORDER BY id LIMIT $2) AS d ORDER BY id"
             );
+            let mut conn = self.pool.get().await?;
             let delivery_rows: Vec<DeliveryRow> = sqlx::query_as(AssertSqlSafe(sql))
                 .bind(ids)
                 .bind(i64::from(each))
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *conn)
                 .await
                 .map_err(db_error("failed to read deliveries"))?;
+            conn.done();
             for row in delivery_rows {
                 let delivery = row.into_domain()?;
                 deliveries
@@ -678,14 +684,9 @@ impl MessageStore for PgStore {
         };
         // A broadcast's statement reads every device of its application: written alone, so
         // that the messages sent meanwhile are not held until it commits.
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(db_error("failed to get a database connection"))?;
+        let mut conn = self.pool.get().await?;
         let (mut stored, broadcast) =
             PgMessages::insert(&mut conn, std::slice::from_ref(message)).await?;
-        drop(conn);
         if broadcast >= ANALYZE_AFTER_DELIVERIES {
             // The planner's statistics still describe the table from before the broadcast:
             // with them, each page of its due deliveries was read through a bitmap of all the
@@ -693,9 +694,15 @@ impl MessageStore for PgStore {
             // on (message_id, id) gives the page in order. PostgreSQL's advice after a large
             // change to a table is ANALYZE, which samples it; autovacuum does it only later.
             // The message is stored either way, so a failure is only logged.
-            if let Err(error) = sqlx::query("ANALYZE deliveries").execute(&self.pool).await {
-                tracing::warn!(%error, "could not analyze deliveries after a broadcast");
+            match sqlx::query("ANALYZE deliveries").execute(&mut *conn).await {
+                Ok(_) => conn.done(),
+                // The connection goes back to the pool and its check rather than kept.
+                Err(error) => {
+                    tracing::warn!(%error, "could not analyze deliveries after a broadcast");
+                }
             }
+        } else {
+            conn.done();
         }
         stored
             .pop()
@@ -708,13 +715,15 @@ impl MessageStore for PgStore {
         id: MessageId,
         deliveries: u32,
     ) -> Result<Option<Message>, StoreError> {
+        let mut conn = self.pool.get().await?;
         let found: Option<i64> =
             sqlx::query_scalar("SELECT id FROM messages WHERE app = $1 AND id = $2")
                 .bind(app.as_str().to_owned())
                 .bind(id.0)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(db_error("failed to read a message"))?;
+        conn.done();
         let Some(id) = found else {
             return Ok(None);
         };
@@ -761,11 +770,13 @@ impl MessageStore for PgStore {
         query
             .push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(limit));
+        let mut conn = self.pool.get().await?;
         let ids: Vec<i64> = query
             .build_query_scalar()
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db_error("failed to list messages"))?;
+        conn.done();
         self.load_messages(&ids, Some(DELIVERIES_SHOWN)).await
     }
 
@@ -778,15 +789,17 @@ impl MessageStore for PgStore {
         deliveries_each: u32,
     ) -> Result<Vec<Message>, StoreError> {
         let except: Vec<String> = except.iter().map(|app| app.as_str().to_owned()).collect();
+        let mut conn = self.pool.get().await?;
         let mut ids: Vec<i64> = sqlx::query_scalar(CLAIM)
             .bind(ms(now))
             .bind(lease.owner.clone())
             .bind(ms(lease.until))
             .bind(i64::from(limit))
             .bind(except)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db_error("failed to claim due messages"))?;
+        conn.done();
         ids.sort_unstable();
         // The deliveries come in one statement for the whole claim, so that a worker sends a
         // small message without reading anything more of it.
@@ -814,6 +827,7 @@ impl MessageStore for PgStore {
             return Ok(Vec::new());
         }
         let raw: Vec<i64> = ids.iter().map(|id| id.0).collect();
+        let mut conn = self.pool.get().await?;
         let mut renewed: Vec<i64> = sqlx::query_scalar(
             "UPDATE messages SET lease_until = $1 WHERE lease_owner = $2 AND id = ANY($3) \
              RETURNING id",
@@ -821,21 +835,24 @@ impl MessageStore for PgStore {
         .bind(ms(lease.until))
         .bind(lease.owner.clone())
         .bind(raw)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error("failed to renew leases"))?;
+        conn.done();
         renewed.sort_unstable();
         Ok(renewed.into_iter().map(MessageId).collect())
     }
 
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        let mut conn = self.pool.get().await?;
         let done = sqlx::query(
             "UPDATE messages SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = $1",
         )
         .bind(owner.to_owned())
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await
         .map_err(db_error("failed to release leases"))?;
+        conn.done();
         Ok(done.rows_affected())
     }
 
@@ -849,13 +866,15 @@ impl MessageStore for PgStore {
             "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = $1 AND id > $2 \
              AND state IN ('pending', 'retrying') ORDER BY id LIMIT $3"
         );
+        let mut conn = self.pool.get().await?;
         let rows: Vec<DeliveryRow> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(message.0)
             .bind(after.map_or(i64::MIN, |d| d.0))
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db_error("failed to read due deliveries"))?;
+        conn.done();
         rows.into_iter().map(DeliveryRow::into_domain).collect()
     }
 
@@ -877,14 +896,16 @@ impl MessageStore for PgStore {
              deactivation_reason FROM devices WHERE id = d.device_id AND app = $1) AS v ON TRUE \
              ORDER BY d.id"
         );
+        let mut conn = self.pool.get().await?;
         let rows: Vec<DueRow> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(app.as_str())
             .bind(message.0)
             .bind(after.map_or(i64::MIN, |d| d.0))
             .bind(i64::from(limit))
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db_error("failed to read due deliveries"))?;
+        conn.done();
         rows.into_iter()
             .map(DueRow::into_domain)
             .collect::<Result<Vec<_>, _>>()
@@ -893,6 +914,7 @@ impl MessageStore for PgStore {
 
     async fn delivery_tally(&self, message: MessageId) -> Result<DeliveryTally, StoreError> {
         // One round trip: the counts by state, each row carrying the first error.
+        let mut conn = self.pool.get().await?;
         let rows: Vec<(String, i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
             "SELECT d.state, COUNT(*), COUNT(d.error_code), f.error_code, f.error_text \
              FROM deliveries d LEFT JOIN LATERAL (SELECT error_code, error_text \
@@ -901,9 +923,10 @@ impl MessageStore for PgStore {
              WHERE d.message_id = $1 GROUP BY d.state, f.error_code, f.error_text",
         )
         .bind(message.0)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error("failed to count deliveries"))?;
+        conn.done();
         let first = rows
             .first()
             .and_then(|row| row.3.clone().map(|code| (code, row.4.clone())));
@@ -921,8 +944,8 @@ impl MessageStore for PgStore {
         give_up: &GiveUp,
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
-        let mut tx = self
-            .pool
+        let mut conn = self.pool.get().await?;
+        let mut tx = conn
             .begin()
             .await
             .map_err(db_error("failed to begin a transaction"))?;
@@ -999,21 +1022,25 @@ impl MessageStore for PgStore {
                 .push(")");
         }
         query.push(" ORDER BY id DESC LIMIT 1");
+        let mut conn = self.pool.get().await?;
         let id: Option<i64> = query
             .build_query_scalar()
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(db_error("failed to look for a template's message"))?;
+        conn.done();
         Ok(id.map(MessageId))
     }
 
     async fn count_due(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
         let sql = format!("SELECT COUNT(*) FROM messages WHERE {DUE}");
+        let mut conn = self.pool.get().await?;
         let count: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
             .bind(ms(now))
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *conn)
             .await
             .map_err(db_error("failed to count due messages"))?;
+        conn.done();
         Ok(u64::try_from(count).unwrap_or(0))
     }
 }

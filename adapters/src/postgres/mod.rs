@@ -20,7 +20,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, Postgres, Row as
 use time::OffsetDateTime;
 
 use crate::config::redact_url;
-use crate::device_reads::{CoalescedReads, READERS as DEVICE_READERS};
+use crate::device_reads::CoalescedReads;
 use crate::faults::{PROBE_WRITE, db_error, probe_time};
 use crate::grouped::{Grouped, WriteMany as _};
 use crate::held::Held;
@@ -79,8 +79,9 @@ impl Default for PgSettings {
 /// The PostgreSQL implementation of the storage ports. Cloning it shares the connection pool.
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    /// The pool of everything but the grouped writes: reads, claims, leases, broadcasts.
-    pool: PgPool,
+    /// The pool of everything but the grouped writes: reads, claims, leases, broadcasts,
+    /// every use of which goes through the [`Held`], which keeps connections between uses.
+    pool: Held<Postgres>,
     /// Registrations made at the same time, written together.
     registrations: GroupedRegistrations,
     /// Messages sent at the same time, written together.
@@ -89,8 +90,6 @@ pub struct PgStore {
     attempts: Grouped<PgAttempts>,
     /// Reads of devices by id made at the same time, read together.
     device_reads: CoalescedReads<PgDeviceReads>,
-    /// The connections of `pool` that the device reads keep between batches.
-    reading: Held<Postgres>,
 }
 
 impl PgStore {
@@ -147,33 +146,29 @@ impl PgStore {
         // The grouped writes have connections of their own, so that a read never waits for
         // a batch's commit (a disk flush) to free a connection, and the batches never wait
         // behind reads; the pool opens its connections when they are first needed.
-        // They keep their connections between batches (`held.rs`) when the pool is theirs;
-        // the device reads keep theirs when the shared pool has others to spare.
+        // Both pools keep their connections between uses (`held.rs`); when the pool is too
+        // small to split, the grouped writes share the one pool's.
+        let pool = Held::new(pool, others as usize);
         let writing = match writers {
             Some(size) => Held::new(pool_options(size).connect_lazy_with(options), size as usize),
-            None => Held::passing(pool.clone(), others as usize),
-        };
-        let reading = if others as usize > DEVICE_READERS {
-            Held::new(pool.clone(), DEVICE_READERS)
-        } else {
-            Held::passing(pool.clone(), DEVICE_READERS)
+            None => pool.clone(),
         };
         Ok(PgStore {
             registrations: PgRegistrations::grouped(writing.clone()),
             messages: PgMessages::grouped(writing.clone()),
             attempts: PgAttempts::grouped(writing),
-            device_reads: PgDeviceReads::coalesced(reading.clone()),
-            reading,
+            device_reads: PgDeviceReads::coalesced(pool.clone()),
             pool,
         })
     }
 
-    /// The connection pool, for tests and maintenance. The connections the device reads
-    /// keep are given back to it first, so that closing it does not wait for them.
+    /// The connection pool, for tests and maintenance. The connections the store keeps
+    /// between its own uses are given back to it first, so that a statement on the pool does
+    /// not wait for them and closing it does not wait for ever.
     #[must_use]
     pub fn pool(&self) -> &PgPool {
-        self.reading.release_kept();
-        &self.pool
+        self.pool.release_kept();
+        self.pool.pool()
     }
 
     /// The number of rows of every table of Clarion's schema, by table name.
@@ -186,17 +181,19 @@ impl PgStore {
              WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' \
              AND table_name NOT LIKE '\\_sqlx\\_%' ORDER BY table_name",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.pool.acquire().await?)
         .await
         .context("failed to list the tables")?;
         let mut counts = BTreeMap::new();
         for name in names {
             // The name comes from the catalogue, not from a caller; quoting it is enough.
             let sql = format!("SELECT COUNT(*) FROM \"{}\"", name.replace('"', "\"\""));
+            let mut conn = self.pool.get().await?;
             let row = sqlx::query(AssertSqlSafe(sql))
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *conn)
                 .await
                 .with_context(|| format!("failed to count the rows of {name}"))?;
+            conn.done();
             let count: i64 = row
                 .try_get(0)
                 .with_context(|| format!("failed to count the rows of {name}"))?;
@@ -213,11 +210,13 @@ impl PgStore {
     /// cannot write (stopped, restarting, a full disk, a read-only standby);
     /// [`StoreError::Unknown`] for another failure.
     pub async fn check_ready(&self) -> Result<(), StoreError> {
+        let mut conn = self.pool.get().await?;
         sqlx::query(PROBE_WRITE)
             .bind(probe_time())
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await
             .map_err(db_error("failed to write the readiness probe"))?;
+        conn.done();
         Ok(())
     }
 }

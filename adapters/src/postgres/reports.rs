@@ -11,14 +11,16 @@ use crate::reports::{device_count, error_reason, state_count};
 #[async_trait]
 impl ReportStore for PgStore {
     async fn count_devices(&self, app: &AppId) -> Result<Vec<DeviceCount>, StoreError> {
+        let mut conn = self.pool.get().await?;
         let rows: Vec<(String, bool, i64)> = sqlx::query_as(
             "SELECT platform, active, COUNT(*) FROM devices WHERE app = $1 \
              GROUP BY platform, active ORDER BY platform, active",
         )
         .bind(app.as_str().to_owned())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error("failed to count devices"))?;
+        conn.done();
         rows.into_iter().map(device_count).collect()
     }
 
@@ -27,28 +29,32 @@ impl ReportStore for PgStore {
         app: &AppId,
         since: OffsetDateTime,
     ) -> Result<Vec<StateCount>, StoreError> {
+        let mut conn = self.pool.get().await?;
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT state, COUNT(*) FROM messages WHERE app = $1 AND created_at >= $2 \
              GROUP BY state ORDER BY state",
         )
         .bind(app.as_str().to_owned())
         .bind(ms(since))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error("failed to count messages by state"))?;
+        conn.done();
         rows.into_iter().map(state_count).collect()
     }
 
     async fn count_due_in_app(&self, app: &AppId, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let mut conn = self.pool.get().await?;
         let count: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM messages WHERE app = $1 AND (state = 'WAITING' \
              OR (state = 'ERROR_RETRY' AND (next_attempt_at IS NULL OR next_attempt_at <= $2)))",
         )
         .bind(app.as_str().to_owned())
         .bind(ms(now))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *conn)
         .await
         .map_err(db_error("failed to count an application's due messages"))?;
+        conn.done();
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
@@ -58,6 +64,7 @@ impl ReportStore for PgStore {
         since: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<ErrorReason>, StoreError> {
+        let mut conn = self.pool.get().await?;
         let rows: Vec<(String, String, i64, OffsetDateTime, Option<String>)> = sqlx::query_as(
             "SELECT 'delivery', d.error_code, COUNT(*), MAX(d.updated_at) AS last_at, \
                  MAX(d.error_text) \
@@ -76,14 +83,16 @@ impl ReportStore for PgStore {
         .bind(app.as_str().to_owned())
         .bind(ms(since))
         .bind(i64::from(limit))
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error("failed to group errors by reason"))?;
+        conn.done();
         rows.into_iter().map(error_reason).collect()
     }
 
     async fn count_dead_devices(&self, app: &AppId) -> Result<u64, StoreError> {
         // The condition of `deactivate_dead_devices`.
+        let mut conn = self.pool.get().await?;
         let count: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM devices WHERE app = $1 AND active = TRUE AND EXISTS ( \
                  SELECT 1 FROM deliveries d WHERE d.id = ( \
@@ -91,9 +100,10 @@ impl ReportStore for PgStore {
                  AND d.state = 'dead_token' AND d.updated_at > devices.updated_at)",
         )
         .bind(app.as_str().to_owned())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *conn)
         .await
         .map_err(db_error("failed to count dead devices"))?;
+        conn.done();
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
@@ -102,15 +112,17 @@ impl ReportStore for PgStore {
         app: &AppId,
         before: OffsetDateTime,
     ) -> Result<u64, StoreError> {
+        let mut conn = self.pool.get().await?;
         let count: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM devices WHERE app = $1 AND active = FALSE \
              AND deactivated_at < $2",
         )
         .bind(app.as_str().to_owned())
         .bind(ms(before))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *conn)
         .await
         .map_err(db_error("failed to count inactive devices"))?;
+        conn.done();
         Ok(u64::try_from(count).unwrap_or(0))
     }
 }

@@ -34,7 +34,7 @@ impl PgStore {
             .bind(now)
             .bind(template.app.as_str().to_owned())
             .bind(template.slug.as_str().to_owned())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to replace a template"))
     }
@@ -59,7 +59,7 @@ impl PgStore {
             .bind(template.allow_duplicates)
             .bind(now)
             .bind(now)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to insert a template"))
     }
@@ -93,7 +93,7 @@ impl TemplateStore for PgStore {
         sqlx::query_as::<_, TemplateRow>(AssertSqlSafe(sql))
             .bind(app.as_str().to_owned())
             .bind(slug.as_str().to_owned())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to read a template"))?
             .map(TemplateRow::into_domain)
@@ -104,7 +104,7 @@ impl TemplateStore for PgStore {
         let sql = format!("SELECT {TEMPLATE_COLUMNS} FROM templates WHERE app = $1 ORDER BY slug");
         sqlx::query_as::<_, TemplateRow>(AssertSqlSafe(sql))
             .bind(app.as_str().to_owned())
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.pool.get().await?)
             .await
             .map_err(db_error("failed to list templates"))?
             .into_iter()
@@ -113,12 +113,14 @@ impl TemplateStore for PgStore {
     }
 
     async fn delete_template(&self, app: &AppId, slug: &Slug) -> Result<bool, StoreError> {
+        let mut conn = self.pool.get().await?;
         let done = sqlx::query("DELETE FROM templates WHERE app = $1 AND slug = $2")
             .bind(app.as_str().to_owned())
             .bind(slug.as_str().to_owned())
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await
             .map_err(db_error("failed to delete a template"))?;
+        conn.done();
         Ok(done.rows_affected() > 0)
     }
 }

@@ -325,6 +325,7 @@ impl DeviceStore for SqliteStore {
         now: OffsetDateTime,
     ) -> Result<bool, StoreError> {
         let now = millis(now);
+        let mut conn = self.pool.get().await?;
         let done = sqlx::query(
             "UPDATE devices SET active = 0, deactivated_at = ?, deactivation_reason = ?, \
              updated_at = ? WHERE app = ? AND id = ?",
@@ -334,9 +335,10 @@ impl DeviceStore for SqliteStore {
         .bind(now)
         .bind(app.as_str().to_owned())
         .bind(id.0)
-        .execute(&mut *self.pool.get().await?)
+        .execute(&mut *conn)
         .await
         .map_err(db_error("failed to deactivate a device"))?;
+        conn.done();
         Ok(done.rows_affected() > 0)
     }
 
@@ -392,12 +394,14 @@ impl DeviceStore for SqliteStore {
     }
 
     async fn delete_device(&self, app: &AppId, id: DeviceId) -> Result<bool, StoreError> {
+        let mut conn = self.pool.get().await?;
         let done = sqlx::query("DELETE FROM devices WHERE app = ? AND id = ?")
             .bind(app.as_str().to_owned())
             .bind(id.0)
-            .execute(&mut *self.pool.get().await?)
+            .execute(&mut *conn)
             .await
             .map_err(db_error("failed to delete a device"))?;
+        conn.done();
         Ok(done.rows_affected() > 0)
     }
 
@@ -409,6 +413,7 @@ impl DeviceStore for SqliteStore {
         let now = millis(now);
         // The latest delivery must also be newer than the device's last update, so that a
         // device registered again after its token was reported dead stays active.
+        let mut conn = self.pool.get().await?;
         let done = sqlx::query(
             "UPDATE devices SET active = 0, deactivated_at = ?, \
              deactivation_reason = 'dead token', updated_at = ? \
@@ -420,9 +425,10 @@ impl DeviceStore for SqliteStore {
         .bind(now)
         .bind(now)
         .bind(app.as_str().to_owned())
-        .execute(&mut *self.pool.get().await?)
+        .execute(&mut *conn)
         .await
         .map_err(db_error("failed to deactivate dead devices"))?;
+        conn.done();
         Ok(done.rows_affected())
     }
 
@@ -431,13 +437,15 @@ impl DeviceStore for SqliteStore {
         app: &AppId,
         before: OffsetDateTime,
     ) -> Result<u64, StoreError> {
+        let mut conn = self.pool.get().await?;
         let done =
             sqlx::query("DELETE FROM devices WHERE app = ? AND active = 0 AND deactivated_at < ?")
                 .bind(app.as_str().to_owned())
                 .bind(millis(before))
-                .execute(&mut *self.pool.get().await?)
+                .execute(&mut *conn)
                 .await
                 .map_err(db_error("failed to delete inactive devices"))?;
+        conn.done();
         Ok(done.rows_affected())
     }
 }

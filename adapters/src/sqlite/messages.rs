@@ -650,13 +650,15 @@ impl MessageStore for SqliteStore {
         id: MessageId,
         deliveries: u32,
     ) -> Result<Option<Message>, StoreError> {
+        let mut conn = self.readers.get().await?;
         let found: Option<i64> =
             sqlx::query_scalar("SELECT id FROM messages WHERE app = ? AND id = ?")
                 .bind(app.as_str().to_owned())
                 .bind(id.0)
-                .fetch_optional(&mut *self.readers.get().await?)
+                .fetch_optional(&mut *conn)
                 .await
                 .map_err(db_error("failed to read a message"))?;
+        conn.done();
         let Some(id) = found else {
             return Ok(None);
         };
@@ -703,11 +705,13 @@ impl MessageStore for SqliteStore {
         query
             .push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(limit));
+        let mut conn = self.readers.get().await?;
         let ids: Vec<i64> = query
             .build_query_scalar()
-            .fetch_all(&mut *self.readers.get().await?)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db_error("failed to list messages"))?;
+        conn.done();
         self.load_messages(&ids, Some(DELIVERIES_SHOWN)).await
     }
 
@@ -784,11 +788,13 @@ impl MessageStore for SqliteStore {
     }
 
     async fn release_leases(&self, owner: &str) -> Result<u64, StoreError> {
+        let mut conn = self.pool.get().await?;
         let done = sqlx::query(RELEASE_LEASES)
             .bind(owner.to_owned())
-            .execute(&mut *self.pool.get().await?)
+            .execute(&mut *conn)
             .await
             .map_err(db_error("failed to release leases"))?;
+        conn.done();
         Ok(done.rows_affected())
     }
 
@@ -802,13 +808,15 @@ impl MessageStore for SqliteStore {
             "SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ? AND id > ? \
              AND state IN ('pending', 'retrying') ORDER BY id LIMIT ?"
         );
+        let mut conn = self.readers.get().await?;
         let rows: Vec<DeliveryRow> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(message.0)
             .bind(after.map_or(i64::MIN, |d| d.0))
             .bind(i64::from(limit))
-            .fetch_all(&mut *self.readers.get().await?)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db_error("failed to read due deliveries"))?;
+        conn.done();
         rows.into_iter().map(DeliveryRow::into_domain).collect()
     }
 
@@ -850,6 +858,7 @@ impl MessageStore for SqliteStore {
     async fn delivery_tally(&self, message: MessageId) -> Result<DeliveryTally, StoreError> {
         // One statement: the counts by state, each row carrying the first error (a constant
         // subquery, which SQLite runs once).
+        let mut conn = self.readers.get().await?;
         let rows: Vec<(String, i64, i64, Option<String>, Option<String>)> = sqlx::query_as(
             "WITH f (code, text) AS (SELECT error_code, error_text FROM deliveries \
                  WHERE message_id = ?1 AND error_code IS NOT NULL ORDER BY id LIMIT 1) \
@@ -858,9 +867,10 @@ impl MessageStore for SqliteStore {
              FROM deliveries WHERE message_id = ?1 GROUP BY state",
         )
         .bind(message.0)
-        .fetch_all(&mut *self.readers.get().await?)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error("failed to count deliveries"))?;
+        conn.done();
         let first = rows
             .first()
             .and_then(|row| row.3.clone().map(|code| (code, row.4.clone())));
@@ -955,21 +965,25 @@ impl MessageStore for SqliteStore {
                 .push(")");
         }
         query.push(" ORDER BY id DESC LIMIT 1");
+        let mut conn = self.readers.get().await?;
         let id: Option<i64> = query
             .build_query_scalar()
-            .fetch_optional(&mut *self.readers.get().await?)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(db_error("failed to look for a template's message"))?;
+        conn.done();
         Ok(id.map(MessageId))
     }
 
     async fn count_due(&self, now: OffsetDateTime) -> Result<u64, StoreError> {
         let sql = format!("SELECT COUNT(*) FROM messages WHERE {DUE}");
+        let mut conn = self.readers.get().await?;
         let count: i64 = sqlx::query_scalar(AssertSqlSafe(sql))
             .bind(millis(now))
-            .fetch_one(&mut *self.readers.get().await?)
+            .fetch_one(&mut *conn)
             .await
             .map_err(db_error("failed to count due messages"))?;
+        conn.done();
         Ok(u64::try_from(count).unwrap_or(0))
     }
 }

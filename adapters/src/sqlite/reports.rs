@@ -12,14 +12,16 @@ use crate::sqlite::{SqliteStore, db_error};
 #[async_trait]
 impl ReportStore for SqliteStore {
     async fn count_devices(&self, app: &AppId) -> Result<Vec<DeviceCount>, StoreError> {
+        let mut conn = self.readers.get().await?;
         let rows: Vec<(String, bool, i64)> = sqlx::query_as(
             "SELECT platform, active, COUNT(*) FROM devices WHERE app = ? \
              GROUP BY platform, active ORDER BY platform, active",
         )
         .bind(app.as_str().to_owned())
-        .fetch_all(&mut *self.readers.get().await?)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error("failed to count devices"))?;
+        conn.done();
         rows.into_iter().map(device_count).collect()
     }
 
@@ -28,28 +30,32 @@ impl ReportStore for SqliteStore {
         app: &AppId,
         since: OffsetDateTime,
     ) -> Result<Vec<StateCount>, StoreError> {
+        let mut conn = self.readers.get().await?;
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT state, COUNT(*) FROM messages WHERE app = ? AND created_at >= ? \
              GROUP BY state ORDER BY state",
         )
         .bind(app.as_str().to_owned())
         .bind(millis(since))
-        .fetch_all(&mut *self.readers.get().await?)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error("failed to count messages by state"))?;
+        conn.done();
         rows.into_iter().map(state_count).collect()
     }
 
     async fn count_due_in_app(&self, app: &AppId, now: OffsetDateTime) -> Result<u64, StoreError> {
+        let mut conn = self.readers.get().await?;
         let count: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM messages WHERE app = ? AND (state = 'WAITING' \
              OR (state = 'ERROR_RETRY' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)))",
         )
         .bind(app.as_str().to_owned())
         .bind(millis(now))
-        .fetch_one(&mut *self.readers.get().await?)
+        .fetch_one(&mut *conn)
         .await
         .map_err(db_error("failed to count an application's due messages"))?;
+        conn.done();
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
@@ -59,6 +65,7 @@ impl ReportStore for SqliteStore {
         since: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<ErrorReason>, StoreError> {
+        let mut conn = self.readers.get().await?;
         let rows: Vec<(String, String, i64, i64, Option<String>)> = sqlx::query_as(
             "SELECT 'delivery', d.error_code, COUNT(*), MAX(d.updated_at) AS last_at, \
                  MAX(d.error_text) \
@@ -79,14 +86,16 @@ impl ReportStore for SqliteStore {
         .bind(app.as_str().to_owned())
         .bind(millis(since))
         .bind(i64::from(limit))
-        .fetch_all(&mut *self.readers.get().await?)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error("failed to group errors by reason"))?;
+        conn.done();
         rows.into_iter().map(error_reason).collect()
     }
 
     async fn count_dead_devices(&self, app: &AppId) -> Result<u64, StoreError> {
         // The condition of `deactivate_dead_devices`.
+        let mut conn = self.readers.get().await?;
         let count: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM devices WHERE app = ? AND active = 1 AND EXISTS ( \
                  SELECT 1 FROM deliveries d WHERE d.id = ( \
@@ -94,9 +103,10 @@ impl ReportStore for SqliteStore {
                  AND d.state = 'dead_token' AND d.updated_at > devices.updated_at)",
         )
         .bind(app.as_str().to_owned())
-        .fetch_one(&mut *self.readers.get().await?)
+        .fetch_one(&mut *conn)
         .await
         .map_err(db_error("failed to count dead devices"))?;
+        conn.done();
         Ok(u64::try_from(count).unwrap_or(0))
     }
 
@@ -105,14 +115,16 @@ impl ReportStore for SqliteStore {
         app: &AppId,
         before: OffsetDateTime,
     ) -> Result<u64, StoreError> {
+        let mut conn = self.readers.get().await?;
         let count: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM devices WHERE app = ? AND active = 0 AND deactivated_at < ?",
         )
         .bind(app.as_str().to_owned())
         .bind(millis(before))
-        .fetch_one(&mut *self.readers.get().await?)
+        .fetch_one(&mut *conn)
         .await
         .map_err(db_error("failed to count inactive devices"))?;
+        conn.done();
         Ok(u64::try_from(count).unwrap_or(0))
     }
 }

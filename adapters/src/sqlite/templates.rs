@@ -113,12 +113,14 @@ impl TemplateStore for SqliteStore {
     }
 
     async fn delete_template(&self, app: &AppId, slug: &Slug) -> Result<bool, StoreError> {
+        let mut conn = self.pool.get().await?;
         let done = sqlx::query("DELETE FROM templates WHERE app = ? AND slug = ?")
             .bind(app.as_str().to_owned())
             .bind(slug.as_str().to_owned())
-            .execute(&mut *self.pool.get().await?)
+            .execute(&mut *conn)
             .await
             .map_err(db_error("failed to delete a template"))?;
+        conn.done();
         Ok(done.rows_affected() > 0)
     }
 }
