@@ -11,9 +11,9 @@
 //! while is checked before it is handed out again, so that one the database closed meanwhile
 //! (a restart) is not given to a write.
 //!
-//! Every user of a pool that a [`Held`] keeps connections of must go through the [`Held`]
-//! when the pool is small: a connection kept here is not in the pool, and a caller waiting on
-//! the pool itself would wait for it for ever.
+//! Every use of a pool that a [`Held`] keeps connections of goes through the [`Held`] (the
+//! stores' `pool()` for tests gives the kept ones back first): a connection kept here is not
+//! in the pool, and a caller waiting on the pool itself could wait for it for ever.
 
 use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -11,11 +11,10 @@ use clarion_domain::ids::{AppId, DeviceId};
 use clarion_domain::ports::{DeviceStore, StoreError};
 use clarion_domain::token::DeviceToken;
 use sqlx::{AssertSqlSafe, Connection as _, Postgres, QueryBuilder};
-
-use crate::held::Held;
 use time::OffsetDateTime;
 
 use crate::device_reads::{CoalescedReads, ReadDevices, coalesced};
+use crate::held::Held;
 use crate::postgres::rows::{DEVICE_COLUMNS, DeviceRow};
 use crate::postgres::{PgStore, db_error, ms};
 use crate::registrations::{GroupedRegistrations, Pending, RegisterMany, key_of_new, registered};

@@ -12,14 +12,13 @@ use clarion_domain::ports::{
 };
 use clarion_domain::token::Platform;
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Postgres, QueryBuilder};
-
-use crate::held::Held;
 use time::OffsetDateTime;
 
 use crate::grouped::attempts::{AttemptBatch, Save};
 use crate::grouped::{
     AttemptWrite, Grouped, MAX_ATTEMPT_ROWS, MAX_ATTEMPT_WRITES, MAX_GROUPED_DELIVERIES, WriteMany,
 };
+use crate::held::Held;
 use crate::postgres::rows::{
     DELIVERY_COLUMNS, DeliveryRow, DueRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text,
     opt_json_text, target_columns,
@@ -86,16 +85,15 @@ impl PgStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ANY($1)");
+        // The reads, one after the other on one connection.
         let mut conn = self.pool.get().await?;
+        let sql = format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ANY($1)");
         let rows: Vec<MessageRow> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(ids)
             .fetch_all(&mut *conn)
             .await
             .map_err(db_error("failed to read messages"))?;
-        conn.done();
 
-        let mut conn = self.pool.get().await?;
         let related_rows: Vec<RelatedRow> = sqlx::query_as(
             "SELECT id, message_id, kind, object_id FROM message_related_objects \
              WHERE message_id = ANY($1) ORDER BY id",
@@ -104,7 +102,6 @@ impl PgStore {
         .fetch_all(&mut *conn)
         .await
         .map_err(db_error("failed to read related objects"))?;
-        conn.done();
         let mut related: HashMap<MessageId, Vec<RelatedObject>> = HashMap::new();
         for row in related_rows {
             let (message, object) = row.into_domain()?;
@@ -121,14 +118,12 @@ impl PgStore {
                  CROSS JOIN LATERAL (SELECT {DELIVERY_COLUMNS} FROM deliveries \
                  WHERE message_id = wanted.message ORDER BY id LIMIT $2) AS d ORDER BY id"
             );
-            let mut conn = self.pool.get().await?;
             let delivery_rows: Vec<DeliveryRow> = sqlx::query_as(AssertSqlSafe(sql))
                 .bind(ids)
                 .bind(i64::from(each))
                 .fetch_all(&mut *conn)
                 .await
                 .map_err(db_error("failed to read deliveries"))?;
-            conn.done();
             for row in delivery_rows {
                 let delivery = row.into_domain()?;
                 deliveries
@@ -137,6 +132,7 @@ impl PgStore {
                     .push(delivery);
             }
         }
+        conn.done();
 
         let mut by_id = HashMap::with_capacity(rows.len());
         for row in rows {

@@ -1,6 +1,6 @@
 //! [`DeviceStore`] on SQLite.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use clarion_domain::device::{
@@ -11,11 +11,10 @@ use clarion_domain::ids::{AppId, DeviceId, UserId};
 use clarion_domain::ports::{DeviceStore, StoreError};
 use clarion_domain::token::DeviceToken;
 use sqlx::{AssertSqlSafe, Connection as _, QueryBuilder, Sqlite};
-
-use crate::held::Held;
 use time::OffsetDateTime;
 
 use crate::device_reads::{CoalescedReads, ReadDevices, coalesced};
+use crate::held::Held;
 use crate::registrations::{GroupedRegistrations, Pending, RegisterMany, registered};
 use crate::sqlite::rows::{DEVICE_COLUMNS, DeviceRow, millis};
 use crate::sqlite::{SqliteStore, db_error};
@@ -134,11 +133,15 @@ impl SqliteRegistrations {
 /// statistics) chose the `(app, active)` index instead and read every device of the
 /// application for each call: a broadcast's page of 500 ids read all 1,000,000 devices,
 /// and a single send read them all as well.
-fn get_devices_sql() -> String {
-    format!(
-        "SELECT {DEVICE_COLUMNS} FROM (SELECT value ->> 0 AS wanted_app, value ->> 1 AS wanted \
-         FROM json_each(?1)) CROSS JOIN devices ON devices.id = wanted WHERE app = wanted_app"
-    )
+fn get_devices_sql() -> &'static str {
+    // Made once: the statement runs on a hot path.
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT {DEVICE_COLUMNS} FROM (SELECT value ->> 0 AS wanted_app, value ->> 1 AS wanted \
+             FROM json_each(?1)) CROSS JOIN devices ON devices.id = wanted WHERE app = wanted_app"
+        )
+    });
+    &SQL
 }
 
 /// The statement of [`CoalescedReads`] on SQLite: [`get_devices_sql`] on a reader.
@@ -461,7 +464,7 @@ mod tests {
         let store = SqliteStore::connect("sqlite::memory:")
             .await
             .expect("in-memory database");
-        let plan = plan_of(&store, &get_devices_sql(), &["[1, 2, 3]", "app"]).await;
+        let plan = plan_of(&store, get_devices_sql(), &["[1, 2, 3]", "app"]).await;
         assert!(
             plan.contains("SEARCH devices USING INTEGER PRIMARY KEY"),
             "{plan}"

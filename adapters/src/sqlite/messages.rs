@@ -2,6 +2,7 @@
 //! of due messages with a lease.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use clarion_domain::ids::{AppId, DeliveryId, MessageId, RelatedObject, Slug};
@@ -12,14 +13,13 @@ use clarion_domain::ports::{
 };
 use clarion_domain::token::Platform;
 use sqlx::{AssertSqlSafe, Connection as _, QueryBuilder, Sqlite, SqliteConnection};
-
-use crate::held::Held;
 use time::OffsetDateTime;
 
 use crate::grouped::attempts::{AttemptBatch, Save};
 use crate::grouped::{
     AttemptWrite, Grouped, MAX_ATTEMPT_ROWS, MAX_ATTEMPT_WRITES, MAX_GROUPED_DELIVERIES, WriteMany,
 };
+use crate::held::Held;
 use crate::rows::{MAX_BATCH, MAX_BATCH_DELIVERIES, inserted_delivery, inserted_message, weight};
 use crate::sqlite::rows::{
     DELIVERY_COLUMNS, DeliveryRow, DueRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text,
@@ -51,25 +51,29 @@ const DUE_STATES: &str = "state IN ('WAITING', 'ERROR_RETRY')";
 /// backlog: scanning every due message for the first that is not left out read the whole
 /// backlog of an application that was (50 ms at 100,000 queued messages), and a claim of
 /// the first due messages sorted every due message (the planner chose the index on state).
-fn claim_sql() -> String {
-    format!(
-        "WITH RECURSIVE apps (app) AS ( \
-             SELECT (SELECT MIN(app) FROM messages INDEXED BY messages_due_by_app \
-                 WHERE {DUE_STATES}) \
-             UNION ALL \
-             SELECT (SELECT MIN(app) FROM messages INDEXED BY messages_due_by_app \
-                 WHERE {DUE_STATES} AND app > apps.app) \
-             FROM apps WHERE apps.app IS NOT NULL) \
-         UPDATE messages SET lease_owner = ?2, lease_until = ?3 WHERE id IN ( \
-             SELECT claimed.id FROM apps JOIN messages AS claimed ON claimed.id IN ( \
-                 SELECT id FROM messages INDEXED BY messages_due_by_app \
-                 WHERE {DUE_STATES} AND app = apps.app AND {DUE} \
-                 AND (lease_until IS NULL OR lease_until <= ?1) ORDER BY id LIMIT ?5) \
-             WHERE apps.app IS NOT NULL \
-             AND apps.app NOT IN (SELECT value FROM json_each(?4)) \
-             ORDER BY claimed.id LIMIT ?5) \
-         RETURNING id"
-    )
+fn claim_sql() -> &'static str {
+    // Made once: the statement runs on a hot path.
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH RECURSIVE apps (app) AS ( \
+                 SELECT (SELECT MIN(app) FROM messages INDEXED BY messages_due_by_app \
+                     WHERE {DUE_STATES}) \
+                 UNION ALL \
+                 SELECT (SELECT MIN(app) FROM messages INDEXED BY messages_due_by_app \
+                     WHERE {DUE_STATES} AND app > apps.app) \
+                 FROM apps WHERE apps.app IS NOT NULL) \
+             UPDATE messages SET lease_owner = ?2, lease_until = ?3 WHERE id IN ( \
+                 SELECT claimed.id FROM apps JOIN messages AS claimed ON claimed.id IN ( \
+                     SELECT id FROM messages INDEXED BY messages_due_by_app \
+                     WHERE {DUE_STATES} AND app = apps.app AND {DUE} \
+                     AND (lease_until IS NULL OR lease_until <= ?1) ORDER BY id LIMIT ?5) \
+                 WHERE apps.app IS NOT NULL \
+                 AND apps.app NOT IN (SELECT value FROM json_each(?4)) \
+                 ORDER BY claimed.id LIMIT ?5) \
+             RETURNING id"
+        )
+    });
+    &SQL
 }
 
 impl SqliteStore {
@@ -153,14 +157,18 @@ impl SqliteStore {
 /// `message_id`, which SQLite keeps in id order) bounds a range of that index. A window
 /// function (`ROW_NUMBER() OVER (PARTITION BY message_id)`) read every delivery of every
 /// message instead: 0.7 s to show a list holding one broadcast to 1,000,000 devices.
-fn first_deliveries_sql() -> String {
-    format!(
-        "WITH cut (wanted, stop) AS (SELECT value, IFNULL((SELECT id FROM deliveries \
-         WHERE message_id = value ORDER BY id LIMIT 1 OFFSET ?2), {MAX_ID}) \
-         FROM json_each(?1)) \
-         SELECT {DELIVERY_COLUMNS} FROM cut CROSS JOIN deliveries \
-         ON message_id = wanted AND id < stop ORDER BY id"
-    )
+fn first_deliveries_sql() -> &'static str {
+    // Made once: the statement runs on a hot path.
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "WITH cut (wanted, stop) AS (SELECT value, IFNULL((SELECT id FROM deliveries \
+             WHERE message_id = value ORDER BY id LIMIT 1 OFFSET ?2), {MAX_ID}) \
+             FROM json_each(?1)) \
+             SELECT {DELIVERY_COLUMNS} FROM cut CROSS JOIN deliveries \
+             ON message_id = wanted AND id < stop ORDER BY id"
+        )
+    });
+    &SQL
 }
 
 /// Releases every lease of a worker, found through the partial index `messages_leased`.
@@ -613,17 +621,21 @@ const SAVE_PROGRESS: &str = "WITH s (message, state, error, attempts, next_attem
 /// The statement of `due_page`: the page of due deliveries (`?2`, after `?3`, at most `?4`),
 /// each looked up with its device of application `?1` by primary key (`NULL`s when there is
 /// none), as one JSON array of [`DueRow`]s. `active` is written as a JSON boolean.
-fn due_page_sql() -> String {
-    format!(
-        "SELECT json_group_array(json_array(d.id, d.message_id, d.device_id, d.channel, \
-         d.state, d.attempts, d.provider_id, d.error_code, d.error_text, d.details, \
-         d.updated_at, v.platform, v.token_key, v.p256dh, v.auth, \
-         CASE WHEN v.id IS NULL THEN NULL WHEN v.active THEN json('true') \
-         ELSE json('false') END, v.deactivation_reason)) \
-         FROM (SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ?2 AND id > ?3 \
-         AND state IN ('pending', 'retrying') ORDER BY id LIMIT ?4) AS d \
-         LEFT JOIN devices AS v ON v.id = d.device_id AND v.app = ?1"
-    )
+fn due_page_sql() -> &'static str {
+    // Made once: the statement runs on a hot path.
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "SELECT json_group_array(json_array(d.id, d.message_id, d.device_id, d.channel, \
+             d.state, d.attempts, d.provider_id, d.error_code, d.error_text, d.details, \
+             d.updated_at, v.platform, v.token_key, v.p256dh, v.auth, \
+             CASE WHEN v.id IS NULL THEN NULL WHEN v.active THEN json('true') \
+             ELSE json('false') END, v.deactivation_reason)) \
+             FROM (SELECT {DELIVERY_COLUMNS} FROM deliveries WHERE message_id = ?2 AND id > ?3 \
+             AND state IN ('pending', 'retrying') ORDER BY id LIMIT ?4) AS d \
+             LEFT JOIN devices AS v ON v.id = d.device_id AND v.app = ?1"
+        )
+    });
+    &SQL
 }
 
 #[async_trait]
@@ -1043,7 +1055,7 @@ mod tests {
         let store = SqliteStore::connect("sqlite::memory:")
             .await
             .expect("store");
-        let plan = plan_of(&store, &first_deliveries_sql(), &["[1, 2]", "1000"]).await;
+        let plan = plan_of(&store, first_deliveries_sql(), &["[1, 2]", "1000"]).await;
         assert!(
             plan.contains(
                 "SEARCH deliveries USING INDEX deliveries_message (message_id=? AND rowid<?)"
@@ -1056,7 +1068,7 @@ mod tests {
     #[tokio::test]
     async fn a_claim_reads_the_due_messages_of_each_application_from_their_index() {
         let store = memory_store().await;
-        let plan = plan_of(&store, &claim_sql(), &["0", "w", "0", "[]", "500"]).await;
+        let plan = plan_of(&store, claim_sql(), &["0", "w", "0", "[]", "500"]).await;
         assert!(plan.contains("messages_due_by_app"), "{plan}");
         assert!(!plan.contains("messages_state_next_attempt"), "{plan}");
         assert!(!plan.contains("SCAN messages"), "{plan}");
