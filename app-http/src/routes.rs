@@ -33,9 +33,28 @@ use crate::ratelimit::RateLimiter;
 use crate::telemetry;
 
 /// What every handler can reach. It is cloned for every request (by the authentication
-/// middleware and by each handler's `State`), so what owns maps or strings is behind an `Arc`.
+/// middleware, by each handler's `State` and with every layer's service), so it is one `Arc`:
+/// a clone is one reference count, not one per part.
 #[derive(Debug, Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<AppShared>);
+
+impl AppState {
+    pub(crate) fn new(shared: AppShared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppShared;
+
+    fn deref(&self) -> &AppShared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+#[derive(Debug)]
+pub(crate) struct AppShared {
     pub(crate) service: Arc<PushService>,
     pub(crate) client_tokens: Arc<ClientTokens>,
     /// How long a `now` send may take before the request is answered 202.
