@@ -109,7 +109,7 @@ impl Application {
             address,
             leases: service.clone(),
             router: routes::router(
-                routes::AppState {
+                routes::AppState::new(routes::AppShared {
                     service: Arc::new(service),
                     client_tokens: Arc::new(client_tokens),
                     send_wait: Duration::from_secs(config.http.send_wait_secs),
@@ -129,7 +129,7 @@ impl Application {
                     )),
                     sign_ins: RateLimiter::per_minute(config.admin.sign_in_per_minute)
                         .map(Arc::new),
-                },
+                }),
                 routes::HttpSettings {
                     body_limit_bytes: config.http.body_limit_bytes,
                     limits: RequestLimits {

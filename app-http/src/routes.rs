@@ -13,6 +13,7 @@ use axum::routing::get;
 use clarion_adapters::client_token::ClientTokens;
 use clarion_domain::service::PushService;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -33,9 +34,28 @@ use crate::ratelimit::RateLimiter;
 use crate::telemetry;
 
 /// What every handler can reach. It is cloned for every request (by the authentication
-/// middleware and by each handler's `State`), so what owns maps or strings is behind an `Arc`.
+/// middleware, by each handler's `State` and with every layer's service), so it is one `Arc`:
+/// a clone is one reference count, not one per part.
 #[derive(Debug, Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<AppShared>);
+
+impl AppState {
+    pub(crate) fn new(shared: AppShared) -> Self {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppShared;
+
+    fn deref(&self) -> &AppShared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+#[derive(Debug)]
+pub(crate) struct AppShared {
     pub(crate) service: Arc<PushService>,
     pub(crate) client_tokens: Arc<ClientTokens>,
     /// How long a `now` send may take before the request is answered 202.
@@ -138,9 +158,29 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 pub(crate) fn router(state: AppState, settings: HttpSettings) -> Router {
     let (v1, document) = api();
     let v1 = v1.route_layer(middleware::from_fn_with_state(state.clone(), authorize));
-    // Layers added later wrap the ones added before: the request id is set first, then the
-    // span that carries it opens, and the metrics see the matched route. The request limits
-    // run before any route, and every error answer from inside passes the problem fallback.
+    // The request id is set first, then the span that carries it opens, and the metrics see
+    // the matched route. The request limits run before any handler, and every error answer
+    // from inside passes the problem fallback. One `layer` call for the whole stack: each
+    // call wraps every route in a boxed service of its own, and axum clones a route's boxed
+    // services, each with all those inside it, for every request (with seven calls, 45
+    // allocations a request).
+    let layers = ServiceBuilder::new()
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(telemetry::request_span)
+                .on_request(())
+                .on_response(telemetry::log_response)
+                .on_failure(()),
+        )
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(middleware::from_fn(telemetry::track))
+        .layer(middleware::from_fn(ensure_problem))
+        .layer(middleware::from_fn_with_state(
+            settings.limits,
+            limits::enforce,
+        ))
+        .layer(DefaultBodyLimit::max(settings.body_limit_bytes));
     Router::new()
         .merge(v1)
         .merge(admin::router())
@@ -150,22 +190,7 @@ pub(crate) fn router(state: AppState, settings: HttpSettings) -> Router {
         .merge(SwaggerUi::new("/docs").url("/openapi.json", document))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(settings.body_limit_bytes))
-        .layer(middleware::from_fn_with_state(
-            settings.limits,
-            limits::enforce,
-        ))
-        .layer(middleware::from_fn(ensure_problem))
-        .layer(middleware::from_fn(telemetry::track))
-        .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(telemetry::request_span)
-                .on_request(())
-                .on_response(telemetry::log_response)
-                .on_failure(()),
-        )
-        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(layers)
         .with_state(state)
 }
 

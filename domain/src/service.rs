@@ -844,8 +844,10 @@ impl PushService {
             Some(count) if message.deliveries.len() == count => Loaded::All(Arc::new(devices)),
             _ => Loaded::Paged,
         };
-        Ok(self
-            .attempt(app, message, lease, loaded, None)
+        // Boxed: the attempt's future (the provider sends under it) is many kilobytes, and
+        // without the box every request's future would be that large, queued ones included,
+        // and copied whole each time it is moved (into its task, for one).
+        Ok(Box::pin(self.attempt(app, message, lease, loaded, None))
             .await?
             .into_message())
     }

@@ -32,6 +32,7 @@ macro_rules! batch_contract_tests {
     ($fresh:expr, $finish:expr) => {
         $crate::grouped::batch_contract::batch_contract_tests!(@each $fresh, $finish;
             (a_batch_of_messages_gives_each_its_own_row_objects_and_deliveries, messages),
+            (a_batch_larger_than_one_statement_keeps_every_row_with_its_message, messages),
             (a_batch_of_results_leaves_what_writing_them_in_turn_would, attempts),
             (saving_a_message_twice_in_a_batch_is_saving_it_twice_in_turn, attempts),
         );
@@ -176,6 +177,23 @@ async fn stored<S: MessageStore>(store: &S, message: &Message) -> Message {
         .expect("exists")
 }
 
+/// Writes `batch` as one batch and checks that each message came back as given, in order.
+async fn write_in_order<W>(writer: &W, batch: &[NewMessage]) -> Vec<Message>
+where
+    W: WriteMany<Item = NewMessage, Output = Message>,
+{
+    let written = writer.write_many(batch).await.expect("write");
+    assert_eq!(written.len(), batch.len());
+    assert!(
+        written.windows(2).all(|w| w[0].id < w[1].id),
+        "the messages' ids follow the batch's order"
+    );
+    for (i, (message, new)) in written.iter().zip(batch).enumerate() {
+        assert_eq!(message.spec, new.spec, "message {i}");
+    }
+    written
+}
+
 pub(crate) async fn a_batch_of_messages_gives_each_its_own_row_objects_and_deliveries<S, W>(
     store: &S,
     writer: &W,
@@ -194,15 +212,8 @@ pub(crate) async fn a_batch_of_messages_gives_each_its_own_row_objects_and_deliv
         })
         .collect();
 
-    let written = writer.write_many(&batch).await.expect("write");
-
-    assert_eq!(written.len(), batch.len());
-    assert!(
-        written.windows(2).all(|w| w[0].id < w[1].id),
-        "the messages' ids follow the batch's order"
-    );
-    for (i, (message, new)) in written.iter().zip(&batch).enumerate() {
-        assert_eq!(message.spec, new.spec, "message {i}");
+    let written = write_in_order(writer, &batch).await;
+    for (i, message) in written.iter().enumerate() {
         let delivered: Vec<Option<DeviceId>> =
             message.deliveries.iter().map(|d| d.device_id).collect();
         let listed: Vec<Option<DeviceId>> = devices[..i % 4].iter().copied().map(Some).collect();
@@ -214,6 +225,48 @@ pub(crate) async fn a_batch_of_messages_gives_each_its_own_row_objects_and_deliv
                 .all(|d| d.message_id == message.id)
         );
         assert_eq!(&stored(store, message).await, message, "message {i}");
+    }
+}
+
+/// More messages, deliveries and related objects than one statement of a store may take
+/// (SQLite inserts at most 1,024 rows a statement), each row still with its own message and
+/// in its order.
+pub(crate) async fn a_batch_larger_than_one_statement_keeps_every_row_with_its_message<S, W>(
+    store: &S,
+    writer: &W,
+) where
+    S: DeviceStore + MessageStore,
+    W: WriteMany<Item = NewMessage, Output = Message>,
+{
+    // 1,100 messages, three of them OneSignal messages of 1,000 deliveries each (a OneSignal
+    // delivery names no device), and one with 1,500 related objects.
+    let batch: Vec<NewMessage> = (0..1100_usize)
+        .map(|i| {
+            let related = match i {
+                7 => (0..1500)
+                    .map(|k| RelatedObject::new("order", &format!("o-{k}")).expect("valid"))
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let mut message = new_message(&format!("message {i}"), &[], related);
+            if i % 500 == 1 {
+                message.deliveries = NewDeliveries::Listed(vec![(Channel::Onesignal, None); 1000]);
+            }
+            message
+        })
+        .collect();
+
+    let written = write_in_order(writer, &batch).await;
+    for (i, message) in written.iter().enumerate() {
+        let expected = if i % 500 == 1 { 1000 } else { 0 };
+        assert_eq!(message.deliveries.len(), expected, "message {i}");
+        assert!(
+            message.deliveries.windows(2).all(|w| w[0].id < w[1].id),
+            "message {i}: its deliveries' ids follow their order"
+        );
+        if i % 500 == 1 || i == 7 || i == 1099 {
+            assert_eq!(&stored(store, message).await, message, "message {i}");
+        }
     }
 }
 

@@ -25,6 +25,7 @@ use crate::sqlite::rows::{
     DELIVERY_COLUMNS, DeliveryRow, DueRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text,
     millis, opt_json_text, opt_millis, target_columns,
 };
+use crate::sqlite::values::ValuesInsert;
 use crate::sqlite::{SqliteStore, db_error};
 
 /// The default and the largest page of `list_messages`.
@@ -297,93 +298,84 @@ impl WriteMany for SqliteMessages {
 
 /// Inserts the rows of `messages` in one statement and returns their ids, in order.
 ///
-/// The rows travel as one JSON array bound to a single parameter, so the statement's text is
-/// the same for every batch and SQLite prepares it once per connection. The statement inserts
-/// the rows in the array's order and `AUTOINCREMENT` gives each a larger id than the one
-/// before, so the ids it returns, sorted, are the rows' in order. One statement rather than
-/// one per message: each statement is a round trip to the connection's thread, and those
-/// hand-offs, not SQLite, were what a batch of messages cost.
+/// One statement rather than one per message: each statement is a round trip to the
+/// connection's thread, and those hand-offs were what a batch of messages cost. Its rows are
+/// bound parameters of a multi-row `VALUES` (see [`ValuesInsert`]).
 async fn insert_heads(
     conn: &mut SqliteConnection,
     messages: &[NewMessage],
 ) -> Result<Vec<i64>, StoreError> {
     let mut rows = Vec::with_capacity(messages.len());
     for message in messages {
-        let spec = &message.spec;
-        let (target_kind, recipient, target_json) = target_columns(&spec.target)?;
-        let progress = &message.progress;
-        rows.push(serde_json::json!([
-            spec.app.as_str(),
+        let (target_kind, recipient, target_json) = target_columns(&message.spec.target)?;
+        rows.push(HeadRow {
+            message,
             target_kind,
             recipient,
             target_json,
-            spec.content.heading,
-            spec.content.body,
-            spec.content.url,
-            opt_json_text(spec.content.extra_data.as_ref())?,
-            spec.template_slug.as_ref().map(Slug::as_str),
-            spec.tag.as_ref().map(|t| t.as_str()),
-            spec.priority.as_str(),
-            json_text(&spec.options)?,
-            spec.retry_sending,
-            message.sender.as_str(),
-            progress.state.as_str(),
-            progress.error,
-            progress.number_of_send_attempts,
-            opt_millis(progress.next_attempt_at),
-            opt_millis(progress.sent_at),
-            millis(progress.queued_at),
-            millis(message.now),
-            message.lease.as_ref().map(|l| l.owner.as_str()),
-            message.lease.as_ref().map(|l| millis(l.until)),
-        ]));
+            extra_data: opt_json_text(message.spec.content.extra_data.as_ref())?,
+            options: json_text(&message.spec.options)?,
+        });
     }
-    insert_rows(
-        conn,
-        INSERT_HEADS,
-        rows,
-        ("messages", "failed to insert messages"),
-    )
-    .await
-}
-
-/// Runs `sql`, an `INSERT … SELECT … FROM json_each(?) ORDER BY key RETURNING id`, with
-/// `rows` as its one JSON array, and returns the new ids in the rows' order: the statement
-/// inserts the rows in the array's order and `AUTOINCREMENT` gives each a larger id than the
-/// one before, so the returned ids, sorted, follow the rows. A count that differs from the
-/// rows' is an error naming `what` was inserted.
-async fn insert_rows(
-    conn: &mut SqliteConnection,
-    sql: &'static str,
-    rows: Vec<serde_json::Value>,
-    (what, doing): (&str, &'static str),
-) -> Result<Vec<i64>, StoreError> {
-    let expected = rows.len();
-    let mut ids: Vec<i64> = sqlx::query_scalar(sql)
-        .bind(serde_json::Value::Array(rows).to_string())
-        .fetch_all(&mut *conn)
+    INSERT_HEADS
+        .insert(
+            conn,
+            &rows,
+            |query, row| {
+                let (spec, progress) = (&row.message.spec, &row.message.progress);
+                let lease = row.message.lease.as_ref();
+                query
+                    .bind(spec.app.as_str())
+                    .bind(row.target_kind)
+                    .bind(row.recipient.as_deref())
+                    .bind(row.target_json.as_deref())
+                    .bind(spec.content.heading.as_deref())
+                    .bind(spec.content.body.as_str())
+                    .bind(spec.content.url.as_deref())
+                    .bind(row.extra_data.as_deref())
+                    .bind(spec.template_slug.as_ref().map(Slug::as_str))
+                    .bind(spec.tag.as_ref().map(|t| t.as_str()))
+                    .bind(spec.priority.as_str())
+                    .bind(row.options.as_str())
+                    .bind(spec.retry_sending)
+                    .bind(row.message.sender.as_str())
+                    .bind(progress.state.as_str())
+                    .bind(progress.error.as_deref())
+                    .bind(i64::from(progress.number_of_send_attempts))
+                    .bind(opt_millis(progress.next_attempt_at))
+                    .bind(opt_millis(progress.sent_at))
+                    .bind(millis(progress.queued_at))
+                    .bind(millis(row.message.now))
+                    .bind(lease.map(|l| l.owner.as_str()))
+                    .bind(lease.map(|l| millis(l.until)))
+            },
+            ("messages", "failed to insert messages"),
+        )
         .await
-        .map_err(db_error(doing))?;
-    if ids.len() != expected {
-        return Err(StoreError::Unknown(anyhow::anyhow!(
-            "{} {what} were inserted for {expected} given",
-            ids.len()
-        )));
-    }
-    ids.sort_unstable();
-    Ok(ids)
 }
 
-/// Inserts message rows from the JSON array bound to its parameter (see [`insert_heads`]).
-const INSERT_HEADS: &str = "INSERT INTO messages (app, target_kind, recipient, target_json, \
-    heading, body, url, extra_data, template_slug, tag, priority, options, retry_sending, \
-    sender, state, error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
-    extra_sender_data, created_at, changed_at, lease_owner, lease_until) \
-    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
-    value ->> 6, value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, \
-    value ->> 12, value ->> 13, value ->> 14, value ->> 15, value ->> 16, value ->> 17, \
-    value ->> 18, value ->> 19, NULL, value ->> 20, value ->> 20, value ->> 21, value ->> 22 \
-    FROM json_each(?) ORDER BY key RETURNING id";
+/// What a message's row needs besides the message itself: its columns that are computed.
+struct HeadRow<'a> {
+    message: &'a NewMessage,
+    target_kind: &'static str,
+    recipient: Option<String>,
+    target_json: Option<String>,
+    extra_data: Option<String>,
+    options: String,
+}
+
+/// Inserts message rows (see [`insert_heads`]); `extra_sender_data` stays NULL, and a new
+/// message was created and changed at the same time.
+static INSERT_HEADS: ValuesInsert = ValuesInsert::new(
+    "INSERT INTO messages (app, target_kind, recipient, target_json, heading, body, url, \
+     extra_data, template_slug, tag, priority, options, retry_sending, sender, state, error, \
+     number_of_send_attempts, next_attempt_at, sent_at, queued_at, created_at, changed_at, \
+     lease_owner, lease_until)",
+    "column2, column3, column4, column5, column6, column7, column8, column9, column10, \
+     column11, column12, column13, column14, column15, column16, column17, column18, \
+     column19, column20, column21, column22, column22, column23, column24",
+    23,
+);
 
 /// Inserts one delivery per active device of the message's application, without loading
 /// the devices. The devices' platform names are the channel names.
@@ -413,73 +405,81 @@ async fn insert_broadcast(
 }
 
 /// Inserts the related objects of every message (`ids` their ids), in order, in one
-/// statement whose rows travel as one JSON array.
+/// statement.
 async fn insert_related(
     conn: &mut SqliteConnection,
     messages: &[NewMessage],
     ids: &[i64],
 ) -> Result<(), StoreError> {
-    let mut rows = Vec::new();
-    for (message, id) in messages.iter().zip(ids) {
-        for object in &message.spec.related_objects {
-            rows.push(serde_json::json!([id, object.kind(), object.object_id()]));
-        }
-    }
+    let rows: Vec<(i64, &RelatedObject)> = messages
+        .iter()
+        .zip(ids)
+        .flat_map(|(message, &id)| message.spec.related_objects.iter().map(move |o| (id, o)))
+        .collect();
     if rows.is_empty() {
         return Ok(());
     }
-    sqlx::query(
-        "INSERT INTO message_related_objects (message_id, kind, object_id) \
-         SELECT value ->> 0, value ->> 1, value ->> 2 FROM json_each(?) ORDER BY key",
-    )
-    .bind(serde_json::Value::Array(rows).to_string())
-    .execute(&mut *conn)
-    .await
-    .map_err(db_error("failed to insert related objects"))?;
+    INSERT_RELATED
+        .insert(
+            conn,
+            &rows,
+            |query, (id, object)| query.bind(*id).bind(object.kind()).bind(object.object_id()),
+            ("related objects", "failed to insert related objects"),
+        )
+        .await?;
     Ok(())
 }
 
-/// Inserts the listed deliveries of every message (`ids` their ids) in one statement whose
-/// rows travel as one JSON array, and returns them in order ([`insert_rows`]).
+static INSERT_RELATED: ValuesInsert = ValuesInsert::new(
+    "INSERT INTO message_related_objects (message_id, kind, object_id)",
+    "column2, column3, column4",
+    3,
+);
+
+/// Inserts the listed deliveries of every message (`ids` their ids) in one statement, and
+/// returns them in order.
 async fn insert_listed(
     conn: &mut SqliteConnection,
     messages: &[NewMessage],
     ids: &[i64],
 ) -> Result<Vec<Delivery>, StoreError> {
-    let mut rows = Vec::new();
     let mut listed = Vec::new();
     for (message, &id) in messages.iter().zip(ids) {
         if let NewDeliveries::Listed(list) = &message.deliveries {
             for delivery in list {
-                let (channel, device) = delivery;
-                rows.push(serde_json::json!([
-                    id,
-                    device.map(|d| d.0),
-                    channel.as_str(),
-                    millis(message.now)
-                ]));
                 listed.push((id, delivery, message.now));
             }
         }
     }
-    if rows.is_empty() {
+    if listed.is_empty() {
         return Ok(Vec::new());
     }
-    let delivery_ids = insert_rows(
-        conn,
-        "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, updated_at) \
-         SELECT value ->> 0, value ->> 1, value ->> 2, 'pending', 0, value ->> 3 \
-         FROM json_each(?) ORDER BY key RETURNING id",
-        rows,
-        ("deliveries", "failed to insert deliveries"),
-    )
-    .await?;
+    let delivery_ids = INSERT_LISTED
+        .insert(
+            conn,
+            &listed,
+            |query, (id, (channel, device), now)| {
+                query
+                    .bind(*id)
+                    .bind(device.map(|d| d.0))
+                    .bind(channel.as_str())
+                    .bind(millis(*now))
+            },
+            ("deliveries", "failed to insert deliveries"),
+        )
+        .await?;
     Ok(delivery_ids
         .into_iter()
         .zip(listed)
         .map(|(id, (message, delivery, now))| inserted_delivery(id, message, delivery, now))
         .collect())
 }
+
+static INSERT_LISTED: ValuesInsert = ValuesInsert::new(
+    "INSERT INTO deliveries (message_id, device_id, channel, state, attempts, updated_at)",
+    "column2, column3, column4, 'pending', 0, column5",
+    4,
+);
 
 /// The transaction of grouped attempt results on SQLite: the progress of every message in one
 /// statement, then every delivery in another (see [`AttemptBatch`]), on the writer. A batch

@@ -8,6 +8,7 @@ mod reports;
 
 pub(crate) use messages::tally_from;
 mod templates;
+mod values;
 
 /// The shared rows with SQLite's times: unix milliseconds.
 mod rows {
