@@ -137,6 +137,32 @@ impl<'a> AttemptRun<'a> {
         deliveries
     }
 
+    /// Every delivery the run writes, each with the message whose save decides whether it
+    /// is written (`None`: a deliveries write, always written), sorted by id; `None` when a
+    /// delivery is written twice in the run.
+    ///
+    /// Without a delivery written twice, [`AttemptRun::deliveries`] has nothing to choose:
+    /// each delivery is written when its message is saved, so a store can save the messages
+    /// and write the deliveries in one statement that checks the saves itself.
+    pub(crate) fn deliveries_once(&self) -> Option<Vec<(&'a Delivery, Option<MessageId>)>> {
+        let mut seen = HashSet::new();
+        let mut deliveries = Vec::new();
+        for write in self.writes {
+            let (written, owner): (&'a [Delivery], _) = match write {
+                AttemptWrite::Deliveries(list) => (list, None),
+                AttemptWrite::Progress(message, _) => (&message.deliveries, Some(message.id)),
+            };
+            for delivery in written {
+                if !seen.insert(delivery.id) {
+                    return None;
+                }
+                deliveries.push((delivery, owner));
+            }
+        }
+        deliveries.sort_unstable_by_key(|(d, _)| d.id);
+        Some(deliveries)
+    }
+
     /// Whether each write of the run was written: a deliveries write always; a progress
     /// write when its message is in `saved`.
     pub(crate) fn outcomes(&self, saved: &HashSet<MessageId>) -> impl Iterator<Item = bool> {

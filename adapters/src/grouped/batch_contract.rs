@@ -34,6 +34,7 @@ macro_rules! batch_contract_tests {
             (a_batch_of_messages_gives_each_its_own_row_objects_and_deliveries, messages),
             (a_batch_larger_than_one_statement_keeps_every_row_with_its_message, messages),
             (a_batch_of_results_leaves_what_writing_them_in_turn_would, attempts),
+            (a_batch_that_writes_each_delivery_once_writes_only_those_of_saved_messages, attempts),
             (saving_a_message_twice_in_a_batch_is_saving_it_twice_in_turn, attempts),
         );
     };
@@ -356,6 +357,76 @@ pub(crate) async fn a_batch_of_results_leaves_what_writing_them_in_turn_would<S,
     let stored_c = stored(store, &c).await;
     assert_eq!(stored_c.progress(), saved_c.progress());
     assert_eq!(stored_c.deliveries, [outcome(c1, Failed, "7")]);
+}
+
+/// The usual batch (each delivery written once, each message saved once), which a store may
+/// write as one statement: the deliveries of a message whose save is refused are not written,
+/// the others are.
+pub(crate) async fn a_batch_that_writes_each_delivery_once_writes_only_those_of_saved_messages<
+    S,
+    W,
+>(
+    store: &S,
+    writer: &W,
+) where
+    S: DeviceStore + MessageStore,
+    W: WriteMany<Item = AttemptWrite, Output = bool>,
+{
+    // Arrange: worker-1 claims a and b; its leases expire and worker-2 takes a over.
+    let devices = devices(store, 3).await;
+    let mut inserted = Vec::new();
+    for (i, body) in ["a", "b", "c"].into_iter().enumerate() {
+        let message = store
+            .insert_message(&new_message(body, &devices[i..=i], Vec::new()))
+            .await
+            .expect("insert");
+        inserted.push(message);
+    }
+    let [a, b, c] = &inserted[..] else {
+        panic!("three messages");
+    };
+    let first = lease("worker-1", at(10));
+    store.claim_due(at(1), 2, &first).await.expect("claim");
+    let taken = store
+        .claim_due(at(11), 1, &lease("worker-2", at(71)))
+        .await
+        .expect("claim");
+    assert_eq!(taken.iter().map(|m| m.id).collect::<Vec<_>>(), [a.id]);
+    use DeliveryState::{Accepted, Failed};
+    let saved_a = saved_as(
+        a,
+        MessageState::Sent,
+        "1",
+        vec![outcome(&a.deliveries[0], Accepted, "1")],
+    );
+    let saved_b = saved_as(
+        b,
+        MessageState::Sent,
+        "2",
+        vec![outcome(&b.deliveries[0], Accepted, "2")],
+    );
+    let writes = vec![
+        AttemptWrite::Progress(Box::new(saved_a), Some(first.clone())),
+        AttemptWrite::Progress(Box::new(saved_b.clone()), Some(first.clone())),
+        AttemptWrite::Deliveries(vec![outcome(&c.deliveries[0], Failed, "3")]),
+    ];
+
+    // Act
+    let written = writer.write_many(&writes).await.expect("write");
+
+    // Assert: a's save is refused, and with it the write of its delivery.
+    assert_eq!(written, [false, true, true]);
+    let stored_a = stored(store, a).await;
+    assert_eq!(stored_a.progress(), a.progress(), "a is not saved");
+    assert_eq!(stored_a.deliveries, a.deliveries, "nor are its deliveries");
+    let stored_b = stored(store, b).await;
+    assert_eq!(stored_b.progress(), saved_b.progress());
+    assert_eq!(stored_b.deliveries, saved_b.deliveries);
+    let stored_c = stored(store, c).await;
+    assert_eq!(
+        stored_c.deliveries,
+        [outcome(&c.deliveries[0], Failed, "3")]
+    );
 }
 
 pub(crate) async fn saving_a_message_twice_in_a_batch_is_saving_it_twice_in_turn<S, W>(

@@ -2,6 +2,7 @@
 //! claim of due messages with a lease (`FOR UPDATE SKIP LOCKED`).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use clarion_domain::ids::{AppId, DeliveryId, MessageId, RelatedObject, Slug};
@@ -11,6 +12,8 @@ use clarion_domain::ports::{
     StoreError,
 };
 use clarion_domain::token::Platform;
+use sqlx::postgres::PgArguments;
+use sqlx::query::QueryAs;
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Postgres, QueryBuilder};
 use time::OffsetDateTime;
 
@@ -72,6 +75,33 @@ const CLAIM: &str = "WITH RECURSIVE apps (app) AS ( \
         WHERE apps.app IS NOT NULL AND apps.app <> ALL($5) \
         ORDER BY claimed.id LIMIT $4)) \
     RETURNING id";
+
+/// Declares a struct of column arrays, one `Vec` of each given element type, with
+/// `with_capacity` and `bind`, which binds the arrays in field order after those a query
+/// already binds: the parameters of a statement over `UNNEST` arrays.
+macro_rules! bound_columns {
+    ($(#[$meta:meta])* struct $name:ident { $($field:ident: $ty:ty),+ $(,)? }) => {
+        $(#[$meta])*
+        struct $name {
+            $($field: Vec<$ty>,)+
+        }
+
+        impl $name {
+            fn with_capacity(n: usize) -> $name {
+                $name {
+                    $($field: Vec::with_capacity(n),)+
+                }
+            }
+
+            fn bind<'q, O>(
+                self,
+                query: QueryAs<'q, Postgres, O, PgArguments>,
+            ) -> QueryAs<'q, Postgres, O, PgArguments> {
+                query$(.bind(self.$field))+
+            }
+        }
+    };
+}
 
 impl PgStore {
     /// Loads the messages with the given ids, each with its related objects and deliveries,
@@ -157,45 +187,80 @@ async fn write_deliveries(
     if deliveries.is_empty() {
         return Ok(());
     }
-    let mut ids = Vec::with_capacity(deliveries.len());
-    let mut states = Vec::with_capacity(deliveries.len());
-    let mut attempts = Vec::with_capacity(deliveries.len());
-    let mut provider_ids = Vec::with_capacity(deliveries.len());
-    let mut error_codes = Vec::with_capacity(deliveries.len());
-    let mut error_texts = Vec::with_capacity(deliveries.len());
-    let mut details = Vec::with_capacity(deliveries.len());
-    let mut updated = Vec::with_capacity(deliveries.len());
-    for delivery in deliveries {
-        ids.push(delivery.id.0);
-        states.push(delivery.state.as_str());
-        attempts.push(i64::from(delivery.attempts));
-        provider_ids.push(delivery.provider_id.clone());
-        error_codes.push(delivery.error_code.clone());
-        error_texts.push(delivery.error_text.clone());
-        details.push(opt_json_text(delivery.details.as_ref())?);
-        updated.push(ms(delivery.updated_at));
-    }
-    sqlx::query(
+    let columns = DeliveryColumns::of(deliveries.iter().map(|&delivery| (delivery, None)))?;
+    let _: Vec<(i64,)> = columns
+        .bind(sqlx::query_as(AssertSqlSafe(WRITE_DELIVERIES.as_str())))
+        .fetch_all(conn)
+        .await
+        .map_err(db_error("failed to record deliveries"))?;
+    Ok(())
+}
+
+/// The statement of [`write_deliveries`].
+static WRITE_DELIVERIES: LazyLock<String> = LazyLock::new(|| update_deliveries(1, ""));
+
+/// An UPDATE of the deliveries in the arrays of [`DeliveryColumns`] bound from `$first` on,
+/// each unless it is final (accepted or debug), and when the condition `also` holds too.
+fn update_deliveries(first: usize, also: &str) -> String {
+    let [
+        id,
+        state,
+        attempts,
+        provider,
+        code,
+        text,
+        details,
+        updated,
+        owner,
+    ] = std::array::from_fn::<usize, 9, _>(|i| first + i);
+    format!(
         "UPDATE deliveries d SET state = u.state, attempts = u.attempts, \
          provider_id = u.provider_id, error_code = u.error_code, error_text = u.error_text, \
          details = u.details::jsonb, updated_at = u.updated_at \
-         FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], \
-             $6::text[], $7::text[], $8::timestamptz[]) \
-             AS u (id, state, attempts, provider_id, error_code, error_text, details, updated_at) \
-         WHERE d.id = u.id AND d.state NOT IN ('accepted', 'debug')",
+         FROM UNNEST(${id}::bigint[], ${state}::text[], ${attempts}::bigint[], \
+             ${provider}::text[], ${code}::text[], ${text}::text[], ${details}::text[], \
+             ${updated}::timestamptz[], ${owner}::bigint[]) \
+             AS u (id, state, attempts, provider_id, error_code, error_text, details, \
+             updated_at, owner) \
+         WHERE d.id = u.id AND d.state NOT IN ('accepted', 'debug'){also}"
     )
-    .bind(ids)
-    .bind(states)
-    .bind(attempts)
-    .bind(provider_ids)
-    .bind(error_codes)
-    .bind(error_texts)
-    .bind(details)
-    .bind(updated)
-    .execute(conn)
-    .await
-    .map_err(db_error("failed to record deliveries"))?;
-    Ok(())
+}
+
+bound_columns! {
+    /// The columns of deliveries to write, as the arrays [`update_deliveries`] reads; `owner`
+    /// is the message whose save the write of a delivery depends on, if any.
+    struct DeliveryColumns {
+        ids: i64,
+        states: &'static str,
+        attempts: i64,
+        provider_ids: Option<String>,
+        error_codes: Option<String>,
+        error_texts: Option<String>,
+        details: Option<String>,
+        updated: OffsetDateTime,
+        owners: Option<i64>,
+    }
+}
+
+impl DeliveryColumns {
+    fn of<'d>(
+        deliveries: impl ExactSizeIterator<Item = (&'d Delivery, Option<MessageId>)>,
+    ) -> Result<DeliveryColumns, StoreError> {
+        let n = deliveries.len();
+        let mut c = DeliveryColumns::with_capacity(n);
+        for (delivery, owner) in deliveries {
+            c.ids.push(delivery.id.0);
+            c.states.push(delivery.state.as_str());
+            c.attempts.push(i64::from(delivery.attempts));
+            c.provider_ids.push(delivery.provider_id.clone());
+            c.error_codes.push(delivery.error_code.clone());
+            c.error_texts.push(delivery.error_text.clone());
+            c.details.push(opt_json_text(delivery.details.as_ref())?);
+            c.updated.push(ms(delivery.updated_at));
+            c.owners.push(owner.map(|id| id.0));
+        }
+        Ok(c)
+    }
 }
 
 /// The transaction of grouped messages on PostgreSQL: each message's row, then every related
@@ -260,38 +325,221 @@ impl WriteMany for PgMessages {
 
     async fn write_many(&self, messages: &[NewMessage]) -> Result<Vec<Message>, StoreError> {
         let mut conn = self.pool.get().await?;
-        let (stored, _) = PgMessages::insert(&mut conn, messages).await?;
+        let stored = if messages
+            .iter()
+            .any(|m| matches!(m.deliveries, NewDeliveries::Broadcast { .. }))
+        {
+            PgMessages::insert(&mut conn, messages).await?.0
+        } else {
+            insert_listed_messages(&mut conn, messages).await?
+        };
         conn.done();
         Ok(stored)
     }
 }
 
-/// The columns of one message's row, as the arrays [`insert_heads`] binds.
-#[derive(Default)]
-struct Heads {
-    app: Vec<String>,
-    target_kind: Vec<&'static str>,
-    recipient: Vec<Option<String>>,
-    target_json: Vec<Option<String>>,
-    heading: Vec<Option<String>>,
-    body: Vec<String>,
-    url: Vec<Option<String>>,
-    extra_data: Vec<Option<String>>,
-    template_slug: Vec<Option<String>>,
-    tag: Vec<Option<String>>,
-    priority: Vec<&'static str>,
-    options: Vec<String>,
-    retry_sending: Vec<bool>,
-    sender: Vec<&'static str>,
-    state: Vec<&'static str>,
-    error: Vec<Option<String>>,
-    attempts: Vec<i64>,
-    next_attempt_at: Vec<Option<OffsetDateTime>>,
-    sent_at: Vec<Option<OffsetDateTime>>,
-    queued_at: Vec<OffsetDateTime>,
-    now: Vec<OffsetDateTime>,
-    lease_owner: Vec<Option<String>>,
-    lease_until: Vec<Option<OffsetDateTime>>,
+bound_columns! {
+    /// The columns of one message's row, as the arrays [`insert_heads`] binds.
+    struct Heads {
+        app: String,
+        target_kind: &'static str,
+        recipient: Option<String>,
+        target_json: Option<String>,
+        heading: Option<String>,
+        body: String,
+        url: Option<String>,
+        extra_data: Option<String>,
+        template_slug: Option<String>,
+        tag: Option<String>,
+        priority: &'static str,
+        options: String,
+        retry_sending: bool,
+        sender: &'static str,
+        state: &'static str,
+        error: Option<String>,
+        attempts: i64,
+        next_attempt_at: Option<OffsetDateTime>,
+        sent_at: Option<OffsetDateTime>,
+        queued_at: OffsetDateTime,
+        now: OffsetDateTime,
+        lease_owner: Option<String>,
+        lease_until: Option<OffsetDateTime>,
+    }
+}
+
+/// The columns of a message's row that [`Heads`] gives, as a string literal.
+macro_rules! message_columns {
+    () => {
+        "app, target_kind, recipient, target_json, heading, body, url, extra_data, \
+         template_slug, tag, priority, options, retry_sending, sender, state, error, \
+         number_of_send_attempts, next_attempt_at, sent_at, queued_at, extra_sender_data, \
+         created_at, changed_at, lease_owner, lease_until"
+    };
+}
+
+/// The values of [`message_columns`] taken from the rows of [`message_arrays`].
+macro_rules! message_values {
+    () => {
+        "m.app, m.target_kind, m.recipient, m.target_json::jsonb, m.heading, m.body, m.url, \
+         m.extra_data::jsonb, m.template_slug, m.tag, m.priority, m.options::jsonb, \
+         m.retry_sending, m.sender, m.state, m.error, m.attempts, m.next_attempt_at, \
+         m.sent_at, m.queued_at, NULL, m.now, m.now, m.lease_owner, m.lease_until"
+    };
+}
+
+/// The arrays that [`Heads::bind`] binds as `$1` to `$23`, one row `m` a message, numbered
+/// from 1 in `n`.
+macro_rules! message_arrays {
+    () => {
+        "UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+         $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
+         $13::boolean[], $14::text[], $15::text[], $16::text[], $17::bigint[], \
+         $18::timestamptz[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[], \
+         $22::text[], $23::timestamptz[]) WITH ORDINALITY \
+         AS m (app, target_kind, recipient, target_json, heading, body, url, extra_data, \
+         template_slug, tag, priority, options, retry_sending, sender, state, error, \
+         attempts, next_attempt_at, sent_at, queued_at, now, lease_owner, lease_until, n)"
+    };
+}
+
+impl Heads {
+    /// The columns of `messages`' rows, in order.
+    fn of(messages: &[NewMessage]) -> Result<Heads, StoreError> {
+        let mut h = Heads::with_capacity(messages.len());
+        for message in messages {
+            let spec = &message.spec;
+            let (target_kind, recipient, target_json) = target_columns(&spec.target)?;
+            let progress = &message.progress;
+            h.app.push(spec.app.as_str().to_owned());
+            h.target_kind.push(target_kind);
+            h.recipient.push(recipient);
+            h.target_json.push(target_json);
+            h.heading.push(spec.content.heading.clone());
+            h.body.push(spec.content.body.clone());
+            h.url.push(spec.content.url.clone());
+            h.extra_data
+                .push(opt_json_text(spec.content.extra_data.as_ref())?);
+            h.template_slug
+                .push(spec.template_slug.as_ref().map(|s| s.as_str().to_owned()));
+            h.tag.push(spec.tag.as_ref().map(|t| t.as_str().to_owned()));
+            h.priority.push(spec.priority.as_str());
+            h.options.push(json_text(&spec.options)?);
+            h.retry_sending.push(spec.retry_sending);
+            h.sender.push(message.sender.as_str());
+            h.state.push(progress.state.as_str());
+            h.error.push(progress.error.clone());
+            h.attempts.push(i64::from(progress.number_of_send_attempts));
+            h.next_attempt_at.push(opt_ms(progress.next_attempt_at));
+            h.sent_at.push(opt_ms(progress.sent_at));
+            h.queued_at.push(ms(progress.queued_at));
+            h.now.push(ms(message.now));
+            h.lease_owner
+                .push(message.lease.as_ref().map(|l| l.owner.clone()));
+            h.lease_until
+                .push(message.lease.as_ref().map(|l| ms(l.until)));
+        }
+        Ok(h)
+    }
+}
+
+/// Inserts messages without broadcasts, their related objects and listed deliveries in one
+/// statement, atomic without a transaction, and returns them as stored.
+///
+/// A batch written as a transaction of its own statements (BEGIN, the rows, the related
+/// objects, the deliveries, COMMIT) made five round trips, each a wake-up of the server's
+/// backend and of the writer on two busy cores, and the callers of the next batch waited for
+/// them all. Here the statement takes the messages' ids from their sequence itself (the
+/// volatile `nextval` is evaluated once a row, after the ordering, so the ids follow the
+/// batch's order), so that the related objects and deliveries can name them within the same
+/// statement. The deliveries' ids are taken as they are inserted, in the order of the arrays,
+/// so sorted they are the deliveries' in order.
+async fn insert_listed_messages(
+    conn: &mut PgConnection,
+    messages: &[NewMessage],
+) -> Result<Vec<Message>, StoreError> {
+    let heads = Heads::of(messages)?;
+    let mut related_owners = Vec::new();
+    let mut kinds = Vec::new();
+    let mut object_ids = Vec::new();
+    let mut owners = Vec::new();
+    let mut devices = Vec::new();
+    let mut channels = Vec::new();
+    let mut listed = 0;
+    for (n, message) in (1_i64..).zip(messages) {
+        for object in &message.spec.related_objects {
+            related_owners.push(n);
+            kinds.push(object.kind());
+            object_ids.push(object.object_id());
+        }
+        if let NewDeliveries::Listed(list) = &message.deliveries {
+            for (channel, device) in list {
+                owners.push(n);
+                devices.push(device.map(|d| d.0));
+                channels.push(channel.as_str());
+            }
+            listed += list.len();
+        }
+    }
+    let (ids, mut delivery_ids): (Vec<i64>, Vec<i64>) = heads
+        .bind(sqlx::query_as(concat!(
+            "WITH m AS (SELECT nextval('messages_id_seq') AS id, m.* FROM ",
+            message_arrays!(),
+            " ORDER BY n), \
+             stored AS (INSERT INTO messages (id, ",
+            message_columns!(),
+            ") SELECT m.id, ",
+            message_values!(),
+            " FROM m ORDER BY m.n), \
+             related AS (INSERT INTO message_related_objects (message_id, kind, object_id) \
+                 SELECT m.id, r.kind, r.object_id \
+                 FROM UNNEST($24::bigint[], $25::text[], $26::text[]) WITH ORDINALITY \
+                     AS r (owner, kind, object_id, k) \
+                 JOIN m ON m.n = r.owner ORDER BY r.k), \
+             listed AS (INSERT INTO deliveries \
+                     (message_id, device_id, channel, state, attempts, updated_at) \
+                 SELECT m.id, d.device_id, d.channel, 'pending', 0, m.now \
+                 FROM UNNEST($27::bigint[], $28::bigint[], $29::text[]) WITH ORDINALITY \
+                     AS d (owner, device_id, channel, k) \
+                 JOIN m ON m.n = d.owner ORDER BY d.k RETURNING id) \
+             SELECT ARRAY(SELECT id FROM m ORDER BY n), ARRAY(SELECT id FROM listed)"
+        )))
+        .bind(related_owners)
+        .bind(kinds)
+        .bind(object_ids)
+        .bind(owners)
+        .bind(devices)
+        .bind(channels)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(db_error("failed to insert messages"))?;
+    if ids.len() != messages.len() || delivery_ids.len() != listed {
+        return Err(StoreError::Unknown(anyhow::anyhow!(
+            "{} messages and {} deliveries were inserted for {} and {} given",
+            ids.len(),
+            delivery_ids.len(),
+            messages.len(),
+            listed
+        )));
+    }
+    delivery_ids.sort_unstable();
+    let mut delivery_ids = delivery_ids.into_iter();
+    Ok(messages
+        .iter()
+        .zip(ids)
+        .map(|(message, id)| {
+            let deliveries = match &message.deliveries {
+                NewDeliveries::Listed(list) => list
+                    .iter()
+                    .zip(delivery_ids.by_ref())
+                    .map(|(delivery, delivery_id)| {
+                        inserted_delivery(delivery_id, id, delivery, message.now)
+                    })
+                    .collect(),
+                NewDeliveries::Broadcast { .. } => Vec::new(),
+            };
+            inserted_message(message, id, deliveries)
+        })
+        .collect())
 }
 
 /// Inserts the rows of `messages` in one statement and returns their ids, in order.
@@ -304,84 +552,21 @@ async fn insert_heads(
     conn: &mut PgConnection,
     messages: &[NewMessage],
 ) -> Result<Vec<i64>, StoreError> {
-    let mut h = Heads::default();
-    for message in messages {
-        let spec = &message.spec;
-        let (target_kind, recipient, target_json) = target_columns(&spec.target)?;
-        let progress = &message.progress;
-        h.app.push(spec.app.as_str().to_owned());
-        h.target_kind.push(target_kind);
-        h.recipient.push(recipient);
-        h.target_json.push(target_json);
-        h.heading.push(spec.content.heading.clone());
-        h.body.push(spec.content.body.clone());
-        h.url.push(spec.content.url.clone());
-        h.extra_data
-            .push(opt_json_text(spec.content.extra_data.as_ref())?);
-        h.template_slug
-            .push(spec.template_slug.as_ref().map(|s| s.as_str().to_owned()));
-        h.tag.push(spec.tag.as_ref().map(|t| t.as_str().to_owned()));
-        h.priority.push(spec.priority.as_str());
-        h.options.push(json_text(&spec.options)?);
-        h.retry_sending.push(spec.retry_sending);
-        h.sender.push(message.sender.as_str());
-        h.state.push(progress.state.as_str());
-        h.error.push(progress.error.clone());
-        h.attempts.push(i64::from(progress.number_of_send_attempts));
-        h.next_attempt_at.push(opt_ms(progress.next_attempt_at));
-        h.sent_at.push(opt_ms(progress.sent_at));
-        h.queued_at.push(ms(progress.queued_at));
-        h.now.push(ms(message.now));
-        h.lease_owner
-            .push(message.lease.as_ref().map(|l| l.owner.clone()));
-        h.lease_until
-            .push(message.lease.as_ref().map(|l| ms(l.until)));
-    }
-    let mut ids: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO messages (app, target_kind, recipient, target_json, heading, body, url, \
-         extra_data, template_slug, tag, priority, options, retry_sending, sender, state, \
-         error, number_of_send_attempts, next_attempt_at, sent_at, queued_at, \
-         extra_sender_data, created_at, changed_at, lease_owner, lease_until) \
-         SELECT app, target_kind, recipient, target_json::jsonb, heading, body, url, \
-             extra_data::jsonb, template_slug, tag, priority, options::jsonb, retry_sending, \
-             sender, state, error, attempts, next_attempt_at, sent_at, queued_at, NULL, now, \
-             now, lease_owner, lease_until \
-         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-             $13::boolean[], $14::text[], $15::text[], $16::text[], $17::bigint[], \
-             $18::timestamptz[], $19::timestamptz[], $20::timestamptz[], $21::timestamptz[], \
-             $22::text[], $23::timestamptz[]) WITH ORDINALITY \
-             AS m (app, target_kind, recipient, target_json, heading, body, url, extra_data, \
-             template_slug, tag, priority, options, retry_sending, sender, state, error, \
-             attempts, next_attempt_at, sent_at, queued_at, now, lease_owner, lease_until, n) \
-         ORDER BY n RETURNING id",
-    )
-    .bind(h.app)
-    .bind(h.target_kind)
-    .bind(h.recipient)
-    .bind(h.target_json)
-    .bind(h.heading)
-    .bind(h.body)
-    .bind(h.url)
-    .bind(h.extra_data)
-    .bind(h.template_slug)
-    .bind(h.tag)
-    .bind(h.priority)
-    .bind(h.options)
-    .bind(h.retry_sending)
-    .bind(h.sender)
-    .bind(h.state)
-    .bind(h.error)
-    .bind(h.attempts)
-    .bind(h.next_attempt_at)
-    .bind(h.sent_at)
-    .bind(h.queued_at)
-    .bind(h.now)
-    .bind(h.lease_owner)
-    .bind(h.lease_until)
-    .fetch_all(&mut *conn)
-    .await
-    .map_err(db_error("failed to insert messages"))?;
+    let h = Heads::of(messages)?;
+    let rows: Vec<(i64,)> = h
+        .bind(sqlx::query_as(concat!(
+            "INSERT INTO messages (",
+            message_columns!(),
+            ") SELECT ",
+            message_values!(),
+            " FROM ",
+            message_arrays!(),
+            " ORDER BY n RETURNING id"
+        )))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error("failed to insert messages"))?;
+    let mut ids: Vec<i64> = rows.into_iter().map(|(id,)| id).collect();
     if ids.len() != messages.len() {
         return Err(StoreError::Unknown(anyhow::anyhow!(
             "{} messages were inserted for {} given",
@@ -569,6 +754,15 @@ impl WriteMany for PgAttempts {
 
     async fn write_many(&self, writes: &[AttemptWrite]) -> Result<Vec<bool>, StoreError> {
         let batch = AttemptBatch::new(writes);
+        if let [run] = batch.runs()
+            && let Some(deliveries) = run.deliveries_once()
+        {
+            // The usual batch: one statement, without a transaction's extra round trips.
+            let mut conn = self.pool.get().await?;
+            let saved = save_at_once(&mut conn, &run.saves(), deliveries).await?;
+            conn.done();
+            return Ok(run.outcomes(&saved).collect());
+        }
         if batch.is_one_statement() {
             // One statement, without a transaction's extra round trips.
             let mut conn = self.pool.get().await?;
@@ -615,44 +809,83 @@ async fn save_progress(
     if saves.is_empty() {
         return Ok(HashSet::new());
     }
-    let mut ids = Vec::with_capacity(saves.len());
-    let mut states = Vec::with_capacity(saves.len());
-    let mut errors = Vec::with_capacity(saves.len());
-    let mut attempts = Vec::with_capacity(saves.len());
-    let mut next_attempts = Vec::with_capacity(saves.len());
-    let mut sent = Vec::with_capacity(saves.len());
-    let mut queued = Vec::with_capacity(saves.len());
-    let mut extra = Vec::with_capacity(saves.len());
-    let mut changed = Vec::with_capacity(saves.len());
-    let mut owners = Vec::with_capacity(saves.len());
-    for (message, lease) in saves {
-        let progress = message.progress();
-        ids.push(message.id.0);
-        states.push(progress.state.as_str());
-        errors.push(progress.error.clone());
-        attempts.push(i64::from(progress.number_of_send_attempts));
-        next_attempts.push(opt_ms(progress.next_attempt_at));
-        sent.push(opt_ms(progress.sent_at));
-        queued.push(ms(progress.queued_at));
-        extra.push(opt_json_text(message.extra_sender_data.as_ref())?);
-        changed.push(ms(message.changed_at));
-        owners.push(lease.map(|l| l.owner.clone()));
-    }
-    let saved: Vec<i64> = sqlx::query_scalar(SAVE_PROGRESS)
-        .bind(ids)
-        .bind(states)
-        .bind(errors)
-        .bind(attempts)
-        .bind(next_attempts)
-        .bind(sent)
-        .bind(queued)
-        .bind(extra)
-        .bind(changed)
-        .bind(owners)
+    let saved: Vec<(i64,)> = SaveColumns::of(saves)?
+        .bind(sqlx::query_as(SAVE_PROGRESS))
         .fetch_all(&mut *conn)
         .await
         .map_err(db_error("failed to save the progress of messages"))?;
-    Ok(saved.into_iter().map(MessageId).collect())
+    Ok(saved.into_iter().map(|(id,)| MessageId(id)).collect())
+}
+
+/// Saves the progress of messages and writes deliveries, each when the message it depends on
+/// (if any) is saved, in one statement, atomic without a transaction (see
+/// [`crate::grouped::attempts::AttemptRun::deliveries_once`]); returns the ids of the messages it
+/// saved.
+///
+/// A `now` send waits for this write, and a transaction of its own statements (BEGIN, the
+/// saves, the deliveries, COMMIT) made four round trips where one does.
+async fn save_at_once(
+    conn: &mut PgConnection,
+    saves: &[Save<'_>],
+    deliveries: Vec<(&Delivery, Option<MessageId>)>,
+) -> Result<HashSet<MessageId>, StoreError> {
+    let deliveries = DeliveryColumns::of(deliveries.into_iter())?;
+    let saved: Vec<(i64,)> = deliveries
+        .bind(SaveColumns::of(saves)?.bind(sqlx::query_as(AssertSqlSafe(SAVE_AT_ONCE.as_str()))))
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error("failed to save the results of attempts"))?;
+    Ok(saved.into_iter().map(|(id,)| MessageId(id)).collect())
+}
+
+/// The statement of [`save_at_once`]: [`SAVE_PROGRESS`] and [`update_deliveries`] of the
+/// deliveries whose message, if any, it saved.
+static SAVE_AT_ONCE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH saved AS ({SAVE_PROGRESS}), written AS ({}) SELECT id FROM saved",
+        update_deliveries(
+            11,
+            " AND (u.owner IS NULL OR u.owner IN (SELECT id FROM saved))"
+        )
+    )
+});
+
+bound_columns! {
+    /// The columns of saves, as the arrays `$1` to `$10` of [`SAVE_PROGRESS`].
+    struct SaveColumns {
+        ids: i64,
+        states: &'static str,
+        errors: Option<String>,
+        attempts: i64,
+        next_attempts: Option<OffsetDateTime>,
+        sent: Option<OffsetDateTime>,
+        queued: OffsetDateTime,
+        extra: Option<String>,
+        changed: OffsetDateTime,
+        owners: Option<String>,
+    }
+}
+
+impl SaveColumns {
+    fn of(saves: &[Save<'_>]) -> Result<SaveColumns, StoreError> {
+        let n = saves.len();
+        let mut c = SaveColumns::with_capacity(n);
+        for (message, lease) in saves {
+            let progress = message.progress();
+            c.ids.push(message.id.0);
+            c.states.push(progress.state.as_str());
+            c.errors.push(progress.error.clone());
+            c.attempts.push(i64::from(progress.number_of_send_attempts));
+            c.next_attempts.push(opt_ms(progress.next_attempt_at));
+            c.sent.push(opt_ms(progress.sent_at));
+            c.queued.push(ms(progress.queued_at));
+            c.extra
+                .push(opt_json_text(message.extra_sender_data.as_ref())?);
+            c.changed.push(ms(message.changed_at));
+            c.owners.push(lease.map(|l| l.owner.clone()));
+        }
+        Ok(c)
+    }
 }
 
 /// Saves the progress of the messages in its arrays and releases their leases: a worker's
