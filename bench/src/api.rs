@@ -275,7 +275,7 @@ pub async fn queue_and_drain(
         "every queued message to leave WAITING",
         deadline,
         Duration::from_millis(50),
-        || async { Ok((database.waiting(apps::SINGLE).await? == 0).then_some(())) },
+        || async { Ok((!database.any_waiting(apps::SINGLE).await?).then_some(())) },
     )
     .await;
     let left_waiting = match drained {
@@ -371,7 +371,7 @@ pub async fn drain_backlog(
         "every queued message of the backlog to leave WAITING",
         deadline,
         Duration::from_millis(20),
-        || async { Ok((database.waiting(apps::SINGLE).await? == 0).then_some(())) },
+        || async { Ok((!database.any_waiting(apps::SINGLE).await?).then_some(())) },
     )
     .await;
     let drain_seconds = started.elapsed().as_secs_f64();
@@ -544,7 +544,7 @@ pub async fn settle(database: &Database, app: &str, deadline: Duration) -> anyho
         "the worker to finish the queued messages",
         deadline,
         Duration::from_millis(100),
-        || async { Ok((database.waiting(app).await? == 0).then_some(())) },
+        || async { Ok((!database.any_waiting(app).await?).then_some(())) },
     )
     .await
 }

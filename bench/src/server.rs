@@ -334,7 +334,25 @@ impl Database {
 
     /// How many messages of `app` are still `WAITING` (due, or being sent).
     pub async fn waiting(&self, app: &str) -> anyhow::Result<i64> {
-        let sql = "SELECT COUNT(*) FROM messages WHERE app = $1 AND state = 'WAITING'";
+        self.scalar(
+            "SELECT COUNT(*) FROM messages WHERE app = $1 AND state = 'WAITING'",
+            app,
+        )
+        .await
+    }
+
+    /// Whether any message of `app` is still `WAITING`: what a drain polls for. It stops at
+    /// the first such message, where counting them read every one: polled every 20 ms
+    /// during a drain of 100,000 messages, the count cost the bench 4.4 s of CPU in a 16 s
+    /// drain, taken from the two cores the server and the mocks share with it.
+    pub async fn any_waiting(&self, app: &str) -> anyhow::Result<bool> {
+        let sql = "SELECT COUNT(*) FROM (SELECT 1 FROM messages \
+                   WHERE app = $1 AND state = 'WAITING' LIMIT 1) AS waiting";
+        Ok(self.scalar(sql, app).await? != 0)
+    }
+
+    /// The one number `sql` answers, with `app` bound to `$1`, on a connection of its own.
+    async fn scalar(&self, sql: &'static str, app: &str) -> anyhow::Result<i64> {
         let (count,): (i64,) = match self.db {
             Db::Sqlite => {
                 let mut c = sqlx::SqliteConnection::connect(&self.url)
