@@ -174,8 +174,10 @@ pub struct WorkerConfig {
     /// renews it once half has passed while it sends.
     pub lease_secs: u64,
     /// How many claimed messages a worker sends at once. A one-device message holds its slot
-    /// for about one provider round trip: 1,000 at a 50 ms round trip drains up to 20,000
-    /// queued messages a second.
+    /// for about one provider round trip and a share of the claims and saves around it:
+    /// 2,000 at a 50 ms round trip drain about 13,000 queued messages a second on two cores
+    /// (1,000 drained 8,000; docs/performance.md). Each slot is also a message a crashed
+    /// worker may send twice (docs/scaling.md).
     pub message_concurrency: usize,
     /// How many of those may belong to one application while other applications have
     /// messages due (default: half of `message_concurrency`, rounded up). When no other
@@ -199,7 +201,7 @@ impl Default for WorkerConfig {
             poll_interval_secs: 5,
             batch_size: 500,
             lease_secs: 60,
-            message_concurrency: 1000,
+            message_concurrency: 2000,
             app_concurrency: None,
             delivery_concurrency: 4096,
         }
