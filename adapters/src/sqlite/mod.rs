@@ -90,7 +90,7 @@ pub struct SqliteStore {
     /// Read-only connections, for statements that only read.
     readers: Held<Sqlite>,
     /// Stops the checkpointer when told to, or when the last clone of the store is dropped.
-    checkpointer: Option<Arc<watch::Sender<bool>>>,
+    checkpointer: Option<Arc<Checkpointer>>,
     /// Registrations made at the same time, written together by the writer.
     registrations: GroupedRegistrations,
     /// Messages sent at the same time, written together by the writer.
@@ -195,7 +195,8 @@ impl SqliteStore {
             .await
             .map_err(|error| refused(location, file.as_deref(), error))?;
         let (stop, stopped) = watch::channel(false);
-        tokio::spawn(checkpoint(connection, stopped));
+        let (closing, closed) = watch::channel(false);
+        tokio::spawn(checkpoint(connection, stopped, closing));
         Ok(SqliteStore {
             registrations: SqliteRegistrations::grouped(pool.clone()),
             messages: SqliteMessages::grouped(pool.clone()),
@@ -203,7 +204,7 @@ impl SqliteStore {
             device_reads: SqliteDeviceReads::coalesced(readers.clone()),
             pool,
             readers,
-            checkpointer: Some(Arc::new(stop)),
+            checkpointer: Some(Arc::new(Checkpointer { stop, closed })),
             file,
         })
     }
@@ -236,13 +237,18 @@ impl SqliteStore {
     }
 
     /// Stops the checkpointer and closes the writer's and the readers' connections; later
-    /// calls fail.
+    /// calls fail. Returns once every connection of the store is closed, so that the last
+    /// one has copied the write-ahead log into the database and deleted it.
     pub async fn close(&self) {
-        if let Some(stop) = &self.checkpointer {
-            stop.send_replace(true);
+        if let Some(checkpointer) = &self.checkpointer {
+            checkpointer.stop.send_replace(true);
         }
         self.readers.close().await;
         self.pool.close().await;
+        if let Some(checkpointer) = &self.checkpointer {
+            // An error means that the task is gone, and its connection with it.
+            let _ = checkpointer.closed.clone().wait_for(|closed| *closed).await;
+        }
     }
 
     /// The number of rows of every table of Clarion's schema, by table name.
@@ -276,7 +282,20 @@ impl SqliteStore {
 
 /// Checkpoints the log every [`CHECKPOINT_INTERVAL`] until the store is closed or dropped. A
 /// checkpoint that fails (the database is busy, say) is tried again at the next tick.
-async fn checkpoint(mut connection: SqliteConnection, mut stopped: watch::Receiver<bool>) {
+/// The background checkpointer of a file database, seen from the store.
+#[derive(Debug)]
+struct Checkpointer {
+    /// Tells it to stop.
+    stop: watch::Sender<bool>,
+    /// Turns true once it has closed its connection.
+    closed: watch::Receiver<bool>,
+}
+
+async fn checkpoint(
+    mut connection: SqliteConnection,
+    mut stopped: watch::Receiver<bool>,
+    closing: watch::Sender<bool>,
+) {
     let mut ticks = tokio::time::interval(CHECKPOINT_INTERVAL);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -297,6 +316,7 @@ async fn checkpoint(mut connection: SqliteConnection, mut stopped: watch::Receiv
         }
     }
     let _ = connection.close().await;
+    closing.send_replace(true);
 }
 
 /// The error of a database that cannot be opened, naming the file and, when the driver says
