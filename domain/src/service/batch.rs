@@ -12,7 +12,8 @@ use futures_util::future::{self, BoxFuture};
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use time::OffsetDateTime;
 
-use super::{Attempted, BatchReport, FIRST_PAGE, Loaded, PageDevices, PushService};
+use super::attempt::{Attempted, FIRST_PAGE, Loaded, PageDevices};
+use super::{BatchReport, PushService};
 use crate::ids::{AppId, DeviceId, MessageId};
 use crate::message::Message;
 use crate::ports::{Lease, StoreError};
