@@ -1,5 +1,6 @@
 //! Clarion's adapters: the sqlx stores, the push providers, the MiniJinja renderer, the clock,
-//! the typed configuration and the wiring that builds the services from it.
+//! the typed configuration, its checks and the wiring that builds the services from it.
+pub mod check;
 pub mod client_token;
 pub mod clock;
 pub mod config;

@@ -9,8 +9,10 @@ use clarion_domain::ports::{
     ApiKeyStore, DeviceStore, MessageStore, ReportStore, StoreError, TemplateStore,
 };
 
+use crate::config::{CheckItem, DatabaseConfig, DatabaseKind};
 use crate::postgres::PgStore;
 use crate::sqlite::SqliteStore;
+use crate::url_secrets::without_password;
 
 /// A database behind every storage port.
 #[async_trait]
@@ -61,5 +63,24 @@ impl Store for PgStore {
 
     async fn close(&self) {
         self.pool().close().await;
+    }
+}
+
+/// Checks the database the configuration names, for `clarion config check`: a PostgreSQL
+/// server is connected to (nothing is migrated), a SQLite file is only named. The detail never
+/// holds the database password.
+pub async fn check_database(database: &DatabaseConfig) -> CheckItem {
+    let subject = "database.url".to_owned();
+    let shown = database.redacted_url();
+    match database.kind() {
+        Ok(DatabaseKind::Sqlite) => CheckItem::ok(subject, format!("SQLite at {shown}")),
+        Ok(DatabaseKind::Postgres) => match crate::postgres::probe(&database.url).await {
+            Ok(()) => CheckItem::ok(subject, format!("PostgreSQL at {shown} answers")),
+            Err(error) => CheckItem::failed(
+                subject,
+                without_password(&format!("{error:#}"), &database.url),
+            ),
+        },
+        Err(detail) => CheckItem::failed(subject, detail),
     }
 }

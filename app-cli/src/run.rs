@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal as _;
 
+use clarion_adapters::check;
 use clarion_adapters::config::Config;
 use clarion_adapters::keys::generate_secret;
 use clarion_adapters::wiring::{self, Runtime};
@@ -93,7 +94,7 @@ async fn config_command(
             Ok(())
         }
         ConfigCommand::Check => {
-            let items = config.check().await;
+            let items = check::run(config).await;
             if out.json {
                 let rows: Vec<Value> = items
                     .iter()

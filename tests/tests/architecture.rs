@@ -413,3 +413,77 @@ fn main() {
         vec![(8, "SELECT"), (9, "UPDATE ... SET"), (13, "INSERT INTO")]
     );
 }
+
+/// The modules of `clarion-adapters` that the configuration may use: itself, and the helper
+/// that redacts database URLs. Everything else is an adapter it configures.
+const CONFIG_MAY_USE: &[&str] = &["config", "url_secrets"];
+
+/// The `crate::` modules that code (not comments) in `source` names, with their lines. A
+/// `//` inside a string literal ends the scan of its line early, which can miss a path but
+/// never reports one that is not there.
+fn crate_modules(source: &str) -> Vec<(usize, String)> {
+    let mut found = Vec::new();
+    for (index, line) in source.lines().enumerate() {
+        let code = line.split("//").next().unwrap_or_default();
+        for (position, _) in code.match_indices("crate::") {
+            let module: String = code[position + "crate::".len()..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_' || *c == '{')
+                .collect();
+            found.push((index + 1, module));
+        }
+    }
+    found
+}
+
+#[test]
+fn the_configuration_imports_none_of_the_adapters_it_configures() -> Result<(), String> {
+    let root = workspace_root();
+    let mut files = Vec::new();
+    rust_files(&root.join("adapters/src/config"), &mut files)?;
+    assert!(
+        !files.is_empty(),
+        "found no Rust files in adapters/src/config"
+    );
+
+    let mut offenders = Vec::new();
+    for file in &files {
+        let source = fs::read_to_string(file)
+            .map_err(|err| format!("cannot read {}: {err}", file.display()))?;
+        for (line, module) in crate_modules(&source) {
+            if !CONFIG_MAY_USE.contains(&module.as_str()) {
+                let relative = file.strip_prefix(&root).unwrap_or(file);
+                offenders.push(format!("{}:{line}: crate::{module}", relative.display()));
+            }
+        }
+    }
+
+    assert!(
+        offenders.is_empty(),
+        "the configuration is data: its checks live with the adapters (adapters/src/check.rs), \
+         but these lines use an adapter:\n{}",
+        offenders.join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn the_configuration_scan_finds_crate_paths_in_code_and_ignores_comments() {
+    let source = "\
+//! Checked by [`crate::check`].
+use crate::config::Secret;
+use crate::{providers, store};
+let probe = crate::postgres::probe(url); // not crate::sqlite
+";
+
+    let found = crate_modules(source);
+
+    assert_eq!(
+        found,
+        vec![
+            (2, "config".to_owned()),
+            (3, "{providers".to_owned()),
+            (4, "postgres".to_owned()),
+        ]
+    );
+}

@@ -9,7 +9,7 @@ use clarion_domain::message::SendOutcome;
 use clarion_domain::text::lossy;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 
-use crate::config::TlsConfig;
+use crate::config::{CheckItem, TlsConfig};
 
 /// The request timeout of a provider whose configuration sets none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -66,6 +66,22 @@ pub fn read_roots(path: &Path) -> anyhow::Result<Vec<reqwest::Certificate>> {
         path.display()
     );
     Ok(certs)
+}
+
+/// Reads each file of `tls.extra_ca_certs`, for `clarion config check`: one line a file.
+#[must_use]
+pub fn check_extra_roots(tls: &TlsConfig) -> Vec<CheckItem> {
+    let check = |(index, path): (usize, &std::path::PathBuf)| {
+        let subject = format!("tls.extra_ca_certs[{index}]");
+        match read_roots(path) {
+            Ok(certs) => CheckItem::ok(
+                subject,
+                format!("{} holds {} certificate(s)", path.display(), certs.len()),
+            ),
+            Err(error) => CheckItem::failed(subject, format!("{error:#}")),
+        }
+    };
+    tls.extra_ca_certs.iter().enumerate().map(check).collect()
 }
 
 /// A client builder with the common settings: the extra roots on top of the platform's, the

@@ -7,6 +7,13 @@
 //! field and is refused with 403 without it: SameSite=Strict cookies alone would leave older
 //! browsers and same-site attackers in. An application key sees its application only; an
 //! admin key sees every application and picks one.
+//!
+//! This module is the frame every page shares: the routes, the security headers, the
+//! errors and their pages, the signed-in and CSRF-checked extractors, the chrome around each
+//! page and the template environment. The pages themselves are in `pages`, a module per page
+//! or resource (login, overview, devices, prune, messages, templates), with the helpers they
+//! share in `pages/mod.rs`. The pages use the frame; the frame knows the pages only by the
+//! handlers its routes name.
 
 /// `minijinja::context!` whose values are any `Serialize` (MiniJinja 3 takes `Into<Value>`).
 macro_rules! page {
@@ -40,6 +47,7 @@ use clarion_domain::service::{DeviceError, MessageError, ReportError, SendError,
 use minijinja::Environment;
 use serde::Serialize;
 
+use crate::admin::pages::{devices, login, messages, overview, prune, templates};
 use crate::admin::session::{SESSION_COOKIE, Session, cookie, same_secret};
 use crate::routes::AppState;
 
@@ -74,34 +82,43 @@ static TEMPLATES: LazyLock<Environment<'static>> = LazyLock::new(|| {
 /// The `/admin` routes.
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
-        .route("/admin", get(pages::index))
-        .route("/admin/", get(pages::index))
+        .route("/admin", get(login::index))
+        .route("/admin/", get(login::index))
         .route("/admin/style.css", get(style))
-        .route("/admin/login", get(pages::login_form).post(pages::login))
-        .route("/admin/logout", post(pages::logout))
-        .route("/admin/apps", get(pages::apps))
-        .route("/admin/apps/{app}", get(pages::overview))
-        .route("/admin/apps/{app}/devices", get(pages::devices))
+        .route("/admin/login", get(login::login_form).post(login::login))
+        .route("/admin/logout", post(login::logout))
+        .route("/admin/apps", get(overview::apps))
+        .route("/admin/apps/{app}", get(overview::overview))
+        .route("/admin/apps/{app}/devices", get(devices::devices))
         .route(
             "/admin/apps/{app}/devices/actions",
-            post(pages::device_action),
+            post(devices::device_action),
         )
         .route(
             "/admin/apps/{app}/devices/prune",
-            get(pages::prune_preview).post(pages::prune),
+            get(prune::prune_preview).post(prune::prune),
         )
-        .route("/admin/apps/{app}/messages", get(pages::messages))
-        .route("/admin/apps/{app}/messages/{id}", get(pages::message))
-        .route("/admin/apps/{app}/messages/{id}/retry", post(pages::retry))
+        .route("/admin/apps/{app}/messages", get(messages::messages))
+        .route("/admin/apps/{app}/messages/{id}", get(messages::message))
+        .route(
+            "/admin/apps/{app}/messages/{id}/retry",
+            post(messages::retry),
+        )
         .route(
             "/admin/apps/{app}/templates",
-            get(pages::templates).post(pages::save_template),
+            get(templates::templates).post(templates::save_template),
         )
-        .route("/admin/apps/{app}/templates/new", get(pages::new_template))
-        .route("/admin/apps/{app}/templates/{slug}", get(pages::template))
+        .route(
+            "/admin/apps/{app}/templates/new",
+            get(templates::new_template),
+        )
+        .route(
+            "/admin/apps/{app}/templates/{slug}",
+            get(templates::template),
+        )
         .route(
             "/admin/apps/{app}/templates/{slug}/active",
-            post(pages::set_template_active),
+            post(templates::set_template_active),
         )
         .layer(middleware::from_fn(headers))
 }
