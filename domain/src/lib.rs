@@ -1,6 +1,8 @@
 //! Clarion's domain: validated types, models, the message state machine, provider payloads,
 //! ports and services. It does no I/O, so other services can reuse it.
 
+#![warn(missing_docs)]
+
 pub mod app;
 pub mod auth;
 pub mod device;
