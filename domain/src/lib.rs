@@ -404,3 +404,8 @@ pub use async_trait::async_trait;
 /// predicates and sequences.
 #[cfg(feature = "mocks")]
 pub use mockall;
+
+/// The example of `README.md`, compiled and run with the doctests so that it stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
