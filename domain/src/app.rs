@@ -24,6 +24,7 @@ pub enum SenderKind {
 }
 
 impl SenderKind {
+    /// The name the configuration, the API and the store use: `direct`, `onesignal` or `debug`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -60,12 +61,15 @@ impl FromStr for SenderKind {
 /// The APNs settings that shape a request: the topic (bundle id).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ApnsSettings {
+    /// The app's bundle id, sent as the `apns-topic` header; an empty topic sends no header.
     pub topic: String,
 }
 
 /// The OneSignal settings that shape a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OneSignalSettings {
+    /// The OneSignal app the notifications are created in (`app_id` in the request body); the
+    /// `onesignal` sender refuses to build a request without it.
     pub app_id: String,
     /// The language key of `contents` and `headings`, such as `en`.
     pub language: String,
@@ -74,11 +78,19 @@ pub struct OneSignalSettings {
 /// One application as the domain sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Application {
+    /// The id requests, API keys and stored rows name the application by.
     pub id: AppId,
+    /// How the application's messages leave the process.
     pub sender: SenderKind,
+    /// Whether Web Push endpoints on non-public addresses may be registered for this application
+    /// (`webpush.allow_private_endpoints`).
     pub endpoint_policy: EndpointPolicy,
+    /// When and how often the application's messages that failed for a transient reason are sent
+    /// again, and when they are given up.
     pub retry: RetryPolicy,
+    /// The APNs settings its payloads need; `None` sends APNs requests without a topic.
     pub apns: Option<ApnsSettings>,
+    /// The OneSignal settings; the `onesignal` sender cannot build a request without them.
     pub onesignal: Option<OneSignalSettings>,
 }
 
@@ -109,6 +121,7 @@ pub struct Applications {
 pub struct UnknownApplication(pub String);
 
 impl Applications {
+    /// The given applications, by id; of two with the same id, the last one is kept.
     #[must_use]
     pub fn new(apps: impl IntoIterator<Item = Application>) -> Self {
         Self {
@@ -127,6 +140,7 @@ impl Applications {
             .ok_or_else(|| UnknownApplication(id.to_owned()))
     }
 
+    /// Every application, in id order.
     pub fn iter(&self) -> impl Iterator<Item = &Application> {
         self.by_id.values()
     }

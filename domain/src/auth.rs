@@ -51,8 +51,10 @@ impl fmt::Display for KeyScope {
 /// A scope that is neither `admin` nor `app:<id>`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScopeError {
+    /// The text is neither `admin` nor `app:<id>`; it holds the text given.
     #[error("key scope must be admin or app:<application id>; got {0:?}")]
     Shape(String),
+    /// The text after `app:` is not a valid application id.
     #[error("key scope: {0}")]
     App(#[from] IdError),
 }
@@ -109,6 +111,7 @@ impl KeyHash {
         Self(hex)
     }
 
+    /// The hash as 64 lower-case hexadecimal characters, as the store keeps it.
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
@@ -128,15 +131,23 @@ impl KeyHash {
 /// A stored API key (never its secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKey {
+    /// The store's id of the key, by which an operator revokes it.
     pub id: ApiKeyId,
+    /// The operator's label for the key (1 to 100 characters), such as `ci` or `shop backend`.
     pub name: String,
+    /// What requests made with the key may reach.
     pub scope: KeyScope,
     /// The first characters of the secret, to tell keys apart in lists.
     pub prefix: String,
+    /// When the key was stored.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// When the key was revoked; `None` while it is valid. A revoked key authenticates nothing.
     #[serde(with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
+    /// The hash of the secret: filled in by
+    /// [`ApiKeyStore::find_api_key`](crate::ports::ApiKeyStore::find_api_key) so that the caller
+    /// can compare it, and never serialised.
     #[serde(skip)]
     pub hash: Option<KeyHash>,
 }
@@ -144,17 +155,23 @@ pub struct ApiKey {
 /// A key to store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewApiKey {
+    /// The operator's label for the key (1 to 100 characters).
     pub name: String,
+    /// What requests made with the key may reach.
     pub scope: KeyScope,
+    /// The first 12 characters of the secret, kept in clear to tell keys apart in lists.
     pub prefix: String,
+    /// The SHA-256 of the secret; the secret itself is never stored.
     pub hash: KeyHash,
 }
 
 /// A key just created, with its secret: the only time the secret is seen.
 #[derive(Clone, PartialEq, Eq, Serialize)]
 pub struct CreatedApiKey {
+    /// The key as it was stored.
     #[serde(flatten)]
     pub key: ApiKey,
+    /// The secret a client presents as `Authorization: Bearer <secret>`; it cannot be shown again.
     pub secret: String,
 }
 
@@ -170,11 +187,15 @@ impl fmt::Debug for CreatedApiKey {
 /// Who a request acts for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
+    /// An `admin` key: every application, and the API keys themselves.
     Admin,
+    /// A key scoped to one application: everything of that application and nothing else.
     App(AppId),
     /// A client token: one user of one application, for that user's own devices only.
     Client {
+        /// The application whose `client_token_secret` signed the token.
         app: AppId,
+        /// The user the token's `sub` names, whose own devices the client may manage.
         user: UserId,
     },
 }
@@ -189,6 +210,7 @@ impl Principal {
         }
     }
 
+    /// Whether the principal may manage API keys (and reach every application).
     #[must_use]
     pub fn is_admin(&self) -> bool {
         matches!(self, Principal::Admin)
@@ -198,12 +220,17 @@ impl Principal {
 /// Why a presented credential was refused. The text never includes the credential.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
+    /// The request carried no `Authorization: Bearer` credential.
     #[error("missing credentials: send Authorization: Bearer <key>")]
     Missing,
+    /// No stored key has the hash of the presented secret.
     #[error("the API key is not valid")]
     UnknownKey,
+    /// The key exists but was revoked.
     #[error("the API key was revoked")]
     Revoked,
+    /// A client token whose signature, expiry or claims did not verify; the text says which,
+    /// without the token.
     #[error("the client token is not valid: {0}")]
     BadClientToken(String),
 }

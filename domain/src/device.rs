@@ -10,25 +10,38 @@ use crate::token::{DeviceToken, Platform};
 /// A device as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Device {
+    /// The store's id of the device.
     pub id: DeviceId,
+    /// The application the device is registered with.
     pub app: AppId,
+    /// Its platform and token; serialised flat, as `platform` beside `token` (APNs, FCM) or
+    /// `subscription` (Web Push).
     #[serde(flatten)]
     pub token: DeviceToken,
+    /// A name for people, such as `Alice's iPhone`.
     pub name: Option<String>,
+    /// Whether messages are sent to it: a dead token or an operator turns it off, and a new
+    /// registration of the same token turns it on again.
     pub active: bool,
+    /// The user who owns it; messages to that user reach it.
     pub user_id: Option<UserId>,
     /// A client-chosen id (a UUID in django-push-notifications), opaque to Clarion.
     pub device_id: Option<String>,
+    /// When it was first registered.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// When it last changed; registering its token again counts.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
+    /// When it was deactivated; `None` while it is active.
     #[serde(with = "time::serde::rfc3339::option")]
     pub deactivated_at: Option<OffsetDateTime>,
+    /// Why it was deactivated: the provider's dead-token code or an operator's reason.
     pub deactivation_reason: Option<String>,
 }
 
 impl Device {
+    /// The push service its token is for.
     #[must_use]
     pub fn platform(&self) -> Platform {
         self.token.platform()
@@ -40,13 +53,18 @@ impl Device {
 /// store reads and decodes only these columns for each delivery of a broadcast.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
+    /// The store's id of the device.
     pub id: DeviceId,
+    /// Where the payload goes.
     pub token: DeviceToken,
+    /// Whether it may still be sent to: a delivery to an inactive device fails without a request.
     pub active: bool,
+    /// Why it was deactivated, which such a failed delivery reports.
     pub deactivation_reason: Option<String>,
 }
 
 impl Recipient {
+    /// The push service its token is for.
     #[must_use]
     pub fn platform(&self) -> Platform {
         self.token.platform()
@@ -67,20 +85,29 @@ impl From<Device> for Recipient {
 /// A registration request, already validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDevice {
+    /// The application to register it with.
     pub app: AppId,
+    /// The parsed token; a device is unique by application, platform and token, so registering a
+    /// token again updates its device.
     pub token: DeviceToken,
+    /// A name for people (at most 255 characters).
     pub name: Option<String>,
+    /// The user who owns it.
     pub user_id: Option<UserId>,
+    /// A client-chosen id, opaque to Clarion (at most 255 characters).
     pub device_id: Option<String>,
 }
 
 /// Why a device field was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DeviceFieldError {
+    /// The name has more than 255 characters; it holds how many.
     #[error("device name is {0} characters long; at most 255 are allowed")]
     NameTooLong(usize),
+    /// The client device id has more than 255 characters; it holds how many.
     #[error("device_id is {0} characters long; at most 255 are allowed")]
     DeviceIdTooLong(usize),
+    /// A field holds a character no store can keep; the error names it.
     #[error(transparent)]
     Unstorable(#[from] UnstorableText),
 }
@@ -112,8 +139,11 @@ impl NewDevice {
 /// A change to a registered device; `None` leaves a field as it is.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DeviceUpdate {
+    /// `Some(None)` clears the name, `Some(Some(name))` sets it.
     pub name: Option<Option<String>>,
+    /// `Some(None)` clears the owner, `Some(Some(user))` gives the device to that user.
     pub user_id: Option<Option<UserId>>,
+    /// `Some(false)` deactivates the device (with `reason`), `Some(true)` activates it again.
     pub active: Option<bool>,
     /// Why the device is deactivated, when `active` is `Some(false)`.
     pub reason: Option<String>,
@@ -141,7 +171,10 @@ impl DeviceUpdate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Registration {
+    /// Nothing had the key (a device's token, a template's slug): it was created (HTTP 201).
     Created,
+    /// Something had the key: it was updated (a device made active again with the new owner and
+    /// name, a template replaced), HTTP 200.
     Updated,
 }
 
@@ -179,13 +212,17 @@ pub fn last_registration_of_each_token(devices: &[NewDevice]) -> Vec<&NewDevice>
 /// Filters for listing devices.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DeviceFilter {
+    /// Only devices of this user.
     pub user_id: Option<UserId>,
+    /// Only devices on this platform.
     pub platform: Option<Platform>,
+    /// Only active (`true`) or only inactive (`false`) devices.
     pub active: Option<bool>,
     /// Only devices whose token (for Web Push, the endpoint) starts with this text.
     pub token_prefix: Option<String>,
     /// Only devices with an id greater than this (cursor pagination).
     pub after: Option<DeviceId>,
+    /// At most this many devices; `None` leaves the page size to the store, which also caps it.
     pub limit: Option<u32>,
 }
 

@@ -7,18 +7,33 @@ use serde::{Deserialize, Serialize};
 /// Why an identifier or label was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdError {
+    /// The text is empty (for a label: empty or only white space).
     #[error("{field} must not be empty")]
-    Empty { field: &'static str },
+    Empty {
+        /// The field, as the error message names it (`application id`, `slug`, `tag`, ...).
+        field: &'static str,
+    },
+    /// The text has more characters (not bytes) than the field allows.
     #[error("{field} is {len} characters long; at most {max} are allowed")]
     TooLong {
+        /// The field, as the error message names it.
         field: &'static str,
+        /// How many characters the text has.
         len: usize,
+        /// How many characters the field allows: 64 for an application id, 128 for a slug, 255
+        /// for a user id or a tag.
         max: usize,
     },
+    /// The text holds a character the field does not allow: slugs and application ids take
+    /// lower-case ASCII letters, digits, `-` and `_`; labels take any character but a control
+    /// character.
     #[error("{field} may only hold {allowed}; found {found:?}")]
     BadCharacter {
+        /// The field, as the error message names it.
         field: &'static str,
+        /// What the field allows, in words.
         allowed: &'static str,
+        /// The first character that is not allowed.
         found: char,
     },
 }
@@ -213,11 +228,13 @@ impl RelatedObject {
         Self::new(kind, id)
     }
 
+    /// What sort of object it is, such as `order` (up to 128 characters).
     #[must_use]
     pub fn kind(&self) -> &str {
         &self.kind
     }
 
+    /// The object's id within its kind, such as `42` (up to 255 characters).
     #[must_use]
     pub fn object_id(&self) -> &str {
         &self.object_id

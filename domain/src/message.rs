@@ -22,14 +22,23 @@ use crate::token::Platform;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MessageState {
+    /// Stored and due to be sent: a new message, or one an operator retried.
     Waiting,
+    /// Every delivery was accepted, or some were and the others failed for good (their errors stay
+    /// on the deliveries). Final.
     Sent,
+    /// Nothing could be delivered, the retries ran out with nothing accepted, or an operator
+    /// cancelled it. Final unless an operator retries it.
     Error,
+    /// A delivery failed for a transient reason and attempts remain: the failed deliveries are due
+    /// again at `next_attempt_at`.
     ErrorRetry,
+    /// The debug sender took it; nothing left the process. Final.
     Debug,
 }
 
 impl MessageState {
+    /// Every state, in the order DESIGN.md lists them.
     pub const ALL: [MessageState; 5] = [
         MessageState::Waiting,
         MessageState::Sent,
@@ -38,6 +47,7 @@ impl MessageState {
         MessageState::Debug,
     ];
 
+    /// The stored and shown name, such as `ERROR_RETRY`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -88,7 +98,9 @@ impl FromStr for MessageState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("a message in state {from} cannot become {to}")]
 pub struct IllegalTransition {
+    /// The state the message was in.
     pub from: MessageState,
+    /// The state it was asked to take.
     pub to: MessageState,
 }
 
@@ -97,11 +109,20 @@ pub struct IllegalTransition {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Target {
     /// Every active device of one user (or, with OneSignal, the external user id).
-    User { user_id: UserId },
+    User {
+        /// The owner the devices were registered with.
+        user_id: UserId,
+    },
     /// An explicit list of devices of the application.
-    Devices { device_ids: Vec<DeviceId> },
+    Devices {
+        /// The devices, by id; each must be a device of the message's application.
+        device_ids: Vec<DeviceId>,
+    },
     /// Every active device of the application, optionally on one platform only.
-    Broadcast { platform: Option<Platform> },
+    Broadcast {
+        /// Only the devices on this platform; every platform when `None`.
+        platform: Option<Platform>,
+    },
 }
 
 impl Target {
@@ -120,8 +141,11 @@ impl Target {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
+    /// Deliver at once: APNs priority 10, FCM `HIGH`, Web Push urgency `high`. The default.
     #[default]
     High,
+    /// Deliver when it suits the device's battery: APNs priority 5, FCM `NORMAL`, Web Push urgency
+    /// `normal`.
     Normal,
 }
 
@@ -137,6 +161,7 @@ impl FromStr for Priority {
 }
 
 impl Priority {
+    /// The name the API uses: `high` or `normal`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -155,12 +180,17 @@ pub const MAX_COLLAPSE_KEY_BYTES: usize = 64;
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PushOptions {
+    /// The number to show on the app's icon (APNs `badge`; `badge` in the Web Push payload).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub badge: Option<u32>,
+    /// The sound to play, such as `default` (APNs `sound`, FCM's Android `sound`); not blank.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sound: Option<String>,
+    /// The group the device shows the notification in (APNs `thread-id`); not blank.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub thread_id: Option<String>,
+    /// The notification's category, which selects its actions on the device (APNs `category`);
+    /// not blank.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub category: Option<String>,
     /// APNs `apns-collapse-id`, FCM `collapse_key`, Web Push `Topic`.
@@ -169,8 +199,12 @@ pub struct PushOptions {
     /// Seconds the provider keeps the message for an offline device.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time_to_live: Option<u32>,
+    /// Wakes the app in the background (APNs `content-available`); a message with this and no
+    /// heading, body, badge or sound is a silent push.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub content_available: bool,
+    /// Lets the app's notification service extension change the notification before it is shown
+    /// (APNs `mutable-content`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub mutable_content: bool,
 }
@@ -178,26 +212,39 @@ pub struct PushOptions {
 /// Why a message option was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OptionError {
+    /// A priority other than `high` or `normal`; it holds the text given.
     #[error("priority must be high or normal; got {0:?}")]
     Priority(String),
+    /// The collapse key is longer than APNs allows ([`MAX_COLLAPSE_KEY_BYTES`]); it holds its
+    /// length in bytes.
     #[error("collapse_key is {0} bytes long; APNs allows at most {MAX_COLLAPSE_KEY_BYTES} bytes")]
     CollapseKeyTooLong(usize),
+    /// The collapse key is empty, longer than 32 characters, or holds a character other than
+    /// letters, digits, `-` and `_` (the rule of Web Push's `Topic`, which every provider follows).
     #[error(
         "collapse_key must be 1 to 32 characters of letters, digits, '-' and '_' for Web Push Topic; got {0:?}"
     )]
     CollapseKeyCharacters(String),
+    /// The time-to-live is longer than [`MAX_TIME_TO_LIVE_SECS`]; it holds the value.
     #[error("time_to_live is {0} seconds; at most {MAX_TIME_TO_LIVE_SECS} (28 days) are allowed")]
     TimeToLive(u32),
+    /// An option that names something (`sound`, `thread_id`, `category`) is blank; it holds the
+    /// option's name.
     #[error("{0} must not be empty")]
     Empty(&'static str),
+    /// No body, no heading and no `content_available`: nothing to show and nothing to wake.
     #[error("a message needs a body, a heading or content_available")]
     NothingToSend,
+    /// The URL is not an absolute URL; it holds the URL and why.
     #[error("url is not a valid absolute URL: {0}")]
     Url(String),
+    /// `extra_data` is JSON but not an object; it holds what it is (`an array`, `null`, ...).
     #[error("extra_data must be a JSON object; got {0}")]
     ExtraData(&'static str),
+    /// A [`Target::Devices`] with an empty list.
     #[error("a message to device ids needs at least one device id")]
     NoDevices,
+    /// A text holds a character no store can keep; the error names the field.
     #[error(transparent)]
     Unstorable(#[from] UnstorableText),
 }
@@ -256,6 +303,8 @@ pub struct Content {
     pub heading: Option<String>,
     /// The body text (pymess `content`).
     pub body: String,
+    /// The link the app or browser opens when the notification is tapped; an absolute URL, sent
+    /// as the custom key `url` unless `extra_data` has one.
     pub url: Option<String>,
     /// Custom data delivered with the notification (a JSON object).
     pub extra_data: Option<Map<String, Value>>,
@@ -304,13 +353,23 @@ impl Content {
 /// Everything a caller decides about a message before it is stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageSpec {
+    /// The application the message is sent for.
     pub app: AppId,
+    /// Who the message is for.
     pub target: Target,
+    /// What the message says.
     pub content: Content,
+    /// The template it was rendered from, kept when the template is deleted; `None` for a message
+    /// sent directly.
     pub template_slug: Option<Slug>,
+    /// A label to find and group messages by, such as a campaign.
     pub tag: Option<Tag>,
+    /// How urgently it should be delivered.
     pub priority: Priority,
+    /// The platform options: badge, sound, collapse key, time-to-live and the like.
     pub options: PushOptions,
+    /// The caller's objects the message is about; a template that does not allow duplicates sends
+    /// once for the same objects.
     pub related_objects: Vec<RelatedObject>,
     /// Whether a transient failure may be retried (pymess `retry_sending`).
     pub retry_sending: bool,
@@ -320,14 +379,20 @@ pub struct MessageSpec {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Channel {
+    /// Through Apple's APNs, to a registered device.
     Apns,
+    /// Through FCM HTTP v1, to a registered device.
     Fcm,
+    /// Through the push service of a browser's Web Push subscription.
     Webpush,
+    /// Through OneSignal, to an external user id rather than a registered device.
     Onesignal,
+    /// Nowhere: the debug sender records it as taken.
     Debug,
 }
 
 impl Channel {
+    /// The stored name, such as `webpush`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -383,6 +448,7 @@ pub enum DeliveryState {
 }
 
 impl DeliveryState {
+    /// The stored and shown name, such as `dead_token`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -425,25 +491,43 @@ impl FromStr for DeliveryState {
 pub enum SendOutcome {
     /// Accepted; `provider_id` is the `apns-id`, the FCM message name, the OneSignal id...
     Accepted {
+        /// The provider's id of the notification, when it gave one.
         provider_id: Option<String>,
+        /// Parts of the provider's answer worth keeping (JSON).
         details: Option<Value>,
     },
     /// Taken by the debug sender.
     Debug,
     /// The device's token is dead: deactivate the device.
-    DeadToken { code: String, reason: String },
+    DeadToken {
+        /// The provider's reason, such as `Unregistered` (APNs) or `UNREGISTERED` (FCM).
+        code: String,
+        /// The provider's answer in words.
+        reason: String,
+    },
     /// This message can never be delivered to this device.
     Permanent {
+        /// The error code, the provider's (`INVALID_ARGUMENT`) or Clarion's own.
         code: String,
+        /// What went wrong, in words.
         reason: String,
+        /// Parts of the provider's answer worth keeping (JSON).
         details: Option<Value>,
     },
     /// The credentials or settings are wrong; an operator must act.
-    Misconfigured { code: String, reason: String },
+    Misconfigured {
+        /// The error code, such as `InvalidProviderToken` or `missing_topic`.
+        code: String,
+        /// What the operator must fix, in words that name no secret.
+        reason: String,
+    },
     /// Try again later, no sooner than `retry_after`.
     Transient {
+        /// The error code, such as `rate_limited`, `server_error` or `oauth_unavailable`.
         code: String,
+        /// What went wrong, in words.
         reason: String,
+        /// The provider's `Retry-After`: the next attempt waits at least this long.
         #[serde(with = "opt_seconds", default)]
         retry_after: Option<Duration>,
     },
@@ -474,17 +558,30 @@ mod opt_seconds {
 /// One targeted device (or OneSignal user) of one message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Delivery {
+    /// The store's id of the delivery.
     pub id: DeliveryId,
+    /// The message it belongs to.
     pub message_id: MessageId,
     /// The device, for direct and debug deliveries; `None` for OneSignal.
     pub device_id: Option<DeviceId>,
+    /// Where it goes.
     pub channel: Channel,
+    /// Where it stands: [`Delivery::record`] moves it on, and an accepted or debug delivery never
+    /// changes again.
     pub state: DeliveryState,
+    /// How many outcomes were recorded for it: one per send.
     pub attempts: u32,
+    /// The provider's id of the accepted notification: the `apns-id`, the FCM message name or the
+    /// OneSignal notification id.
     pub provider_id: Option<String>,
+    /// The error code of its last failure: the provider's (`BadDeviceToken`, `UNREGISTERED`) or
+    /// Clarion's (`expired`, `cancelled`, `retries_exhausted`); `None` once accepted.
     pub error_code: Option<String>,
+    /// The text of that error; a delivery that was given up keeps its last error in it.
     pub error_text: Option<String>,
+    /// Parts of the provider's answer worth keeping (JSON).
     pub details: Option<Value>,
+    /// When it last changed.
     #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
@@ -573,12 +670,17 @@ impl Delivery {
 /// computes it for a message whose deliveries are paged; [`DeliveryTally::of`] for loaded ones.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DeliveryTally {
+    /// Every delivery of the message.
     pub total: u64,
+    /// Deliveries a provider accepted.
     pub accepted: u64,
+    /// Deliveries the debug sender took.
     pub debug: u64,
     /// Pending or retrying: still to be sent.
     pub due: u64,
+    /// Deliveries that failed for good.
     pub failed: u64,
+    /// Deliveries whose token the provider said is dead.
     pub dead_tokens: u64,
     /// Deliveries with an error code.
     pub errors: u64,
@@ -640,7 +742,9 @@ impl DeliveryTally {
 /// last error is kept in the text (see [`GiveUp::text`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GiveUp {
+    /// The error code the given-up deliveries get, such as `expired` or `retries_exhausted`.
     pub code: String,
+    /// Why they were given up, in words; it begins their error text.
     pub reason: String,
 }
 
@@ -669,11 +773,18 @@ pub enum AttemptEnd {
 /// The parts of a message that only the state machine changes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
+    /// Where the message stands in the state machine.
     pub state: MessageState,
+    /// Why the message failed or waits for a retry: the deliveries' errors summed up, or
+    /// Clarion's reason (`cancelled`, `message is older than max_age`).
     pub error: Option<String>,
+    /// Attempts since the message was queued; the retry policy's `max_attempts` bounds it, and an
+    /// operator's retry starts it again from 0.
     pub number_of_send_attempts: u32,
+    /// When an ERROR_RETRY message is due again; `None` in every other state.
     #[serde(with = "time::serde::rfc3339::option")]
     pub next_attempt_at: Option<OffsetDateTime>,
+    /// When the message became SENT or DEBUG.
     #[serde(with = "time::serde::rfc3339::option")]
     pub sent_at: Option<OffsetDateTime>,
     /// When the message was queued (created, or re-queued by an operator); `max_age` counts
@@ -685,26 +796,37 @@ pub struct Progress {
 /// A stored message with its deliveries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Message {
+    /// The store's id of the message.
     pub id: MessageId,
+    /// What the caller decided: application, target, content and options.
     #[serde(flatten)]
     pub spec: MessageSpec,
+    /// The sender its application had when it was created.
     pub sender: SenderKind,
     #[serde(flatten)]
     progress: Progress,
+    /// Details of OneSignal's answer, kept on the message (pymess `extra_sender_data`).
     pub extra_sender_data: Option<Value>,
+    /// When the message was stored.
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// When the message last changed.
     #[serde(with = "time::serde::rfc3339")]
     pub changed_at: OffsetDateTime,
+    /// Its deliveries, in id order: all of them, or the first ones when the store read a page.
     pub deliveries: Vec<Delivery>,
 }
 
 /// What an attempt did, for reporting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct AttemptSummary {
+    /// Deliveries accepted or taken by the debug sender.
     pub accepted: usize,
+    /// Deliveries that failed for good.
     pub failed: usize,
+    /// Deliveries still due: they wait for another attempt.
     pub retrying: usize,
+    /// Deliveries whose token the provider said is dead.
     pub dead_tokens: usize,
 }
 
@@ -745,26 +867,31 @@ impl Message {
         }
     }
 
+    /// Where the message stands in the state machine.
     #[must_use]
     pub fn state(&self) -> MessageState {
         self.progress.state
     }
 
+    /// The parts only the state machine changes, as a store writes them.
     #[must_use]
     pub fn progress(&self) -> &Progress {
         &self.progress
     }
 
+    /// Why the message failed or waits for a retry.
     #[must_use]
     pub fn error(&self) -> Option<&str> {
         self.progress.error.as_deref()
     }
 
+    /// Attempts since the message was queued.
     #[must_use]
     pub fn number_of_send_attempts(&self) -> u32 {
         self.progress.number_of_send_attempts
     }
 
+    /// When an ERROR_RETRY message is due again.
     #[must_use]
     pub fn next_attempt_at(&self) -> Option<OffsetDateTime> {
         self.progress.next_attempt_at

@@ -40,6 +40,7 @@ pub enum StoreError {
     /// text says why in words that name no secret.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// Any other failure, with its cause: an internal error to the caller.
     #[error(transparent)]
     Unknown(#[from] anyhow::Error),
 }
@@ -49,21 +50,29 @@ pub enum StoreError {
 /// but was not taken over may still save.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
+    /// The id of the worker that holds it
+    /// ([`ServiceSettings::worker_id`](crate::service::ServiceSettings::worker_id)), unique per
+    /// process.
     pub owner: String,
+    /// When the lease expires and another worker may take the message over.
     pub until: OffsetDateTime,
 }
 
 /// A message to store: its spec, sender and first progress, and the deliveries to create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewMessage {
+    /// What the caller decided about the message.
     pub spec: MessageSpec,
+    /// The sender its application has now.
     pub sender: SenderKind,
+    /// Its first progress: WAITING, no attempt made ([`Message::initial_progress`]).
     pub progress: Progress,
     /// The deliveries to create.
     pub deliveries: NewDeliveries,
     /// Held by the creating process when it sends the message at once, so that no batch
     /// worker takes it meanwhile.
     pub lease: Option<Lease>,
+    /// The time it is stored at: its `created_at` and `changed_at`.
     pub now: OffsetDateTime,
 }
 
@@ -77,7 +86,9 @@ pub enum NewDeliveries {
     /// a broadcast to any number of devices takes constant memory. The channel is the device's
     /// platform, or `channel` when set (the debug sender).
     Broadcast {
+        /// Only the devices on this platform; every platform when `None`.
         platform: Option<Platform>,
+        /// The channel of every delivery instead of the device's platform (the debug sender's).
         channel: Option<Channel>,
     },
 }
@@ -85,10 +96,15 @@ pub enum NewDeliveries {
 /// Filters for listing messages. Results are newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct MessageFilter {
+    /// Only messages of this application.
     pub app: Option<AppId>,
+    /// Only messages in this state.
     pub state: Option<MessageState>,
+    /// Only messages with this tag.
     pub tag: Option<Tag>,
+    /// Only messages to this user ([`Target::User`](crate::message::Target::User)).
     pub recipient: Option<UserId>,
+    /// Only messages linked to this related object.
     pub related: Option<RelatedObject>,
     /// Only messages created at or after this time (inclusive).
     pub created_after: Option<OffsetDateTime>,
@@ -96,6 +112,8 @@ pub struct MessageFilter {
     pub created_before: Option<OffsetDateTime>,
     /// Only messages with an id lower than this (cursor pagination, newest first).
     pub before: Option<MessageId>,
+    /// At most this many messages; `None` leaves the page size to the store, which also caps
+    /// it.
     pub limit: Option<u32>,
 }
 
@@ -131,6 +149,8 @@ pub trait DeviceStore: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<BulkRegistration, StoreError>;
 
+    /// The device of `app` with this id, or `None` when `app` has none.
+    ///
     /// # Errors
     /// [`StoreError::Unknown`] on a database failure; [`StoreError::Corrupt`] for a row that
     /// cannot be read.
@@ -441,6 +461,8 @@ pub trait TemplateStore: Send + Sync + 'static {
         now: OffsetDateTime,
     ) -> Result<(Template, Registration), StoreError>;
 
+    /// The template of `app` with this slug, or `None` when `app` has none.
+    ///
     /// # Errors
     /// [`StoreError::Unknown`] or [`StoreError::Corrupt`].
     async fn get_template(&self, app: &AppId, slug: &Slug) -> Result<Option<Template>, StoreError>;
@@ -461,15 +483,20 @@ pub trait TemplateStore: Send + Sync + 'static {
 /// How many devices of an application are on one platform in one active state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceCount {
+    /// The platform of the devices counted.
     pub platform: Platform,
+    /// Whether the devices counted are active.
     pub active: bool,
+    /// How many devices there are.
     pub count: u64,
 }
 
 /// How many messages are in one state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StateCount {
+    /// The state of the messages counted.
     pub state: MessageState,
+    /// How many messages there are.
     pub count: u64,
 }
 
@@ -486,8 +513,11 @@ pub enum ErrorSource {
 /// Errors of one reason: a delivery's error code, or a message's error text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorReason {
+    /// Whether `reason` is a delivery's error code or a message's error text.
     pub source: ErrorSource,
+    /// The delivery error code (`BadDeviceToken`) or the message's error text.
     pub reason: String,
+    /// How many deliveries or messages had it.
     pub count: u64,
     /// When the latest of them was recorded.
     pub last_at: OffsetDateTime,
@@ -609,27 +639,57 @@ pub trait PushProvider: Send + Sync + 'static {
 /// boundary.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum RenderError {
+    /// The source does not parse.
     #[error("template syntax error in {field}: {detail}")]
-    Syntax { field: String, detail: String },
+    Syntax {
+        /// The template field: `body`, `heading` or `url`.
+        field: String,
+        /// The renderer's message, with where in the source.
+        detail: String,
+    },
+    /// The source uses a variable the context does not define.
     #[error("undefined variable in {field}: {detail}")]
-    Undefined { field: String, detail: String },
+    Undefined {
+        /// The template field: `body`, `heading` or `url`.
+        field: String,
+        /// The renderer's message, naming the variable.
+        detail: String,
+    },
+    /// Rendering took more steps than the renderer's fuel allows (`templates.fuel`).
     #[error("template {field} used more than its fuel (templates.fuel): too much work")]
-    OutOfFuel { field: String },
+    OutOfFuel {
+        /// The template field: `body`, `heading` or `url`.
+        field: String,
+    },
     /// The template breaks one of the renderer's limits: its source size, its nesting, its
     /// output size, the size of a string it builds, or its memory or time budget. `limit`
     /// names the setting (`templates.max_nesting`).
     #[error("template {field} exceeds {limit}: {detail}")]
     Limit {
+        /// The template field: `body`, `heading` or `url`.
         field: String,
+        /// The setting that sets the limit, such as `templates.max_nesting`.
         limit: String,
+        /// What was over the limit, and by how much.
         detail: String,
     },
     /// The renderer cannot take the template now (every renderer busy, or one could not be
     /// started); the template itself may be fine, and a later try may succeed.
     #[error("template {field} cannot be rendered now: {detail}")]
-    Unavailable { field: String, detail: String },
+    Unavailable {
+        /// The template field: `body`, `heading` or `url`.
+        field: String,
+        /// Why no renderer could take it.
+        detail: String,
+    },
+    /// Any other failure to render, such as output that is not UTF-8.
     #[error("template {field} failed to render: {detail}")]
-    Other { field: String, detail: String },
+    Other {
+        /// The template field: `body`, `heading` or `url`.
+        field: String,
+        /// What went wrong.
+        detail: String,
+    },
 }
 
 impl RenderError {
@@ -677,6 +737,8 @@ pub trait TemplateRenderer: Send + Sync + 'static {
 /// The time.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 pub trait Clock: Send + Sync + 'static {
+    /// The current time. The services read the time here and nowhere else, so that a test can
+    /// set it.
     fn now(&self) -> OffsetDateTime;
 }
 

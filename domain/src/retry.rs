@@ -36,10 +36,13 @@ impl Default for RetryPolicy {
 /// Why a retry policy was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RetryPolicyError {
+    /// `max_attempts` is 0: a message would never be sent.
     #[error("retry.max_attempts must be at least 1")]
     NoAttempts,
+    /// `base_delay` is 0: retries would follow each other without a pause.
     #[error("retry.base_delay must be more than 0 seconds")]
     ZeroDelay,
+    /// `max_delay` is shorter than `base_delay`, so the cap would undercut the first wait.
     #[error("retry.max_delay must not be shorter than retry.base_delay")]
     MaxBelowBase,
 }

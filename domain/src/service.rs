@@ -53,12 +53,19 @@ pub use worker::BatchReport;
 /// The ports the services use.
 #[derive(Clone)]
 pub struct Ports {
+    /// Devices: registration, look-up, deactivation.
     pub devices: Arc<dyn DeviceStore>,
+    /// Messages with their deliveries, and the claim of due messages by leases.
     pub messages: Arc<dyn MessageStore>,
+    /// Templates per application.
     pub templates: Arc<dyn TemplateStore>,
+    /// API keys, stored as hashes.
     pub keys: Arc<dyn ApiKeyStore>,
+    /// Read-only counts for the overview and the preview of a prune.
     pub reports: Arc<dyn ReportStore>,
+    /// Renders templates with bounded work.
     pub renderer: Arc<dyn TemplateRenderer>,
+    /// The time every service reads (`now`), so that tests can fix it.
     pub clock: Arc<dyn Clock>,
 }
 
@@ -150,6 +157,8 @@ pub struct PushService {
 }
 
 impl PushService {
+    /// The services for `apps`, over the given ports and providers. Nothing is read or checked
+    /// until a method is called.
     #[must_use]
     pub fn new(
         apps: Arc<Applications>,
@@ -165,6 +174,7 @@ impl PushService {
         }
     }
 
+    /// The applications the services serve.
     #[must_use]
     pub fn applications(&self) -> &Applications {
         &self.apps

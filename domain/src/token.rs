@@ -15,14 +15,20 @@ use crate::text::{UnstorableText, storable, storable_opt};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Platform {
+    /// Apple Push Notification service: an iOS, iPadOS, macOS or watchOS app.
     Apns,
+    /// Firebase Cloud Messaging (HTTP v1): an Android app, or any app that uses FCM.
     Fcm,
+    /// A browser's push service, through a Web Push subscription.
     Webpush,
 }
 
 impl Platform {
+    /// Every platform, in the order Clarion lists them.
     pub const ALL: [Platform; 3] = [Platform::Apns, Platform::Fcm, Platform::Webpush];
 
+    /// The stored name: `apns`, `fcm` or `webpush`. Parsing also takes `ios`, `gcm`, `android`
+    /// and `web`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -54,48 +60,73 @@ impl FromStr for Platform {
 /// Why a token or subscription was refused. Each message names the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
+    /// A platform name that is none of the known ones; it holds the text given.
     #[error("unknown platform {0:?}: expected apns, fcm or webpush")]
     UnknownPlatform(String),
+    /// The APNs token is shorter than 64 or longer than 200 characters; it holds its length.
     #[error("APNs token must be 64 to 200 hexadecimal characters; got {0} characters")]
     ApnsLength(usize),
+    /// The APNs token has an odd number of characters, so it is not whole bytes.
     #[error("APNs token must have an even number of characters; got {0}")]
     ApnsOddLength(usize),
+    /// The APNs token holds a character that is not hexadecimal.
     #[error("APNs token must be hexadecimal; found {0:?}")]
     ApnsNotHex(char),
+    /// The FCM token is empty or longer than 4096 characters; it holds its length.
     #[error("FCM token must be 1 to 4096 characters; got {0}")]
     FcmLength(usize),
+    /// The FCM token holds white space or a character that is not printable ASCII.
     #[error("FCM token must be printable ASCII without white space; found {0:?}")]
     FcmCharacter(char),
+    /// The Web Push endpoint does not parse as a URL; it holds why.
     #[error("Web Push endpoint is not a valid URL: {0}")]
     EndpointUrl(String),
+    /// The Web Push endpoint's scheme is not `https`; it holds the scheme.
     #[error("Web Push endpoint must use https; got {0:?}")]
     EndpointScheme(String),
+    /// The Web Push endpoint has no host.
     #[error("Web Push endpoint must have a host name")]
     EndpointHost,
+    /// The Web Push endpoint holds a user name or password, which would leak to the push
+    /// service.
     #[error("Web Push endpoint must not carry user name or password")]
     EndpointCredentials,
+    /// The Web Push endpoint is longer than 2048 characters; it holds its length.
     #[error("Web Push endpoint is {0} characters long; at most 2048 are allowed")]
     EndpointLength(usize),
+    /// The Web Push endpoint's host is an address (or a name such as `localhost`) that is not
+    /// public, and the application does not allow private endpoints: a guard against
+    /// server-side request forgery.
     #[error(
         "Web Push endpoint host {0} is not a public address (loopback, private, link-local or reserved); \
          set webpush.allow_private_endpoints for this application to allow it"
     )]
     EndpointNotPublic(String),
+    /// `p256dh` is not base64url; it holds why.
     #[error("Web Push p256dh must be base64url: {0}")]
     P256dhEncoding(String),
+    /// `p256dh` does not decode to 65 bytes; it holds how many it has.
     #[error("Web Push p256dh must be a 65-byte uncompressed P-256 point; got {0} bytes")]
     P256dhLength(usize),
+    /// `p256dh` does not start with 0x04, the mark of an uncompressed point; it holds the first
+    /// byte.
     #[error("Web Push p256dh must be an uncompressed point starting with 0x04; got 0x{0:02x}")]
     P256dhPrefix(u8),
+    /// `auth` is not base64url; it holds why.
     #[error("Web Push auth must be base64url: {0}")]
     AuthEncoding(String),
+    /// `auth` does not decode to 16 bytes; it holds how many it has.
     #[error("Web Push auth must be 16 bytes; got {0} bytes")]
     AuthLength(usize),
+    /// A device of `expected` lacks a part its platform needs.
     #[error("a {expected} device needs {what}")]
     WrongShape {
+        /// The platform the token was given for.
         expected: Platform,
+        /// The part that is missing, in words.
         what: &'static str,
     },
+    /// A part holds a character no store can keep; the error names it.
     #[error(transparent)]
     Unstorable(#[from] UnstorableText),
 }
@@ -106,6 +137,8 @@ pub enum TokenError {
 pub struct ApnsToken(String);
 
 impl ApnsToken {
+    /// Parses a token as an app reads it from APNs, in either case.
+    ///
     /// # Errors
     /// [`TokenError::ApnsLength`], [`TokenError::ApnsOddLength`] or [`TokenError::ApnsNotHex`].
     pub fn parse(raw: &str) -> Result<Self, TokenError> {
@@ -122,6 +155,7 @@ impl ApnsToken {
         Ok(Self(raw.to_ascii_lowercase()))
     }
 
+    /// The token in lower case, as the store keeps it and APNs takes it.
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
@@ -147,6 +181,8 @@ impl From<ApnsToken> for String {
 pub struct FcmToken(String);
 
 impl FcmToken {
+    /// Parses a registration token as an app reads it from the FCM SDK.
+    ///
     /// # Errors
     /// [`TokenError::FcmLength`] or [`TokenError::FcmCharacter`].
     pub fn parse(raw: &str) -> Result<Self, TokenError> {
@@ -160,6 +196,7 @@ impl FcmToken {
         Ok(Self(raw.to_owned()))
     }
 
+    /// The token as given.
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
@@ -183,8 +220,11 @@ impl From<FcmToken> for String {
 /// deployments only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum EndpointPolicy {
+    /// Only endpoints on public hosts: what every real deployment uses.
     #[default]
     PublicOnly,
+    /// Endpoints on loopback, private and other non-public addresses too (tests, and push services
+    /// inside a private network).
     AllowPrivate,
 }
 
@@ -385,12 +425,25 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "platform", rename_all = "lowercase")]
 pub enum DeviceToken {
-    Apns { token: ApnsToken },
-    Fcm { token: FcmToken },
-    Webpush { subscription: WebPushSubscription },
+    /// A device of an Apple app, by its APNs device token.
+    Apns {
+        /// The APNs device token.
+        token: ApnsToken,
+    },
+    /// A device of an app that uses FCM, by its registration token.
+    Fcm {
+        /// The FCM registration token.
+        token: FcmToken,
+    },
+    /// A browser, by its Web Push subscription.
+    Webpush {
+        /// The browser's subscription: endpoint and keys.
+        subscription: WebPushSubscription,
+    },
 }
 
 impl DeviceToken {
+    /// The platform the token is for.
     #[must_use]
     pub fn platform(&self) -> Platform {
         match self {

@@ -13,7 +13,8 @@ Usage: cargo xtask <task>
 
 Tasks:
   ci      check formatting, run clippy with warnings as errors, then run every test
-          (cargo nextest, or cargo test when nextest is not installed)
+          (cargo nextest, or cargo test when nextest is not installed) and the doctests
+          of clarion-domain, whose crate page teaches its use
   bench   build release binaries and run the benchmark (docs/performance.md):
           [--devices N (100000)] [--webpush-devices N (up to 20000)] [--webpush-origins N (10)]
           [--platforms apns,fcm,webpush] [--db sqlite|postgres|both (both)]
@@ -54,13 +55,22 @@ fn main() -> ExitCode {
 
 /// The checks CI runs, in order, stopping at the first failure.
 fn ci() -> ExitCode {
-    let test: &[&str] = if nextest_available() {
+    let nextest = nextest_available();
+    let test: &[&str] = if nextest {
         &["nextest", "run", "--workspace", "--no-fail-fast"]
     } else {
         eprintln!("xtask: cargo nextest is not installed; running cargo test instead");
         &["test", "--workspace"]
     };
-    let steps: [(&str, &[&str]); 3] = [
+    // nextest does not run doctests, and clarion-domain's are the examples its crate page
+    // teaches with: run them on their own (cargo test runs them with the rest). Only the
+    // domain's, so the step stays a few seconds.
+    let doctests: &[&str] = if nextest {
+        &["test", "--package", "clarion-domain", "--doc"]
+    } else {
+        &[]
+    };
+    let steps: [(&str, &[&str]); 4] = [
         ("formatting", &["fmt", "--all", "--", "--check"]),
         (
             "clippy",
@@ -74,8 +84,9 @@ fn ci() -> ExitCode {
             ],
         ),
         ("tests", test),
+        ("doctests", doctests),
     ];
-    for (name, args) in steps {
+    for (name, args) in steps.into_iter().filter(|(_, args)| !args.is_empty()) {
         eprintln!("xtask: {name}: cargo {}", args.join(" "));
         if let Err(failure) = run_cargo(args) {
             eprintln!("xtask: ci failed at step `{name}`: {failure}");

@@ -20,11 +20,15 @@ const PROVIDER: &str = "APNs";
 /// The `apns-push-type` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApnsPushType {
+    /// A notification the user notices: an alert, a badge or a sound.
     Alert,
+    /// A silent push that only wakes the app (`content-available` and nothing the user notices);
+    /// Apple requires priority 5 for it.
     Background,
 }
 
 impl ApnsPushType {
+    /// The header's value: `alert` or `background`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -41,18 +45,24 @@ pub struct ApnsHeaders {
     /// The bundle id. Required with token authentication; with certificate authentication
     /// APNs takes the certificate's topic when it is absent. The debug sender needs none.
     pub topic: Option<String>,
+    /// The `apns-push-type` header, which Apple requires to match the payload.
     pub push_type: ApnsPushType,
     /// 10 (send at once) or 5 (consider power).
     pub priority: u8,
     /// `apns-expiration` as a UNIX time in seconds; `None` leaves the header out.
     pub expiration: Option<i64>,
+    /// `apns-collapse-id`: a notification replaces the one on the device with the same id (the
+    /// message's collapse key, at most 64 bytes).
     pub collapse_id: Option<String>,
 }
 
 /// One APNs request: `POST /3/device/{device_token}` with these headers and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApnsRequest {
+    /// The device token (64 to 200 lower-case hexadecimal characters), the last segment of the
+    /// request's path.
     pub device_token: String,
+    /// The headers that shape the delivery.
     pub headers: ApnsHeaders,
     /// The JSON body, shared by the requests of a fan-out (it does not depend on the device).
     pub body: Arc<[u8]>,

@@ -20,6 +20,8 @@ const RESERVED_PREFIXES: [&str; 2] = ["google.", "gcm."];
 /// One FCM request: the JSON body of `POST /v1/projects/{project_id}/messages:send`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FcmRequest {
+    /// The registration token the body addresses, kept beside the body so that a fan-out can copy
+    /// the request for another device ([`FcmRequest::for_token`]).
     pub token: String,
     /// `{"message": {...}}`.
     pub body: Vec<u8>,

@@ -22,9 +22,14 @@ pub use webpush::{Urgency, WebPushRequest};
 /// One provider request, ready for the wire.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Payload {
+    /// A request to APNs: the device token, the headers and the JSON body.
     Apns(ApnsRequest),
+    /// The JSON body of an FCM HTTP v1 `messages:send` request.
     Fcm(FcmRequest),
+    /// A Web Push plaintext with its RFC 8030 headers; the adapter encrypts it for the
+    /// subscription (RFC 8291).
     Webpush(WebPushRequest),
+    /// The JSON body of a OneSignal "Create notification" request for one external user id.
     Onesignal(OneSignalRequest),
 }
 
@@ -67,18 +72,29 @@ pub enum PayloadError {
     /// The payload is over the provider's limit.
     #[error("{provider} payload is {size} bytes, over the {provider} limit of {limit} bytes")]
     TooLarge {
+        /// The provider whose limit it is: `APNs`, `FCM`, `Web Push` or `OneSignal`.
         provider: &'static str,
+        /// The provider's limit, in bytes.
         limit: usize,
+        /// The payload's size in bytes, measured as the provider measures it (see each builder).
         size: usize,
     },
     /// The message's custom data uses a key the provider reserves for itself.
     #[error("{provider} reserves the custom data key {key:?}; rename it in extra_data")]
-    ReservedKey { provider: &'static str, key: String },
+    ReservedKey {
+        /// The provider that reserves the key.
+        provider: &'static str,
+        /// The key of the message's `extra_data` that the provider reserves.
+        key: String,
+    },
     /// The application lacks a setting the provider needs.
     #[error("application {app} has no {setting} setting, which {provider} needs")]
     MissingSetting {
+        /// The id of the application that lacks the setting.
         app: String,
+        /// The provider that needs the setting.
         provider: &'static str,
+        /// The missing setting, as the configuration names it (`onesignal.app_id`).
         setting: &'static str,
     },
 }

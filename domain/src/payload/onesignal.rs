@@ -18,6 +18,8 @@ const REQUIRED_LANGUAGE: &str = "en";
 /// One OneSignal request: the JSON body of `POST {endpoint}/notifications`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OneSignalRequest {
+    /// The JSON body: the OneSignal app id, the external user id alias, `contents`, `headings`
+    /// and the options.
     pub body: Vec<u8>,
 }
 

@@ -19,13 +19,20 @@ const PROVIDER: &str = "Web Push";
 /// The RFC 8030 `Urgency` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Urgency {
+    /// `very-low`: deliver only while the device is on power and Wi-Fi.
     VeryLow,
+    /// `low`: deliver on power or Wi-Fi.
     Low,
+    /// `normal`: deliver unless the battery is low; what a message of
+    /// [`Priority::Normal`] gets.
     Normal,
+    /// `high`: deliver at once, even on a low battery; what a message of
+    /// [`Priority::High`] gets.
     High,
 }
 
 impl Urgency {
+    /// The header's value, such as `very-low`.
     #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
@@ -40,11 +47,13 @@ impl Urgency {
 /// One Web Push request before encryption.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebPushRequest {
+    /// The subscription the adapter encrypts the plaintext for and posts it to.
     pub subscription: WebPushSubscription,
     /// The JSON plaintext the service worker receives.
     pub plaintext: Vec<u8>,
     /// The `TTL` header in seconds.
     pub ttl: u32,
+    /// The `Urgency` header, from the message's priority.
     pub urgency: Urgency,
     /// The `Topic` header.
     pub topic: Option<String>,

@@ -15,27 +15,39 @@ use crate::token::{DeviceToken, Platform, TokenError};
 /// Push endpoint's policy depends on the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegisterDevice {
+    /// Which push service the token is for; it decides how `token` is read.
     pub platform: Platform,
     /// The APNs or FCM token, or the Web Push endpoint.
     pub token: String,
+    /// The Web Push subscription's public key (base64url of a 65-byte P-256 point); Web Push only.
     pub p256dh: Option<String>,
+    /// The Web Push subscription's authentication secret (base64url of 16 bytes); Web Push only.
     pub auth: Option<String>,
+    /// A name for people, such as `Alice's iPhone` (at most 255 characters).
     pub name: Option<String>,
+    /// The user who owns the device; messages to that user reach it.
     pub user_id: Option<UserId>,
+    /// A client-chosen id (a UUID in django-push-notifications), opaque to Clarion (at most 255
+    /// characters).
     pub device_id: Option<String>,
 }
 
 /// Why a device operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
+    /// The application is not configured.
     #[error(transparent)]
     UnknownApplication(#[from] UnknownApplication),
+    /// The token or subscription was refused; the text names the field.
     #[error("invalid token: {0}")]
     InvalidToken(#[from] TokenError),
+    /// A name, client device id, reason or token prefix was refused; the text names the field.
     #[error(transparent)]
     InvalidField(#[from] DeviceFieldError),
+    /// The application has no device with this id.
     #[error("device {0} not found")]
     NotFound(DeviceId),
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -46,13 +58,24 @@ pub const MAX_BULK_DEVICES: usize = 5000;
 /// Why a bulk registration failed. Nothing is registered when one of these is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum BulkDeviceError {
+    /// The application is not configured.
     #[error(transparent)]
     UnknownApplication(#[from] UnknownApplication),
+    /// More than [`MAX_BULK_DEVICES`] devices were given.
     #[error("{given} devices given; at most {MAX_BULK_DEVICES} are registered at once")]
-    TooMany { given: usize },
+    TooMany {
+        /// How many devices were given.
+        given: usize,
+    },
     /// The device at `index` (from 0) of the list is invalid.
     #[error("device {index}: {error}")]
-    Invalid { index: usize, error: DeviceError },
+    Invalid {
+        /// Where the device is in the list, from 0.
+        index: usize,
+        /// Why it was refused.
+        error: DeviceError,
+    },
+    /// The store failed; nothing was registered.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -138,6 +161,8 @@ impl PushService {
             .await?)
     }
 
+    /// The device of `app` with this id.
+    ///
     /// # Errors
     /// [`DeviceError::UnknownApplication`], [`DeviceError::NotFound`] or [`DeviceError::Store`].
     pub async fn get_device(&self, app: &str, id: DeviceId) -> Result<Device, DeviceError> {
@@ -149,6 +174,8 @@ impl PushService {
             .ok_or(DeviceError::NotFound(id))
     }
 
+    /// The devices of `app` that match the filter, in id order.
+    ///
     /// # Errors
     /// [`DeviceError::UnknownApplication`], [`DeviceError::InvalidField`] for a token prefix
     /// that cannot be stored, or [`DeviceError::Store`].
@@ -210,6 +237,8 @@ impl PushService {
             .ok_or(DeviceError::NotFound(id))
     }
 
+    /// Deletes a device; its past deliveries keep their records without it.
+    ///
     /// # Errors
     /// [`DeviceError::UnknownApplication`], [`DeviceError::NotFound`] or [`DeviceError::Store`].
     pub async fn delete_device(&self, app: &str, id: DeviceId) -> Result<(), DeviceError> {

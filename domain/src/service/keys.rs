@@ -12,16 +12,22 @@ use crate::text::{UnstorableText, storable};
 /// Why a key operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// The scope names an application that is not configured.
     #[error(transparent)]
     UnknownApplication(#[from] UnknownApplication),
+    /// The name is empty or longer than 100 characters.
     #[error("a key name must be 1 to 100 characters")]
     BadName,
+    /// The secret is shorter than 32 characters, too short to be a key drawn at random.
     #[error("a key secret must be at least 32 characters")]
     WeakSecret,
+    /// The name holds a character no store can keep.
     #[error(transparent)]
     Unstorable(#[from] UnstorableText),
+    /// No key has this id.
     #[error("API key {0} not found")]
     NotFound(ApiKeyId),
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -103,12 +109,17 @@ impl PushService {
         }))
     }
 
+    /// Every key, revoked ones included, oldest first; never their secrets.
+    ///
     /// # Errors
     /// [`KeyError::Store`].
     pub async fn list_api_keys(&self) -> Result<Vec<ApiKey>, KeyError> {
         Ok(self.ports.keys.list_api_keys().await?)
     }
 
+    /// Revokes a key: it authenticates nothing from then on. Revoking it again keeps the first
+    /// time.
+    ///
     /// # Errors
     /// [`KeyError::NotFound`] or [`KeyError::Store`].
     pub async fn revoke_api_key(&self, id: ApiKeyId) -> Result<ApiKey, KeyError> {

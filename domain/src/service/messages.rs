@@ -10,15 +10,20 @@ use crate::service::PushService;
 /// Why an operation on a stored message failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MessageError {
+    /// The application is not configured.
     #[error(transparent)]
     UnknownApplication(#[from] UnknownApplication),
+    /// The application has no message with this id.
     #[error("message {0} not found")]
     NotFound(MessageId),
+    /// The message's state does not allow the operation (a retry of a message that is not ERROR,
+    /// a cancel of one that is not WAITING).
     #[error(transparent)]
     Illegal(#[from] IllegalTransition),
     /// A worker holds the message's lease (it is being sent); try again once it is done.
     #[error("message {0} is being sent by a worker; try again when it is done")]
     Busy(MessageId),
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }

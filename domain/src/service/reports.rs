@@ -13,8 +13,10 @@ use crate::service::{DeviceError, PushService};
 /// Why a report could not be made.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
+    /// The application is not configured.
     #[error(transparent)]
     UnknownApplication(#[from] UnknownApplication),
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -24,10 +26,13 @@ pub enum ReportError {
 pub struct Overview {
     /// The start of the window the message counts and errors cover.
     pub since: OffsetDateTime,
+    /// Its devices, counted by platform and active flag.
     pub devices: Vec<DeviceCount>,
+    /// Its messages created since `since`, counted by state.
     pub messages: Vec<StateCount>,
     /// The application's messages due now.
     pub backlog: u64,
+    /// Its errors recorded since `since`, grouped by reason, latest first (at most 20).
     pub errors: Vec<ErrorReason>,
 }
 
@@ -37,7 +42,9 @@ const OVERVIEW_ERRORS: u32 = 20;
 /// What a prune did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct PruneReport {
+    /// Devices deactivated because their latest delivery hit a dead token.
     pub deactivated: u64,
+    /// Inactive devices deleted because they were deactivated longer ago than asked.
     pub deleted: u64,
 }
 

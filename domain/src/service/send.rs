@@ -25,40 +25,62 @@ use crate::token::Platform;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dispatch {
+    /// Send within the call; the message comes back with the outcome of its first attempt. The
+    /// default.
     #[default]
     Now,
+    /// Store the message WAITING and return; the batch worker sends it.
     Queue,
 }
 
 /// A message to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendRequest {
+    /// Who the message is for.
     pub target: Target,
+    /// What it says.
     pub content: Content,
+    /// A label to find and group messages by, such as a campaign.
     pub tag: Option<Tag>,
+    /// How urgently it should be delivered.
     pub priority: Priority,
+    /// The platform options: badge, sound, collapse key, time-to-live and the like.
     pub options: PushOptions,
+    /// The caller's objects the message is about; one given twice is kept once.
     pub related_objects: Vec<RelatedObject>,
+    /// Whether a transient failure is retried (pymess `retry_sending`); without it the first
+    /// attempt is the last.
     pub retry_sending: bool,
 }
 
 /// A message to send from a template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TemplateSendRequest {
+    /// The template to render, of the application sent for.
     pub slug: Slug,
+    /// The variables the template is rendered with.
     pub context: Map<String, Value>,
+    /// Who the message is for.
     pub target: Target,
+    /// Custom data delivered with the notification, as given (it is not rendered).
     pub extra_data: Option<Map<String, Value>>,
+    /// A label to find and group messages by.
     pub tag: Option<Tag>,
+    /// How urgently it should be delivered.
     pub priority: Priority,
+    /// The platform options.
     pub options: PushOptions,
+    /// The caller's objects the message is about: a template that does not allow duplicates sends
+    /// once for the same objects.
     pub related_objects: Vec<RelatedObject>,
+    /// Whether a transient failure is retried.
     pub retry_sending: bool,
 }
 
 /// What `send_template` did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum TemplateSend {
+    /// The template rendered and the message was stored (and, with [`Dispatch::Now`], sent).
     Sent(Box<Message>),
     /// The template may not send; nothing was stored.
     NotSent(CannotSend),
@@ -67,20 +89,30 @@ pub enum TemplateSend {
 /// Why a message could not be sent. Nothing is stored when one of these is returned.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
+    /// The application is not configured.
     #[error(transparent)]
     UnknownApplication(#[from] UnknownApplication),
+    /// An option or the content was refused; the error names the field.
     #[error("invalid message: {0}")]
     Invalid(#[from] OptionError),
+    /// Some of the device ids are not devices of the application; it lists them.
     #[error("unknown device ids for this application: {}", join_ids(.0))]
     UnknownDevices(Vec<DeviceId>),
+    /// The application's sender cannot reach this target: the `onesignal` sender sends to a user id
+    /// only.
     #[error("{0}")]
     Unsupported(String),
+    /// A payload is over its provider's limit, uses a key the provider reserves, or needs a
+    /// setting the application lacks.
     #[error(transparent)]
     Payload(#[from] PayloadError),
+    /// The application has no template with this slug.
     #[error("template {0} not found")]
     TemplateNotFound(Slug),
+    /// The template failed to render; the error names the field.
     #[error(transparent)]
     Render(#[from] RenderError),
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }

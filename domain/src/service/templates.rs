@@ -14,14 +14,19 @@ use crate::text::UnstorableText;
 /// Why a template operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
+    /// The application is not configured.
     #[error(transparent)]
     UnknownApplication(#[from] UnknownApplication),
+    /// The application has no template with this slug.
     #[error("template {0} not found")]
     NotFound(Slug),
+    /// The renderer refused the template or failed to render it; the error names the field.
     #[error(transparent)]
     Render(#[from] RenderError),
+    /// The template's text holds a character no store can keep.
     #[error(transparent)]
     Unstorable(#[from] UnstorableText),
+    /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -51,6 +56,8 @@ impl PushService {
         Ok(self.ports.templates.put_template(&spec, self.now()).await?)
     }
 
+    /// The template of `app` with this slug.
+    ///
     /// # Errors
     /// [`TemplateError::UnknownApplication`], [`TemplateError::NotFound`] or
     /// [`TemplateError::Store`].
@@ -63,6 +70,8 @@ impl PushService {
             .ok_or_else(|| TemplateError::NotFound(slug.clone()))
     }
 
+    /// The templates of `app`, in slug order.
+    ///
     /// # Errors
     /// [`TemplateError::UnknownApplication`] or [`TemplateError::Store`].
     pub async fn list_templates(&self, app: &str) -> Result<Vec<Template>, TemplateError> {
@@ -70,6 +79,8 @@ impl PushService {
         Ok(self.ports.templates.list_templates(&app.id).await?)
     }
 
+    /// Deletes a template; the messages sent from it keep its slug.
+    ///
     /// # Errors
     /// [`TemplateError::UnknownApplication`], [`TemplateError::NotFound`] or
     /// [`TemplateError::Store`].

@@ -11,10 +11,15 @@ use crate::service::PushService;
 /// What one batch run did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct BatchReport {
+    /// Messages attempted, whatever came of them.
     pub processed: u64,
+    /// Messages that ended SENT.
     pub sent: u64,
+    /// Messages that ended DEBUG (the debug sender took them).
     pub debug: u64,
+    /// Messages that are in ERROR_RETRY, due again later.
     pub retrying: u64,
+    /// Messages that ended ERROR.
     pub failed: u64,
     /// Messages whose lease another worker took over mid-attempt; that worker finishes them.
     #[serde(default)]
