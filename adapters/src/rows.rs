@@ -277,7 +277,10 @@ pub(crate) fn target_columns(
     }
 }
 
-#[derive(Debug, sqlx::FromRow)]
+/// A message's columns in [`MESSAGE_COLUMNS`] order. SQLite gives the messages of a claim as
+/// one JSON array of these rows (in this field order, `retry_sending` a JSON boolean),
+/// PostgreSQL as rows.
+#[derive(Debug, sqlx::FromRow, serde::Deserialize)]
 pub(crate) struct MessageRow<T> {
     pub id: i64,
     pub app: String,
@@ -426,7 +429,10 @@ impl RelatedRow {
     }
 }
 
-#[derive(Debug, sqlx::FromRow)]
+/// A delivery's columns in [`DELIVERY_COLUMNS`] order. SQLite gives the first deliveries of
+/// the messages of a claim as one JSON array of these rows (in this field order),
+/// PostgreSQL as rows.
+#[derive(Debug, sqlx::FromRow, serde::Deserialize)]
 pub(crate) struct DeliveryRow<T> {
     pub id: i64,
     pub message_id: i64,

@@ -25,7 +25,7 @@ use crate::sqlite::rows::{
     DELIVERY_COLUMNS, DeliveryRow, DueRow, MESSAGE_COLUMNS, MessageRow, RelatedRow, json_text,
     millis, opt_json_text, opt_millis, target_columns,
 };
-use crate::sqlite::values::ValuesInsert;
+use crate::sqlite::values::{ValuesInsert, ValuesUpdate};
 use crate::sqlite::{SqliteStore, db_error};
 
 /// The default and the largest page of `list_messages`.
@@ -89,17 +89,23 @@ impl SqliteStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        // The claim's reads, one after the other on one connection.
+        // The claim's reads, one after the other on one connection. The messages and their
+        // deliveries come as one row of JSON each: sqlx hands each row of a statement over
+        // from the connection's thread and copies each of its values, which for a claim of
+        // hundreds of wide rows cost more than reading them (as for `due_page`).
         let mut conn = self.readers.get().await?;
-        let rows: Vec<MessageRow> = select_in(
-            &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN ("),
+        let rows: String = select_in(
+            &format!("SELECT {} WHERE id IN (", messages_as_json()),
             ids,
             ")",
         )
-        .build_query_as()
-        .fetch_all(&mut *conn)
+        .build_query_scalar()
+        .fetch_one(&mut *conn)
         .await
         .map_err(db_error("failed to read messages"))?;
+        let rows: Vec<MessageRow> = serde_json::from_str(&rows).map_err(|e| {
+            StoreError::Corrupt(format!("messages {}..={}: {e}", ids[0], ids[ids.len() - 1]))
+        })?;
 
         let related_rows: Vec<RelatedRow> = select_in(
             "SELECT id, message_id, kind, object_id FROM message_related_objects \
@@ -121,13 +127,16 @@ impl SqliteStore {
         if let Some(each) = deliveries_each {
             // The first `each` deliveries of every message.
             let ids = serde_json::Value::from(ids.to_vec()).to_string();
-            let query = sqlx::query_as(AssertSqlSafe(first_deliveries_sql()))
+            let found: String = sqlx::query_scalar(AssertSqlSafe(first_deliveries_sql()))
                 .bind(ids)
-                .bind(i64::from(each));
-            let delivery_rows: Vec<DeliveryRow> = query
-                .fetch_all(&mut *conn)
+                .bind(i64::from(each))
+                .fetch_one(&mut *conn)
                 .await
                 .map_err(db_error("failed to read deliveries"))?;
+            let mut delivery_rows: Vec<DeliveryRow> = serde_json::from_str(&found)
+                .map_err(|e| StoreError::Corrupt(format!("deliveries of a claim: {e}")))?;
+            // The aggregate's order is SQLite's choice.
+            delivery_rows.sort_unstable_by_key(|row| row.id);
             for row in delivery_rows {
                 let delivery = row.into_domain()?;
                 deliveries
@@ -152,7 +161,8 @@ impl SqliteStore {
     }
 }
 
-/// The first `?2` deliveries of each message whose id is in the JSON array `?1`, in id order.
+/// The first `?2` deliveries of each message whose id is in the JSON array `?1`, as one JSON
+/// array of [`DeliveryRow`]s in no particular order.
 ///
 /// For each message, its `?2 + 1`-th delivery (found by skipping `?2` entries of the index on
 /// `message_id`, which SQLite keeps in id order) bounds a range of that index. A window
@@ -165,9 +175,23 @@ fn first_deliveries_sql() -> &'static str {
             "WITH cut (wanted, stop) AS (SELECT value, IFNULL((SELECT id FROM deliveries \
              WHERE message_id = value ORDER BY id LIMIT 1 OFFSET ?2), {MAX_ID}) \
              FROM json_each(?1)) \
-             SELECT {DELIVERY_COLUMNS} FROM cut CROSS JOIN deliveries \
-             ON message_id = wanted AND id < stop ORDER BY id"
+             SELECT json_group_array(json_array({DELIVERY_COLUMNS})) FROM cut \
+             CROSS JOIN deliveries ON message_id = wanted AND id < stop"
         )
+    });
+    &SQL
+}
+
+/// The messages of a `FROM messages` as one JSON array of [`MessageRow`]s: the columns of
+/// [`MESSAGE_COLUMNS`], `retry_sending` written as a JSON boolean.
+fn messages_as_json() -> &'static str {
+    // Made once: the statement runs on a hot path.
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        let columns = MESSAGE_COLUMNS.replace(
+            "retry_sending",
+            "json(CASE WHEN retry_sending THEN 'true' ELSE 'false' END)",
+        );
+        format!("json_group_array(json_array({columns})) FROM messages")
     });
     &SQL
 }
@@ -190,11 +214,8 @@ fn select_in(head: &str, ids: &[i64], tail: &str) -> QueryBuilder<Sqlite> {
     query
 }
 
-/// Writes deliveries, each unless it is already accepted or debug, which are final, in one
-/// statement. The rows travel as one JSON array bound to a single parameter, so the statement's
-/// text is the same whatever the number of rows: SQLite prepares it once per connection, and
-/// the connection's statement cache holds one small statement rather than one large statement
-/// for every batch size (which grew the server by hundreds of megabytes during a fan-out).
+/// Writes deliveries, each unless it is already accepted or debug, which are final, as
+/// bound parameters of a multi-row `VALUES` (see [`ValuesUpdate`]).
 async fn write_deliveries(
     conn: &mut SqliteConnection,
     deliveries: &[&Delivery],
@@ -204,33 +225,38 @@ async fn write_deliveries(
     }
     let mut rows = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
-        rows.push(serde_json::json!([
-            delivery.id.0,
-            delivery.state.as_str(),
-            delivery.attempts,
-            delivery.provider_id,
-            delivery.error_code,
-            delivery.error_text,
-            opt_json_text(delivery.details.as_ref())?,
-            millis(delivery.updated_at),
-        ]));
+        rows.push((*delivery, opt_json_text(delivery.details.as_ref())?));
     }
-    let rows = serde_json::Value::Array(rows).to_string();
-    sqlx::query(
-        "WITH u (id, state, attempts, provider_id, error_code, error_text, details, \
-         updated_at) AS (SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, \
-         value ->> 4, value ->> 5, value ->> 6, value ->> 7 FROM json_each(?)) \
-         UPDATE deliveries SET state = u.state, attempts = u.attempts, \
-         provider_id = u.provider_id, error_code = u.error_code, error_text = u.error_text, \
-         details = u.details, updated_at = u.updated_at FROM u \
-         WHERE deliveries.id = u.id AND deliveries.state NOT IN ('accepted', 'debug')",
-    )
-    .bind(rows)
-    .execute(&mut *conn)
-    .await
-    .map_err(db_error("failed to record deliveries"))?;
+    WRITE_DELIVERIES
+        .update(
+            conn,
+            &rows,
+            |query, (delivery, details)| {
+                query
+                    .bind(delivery.id.0)
+                    .bind(delivery.state.as_str())
+                    .bind(delivery.attempts)
+                    .bind(delivery.provider_id.as_deref())
+                    .bind(delivery.error_code.as_deref())
+                    .bind(delivery.error_text.as_deref())
+                    .bind(details.as_deref())
+                    .bind(millis(delivery.updated_at))
+            },
+            "failed to record deliveries",
+        )
+        .await?;
     Ok(())
 }
+
+static WRITE_DELIVERIES: ValuesUpdate = ValuesUpdate::new(
+    "WITH u (id, state, attempts, provider_id, error_code, error_text, details, updated_at) AS",
+    "UPDATE deliveries SET state = u.state, attempts = u.attempts, \
+     provider_id = u.provider_id, error_code = u.error_code, error_text = u.error_text, \
+     details = u.details, updated_at = u.updated_at FROM u \
+     WHERE deliveries.id = u.id AND deliveries.state NOT IN ('accepted', 'debug') \
+     RETURNING deliveries.id",
+    8,
+);
 
 /// The transaction of grouped messages on SQLite: each message's row, then every related
 /// object and every listed delivery of the batch in one statement each, on the writer.
@@ -569,8 +595,8 @@ async fn write_attempts(
 }
 
 /// Saves the progress of messages and releases their leases, each if its writer may (see
-/// [`MessageStore::save_progress`]), in one statement whose rows travel as one JSON array;
-/// returns the ids of the messages it saved. No message may appear twice.
+/// [`MessageStore::save_progress`]), as bound parameters of a multi-row `VALUES` (see
+/// [`ValuesUpdate`]); returns the ids of the messages it saved. No message may appear twice.
 async fn save_progress(
     conn: &mut SqliteConnection,
     saves: &[Save<'_>],
@@ -580,43 +606,52 @@ async fn save_progress(
     }
     let mut rows = Vec::with_capacity(saves.len());
     for (message, lease) in saves {
-        let progress = message.progress();
-        rows.push(serde_json::json!([
-            message.id.0,
-            progress.state.as_str(),
-            progress.error,
-            progress.number_of_send_attempts,
-            opt_millis(progress.next_attempt_at),
-            opt_millis(progress.sent_at),
-            millis(progress.queued_at),
-            opt_json_text(message.extra_sender_data.as_ref())?,
-            millis(message.changed_at),
+        let extra = opt_json_text(message.extra_sender_data.as_ref())?;
+        rows.push((
+            *message,
+            message.progress(),
+            extra,
             lease.map(|l| l.owner.as_str()),
-        ]));
+        ));
     }
-    let saved: Vec<i64> = sqlx::query_scalar(SAVE_PROGRESS)
-        .bind(serde_json::Value::Array(rows).to_string())
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_error("failed to save the progress of messages"))?;
+    let saved = SAVE_PROGRESS
+        .update(
+            conn,
+            &rows,
+            |query, (message, progress, extra, owner)| {
+                query
+                    .bind(message.id.0)
+                    .bind(progress.state.as_str())
+                    .bind(progress.error.as_deref())
+                    .bind(progress.number_of_send_attempts)
+                    .bind(opt_millis(progress.next_attempt_at))
+                    .bind(opt_millis(progress.sent_at))
+                    .bind(millis(progress.queued_at))
+                    .bind(extra.as_deref())
+                    .bind(millis(message.changed_at))
+                    .bind(*owner)
+            },
+            "failed to save the progress of messages",
+        )
+        .await?;
     Ok(saved.into_iter().map(MessageId).collect())
 }
 
-/// Saves the progress of the messages in the JSON array bound to its parameter: a worker's
-/// (its id in the row) only while it holds the lease, an operator's only while no lease runs
-/// at the row's `changed_at`.
-const SAVE_PROGRESS: &str = "WITH s (message, state, error, attempts, next_attempt_at, \
-    sent_at, queued_at, extra_sender_data, changed_at, owner) AS (SELECT value ->> 0, \
-    value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, value ->> 7, \
-    value ->> 8, value ->> 9 FROM json_each(?)) \
-    UPDATE messages SET state = s.state, error = s.error, \
-    number_of_send_attempts = s.attempts, next_attempt_at = s.next_attempt_at, \
-    sent_at = s.sent_at, queued_at = s.queued_at, extra_sender_data = s.extra_sender_data, \
-    changed_at = s.changed_at, lease_owner = NULL, lease_until = NULL FROM s \
-    WHERE messages.id = s.message AND CASE WHEN s.owner IS NOT NULL \
-        THEN messages.lease_owner = s.owner \
-        ELSE (messages.lease_owner IS NULL OR messages.lease_until <= s.changed_at) END \
-    RETURNING id";
+/// Saves the progress of the messages of its rows: a worker's (its id in the row) only while
+/// it holds the lease, an operator's only while no lease runs at the row's `changed_at`.
+static SAVE_PROGRESS: ValuesUpdate = ValuesUpdate::new(
+    "WITH s (message, state, error, attempts, next_attempt_at, sent_at, queued_at, \
+     extra_sender_data, changed_at, owner) AS",
+    "UPDATE messages SET state = s.state, error = s.error, \
+     number_of_send_attempts = s.attempts, next_attempt_at = s.next_attempt_at, \
+     sent_at = s.sent_at, queued_at = s.queued_at, extra_sender_data = s.extra_sender_data, \
+     changed_at = s.changed_at, lease_owner = NULL, lease_until = NULL FROM s \
+     WHERE messages.id = s.message AND CASE WHEN s.owner IS NOT NULL \
+         THEN messages.lease_owner = s.owner \
+         ELSE (messages.lease_owner IS NULL OR messages.lease_until <= s.changed_at) END \
+     RETURNING messages.id",
+    10,
+);
 
 /// The statement of `due_page`: the page of due deliveries (`?2`, after `?3`, at most `?4`),
 /// each looked up with its device of application `?1` by primary key (`NULL`s when there is
@@ -1023,7 +1058,10 @@ pub(crate) fn tally_from(
 mod tests {
     use clarion_domain::message::MessageState;
 
-    use super::{DUE, RELEASE_LEASES, SAVE_PROGRESS, claim_sql, first_deliveries_sql};
+    use super::{
+        DUE, RELEASE_LEASES, SAVE_PROGRESS, WRITE_DELIVERIES, claim_sql, first_deliveries_sql,
+        messages_as_json,
+    };
     use crate::grouped::batch_contract::batch_contract_tests;
     use crate::sqlite::SqliteStore;
     use crate::sqlite::tests::plan_of;
@@ -1040,14 +1078,19 @@ mod tests {
     batch_contract_tests!(memory_store(), keep);
 
     #[tokio::test]
-    async fn saving_progress_finds_each_message_by_its_id() {
+    async fn saving_progress_and_deliveries_finds_each_row_by_its_id() {
         let store = memory_store().await;
-        let plan = plan_of(&store, SAVE_PROGRESS, &["[]"]).await;
-        assert!(
-            plan.contains("SEARCH messages USING INTEGER PRIMARY KEY"),
-            "{plan}"
-        );
-        assert!(!plan.contains("SCAN messages"), "{plan}");
+        for (statement, table) in [
+            (&SAVE_PROGRESS, "messages"),
+            (&WRITE_DELIVERIES, "deliveries"),
+        ] {
+            let plan = plan_of(&store, statement.statement(4).0, &[]).await;
+            assert!(
+                plan.contains(&format!("SEARCH {table} USING INTEGER PRIMARY KEY")),
+                "{plan}"
+            );
+            assert!(!plan.contains(&format!("SCAN {table}")), "{plan}");
+        }
     }
 
     #[tokio::test]
@@ -1089,5 +1132,12 @@ mod tests {
         for state in [MessageState::Waiting, MessageState::ErrorRetry] {
             assert!(DUE.contains(&format!("'{state}'")), "{state}");
         }
+    }
+
+    #[test]
+    fn messages_read_as_json_write_the_flag_as_a_json_boolean() {
+        let sql = messages_as_json();
+        assert_eq!(sql.matches("retry_sending").count(), 1, "{sql}");
+        assert!(sql.contains("WHEN retry_sending THEN 'true'"), "{sql}");
     }
 }

@@ -1,18 +1,21 @@
-//! Multi-row inserts whose rows are bound parameters: `INSERT … SELECT … FROM (VALUES (?, …),
-//! …) … RETURNING id`.
+//! Multi-row statements whose rows are bound parameters: inserts (`INSERT … SELECT … FROM
+//! (VALUES (?, …), …) … RETURNING id`) and updates (`WITH rows (…) AS (VALUES (?, …), …)
+//! UPDATE … FROM rows … RETURNING id`).
 //!
-//! The grouped writes insert many rows in one statement, since each statement is a round
-//! trip to the connection's thread. Their rows used to travel as one JSON array bound to a
+//! The grouped writes insert and update many rows in one statement, since each statement is
+//! a round trip to the connection's thread. Their rows used to travel as one JSON array bound to a
 //! single parameter, taken apart by `json_each` and `->>`: SQLite then printed each row's
 //! array back to text for every one of its columns and parsed it again, and on the other side
 //! each row was built as a `serde_json::Value` and printed. Binding each value costs less
 //! than either (docs/performance.md, "Issue 13, fourth round").
 //!
-//! The first value of each row is its index in the batch: the rows are inserted in that
+//! The first value of each inserted row is its index in the batch: the rows are inserted in that
 //! order, so that the ids `AUTOINCREMENT` gives them, sorted, follow the rows. A batch of n
 //! rows runs the statement made for the next power of two, its rows beyond n all NULL and
 //! left out by the `WHERE`: a few statements serve every batch size, each prepared once per
-//! connection. A batch larger than the largest statement runs several, in order.
+//! connection. A batch larger than the largest statement runs several, in order. An update's
+//! rows beyond the batch are all NULL too, and its join on the row's id (`= NULL`) matches
+//! none of them.
 
 use std::sync::OnceLock;
 
@@ -50,6 +53,37 @@ pub(super) struct ValuesInsert {
     statements: [OnceLock<String>; SIZES],
 }
 
+/// The most rows of one statement whose rows have `parameters` parameters each.
+fn max_rows(parameters: usize) -> usize {
+    let fits = MAX_PARAMETERS / parameters.max(1);
+    let mut rows = MAX_ROWS;
+    while rows > fits {
+        rows /= 2;
+    }
+    rows.max(1)
+}
+
+/// `size` rows of `parameters` parameters each, for a `VALUES`: `(?, ?), (?, ?)`.
+fn values(size: usize, parameters: usize) -> String {
+    let row = format!("(?{})", ", ?".repeat(parameters.saturating_sub(1)));
+    let mut rows = Vec::with_capacity(size);
+    rows.resize(size, row.as_str());
+    rows.join(", ")
+}
+
+/// The statement of `statements` for `rows` rows (at most `max_rows`), made by `make` from
+/// the number of rows the first time, and that number: the next power of two.
+fn statement(
+    statements: &'static [OnceLock<String>; SIZES],
+    rows: usize,
+    max_rows: usize,
+    make: impl FnOnce(usize) -> String,
+) -> (&'static str, usize) {
+    let size = rows.clamp(1, max_rows).next_power_of_two();
+    let slot = size.trailing_zeros() as usize;
+    (statements[slot].get_or_init(|| make(size)), size)
+}
+
 impl ValuesInsert {
     pub(super) const fn new(head: &'static str, select: &'static str, width: usize) -> Self {
         ValuesInsert {
@@ -62,32 +96,21 @@ impl ValuesInsert {
 
     /// The most rows of one statement.
     fn max_rows(&self) -> usize {
-        let fits = MAX_PARAMETERS / (self.width + 1);
-        let mut rows = MAX_ROWS;
-        while rows > fits {
-            rows /= 2;
-        }
-        rows.max(1)
+        max_rows(self.width + 1)
     }
 
     /// The statement for a batch of `rows` rows (at most [`ValuesInsert::max_rows`]), and how
     /// many rows it takes.
     fn statement(&'static self, rows: usize) -> (&'static str, usize) {
-        let size = rows.clamp(1, self.max_rows()).next_power_of_two();
-        let slot = size.trailing_zeros() as usize;
-        let sql = self.statements[slot].get_or_init(|| {
-            let row = format!("(?{})", ", ?".repeat(self.width));
-            let mut values = Vec::with_capacity(size);
-            values.resize(size, row.as_str());
+        statement(&self.statements, rows, self.max_rows(), |size| {
             format!(
                 "{} SELECT {} FROM (VALUES {}) WHERE column1 IS NOT NULL ORDER BY column1 \
                  RETURNING id",
                 self.head,
                 self.select,
-                values.join(", ")
+                values(size, self.width + 1)
             )
-        });
-        (sql, size)
+        })
     }
 
     /// Inserts `rows`, `bind` giving each row's values (after its index, which is bound
@@ -126,6 +149,69 @@ impl ValuesInsert {
     }
 }
 
+/// An `UPDATE` of rows given as parameters (see the module's documentation):
+/// `{head} (VALUES (?, …), …) {tail}`, where `head` names the rows' columns in a `WITH` and
+/// `tail` is the update, which joins the rows on their first column (an id) and returns
+/// the ids of the rows it changed.
+pub(super) struct ValuesUpdate {
+    /// `WITH rows (column, …) AS`.
+    head: &'static str,
+    /// `UPDATE table SET … FROM rows WHERE table.id = rows.id … RETURNING id`.
+    tail: &'static str,
+    /// The values of a row.
+    width: usize,
+    /// The statements made so far, by the base-2 logarithm of their rows.
+    statements: [OnceLock<String>; SIZES],
+}
+
+impl ValuesUpdate {
+    pub(super) const fn new(head: &'static str, tail: &'static str, width: usize) -> Self {
+        ValuesUpdate {
+            head,
+            tail,
+            width,
+            statements: [const { OnceLock::new() }; SIZES],
+        }
+    }
+
+    /// The statement for a batch of `rows` rows, and how many rows it takes.
+    pub(super) fn statement(&'static self, rows: usize) -> (&'static str, usize) {
+        statement(&self.statements, rows, max_rows(self.width), |size| {
+            format!(
+                "{} (VALUES {}) {}",
+                self.head,
+                values(size, self.width),
+                self.tail
+            )
+        })
+    }
+
+    /// Updates from `rows`, `bind` giving each row's values, and returns the ids of the rows
+    /// the update changed. `doing` names the action in errors.
+    pub(super) async fn update<'r, R>(
+        &'static self,
+        conn: &mut SqliteConnection,
+        rows: &'r [R],
+        bind: impl Fn(Bound<'r>, &'r R) -> Bound<'r>,
+        doing: &'static str,
+    ) -> Result<Vec<i64>, StoreError> {
+        let mut changed = Vec::new();
+        for chunk in rows.chunks(max_rows(self.width)) {
+            let (sql, size) = self.statement(chunk.len());
+            let mut query = sqlx::query_scalar(sql);
+            for row in chunk {
+                query = bind(query, row);
+            }
+            for _ in 0..(size - chunk.len()) * self.width {
+                query = query.bind(None::<i64>);
+            }
+            let mut ids: Vec<i64> = query.fetch_all(&mut *conn).await.map_err(db_error(doing))?;
+            changed.append(&mut ids);
+        }
+        Ok(changed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,5 +241,22 @@ mod tests {
         let (sql, size) = WIDE.statement(10_000);
         assert_eq!(size, rows);
         assert_eq!(sql.matches('?').count(), rows * 41);
+    }
+
+    #[test]
+    fn an_update_binds_its_rows_between_its_head_and_its_tail() {
+        static TWO: ValuesUpdate = ValuesUpdate::new(
+            "WITH u (id, a) AS",
+            "UPDATE t SET a = u.a FROM u WHERE t.id = u.id RETURNING id",
+            2,
+        );
+        let (sql, size) = TWO.statement(3);
+        assert_eq!(size, 4);
+        assert_eq!(
+            sql,
+            "WITH u (id, a) AS (VALUES (?, ?), (?, ?), (?, ?), (?, ?)) \
+             UPDATE t SET a = u.a FROM u WHERE t.id = u.id RETURNING id"
+        );
+        assert_eq!(max_rows(2), MAX_ROWS);
     }
 }
