@@ -11,8 +11,9 @@
 //! `postgres/devices.rs`) stay with their store and are reached through [`Tables`] too.
 //!
 //! The code is generic over the sqlx database type, not over sqlx's `Any` driver: each store
-//! gets its own monomorphised copy, with its own types and no conversion on each row. The
-//! ports are implemented for both stores in `sql/ports.rs`, each method handed to [`Tables`].
+//! gets its own monomorphised copy, with its own types and no conversion on each row. Each
+//! store implements the ports with [`shared_ports!`] (`sql/ports.rs`), which hands each method
+//! to [`Tables`]; this module knows neither store.
 
 mod devices;
 mod keys;
@@ -21,6 +22,7 @@ mod reports;
 mod templates;
 
 pub(crate) use devices::{subscription_keys, upsert_devices};
+pub(crate) use ports::shared_ports;
 
 use clarion_domain::device::{BulkRegistration, NewDevice};
 use clarion_domain::ports::StoreError;

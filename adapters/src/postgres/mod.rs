@@ -25,7 +25,7 @@ use crate::faults::{PROBE_WRITE, db_error, probe_time};
 use crate::grouped::{Grouped, WriteMany as _};
 use crate::held::Held;
 use crate::registrations::GroupedRegistrations;
-use crate::sql::{Dialect, Tables};
+use crate::sql::{Dialect, Tables, shared_ports};
 use devices::{PgDeviceReads, PgRegistrations};
 use messages::{PgAttempts, PgMessages};
 
@@ -123,6 +123,9 @@ impl Dialect for Postgres {
         devices::register_in_bulk(writer, devices, now).await
     }
 }
+
+// The device, template, API key and report ports, on the shared store logic.
+shared_ports!(PgStore);
 
 impl PgStore {
     /// The connections and grouped statements the shared store logic runs on: the one pool

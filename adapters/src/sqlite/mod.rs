@@ -47,7 +47,7 @@ use crate::grouped::Grouped;
 use crate::held::Held;
 use crate::registrations::GroupedRegistrations;
 use crate::rows::millis;
-use crate::sql::{Dialect, Tables};
+use crate::sql::{Dialect, Tables, shared_ports};
 use devices::{SqliteDeviceReads, SqliteRegistrations};
 use messages::{SqliteAttempts, SqliteMessages};
 use tokio::time::MissedTickBehavior;
@@ -137,6 +137,9 @@ impl Dialect for Sqlite {
         devices::register_in_bulk(writer, devices, now).await
     }
 }
+
+// The device, template, API key and report ports, on the shared store logic.
+shared_ports!(SqliteStore);
 
 impl SqliteStore {
     /// The connections and grouped statements the shared store logic runs on: reads on the
