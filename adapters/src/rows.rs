@@ -8,7 +8,7 @@ use std::fmt::Display;
 
 use clarion_domain::app::SenderKind;
 use clarion_domain::auth::{ApiKey, ApiKeyId, KeyHash};
-use clarion_domain::device::{Device, Recipient};
+use clarion_domain::device::{Device, Recipient, Registration};
 use clarion_domain::ids::{
     AppId, DeliveryId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId,
 };
@@ -21,6 +21,8 @@ use clarion_domain::template::Template;
 use clarion_domain::token::{DeviceToken, EndpointPolicy, Platform};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
+
+use crate::registrations::registered;
 
 /// The columns of `devices` every device query selects, in [`DeviceRow`] order.
 pub(crate) const DEVICE_COLUMNS: &str = "id, app, platform, token_key, p256dh, auth, name, \
@@ -257,6 +259,20 @@ impl<T: StoredTime> DeviceRow<T> {
             deactivated_at: f.opt_time("deactivated_at", self.deactivated_at)?,
             deactivation_reason: self.deactivation_reason,
         })
+    }
+}
+
+/// A device as a registration statement returned it, and whether the statement created it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct RegisteredRow<T> {
+    #[sqlx(flatten)]
+    pub device: DeviceRow<T>,
+    pub created: bool,
+}
+
+impl<T: StoredTime> RegisteredRow<T> {
+    pub(crate) fn into_domain(self) -> Result<(Device, Registration), StoreError> {
+        Ok(registered(self.device.into_domain()?, self.created))
     }
 }
 

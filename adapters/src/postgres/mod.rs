@@ -3,20 +3,20 @@
 //! `FOR UPDATE SKIP LOCKED`, so concurrent workers never wait on each other's rows.
 
 mod devices;
-mod keys;
 mod messages;
 pub use messages::ANALYZE_AFTER_DELIVERIES;
-mod reports;
-mod templates;
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clarion_domain::device::{BulkRegistration, NewDevice};
 use clarion_domain::ports::StoreError;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
-use sqlx::{AssertSqlSafe, ConnectOptions as _, Connection as _, Postgres, Row as _};
+use sqlx::{
+    AssertSqlSafe, ConnectOptions as _, Connection as _, Database, Postgres, QueryBuilder, Row as _,
+};
 use time::OffsetDateTime;
 
 use crate::config::redact_url;
@@ -25,6 +25,7 @@ use crate::faults::{PROBE_WRITE, db_error, probe_time};
 use crate::grouped::{Grouped, WriteMany as _};
 use crate::held::Held;
 use crate::registrations::GroupedRegistrations;
+use crate::sql::{Dialect, Tables, shared_ports};
 use devices::{PgDeviceReads, PgRegistrations};
 use messages::{PgAttempts, PgMessages};
 
@@ -92,7 +93,52 @@ pub struct PgStore {
     device_reads: CoalescedReads<PgDeviceReads>,
 }
 
+/// PostgreSQL's side of the store logic both databases share (`sql.rs`).
+impl Dialect for Postgres {
+    type Time = OffsetDateTime;
+    type DeviceReads = PgDeviceReads;
+
+    fn time(at: OffsetDateTime) -> OffsetDateTime {
+        ms(at)
+    }
+
+    fn rows_affected(done: &<Postgres as Database>::QueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    fn push_starts_with(query: &mut QueryBuilder<Postgres>, column: &str, prefix: &str) {
+        query
+            .push("starts_with(")
+            .push(column)
+            .push(", ")
+            .push_bind(prefix.to_owned())
+            .push(")");
+    }
+
+    async fn register_in_bulk(
+        writer: &Held<Postgres>,
+        devices: Vec<&NewDevice>,
+        now: OffsetDateTime,
+    ) -> Result<BulkRegistration, StoreError> {
+        devices::register_in_bulk(writer, devices, now).await
+    }
+}
+
+// The device, template, API key and report ports, on the shared store logic.
+shared_ports!(PgStore);
+
 impl PgStore {
+    /// The connections and grouped statements the shared store logic runs on: the one pool
+    /// for reads and writes alike.
+    pub(crate) fn tables(&self) -> Tables<'_, Postgres> {
+        Tables {
+            readers: &self.pool,
+            writer: &self.pool,
+            registrations: &self.registrations,
+            device_reads: &self.device_reads,
+        }
+    }
+
     /// Connects to the database at `url` with a pool of [`DEFAULT_MAX_CONNECTIONS`] and
     /// migrates it.
     ///
@@ -305,16 +351,14 @@ mod rows {
     use time::OffsetDateTime;
 
     pub(super) use crate::rows::{
-        API_KEY_COLUMNS, DEVICE_COLUMNS, RelatedRow, TEMPLATE_COLUMNS, json_text, opt_json_text,
-        target_columns,
+        DEVICE_COLUMNS, RelatedRow, json_text, opt_json_text, target_columns,
     };
 
     pub(super) type DeviceRow = crate::rows::DeviceRow<OffsetDateTime>;
+    pub(super) type RegisteredRow = crate::rows::RegisteredRow<OffsetDateTime>;
     pub(super) type MessageRow = crate::rows::MessageRow<OffsetDateTime>;
     pub(super) type DeliveryRow = crate::rows::DeliveryRow<OffsetDateTime>;
     pub(super) type DueRow = crate::rows::DueRow<OffsetDateTime>;
-    pub(super) type TemplateRow = crate::rows::TemplateRow<OffsetDateTime>;
-    pub(super) type ApiKeyRow = crate::rows::ApiKeyRow<OffsetDateTime>;
 
     /// [`crate::rows::MESSAGE_COLUMNS`] with the jsonb columns read as text.
     pub(super) const MESSAGE_COLUMNS: &str = "id, app, target_kind, recipient, \

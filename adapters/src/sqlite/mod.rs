@@ -2,27 +2,23 @@
 //! templates, in one file (WAL mode) that is created and migrated on connect.
 
 mod devices;
-mod keys;
 mod messages;
-mod reports;
 
 pub(crate) use messages::tally_from;
-mod templates;
 mod values;
 
 /// The shared rows with SQLite's times: unix milliseconds.
 mod rows {
     pub(super) use crate::rows::{
-        API_KEY_COLUMNS, DELIVERY_COLUMNS, DEVICE_COLUMNS, MESSAGE_COLUMNS, RelatedRow,
-        TEMPLATE_COLUMNS, json_text, millis, opt_json_text, opt_millis, target_columns,
+        DELIVERY_COLUMNS, DEVICE_COLUMNS, MESSAGE_COLUMNS, RelatedRow, json_text, millis,
+        opt_json_text, opt_millis, target_columns,
     };
 
     pub(super) type DeviceRow = crate::rows::DeviceRow<i64>;
+    pub(super) type RegisteredRow = crate::rows::RegisteredRow<i64>;
     pub(super) type MessageRow = crate::rows::MessageRow<i64>;
     pub(super) type DeliveryRow = crate::rows::DeliveryRow<i64>;
     pub(super) type DueRow = crate::rows::DueRow<i64>;
-    pub(super) type TemplateRow = crate::rows::TemplateRow<i64>;
-    pub(super) type ApiKeyRow = crate::rows::ApiKeyRow<i64>;
 }
 
 use std::collections::BTreeMap;
@@ -34,11 +30,15 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use clarion_domain::device::{BulkRegistration, NewDevice};
 use clarion_domain::ports::StoreError;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Connection as _, Row as _, Sqlite, SqliteConnection};
+use sqlx::{
+    AssertSqlSafe, Connection as _, Database, QueryBuilder, Row as _, Sqlite, SqliteConnection,
+};
+use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::device_reads::CoalescedReads;
@@ -46,6 +46,8 @@ use crate::faults::{PROBE_WRITE, db_error, probe_time, unavailability};
 use crate::grouped::Grouped;
 use crate::held::Held;
 use crate::registrations::GroupedRegistrations;
+use crate::rows::millis;
+use crate::sql::{Dialect, Tables, shared_ports};
 use devices::{SqliteDeviceReads, SqliteRegistrations};
 use messages::{SqliteAttempts, SqliteMessages};
 use tokio::time::MissedTickBehavior;
@@ -103,7 +105,54 @@ pub struct SqliteStore {
     file: Option<PathBuf>,
 }
 
+/// SQLite's side of the store logic both databases share (`sql.rs`).
+impl Dialect for Sqlite {
+    type Time = i64;
+    type DeviceReads = SqliteDeviceReads;
+
+    fn time(at: OffsetDateTime) -> i64 {
+        millis(at)
+    }
+
+    fn rows_affected(done: &<Sqlite as Database>::QueryResult) -> u64 {
+        done.rows_affected()
+    }
+
+    fn push_starts_with(query: &mut QueryBuilder<Sqlite>, column: &str, prefix: &str) {
+        // SQLite has no `starts_with`; `substr` compares characters as it does.
+        query
+            .push("substr(")
+            .push(column)
+            .push(", 1, length(")
+            .push_bind(prefix.to_owned())
+            .push(")) = ")
+            .push_bind(prefix.to_owned());
+    }
+
+    async fn register_in_bulk(
+        writer: &Held<Sqlite>,
+        devices: Vec<&NewDevice>,
+        now: OffsetDateTime,
+    ) -> Result<BulkRegistration, StoreError> {
+        devices::register_in_bulk(writer, devices, now).await
+    }
+}
+
+// The device, template, API key and report ports, on the shared store logic.
+shared_ports!(SqliteStore);
+
 impl SqliteStore {
+    /// The connections and grouped statements the shared store logic runs on: reads on the
+    /// read-only connections, writes on the writer.
+    pub(crate) fn tables(&self) -> Tables<'_, Sqlite> {
+        Tables {
+            readers: &self.readers,
+            writer: &self.pool,
+            registrations: &self.registrations,
+            device_reads: &self.device_reads,
+        }
+    }
+
     /// Opens (creating it if missing) and migrates the database named by `url_or_path`:
     /// `sqlite://path`, `sqlite:path`, a plain path, or `sqlite::memory:`.
     ///

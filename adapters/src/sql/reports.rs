@@ -1,17 +1,33 @@
-//! [`ReportStore`] on PostgreSQL: counts for the admin overview and the preview of a prune.
+//! [`ReportStore`](clarion_domain::ports::ReportStore) on both databases: counts for the admin
+//! overview and the preview of a prune, and their rows read back into the domain.
 
-use async_trait::async_trait;
 use clarion_domain::ids::AppId;
-use clarion_domain::ports::{DeviceCount, ErrorReason, ReportStore, StateCount, StoreError};
+use clarion_domain::message::MessageState;
+use clarion_domain::ports::{DeviceCount, ErrorReason, ErrorSource, StateCount, StoreError};
+use clarion_domain::token::Platform;
+use sqlx::{ColumnIndex, Decode, Encode, Executor, FromRow, Type};
 use time::OffsetDateTime;
 
-use crate::postgres::{PgStore, db_error, ms};
-use crate::reports::{device_count, error_reason, state_count};
+use crate::faults::db_error;
+use crate::rows::StoredTime;
+use crate::sql::{Dialect, Tables};
 
-#[async_trait]
-impl ReportStore for PgStore {
-    async fn count_devices(&self, app: &AppId) -> Result<Vec<DeviceCount>, StoreError> {
-        let mut conn = self.pool.get().await?;
+/// A `(source, reason, count, last time, example)` row, the time as the store keeps it.
+type ErrorReasonRow<T> = (String, String, i64, T, Option<String>);
+
+impl<DB: Dialect> Tables<'_, DB>
+where
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'r> i64: Decode<'r, DB>,
+    usize: ColumnIndex<DB::Row>,
+    (String, bool, i64): for<'r> FromRow<'r, DB::Row>,
+    (String, i64): for<'r> FromRow<'r, DB::Row>,
+    ErrorReasonRow<DB::Time>: for<'r> FromRow<'r, DB::Row>,
+{
+    pub(crate) async fn count_devices(&self, app: &AppId) -> Result<Vec<DeviceCount>, StoreError> {
+        let mut conn = self.readers.get().await?;
         let rows: Vec<(String, bool, i64)> = sqlx::query_as(
             "SELECT platform, active, COUNT(*) FROM devices WHERE app = $1 \
              GROUP BY platform, active ORDER BY platform, active",
@@ -24,18 +40,18 @@ impl ReportStore for PgStore {
         rows.into_iter().map(device_count).collect()
     }
 
-    async fn count_messages_by_state(
+    pub(crate) async fn count_messages_by_state(
         &self,
         app: &AppId,
         since: OffsetDateTime,
     ) -> Result<Vec<StateCount>, StoreError> {
-        let mut conn = self.pool.get().await?;
+        let mut conn = self.readers.get().await?;
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT state, COUNT(*) FROM messages WHERE app = $1 AND created_at >= $2 \
              GROUP BY state ORDER BY state",
         )
         .bind(app.as_str().to_owned())
-        .bind(ms(since))
+        .bind(DB::time(since))
         .fetch_all(&mut *conn)
         .await
         .map_err(db_error("failed to count messages by state"))?;
@@ -43,29 +59,33 @@ impl ReportStore for PgStore {
         rows.into_iter().map(state_count).collect()
     }
 
-    async fn count_due_in_app(&self, app: &AppId, now: OffsetDateTime) -> Result<u64, StoreError> {
-        let mut conn = self.pool.get().await?;
-        let count: i64 = sqlx::query_scalar(
+    pub(crate) async fn count_due_in_app(
+        &self,
+        app: &AppId,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.readers.get().await?;
+        let due: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM messages WHERE app = $1 AND (state = 'WAITING' \
              OR (state = 'ERROR_RETRY' AND (next_attempt_at IS NULL OR next_attempt_at <= $2)))",
         )
         .bind(app.as_str().to_owned())
-        .bind(ms(now))
+        .bind(DB::time(now))
         .fetch_one(&mut *conn)
         .await
         .map_err(db_error("failed to count an application's due messages"))?;
         conn.done();
-        Ok(u64::try_from(count).unwrap_or(0))
+        Ok(count(due))
     }
 
-    async fn error_reasons(
+    pub(crate) async fn error_reasons(
         &self,
         app: &AppId,
         since: OffsetDateTime,
         limit: u32,
     ) -> Result<Vec<ErrorReason>, StoreError> {
-        let mut conn = self.pool.get().await?;
-        let rows: Vec<(String, String, i64, OffsetDateTime, Option<String>)> = sqlx::query_as(
+        let mut conn = self.readers.get().await?;
+        let rows: Vec<ErrorReasonRow<DB::Time>> = sqlx::query_as(
             "SELECT 'delivery', d.error_code, COUNT(*), MAX(d.updated_at) AS last_at, \
                  MAX(d.error_text) \
              FROM deliveries d JOIN messages m ON m.id = d.message_id \
@@ -81,7 +101,7 @@ impl ReportStore for PgStore {
              ORDER BY last_at DESC LIMIT $3",
         )
         .bind(app.as_str().to_owned())
-        .bind(ms(since))
+        .bind(DB::time(since))
         .bind(i64::from(limit))
         .fetch_all(&mut *conn)
         .await
@@ -90,10 +110,10 @@ impl ReportStore for PgStore {
         rows.into_iter().map(error_reason).collect()
     }
 
-    async fn count_dead_devices(&self, app: &AppId) -> Result<u64, StoreError> {
+    pub(crate) async fn count_dead_devices(&self, app: &AppId) -> Result<u64, StoreError> {
         // The condition of `deactivate_dead_devices`.
-        let mut conn = self.pool.get().await?;
-        let count: i64 = sqlx::query_scalar(
+        let mut conn = self.readers.get().await?;
+        let dead: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM devices WHERE app = $1 AND active = TRUE AND EXISTS ( \
                  SELECT 1 FROM deliveries d WHERE d.id = ( \
                      SELECT MAX(l.id) FROM deliveries l WHERE l.device_id = devices.id) \
@@ -104,25 +124,72 @@ impl ReportStore for PgStore {
         .await
         .map_err(db_error("failed to count dead devices"))?;
         conn.done();
-        Ok(u64::try_from(count).unwrap_or(0))
+        Ok(count(dead))
     }
 
-    async fn count_inactive_devices(
+    pub(crate) async fn count_inactive_devices(
         &self,
         app: &AppId,
         before: OffsetDateTime,
     ) -> Result<u64, StoreError> {
-        let mut conn = self.pool.get().await?;
-        let count: i64 = sqlx::query_scalar(
+        let mut conn = self.readers.get().await?;
+        let inactive: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM devices WHERE app = $1 AND active = FALSE \
              AND deactivated_at < $2",
         )
         .bind(app.as_str().to_owned())
-        .bind(ms(before))
+        .bind(DB::time(before))
         .fetch_one(&mut *conn)
         .await
         .map_err(db_error("failed to count inactive devices"))?;
         conn.done();
-        Ok(u64::try_from(count).unwrap_or(0))
+        Ok(count(inactive))
     }
+}
+
+fn count(raw: i64) -> u64 {
+    u64::try_from(raw).unwrap_or(0)
+}
+
+/// A `(platform, active, count)` row.
+fn device_count((platform, active, n): (String, bool, i64)) -> Result<DeviceCount, StoreError> {
+    let platform: Platform = platform
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("devices: unknown platform {platform:?}")))?;
+    Ok(DeviceCount {
+        platform,
+        active,
+        count: count(n),
+    })
+}
+
+/// A `(state, count)` row.
+fn state_count((state, n): (String, i64)) -> Result<StateCount, StoreError> {
+    let state: MessageState = state
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("messages: unknown state {state:?}")))?;
+    Ok(StateCount {
+        state,
+        count: count(n),
+    })
+}
+
+/// An [`ErrorReasonRow`].
+fn error_reason<T: StoredTime>(
+    (source, reason, n, last_at, example): ErrorReasonRow<T>,
+) -> Result<ErrorReason, StoreError> {
+    let source = match source.as_str() {
+        "delivery" => ErrorSource::Delivery,
+        _ => ErrorSource::Message,
+    };
+    let last_at = last_at
+        .to_time()
+        .map_err(|e| StoreError::Corrupt(format!("error reasons: last time: {e}")))?;
+    Ok(ErrorReason {
+        source,
+        reason,
+        count: count(n),
+        last_at,
+        example,
+    })
 }
