@@ -207,7 +207,10 @@ impl Field<'_> {
     }
 }
 
-#[derive(Debug, sqlx::FromRow)]
+/// A device's columns in [`DEVICE_COLUMNS`] order. SQLite gives the devices read by id as one
+/// JSON array of these rows (in this field order, `active` a JSON boolean), PostgreSQL as
+/// rows.
+#[derive(Debug, sqlx::FromRow, serde::Deserialize)]
 pub(crate) struct DeviceRow<T> {
     pub id: i64,
     pub app: String,

@@ -102,7 +102,11 @@ impl SqliteRegistrations {
     }
 }
 
-/// Reads the devices of a JSON array (`?1`) of `[application, id]` pairs.
+/// Reads the devices of a JSON array (`?1`) of `[application, id]` pairs, as one JSON array
+/// of [`DeviceRow`]s in no particular order (`active` a JSON boolean): one row, since sqlx
+/// hands each row of a statement over from the connection's thread and copies each of its
+/// values, which cost more than the look-ups (a read serves a claim's messages or the sends
+/// of many requests at once).
 ///
 /// `CROSS JOIN` makes SQLite walk the pairs and look each device up by its primary key.
 /// Written as `app = ? AND id IN (SELECT value FROM json_each(?))`, the planner (with no
@@ -112,9 +116,14 @@ impl SqliteRegistrations {
 fn get_devices_sql() -> &'static str {
     // Made once: the statement runs on a hot path.
     static SQL: LazyLock<String> = LazyLock::new(|| {
+        let columns = DEVICE_COLUMNS.replace(
+            "active",
+            "json(CASE WHEN active THEN 'true' ELSE 'false' END)",
+        );
         format!(
-            "SELECT {DEVICE_COLUMNS} FROM (SELECT value ->> 0 AS wanted_app, value ->> 1 AS wanted \
-             FROM json_each(?1)) CROSS JOIN devices ON devices.id = wanted WHERE app = wanted_app"
+            "SELECT json_group_array(json_array({columns})) FROM (SELECT value ->> 0 AS \
+             wanted_app, value ->> 1 AS wanted FROM json_each(?1)) CROSS JOIN devices \
+             ON devices.id = wanted WHERE app = wanted_app"
         )
     });
     &SQL
@@ -142,12 +151,14 @@ impl ReadDevices for SqliteDeviceReads {
             .map(|(app, id)| serde_json::json!([app.as_str(), id.0]))
             .collect();
         let mut conn = self.readers.get().await?;
-        let rows: Vec<DeviceRow> = sqlx::query_as(AssertSqlSafe(get_devices_sql()))
+        let rows: String = sqlx::query_scalar(AssertSqlSafe(get_devices_sql()))
             .bind(serde_json::Value::Array(wanted).to_string())
-            .fetch_all(&mut *conn)
+            .fetch_one(&mut *conn)
             .await
             .map_err(db_error("failed to read devices"))?;
         conn.done();
+        let rows: Vec<DeviceRow> = serde_json::from_str(&rows)
+            .map_err(|e| StoreError::Corrupt(format!("devices read by id: {e}")))?;
         rows.into_iter().map(DeviceRow::into_domain).collect()
     }
 }
@@ -210,6 +221,13 @@ mod tests {
         );
         assert!(!plan.contains("SCAN devices"), "{plan}");
         assert!(!plan.contains("INDEX devices_app"), "{plan}");
+    }
+
+    #[test]
+    fn devices_read_by_id_write_the_flag_as_a_json_boolean() {
+        let sql = get_devices_sql();
+        assert_eq!(sql.matches("active").count(), 1, "{sql}");
+        assert!(sql.contains("WHEN active THEN 'true'"), "{sql}");
     }
 
     #[tokio::test]

@@ -199,27 +199,36 @@ async fn create_database(path: &Path) {
     create_key(&runtime.service, KeyScope::Admin).await;
     runtime.store.close().await;
     // The last connection to close copies the write-ahead log into the file and deletes it.
-    let log = path.with_extension("db-wal");
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while log.exists() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Each connection closes on a thread of its own, and once in a while two close at the
-    // same moment, neither finds itself the last and the log stays. A connection of the
-    // test's own, opened and closed until it is the last, removes it.
+    // Which one is last is not always clear: a connection closes on a thread of its own, and
+    // on a loaded machine two may close at the same moment and each leave the log to the
+    // other. So a connection of the test's own makes sure it is alone (switching the journal
+    // out of WAL needs that), switches back, and closes last.
     let url = format!("sqlite://{}", path.display());
-    eventually(Duration::from_secs(10), || async {
-        if log.exists() {
-            let connection = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+    let log = path.with_extension("db-wal");
+    eventually(Duration::from_secs(20), || async {
+        let mut connection = <sqlx::SqliteConnection as sqlx::Connection>::connect(&url)
+            .await
+            .expect("the database opens again");
+        let alone = sqlx::query_scalar::<_, String>("PRAGMA journal_mode = DELETE")
+            .fetch_one(&mut connection)
+            .await
+            .is_ok_and(|mode| mode.eq_ignore_ascii_case("delete"));
+        if alone {
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&mut connection)
                 .await
-                .expect("the database opens again");
-            sqlx::Connection::close(connection)
-                .await
-                .expect("the connection closes");
+                .expect("the journal goes back to WAL");
         }
-        (!log.exists()).then_some(())
+        sqlx::Connection::close(connection)
+            .await
+            .expect("the connection closes");
+        alone.then_some(())
     })
     .await;
+    assert!(
+        !log.exists(),
+        "the write-ahead log stays after the last connection closed"
+    );
 }
 
 #[tokio::test]
