@@ -197,7 +197,7 @@
 //! use clarion_domain::app::SenderKind;
 //! use clarion_domain::ids::{AppId, DeliveryId, DeviceId, MessageId};
 //! use clarion_domain::message::{
-//!     Channel, Content, Delivery, DeliveryState, Message, MessageSpec, MessageState, Priority,
+//!     Channel, Content, Delivery, Message, MessageSpec, MessageState, Priority,
 //!     PushOptions, SendOutcome, Target,
 //! };
 //! use clarion_domain::retry::RetryPolicy;
@@ -217,20 +217,11 @@
 //! };
 //! let id = MessageId(1);
 //! let progress = Message::initial_progress(now);
-//! let mut message = Message::from_storage(id, spec, SenderKind::Direct, progress, now, now);
-//! message.deliveries.push(Delivery {
-//!     id: DeliveryId(1),
-//!     message_id: id,
-//!     device_id: Some(DeviceId(7)),
-//!     channel: Channel::Apns,
-//!     state: DeliveryState::Pending,
-//!     attempts: 0,
-//!     provider_id: None,
-//!     error_code: None,
-//!     error_text: None,
-//!     details: None,
-//!     updated_at: now,
-//! });
+//! // A store rebuilds a message through this checked constructor; it refuses a progress the
+//! // state machine cannot reach, such as a SENT message without `sent_at`.
+//! let mut message = Message::from_storage(id, spec, SenderKind::Direct, progress, now, now)?;
+//! let device = Some(DeviceId(7));
+//! message.deliveries.push(Delivery::pending(DeliveryId(1), id, device, Channel::Apns, now));
 //! let policy = RetryPolicy::default();
 //!
 //! // The first attempt meets a busy provider.

@@ -104,6 +104,31 @@ pub struct IllegalTransition {
     pub to: MessageState,
 }
 
+/// A stored message or delivery whose fields contradict each other: no run of the state
+/// machine leaves one so, so it was written by something else (or the row was damaged). The
+/// stores report it as [`StoreError::Corrupt`](crate::ports::StoreError::Corrupt), naming the
+/// row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImpossibleRecord {
+    /// The message's [`Progress`] is not one the state machine reaches.
+    #[error("a {state} message {problem}")]
+    Message {
+        /// The state it claims.
+        state: MessageState,
+        /// What contradicts the state, in words.
+        problem: &'static str,
+    },
+    /// The delivery's fields are not ones [`Delivery::record`] and the message's methods reach.
+    #[error("a {state} delivery {problem}")]
+    Delivery {
+        /// The state it claims.
+        state: DeliveryState,
+        /// What contradicts the state, in words.
+        problem: &'static str,
+    },
+}
+
 /// Who a message is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -468,6 +493,12 @@ impl DeliveryState {
     }
 }
 
+impl fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl FromStr for DeliveryState {
     type Err = UnknownState;
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
@@ -586,7 +617,124 @@ pub struct Delivery {
     pub updated_at: OffsetDateTime,
 }
 
+/// The parts of a stored delivery that [`Delivery::record`] and the message's methods
+/// change, as a store reads them back for [`Delivery::from_storage`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryProgress {
+    /// Where it stands.
+    pub state: DeliveryState,
+    /// How many outcomes were recorded for it.
+    pub attempts: u32,
+    /// The provider's id of the accepted notification.
+    pub provider_id: Option<String>,
+    /// The error code of its last failure.
+    pub error_code: Option<String>,
+    /// The text of that error.
+    pub error_text: Option<String>,
+    /// Parts of the provider's answer worth keeping (JSON).
+    pub details: Option<Value>,
+    /// When it last changed.
+    pub updated_at: OffsetDateTime,
+}
+
+impl DeliveryProgress {
+    /// Checks that recording outcomes can reach this progress: an accepted, debug, dead-token
+    /// or retrying delivery has had an attempt; an accepted or debug one has no error code; a
+    /// dead-token, retrying or failed one has one (a failed delivery may have had no attempt
+    /// when it was given up, and a pending one is anything an operator's retry left).
+    ///
+    /// # Errors
+    /// [`ImpossibleRecord::Delivery`] naming what contradicts the state.
+    pub fn check(&self) -> Result<(), ImpossibleRecord> {
+        let state = self.state;
+        let impossible = |problem| Err(ImpossibleRecord::Delivery { state, problem });
+        let attempted = matches!(
+            state,
+            DeliveryState::Accepted
+                | DeliveryState::Debug
+                | DeliveryState::DeadToken
+                | DeliveryState::Retrying
+        );
+        if attempted && self.attempts == 0 {
+            return impossible("must have had an attempt");
+        }
+        let delivered = matches!(state, DeliveryState::Accepted | DeliveryState::Debug);
+        if delivered && self.error_code.is_some() {
+            return impossible("cannot have an error code");
+        }
+        let failed = matches!(
+            state,
+            DeliveryState::DeadToken | DeliveryState::Retrying | DeliveryState::Failed
+        );
+        if failed && self.error_code.is_none() {
+            return impossible("must have an error code");
+        }
+        Ok(())
+    }
+}
+
 impl Delivery {
+    /// A delivery that was just created: pending, never attempted.
+    #[must_use]
+    pub fn pending(
+        id: DeliveryId,
+        message_id: MessageId,
+        device_id: Option<DeviceId>,
+        channel: Channel,
+        now: OffsetDateTime,
+    ) -> Self {
+        Self {
+            id,
+            message_id,
+            device_id,
+            channel,
+            state: DeliveryState::Pending,
+            attempts: 0,
+            provider_id: None,
+            error_code: None,
+            error_text: None,
+            details: None,
+            updated_at: now,
+        }
+    }
+
+    /// A delivery as the store keeps it.
+    ///
+    /// # Errors
+    /// [`ImpossibleRecord::Delivery`] when its progress is not one recording outcomes reaches
+    /// (see [`DeliveryProgress::check`]).
+    pub fn from_storage(
+        id: DeliveryId,
+        message_id: MessageId,
+        device_id: Option<DeviceId>,
+        channel: Channel,
+        progress: DeliveryProgress,
+    ) -> Result<Self, ImpossibleRecord> {
+        progress.check()?;
+        let DeliveryProgress {
+            state,
+            attempts,
+            provider_id,
+            error_code,
+            error_text,
+            details,
+            updated_at,
+        } = progress;
+        Ok(Self {
+            id,
+            message_id,
+            device_id,
+            channel,
+            state,
+            attempts,
+            provider_id,
+            error_code,
+            error_text,
+            details,
+            updated_at,
+        })
+    }
+
     /// Records one attempt's outcome. An accepted delivery stays accepted whatever is
     /// reported later, so that it is never sent again.
     pub fn record(&mut self, outcome: &SendOutcome, now: OffsetDateTime) {
@@ -794,7 +942,17 @@ pub struct Progress {
 }
 
 /// A stored message with its deliveries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// It serializes (for logs and reports) but does not deserialize: a message is rebuilt only
+/// through [`Message::from_storage`], which refuses a progress the state machine cannot reach,
+/// and its state changes only through [`Message::transition`] and the methods built on it.
+///
+/// ```compile_fail
+/// // A message cannot be read from JSON, which could force any state on it.
+/// use clarion_domain::message::Message;
+/// let forced = clarion_domain::serde_json::from_str::<Message>(r#"{"state":"SENT"}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Message {
     /// The store's id of the message.
     pub id: MessageId,
@@ -830,10 +988,46 @@ pub struct AttemptSummary {
     pub dead_tokens: usize,
 }
 
+impl Progress {
+    /// Checks that the state machine can reach this progress: `sent_at` is set exactly when
+    /// the message is SENT or DEBUG, `next_attempt_at` only when it is ERROR_RETRY, and a
+    /// message that is ERROR_RETRY or DEBUG has made an attempt.
+    ///
+    /// A SENT message may have made no attempt: [`Message::expire`] concludes a WAITING
+    /// message whose first attempt was interrupted after a delivery was accepted, without
+    /// counting that attempt. An ERROR_RETRY message without `next_attempt_at` is due at once
+    /// (see [`Message::is_due`]), and a WAITING one may count attempts when it was moved back
+    /// with [`Message::transition`] rather than [`Message::requeue`].
+    ///
+    /// # Errors
+    /// [`ImpossibleRecord::Message`] naming what contradicts the state.
+    pub fn check(&self) -> Result<(), ImpossibleRecord> {
+        let state = self.state;
+        let impossible = |problem| Err(ImpossibleRecord::Message { state, problem });
+        let sent = matches!(state, MessageState::Sent | MessageState::Debug);
+        if sent && self.sent_at.is_none() {
+            return impossible("must have sent_at");
+        }
+        if !sent && self.sent_at.is_some() {
+            return impossible("cannot have sent_at");
+        }
+        if state != MessageState::ErrorRetry && self.next_attempt_at.is_some() {
+            return impossible("cannot have next_attempt_at");
+        }
+        let attempted = matches!(state, MessageState::ErrorRetry | MessageState::Debug);
+        if attempted && self.number_of_send_attempts == 0 {
+            return impossible("must have made a send attempt");
+        }
+        Ok(())
+    }
+}
+
 impl Message {
-    /// A message as the store keeps it. Its progress was reached through the state machine
-    /// before it was stored.
-    #[must_use]
+    /// A message as the store keeps it, without its deliveries.
+    ///
+    /// # Errors
+    /// [`ImpossibleRecord::Message`] when the progress is not one the state machine reaches
+    /// (see [`Progress::check`]).
     pub fn from_storage(
         id: MessageId,
         spec: MessageSpec,
@@ -841,8 +1035,9 @@ impl Message {
         progress: Progress,
         created_at: OffsetDateTime,
         changed_at: OffsetDateTime,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, ImpossibleRecord> {
+        progress.check()?;
+        Ok(Self {
             id,
             spec,
             sender,
@@ -851,7 +1046,7 @@ impl Message {
             created_at,
             changed_at,
             deliveries: Vec::new(),
-        }
+        })
     }
 
     /// The progress of a message that was just created: WAITING, no attempt made.

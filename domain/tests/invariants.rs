@@ -1,7 +1,22 @@
 //! The domain's invariants, tried from outside the crate as a reuser would: every way around
 //! a parser or the state machine that issue 14 found is refused.
 
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test code: a failed expectation is a failed test"
+)]
+
+use clarion_domain::app::SenderKind;
+use clarion_domain::ids::{AppId, DeliveryId, DeviceId, MessageId, UserId};
+use clarion_domain::message::{
+    Channel, Content, Delivery, DeliveryProgress, DeliveryState, ImpossibleRecord, Message,
+    MessageSpec, MessageState, Priority, Progress, PushOptions, Target,
+};
 use clarion_domain::serde_json;
+use clarion_domain::time::OffsetDateTime;
+use clarion_domain::time::macros::datetime;
 use clarion_domain::token::{DeviceToken, EndpointPolicy, WebPushSubscription};
 
 const P256DH: &str =
@@ -93,4 +108,171 @@ fn a_serialized_token_reads_back_as_the_same_token() {
     let read = serde_json::from_str::<DeviceToken>(&text).expect("reads back");
 
     assert_eq!(read, token);
+}
+
+fn spec() -> MessageSpec {
+    MessageSpec {
+        app: AppId::parse("shop").expect("an app id"),
+        target: Target::User {
+            user_id: UserId::parse("u1").expect("a user id"),
+        },
+        content: Content {
+            body: "Hello".to_owned(),
+            ..Content::default()
+        },
+        template_slug: None,
+        tag: None,
+        priority: Priority::High,
+        options: PushOptions::default(),
+        related_objects: Vec::new(),
+        retry_sending: true,
+    }
+}
+
+const NOW: OffsetDateTime = datetime!(2026-03-01 10:00 UTC);
+
+fn progress(state: MessageState, attempts: u32, sent: bool, next: bool) -> Progress {
+    Progress {
+        state,
+        error: None,
+        number_of_send_attempts: attempts,
+        next_attempt_at: next.then_some(NOW),
+        sent_at: sent.then_some(NOW),
+        queued_at: NOW,
+    }
+}
+
+fn stored(progress: Progress) -> Result<Message, ImpossibleRecord> {
+    Message::from_storage(MessageId(1), spec(), SenderKind::Direct, progress, NOW, NOW)
+}
+
+#[test]
+fn a_stored_message_in_a_state_the_state_machine_cannot_reach_is_refused() {
+    use MessageState::{Debug, Error, ErrorRetry, Sent, Waiting};
+    // (state, attempts, sent_at, next_attempt_at, what is wrong)
+    let cases = [
+        (Sent, 0, false, false, "must have sent_at"),
+        (Sent, 2, false, false, "must have sent_at"),
+        (Debug, 1, false, false, "must have sent_at"),
+        (Waiting, 0, true, false, "cannot have sent_at"),
+        (Error, 1, true, false, "cannot have sent_at"),
+        (ErrorRetry, 1, true, true, "cannot have sent_at"),
+        (Waiting, 0, false, true, "cannot have next_attempt_at"),
+        (Sent, 1, true, true, "cannot have next_attempt_at"),
+        (ErrorRetry, 0, false, true, "must have made a send attempt"),
+        (Debug, 0, true, false, "must have made a send attempt"),
+    ];
+    for (state, attempts, sent, next, problem) in cases {
+        let read = stored(progress(state, attempts, sent, next));
+
+        assert_eq!(
+            read.err(),
+            Some(ImpossibleRecord::Message { state, problem }),
+            "{state} with {attempts} attempts, sent_at {sent}, next_attempt_at {next}"
+        );
+    }
+}
+
+#[test]
+fn a_stored_message_in_a_state_the_state_machine_reaches_is_rebuilt() {
+    use MessageState::{Debug, Error, ErrorRetry, Sent, Waiting};
+    let cases = [
+        (Waiting, 0, false, false),
+        (Error, 0, false, false),
+        (Error, 4, false, false),
+        (ErrorRetry, 1, false, true),
+        (Sent, 2, true, false),
+        // An interrupted first attempt whose message expired: SENT without a counted attempt.
+        (Sent, 0, true, false),
+        (Debug, 1, true, false),
+    ];
+    for (state, attempts, sent, next) in cases {
+        let read = stored(progress(state, attempts, sent, next));
+
+        let message = read.expect("a reachable progress");
+        assert_eq!(message.state(), state);
+        assert_eq!(message.number_of_send_attempts(), attempts);
+    }
+}
+
+fn delivery_progress(state: DeliveryState, attempts: u32, code: Option<&str>) -> DeliveryProgress {
+    DeliveryProgress {
+        state,
+        attempts,
+        provider_id: None,
+        error_code: code.map(ToOwned::to_owned),
+        error_text: None,
+        details: None,
+        updated_at: NOW,
+    }
+}
+
+fn stored_delivery(progress: DeliveryProgress) -> Result<Delivery, ImpossibleRecord> {
+    Delivery::from_storage(
+        DeliveryId(1),
+        MessageId(1),
+        Some(DeviceId(1)),
+        Channel::Apns,
+        progress,
+    )
+}
+
+#[test]
+fn a_stored_delivery_that_recording_outcomes_cannot_reach_is_refused() {
+    use DeliveryState::{Accepted, DeadToken, Debug, Failed, Retrying};
+    let cases = [
+        (Accepted, 0, None, "must have had an attempt"),
+        (Debug, 0, None, "must have had an attempt"),
+        (
+            Retrying,
+            0,
+            Some("server_error"),
+            "must have had an attempt",
+        ),
+        (
+            DeadToken,
+            0,
+            Some("Unregistered"),
+            "must have had an attempt",
+        ),
+        (
+            Accepted,
+            1,
+            Some("BadDeviceToken"),
+            "cannot have an error code",
+        ),
+        (Retrying, 1, None, "must have an error code"),
+        (DeadToken, 1, None, "must have an error code"),
+        (Failed, 0, None, "must have an error code"),
+    ];
+    for (state, attempts, code, problem) in cases {
+        let read = stored_delivery(delivery_progress(state, attempts, code));
+
+        assert_eq!(
+            read.err(),
+            Some(ImpossibleRecord::Delivery { state, problem }),
+            "{state} with {attempts} attempts and code {code:?}"
+        );
+    }
+}
+
+#[test]
+fn a_stored_delivery_that_recording_outcomes_reaches_is_rebuilt() {
+    use DeliveryState::{Accepted, DeadToken, Debug, Failed, Pending, Retrying};
+    let cases = [
+        (Pending, 0, None),
+        // Re-queued by an operator: it keeps its attempts and its last error.
+        (Pending, 2, Some("server_error")),
+        (Accepted, 1, None),
+        (Debug, 1, None),
+        (Retrying, 1, Some("server_error")),
+        (DeadToken, 1, Some("Unregistered")),
+        // Given up before its first attempt, as an expired or cancelled message's are.
+        (Failed, 0, Some("cancelled")),
+    ];
+    for (state, attempts, code) in cases {
+        let read = stored_delivery(delivery_progress(state, attempts, code));
+
+        assert!(read.is_ok(), "{state} with {attempts} attempts: {read:?}");
+    }
 }

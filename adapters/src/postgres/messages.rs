@@ -340,7 +340,7 @@ impl PgMessages {
                 };
                 inserted_message(message, id, listed)
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         Ok((stored, broadcast))
     }
 }
@@ -557,7 +557,7 @@ async fn insert_listed_messages(
     }
     delivery_ids.sort_unstable();
     let mut delivery_ids = delivery_ids.into_iter();
-    Ok(messages
+    messages
         .iter()
         .zip(ids)
         .map(|(message, id)| {
@@ -573,7 +573,7 @@ async fn insert_listed_messages(
             };
             inserted_message(message, id, deliveries)
         })
-        .collect())
+        .collect()
 }
 
 /// Inserts the rows of `messages` in one statement and returns their ids, in order.

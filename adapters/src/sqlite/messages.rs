@@ -266,7 +266,7 @@ impl SqliteMessages {
             .await
             .map_err(db_error("failed to commit messages"))?;
         conn.done();
-        Ok(messages
+        messages
             .iter()
             .zip(ids)
             .map(|(message, id)| {
@@ -276,7 +276,7 @@ impl SqliteMessages {
                 };
                 inserted_message(message, id, listed)
             })
-            .collect())
+            .collect()
     }
 }
 

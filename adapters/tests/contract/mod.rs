@@ -261,7 +261,8 @@ fn in_state(
         error: None,
         number_of_send_attempts: u32::from(state != MessageState::Waiting),
         next_attempt_at,
-        sent_at: None,
+        // SENT and DEBUG are the states that have `sent_at`, as `Progress::check` requires.
+        sent_at: matches!(state, MessageState::Sent | MessageState::Debug).then_some(now),
         queued_at: now,
     };
     message

@@ -299,21 +299,12 @@ impl MessageStore for MemoryStore {
             new.progress.clone(),
             new.now,
             new.now,
-        );
+        )
+        .map_err(|e| StoreError::Corrupt(format!("message {id}: {e}")))?;
         for (channel, device_id) in targets {
-            message.deliveries.push(Delivery {
-                id: DeliveryId(state.next_id()),
-                message_id: id,
-                device_id,
-                channel,
-                state: DeliveryState::Pending,
-                attempts: 0,
-                provider_id: None,
-                error_code: None,
-                error_text: None,
-                details: None,
-                updated_at: new.now,
-            });
+            let delivery_id = DeliveryId(state.next_id());
+            let delivery = Delivery::pending(delivery_id, id, device_id, channel, new.now);
+            message.deliveries.push(delivery);
         }
         // A broadcast comes back without its deliveries, however many there are, as the
         // port says.

@@ -33,20 +33,17 @@ fn message_with(deliveries: usize) -> Message {
         Message::initial_progress(T0),
         T0,
         T0,
-    );
+    )
+    .expect("a new message's progress");
     m.deliveries = (0..deliveries)
-        .map(|i| Delivery {
-            id: DeliveryId(i as i64 + 1),
-            message_id: MessageId(7),
-            device_id: Some(DeviceId(i as i64 + 1)),
-            channel: Channel::Apns,
-            state: DeliveryState::Pending,
-            attempts: 0,
-            provider_id: None,
-            error_code: None,
-            error_text: None,
-            details: None,
-            updated_at: T0,
+        .map(|i| {
+            Delivery::pending(
+                DeliveryId(i as i64 + 1),
+                MessageId(7),
+                Some(DeviceId(i as i64 + 1)),
+                Channel::Apns,
+                T0,
+            )
         })
         .collect();
     m
@@ -346,6 +343,20 @@ proptest! {
                     prop_assert!(next >= now + floor);
                 }
                 prop_assert!(m.number_of_send_attempts() < max_attempts);
+            }
+            // A store could rebuild what the state machine left.
+            prop_assert_eq!(m.progress().check(), Ok(()));
+            for d in &m.deliveries {
+                let stored = DeliveryProgress {
+                    state: d.state,
+                    attempts: d.attempts,
+                    provider_id: d.provider_id.clone(),
+                    error_code: d.error_code.clone(),
+                    error_text: d.error_text.clone(),
+                    details: d.details.clone(),
+                    updated_at: d.updated_at,
+                };
+                prop_assert_eq!(stored.check(), Ok(()));
             }
             for d in &m.deliveries {
                 if d.state == DeliveryState::Accepted && !accepted_ids.contains(&d.id) {
