@@ -40,7 +40,11 @@
 //! **Deliveries.** A message has one [`Delivery`](message::Delivery) per targeted device (or
 //! OneSignal user). A provider's [`SendOutcome`](message::SendOutcome) moves a delivery to
 //! accepted, failed, dead token (the device is deactivated) or retrying; an accepted delivery
-//! is never sent again. When an attempt's outcomes are in,
+//! is never sent again. A delivery's state and a message's progress are private: they change
+//! only through these methods, and a store rebuilds them through
+//! [`Message::from_storage`](message::Message::from_storage) and
+//! [`Delivery::from_storage`](message::Delivery::from_storage), which refuse what the state
+//! machine cannot reach. When an attempt's outcomes are in,
 //! [`Message::finish_attempt`](message::Message::finish_attempt) decides the message's state
 //! from them.
 //!

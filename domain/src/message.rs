@@ -587,7 +587,20 @@ mod opt_seconds {
 }
 
 /// One targeted device (or OneSignal user) of one message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Where it stands ([`Delivery::progress`]) is private: it changes only through
+/// [`Delivery::record`] and the message's methods, so that an accepted delivery is never sent
+/// again. A store rebuilds one with [`Delivery::from_storage`], which checks it. It serializes
+/// (for logs and reports) but does not deserialize.
+///
+/// ```compile_fail
+/// // An accepted delivery cannot be set back to pending, which would send it again.
+/// use clarion_domain::message::{Delivery, DeliveryState};
+/// fn resend(delivery: &mut Delivery) {
+///     delivery.state = DeliveryState::Pending;
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Delivery {
     /// The store's id of the delivery.
     pub id: DeliveryId,
@@ -597,6 +610,14 @@ pub struct Delivery {
     pub device_id: Option<DeviceId>,
     /// Where it goes.
     pub channel: Channel,
+    #[serde(flatten)]
+    progress: DeliveryProgress,
+}
+
+/// The parts of a delivery that [`Delivery::record`] and the message's methods change, as a
+/// store writes them and reads them back for [`Delivery::from_storage`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeliveryProgress {
     /// Where it stands: [`Delivery::record`] moves it on, and an accepted or debug delivery never
     /// changes again.
     pub state: DeliveryState,
@@ -614,26 +635,6 @@ pub struct Delivery {
     pub details: Option<Value>,
     /// When it last changed.
     #[serde(with = "time::serde::rfc3339")]
-    pub updated_at: OffsetDateTime,
-}
-
-/// The parts of a stored delivery that [`Delivery::record`] and the message's methods
-/// change, as a store reads them back for [`Delivery::from_storage`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeliveryProgress {
-    /// Where it stands.
-    pub state: DeliveryState,
-    /// How many outcomes were recorded for it.
-    pub attempts: u32,
-    /// The provider's id of the accepted notification.
-    pub provider_id: Option<String>,
-    /// The error code of its last failure.
-    pub error_code: Option<String>,
-    /// The text of that error.
-    pub error_text: Option<String>,
-    /// Parts of the provider's answer worth keeping (JSON).
-    pub details: Option<Value>,
-    /// When it last changed.
     pub updated_at: OffsetDateTime,
 }
 
@@ -688,13 +689,15 @@ impl Delivery {
             message_id,
             device_id,
             channel,
-            state: DeliveryState::Pending,
-            attempts: 0,
-            provider_id: None,
-            error_code: None,
-            error_text: None,
-            details: None,
-            updated_at: now,
+            progress: DeliveryProgress {
+                state: DeliveryState::Pending,
+                attempts: 0,
+                provider_id: None,
+                error_code: None,
+                error_text: None,
+                details: None,
+                updated_at: now,
+            },
         }
     }
 
@@ -711,38 +714,71 @@ impl Delivery {
         progress: DeliveryProgress,
     ) -> Result<Self, ImpossibleRecord> {
         progress.check()?;
-        let DeliveryProgress {
-            state,
-            attempts,
-            provider_id,
-            error_code,
-            error_text,
-            details,
-            updated_at,
-        } = progress;
         Ok(Self {
             id,
             message_id,
             device_id,
             channel,
-            state,
-            attempts,
-            provider_id,
-            error_code,
-            error_text,
-            details,
-            updated_at,
+            progress,
         })
+    }
+
+    /// Where it stands, as a store writes it.
+    #[must_use]
+    pub fn progress(&self) -> &DeliveryProgress {
+        &self.progress
+    }
+
+    /// Where it stands: pending, accepted, retrying, failed, dead token or debug.
+    #[must_use]
+    pub fn state(&self) -> DeliveryState {
+        self.progress.state
+    }
+
+    /// How many outcomes were recorded for it: one per send.
+    #[must_use]
+    pub fn attempts(&self) -> u32 {
+        self.progress.attempts
+    }
+
+    /// The provider's id of the accepted notification.
+    #[must_use]
+    pub fn provider_id(&self) -> Option<&str> {
+        self.progress.provider_id.as_deref()
+    }
+
+    /// The error code of its last failure; `None` once accepted.
+    #[must_use]
+    pub fn error_code(&self) -> Option<&str> {
+        self.progress.error_code.as_deref()
+    }
+
+    /// The text of that error.
+    #[must_use]
+    pub fn error_text(&self) -> Option<&str> {
+        self.progress.error_text.as_deref()
+    }
+
+    /// Parts of the provider's answer worth keeping (JSON).
+    #[must_use]
+    pub fn details(&self) -> Option<&Value> {
+        self.progress.details.as_ref()
+    }
+
+    /// When it last changed.
+    #[must_use]
+    pub fn updated_at(&self) -> OffsetDateTime {
+        self.progress.updated_at
     }
 
     /// Records one attempt's outcome. An accepted delivery stays accepted whatever is
     /// reported later, so that it is never sent again.
     pub fn record(&mut self, outcome: &SendOutcome, now: OffsetDateTime) {
-        if !self.state.is_due() {
+        if !self.progress.state.is_due() {
             return;
         }
-        self.attempts = self.attempts.saturating_add(1);
-        self.updated_at = now;
+        self.progress.attempts = self.progress.attempts.saturating_add(1);
+        self.progress.updated_at = now;
         let (state, provider_id, code, text, details) = match outcome {
             SendOutcome::Accepted {
                 provider_id,
@@ -788,27 +824,36 @@ impl Delivery {
                 None,
             ),
         };
-        self.state = state;
+        self.progress.state = state;
         if provider_id.is_some() {
-            self.provider_id = provider_id;
+            self.progress.provider_id = provider_id;
         }
-        self.error_code = code;
-        self.error_text = text;
+        self.progress.error_code = code;
+        self.progress.error_text = text;
         if details.is_some() {
-            self.details = details;
+            self.progress.details = details;
+        }
+    }
+
+    /// An operator's retry: a failed delivery is pending again, with its attempts and last
+    /// error kept.
+    fn retry(&mut self, now: OffsetDateTime) {
+        if self.progress.state == DeliveryState::Failed {
+            self.progress.state = DeliveryState::Pending;
+            self.progress.updated_at = now;
         }
     }
 
     fn give_up(&mut self, code: &str, reason: &str, now: OffsetDateTime) {
-        if self.state.is_due() {
-            self.state = DeliveryState::Failed;
-            self.error_code = Some(code.to_owned());
+        if self.progress.state.is_due() {
+            self.progress.state = DeliveryState::Failed;
+            self.progress.error_code = Some(code.to_owned());
             let give_up = GiveUp {
                 code: code.to_owned(),
                 reason: reason.to_owned(),
             };
-            self.error_text = Some(give_up.text(self.error_text.as_deref()));
-            self.updated_at = now;
+            self.progress.error_text = Some(give_up.text(self.progress.error_text.as_deref()));
+            self.progress.updated_at = now;
         }
     }
 }
@@ -844,7 +889,7 @@ impl DeliveryTally {
         let mut sorted: Vec<&Delivery> = deliveries.iter().collect();
         sorted.sort_by_key(|d| d.id);
         for d in sorted {
-            tally.count(d.state, d.error_code.as_deref(), d.error_text.as_deref(), 1);
+            tally.count(d.state(), d.error_code(), d.error_text(), 1);
         }
         tally
     }
@@ -1136,7 +1181,7 @@ impl Message {
 
     /// The deliveries an attempt must send: pending ones and those waiting for a retry.
     pub fn due_deliveries(&self) -> impl Iterator<Item = &Delivery> {
-        self.deliveries.iter().filter(|d| d.state.is_due())
+        self.deliveries.iter().filter(|d| d.state().is_due())
     }
 
     /// Records one delivery's outcome. Unknown ids and deliveries that are no longer due are
@@ -1214,10 +1259,7 @@ impl Message {
         self.progress.number_of_send_attempts = 0;
         self.progress.queued_at = now;
         for d in &mut self.deliveries {
-            if d.state == DeliveryState::Failed {
-                d.state = DeliveryState::Pending;
-                d.updated_at = now;
-            }
+            d.retry(now);
         }
         Ok(())
     }

@@ -12,7 +12,7 @@ use clarion_domain::app::SenderKind;
 use clarion_domain::ids::{AppId, DeliveryId, DeviceId, MessageId, UserId};
 use clarion_domain::message::{
     Channel, Content, Delivery, DeliveryProgress, DeliveryState, ImpossibleRecord, Message,
-    MessageSpec, MessageState, Priority, Progress, PushOptions, Target,
+    MessageSpec, MessageState, Priority, Progress, PushOptions, SendOutcome, Target,
 };
 use clarion_domain::serde_json;
 use clarion_domain::time::OffsetDateTime;
@@ -275,4 +275,37 @@ fn a_stored_delivery_that_recording_outcomes_reaches_is_rebuilt() {
 
         assert!(read.is_ok(), "{state} with {attempts} attempts: {read:?}");
     }
+}
+
+#[test]
+fn an_accepted_delivery_stays_accepted_whatever_is_recorded_later() {
+    // Arrange: the state is private (issue 14 set it back to pending from outside), so the
+    // only way to change it is to record an outcome.
+    let mut delivery = Delivery::pending(
+        DeliveryId(1),
+        MessageId(1),
+        Some(DeviceId(1)),
+        Channel::Apns,
+        NOW,
+    );
+    let accepted = SendOutcome::Accepted {
+        provider_id: Some("apns-id".to_owned()),
+        details: None,
+    };
+    delivery.record(&accepted, NOW);
+
+    // Act.
+    let failure = SendOutcome::Permanent {
+        code: "BadDeviceToken".to_owned(),
+        reason: "late report".to_owned(),
+        details: None,
+    };
+    delivery.record(&failure, NOW);
+
+    // Assert.
+    assert_eq!(delivery.state(), DeliveryState::Accepted);
+    assert_eq!(delivery.attempts(), 1);
+    assert_eq!(delivery.provider_id(), Some("apns-id"));
+    assert_eq!(delivery.error_code(), None);
+    assert_eq!(delivery.progress().check(), Ok(()));
 }

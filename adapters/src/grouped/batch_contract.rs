@@ -134,11 +134,11 @@ pub(crate) fn outcome(delivery: &Delivery, state: DeliveryState, label: &str) ->
     );
     let progress = DeliveryProgress {
         state,
-        attempts: delivery.attempts + 1,
-        provider_id: delivery.provider_id.clone(),
+        attempts: delivery.attempts() + 1,
+        provider_id: delivery.provider_id().map(str::to_owned),
         error_code: failed.then(|| label.to_owned()),
         error_text: Some(label.to_owned()),
-        details: delivery.details.clone(),
+        details: delivery.details().cloned(),
         updated_at: at(12),
     };
     Delivery::from_storage(

@@ -206,13 +206,13 @@ async fn write_deliveries(
     for delivery in deliveries {
         rows.push(serde_json::json!([
             delivery.id.0,
-            delivery.state.as_str(),
-            delivery.attempts,
-            delivery.provider_id,
-            delivery.error_code,
-            delivery.error_text,
-            opt_json_text(delivery.details.as_ref())?,
-            millis(delivery.updated_at),
+            delivery.state().as_str(),
+            delivery.attempts(),
+            delivery.provider_id(),
+            delivery.error_code(),
+            delivery.error_text(),
+            opt_json_text(delivery.details())?,
+            millis(delivery.updated_at()),
         ]));
     }
     let rows = serde_json::Value::Array(rows).to_string();

@@ -72,7 +72,7 @@ fn not_kept(what: &str) -> StoreError {
 fn merge(stored: &mut [Delivery], written: &[Delivery]) {
     for new in written {
         if let Some(old) = stored.iter_mut().find(|d| d.id == new.id)
-            && !matches!(old.state, DeliveryState::Accepted | DeliveryState::Debug)
+            && !matches!(old.state(), DeliveryState::Accepted | DeliveryState::Debug)
         {
             *old = new.clone();
         }
@@ -251,12 +251,12 @@ impl DeviceStore for MemoryStore {
             let latest = messages
                 .values()
                 .flat_map(|s| &s.message.deliveries)
-                .filter(|d| d.device_id == Some(device.id) && d.updated_at >= device.updated_at)
-                .max_by_key(|d| (d.updated_at, d.id));
-            if let Some(dead) = latest.filter(|d| d.state == DeliveryState::DeadToken) {
+                .filter(|d| d.device_id == Some(device.id) && d.updated_at() >= device.updated_at)
+                .max_by_key(|d| (d.updated_at(), d.id));
+            if let Some(dead) = latest.filter(|d| d.state() == DeliveryState::DeadToken) {
                 device.active = false;
                 device.deactivated_at = Some(now);
-                device.deactivation_reason.clone_from(&dead.error_code);
+                device.deactivation_reason = dead.error_code().map(str::to_owned);
                 deactivated += 1;
             }
         }
@@ -681,9 +681,9 @@ pub fn describe(message: &Message) -> String {
     let deliveries: Vec<String> = message
         .deliveries
         .iter()
-        .map(|d| match &d.error_code {
-            Some(code) => format!("{} {} ({code})", d.channel.as_str(), d.state.as_str()),
-            None => format!("{} {}", d.channel.as_str(), d.state.as_str()),
+        .map(|d| match &d.error_code() {
+            Some(code) => format!("{} {} ({code})", d.channel.as_str(), d.state().as_str()),
+            None => format!("{} {}", d.channel.as_str(), d.state().as_str()),
         })
         .collect();
     let retry = match (message.state(), message.next_attempt_at()) {

@@ -134,11 +134,7 @@ fn all_accepted_is_sent_with_the_provider_id_recorded() {
     attempt(&mut m, &[accepted()], T0);
     assert_eq!(m.state(), MessageState::Sent);
     assert_eq!(m.progress().sent_at, Some(T0));
-    assert!(
-        m.deliveries
-            .iter()
-            .all(|d| d.provider_id.as_deref() == Some("id-1"))
-    );
+    assert!(m.deliveries.iter().all(|d| d.provider_id() == Some("id-1")));
 }
 
 #[test]
@@ -146,8 +142,8 @@ fn some_accepted_and_the_rest_permanent_is_sent_with_failures_visible() {
     let mut m = message_with(2);
     attempt(&mut m, &[accepted(), permanent()], T0);
     assert_eq!(m.state(), MessageState::Sent);
-    assert_eq!(m.deliveries[1].state, DeliveryState::Failed);
-    assert_eq!(m.deliveries[1].error_text.as_deref(), Some("PayloadEmpty"));
+    assert_eq!(m.deliveries[1].state(), DeliveryState::Failed);
+    assert_eq!(m.deliveries[1].error_text(), Some("PayloadEmpty"));
     assert!(m.error().is_some_and(|e| e.contains("1 of 2")));
 }
 
@@ -156,7 +152,7 @@ fn all_failed_permanently_or_dead_is_error() {
     let mut m = message_with(2);
     attempt(&mut m, &[dead(), permanent()], T0);
     assert_eq!(m.state(), MessageState::Error);
-    assert_eq!(m.deliveries[0].state, DeliveryState::DeadToken);
+    assert_eq!(m.deliveries[0].state(), DeliveryState::DeadToken);
 }
 
 #[test]
@@ -219,10 +215,7 @@ fn the_default_walk_is_three_retries_then_error() {
     attempt(&mut m, &[transient(None)], now);
     assert_eq!(m.state(), MessageState::Error);
     assert_eq!(m.number_of_send_attempts(), 4);
-    assert_eq!(
-        m.deliveries[0].error_code.as_deref(),
-        Some("retries_exhausted")
-    );
+    assert_eq!(m.deliveries[0].error_code(), Some("retries_exhausted"));
 }
 
 #[test]
@@ -235,7 +228,7 @@ fn exhausted_retries_after_a_partial_success_leave_the_message_sent() {
         attempt(&mut m, &[transient(None)], now);
     }
     assert_eq!(m.state(), MessageState::Sent);
-    assert_eq!(m.deliveries[1].state, DeliveryState::Failed);
+    assert_eq!(m.deliveries[1].state(), DeliveryState::Failed);
 }
 
 #[test]
@@ -254,8 +247,8 @@ fn an_old_message_is_given_up_without_another_attempt() {
     assert!(m.is_expired(&RetryPolicy::default(), late));
     m.expire(late).expect("legal");
     assert_eq!(m.state(), MessageState::Error);
-    assert_eq!(m.deliveries[0].attempts, 1);
-    assert_eq!(m.deliveries[0].error_code.as_deref(), Some("expired"));
+    assert_eq!(m.deliveries[0].attempts(), 1);
+    assert_eq!(m.deliveries[0].error_code(), Some("expired"));
 }
 
 #[test]
@@ -263,7 +256,11 @@ fn the_debug_sender_ends_in_debug() {
     let mut m = message_with(2);
     attempt(&mut m, &[SendOutcome::Debug], T0);
     assert_eq!(m.state(), MessageState::Debug);
-    assert!(m.deliveries.iter().all(|d| d.state == DeliveryState::Debug));
+    assert!(
+        m.deliveries
+            .iter()
+            .all(|d| d.state() == DeliveryState::Debug)
+    );
 }
 
 #[test]
@@ -347,19 +344,10 @@ proptest! {
             // A store could rebuild what the state machine left.
             prop_assert_eq!(m.progress().check(), Ok(()));
             for d in &m.deliveries {
-                let stored = DeliveryProgress {
-                    state: d.state,
-                    attempts: d.attempts,
-                    provider_id: d.provider_id.clone(),
-                    error_code: d.error_code.clone(),
-                    error_text: d.error_text.clone(),
-                    details: d.details.clone(),
-                    updated_at: d.updated_at,
-                };
-                prop_assert_eq!(stored.check(), Ok(()));
+                prop_assert_eq!(d.progress().check(), Ok(()));
             }
             for d in &m.deliveries {
-                if d.state == DeliveryState::Accepted && !accepted_ids.contains(&d.id) {
+                if d.state() == DeliveryState::Accepted && !accepted_ids.contains(&d.id) {
                     accepted_ids.push(d.id);
                 }
             }

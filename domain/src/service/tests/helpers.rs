@@ -177,7 +177,7 @@ pub(super) fn recording(shared: &Shared) -> impl Fn(&[Delivery]) -> Result<(), S
         let mut all = shared.lock().unwrap();
         for delivery in deliveries {
             if let Some(d) = all.iter_mut().find(|d| d.id == delivery.id)
-                && d.state.is_due()
+                && d.state().is_due()
             {
                 *d = delivery.clone();
             }
@@ -198,7 +198,7 @@ fn serve_deliveries(messages: &mut MockMessageStore, shared: &Shared) {
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|d| d.message_id == id && d.state.is_due())
+                .filter(|d| d.message_id == id && d.state().is_due())
                 .filter(|d| after.is_none_or(|a| d.id > a))
                 .take(limit as usize)
                 .cloned()
