@@ -58,8 +58,9 @@
 //! provider's limit before anything is sent: APNs 4096 bytes, FCM 4096 bytes, Web Push 3993
 //! bytes of plaintext (what fits one 4096-byte encrypted record), OneSignal 4096 bytes. An
 //! oversized message fails with [`PayloadError::TooLarge`](payload::PayloadError::TooLarge),
-//! naming the provider, the limit and the size. The builders trust the options: check them with
-//! [`PushOptions::validate`](message::PushOptions::validate) and the content with
+//! naming the provider, the limit and the size. The builders check the options themselves
+//! ([`PayloadError::Invalid`](payload::PayloadError::Invalid), with the error of
+//! [`PushOptions::validate`](message::PushOptions::validate)); check the content with
 //! [`Content::validate`](message::Content::validate) first, as the services do.
 //!
 //! **Ports and `PushService`** ([`ports`], [`service`]). The domain declares what it needs from

@@ -8,16 +8,17 @@
     reason = "test code: a failed expectation is a failed test"
 )]
 
-use clarion_domain::app::SenderKind;
+use clarion_domain::app::{Application, SenderKind};
 use clarion_domain::ids::{AppId, DeliveryId, DeviceId, MessageId, UserId};
 use clarion_domain::message::{
     Channel, Content, Delivery, DeliveryProgress, DeliveryState, ImpossibleRecord, Message,
-    MessageSpec, MessageState, Priority, Progress, PushOptions, SendOutcome, Target,
+    MessageSpec, MessageState, OptionError, Priority, Progress, PushOptions, SendOutcome, Target,
 };
+use clarion_domain::payload::{self, PayloadError, PayloadTarget};
 use clarion_domain::serde_json;
 use clarion_domain::time::OffsetDateTime;
 use clarion_domain::time::macros::datetime;
-use clarion_domain::token::{DeviceToken, EndpointPolicy, WebPushSubscription};
+use clarion_domain::token::{DeviceToken, EndpointPolicy, Platform, WebPushSubscription};
 
 const P256DH: &str =
     "BCVxsr7N_eNgVRqvHtD0zTZsEc6-VV-JvLexhqUzORcxaOzi6-AYWXvTBHm4bjyPjs7Vd8pZGH6SRpkNtoIAiw4";
@@ -308,4 +309,73 @@ fn an_accepted_delivery_stays_accepted_whatever_is_recorded_later() {
     assert_eq!(delivery.provider_id(), Some("apns-id"));
     assert_eq!(delivery.error_code(), None);
     assert_eq!(delivery.progress().check(), Ok(()));
+}
+
+#[test]
+fn every_payload_builder_refuses_the_options_the_service_refuses() {
+    // Arrange: a 100-byte collapse key and a time-to-live of u32::MAX, which built fine when
+    // only the service checked them; one target per provider.
+    let app = Application::new(AppId::parse("shop").expect("an app id"), SenderKind::Direct);
+    let apns = DeviceToken::parse(
+        Platform::Apns,
+        &"ab".repeat(32),
+        None,
+        None,
+        EndpointPolicy::PublicOnly,
+    )
+    .expect("an APNs token");
+    let fcm = DeviceToken::parse(
+        Platform::Fcm,
+        "fcm-1",
+        None,
+        None,
+        EndpointPolicy::PublicOnly,
+    )
+    .expect("an FCM token");
+    let webpush = DeviceToken::parse(
+        Platform::Webpush,
+        "https://push.example.com/x",
+        Some(P256DH),
+        Some(AUTH),
+        EndpointPolicy::PublicOnly,
+    )
+    .expect("a subscription");
+    let user = UserId::parse("u1").expect("a user id");
+    let targets = [
+        PayloadTarget::Device(&apns),
+        PayloadTarget::Device(&fcm),
+        PayloadTarget::Device(&webpush),
+        PayloadTarget::ExternalUser(&user),
+    ];
+    let long_key = PushOptions {
+        collapse_key: Some("k".repeat(100)),
+        ..PushOptions::default()
+    };
+    let endless = PushOptions {
+        time_to_live: Some(u32::MAX),
+        ..PushOptions::default()
+    };
+
+    for (options, refused) in [
+        (long_key, OptionError::CollapseKeyTooLong(100)),
+        (endless, OptionError::TimeToLive(u32::MAX)),
+    ] {
+        let spec = MessageSpec {
+            options: options.clone(),
+            ..spec()
+        };
+        // The service refuses them with this error.
+        assert_eq!(options.validate(), Err(refused.clone()));
+        for target in targets {
+            // Act.
+            let built = payload::build(&app, &spec, target, NOW);
+
+            // Assert.
+            assert_eq!(
+                built,
+                Err(PayloadError::Invalid(refused.clone())),
+                "{target:?}"
+            );
+        }
+    }
 }
