@@ -119,7 +119,7 @@
 //! ```
 //! use clarion_domain::app::{ApnsSettings, Application, SenderKind};
 //! use clarion_domain::ids::{AppId, UserId};
-//! use clarion_domain::message::{Content, MessageSpec, OptionError, Priority, PushOptions, Target};
+//! use clarion_domain::message::{Content, MessageSpec, OptionError, PushOptions, Target};
 //! use clarion_domain::payload::{self, Payload, PayloadError, PayloadTarget};
 //! use clarion_domain::serde_json::{self, json};
 //! use clarion_domain::time::macros::datetime;
@@ -127,28 +127,20 @@
 //!
 //! let mut app = Application::new(AppId::parse("shop")?, SenderKind::Direct);
 //! app.apns = Some(ApnsSettings { topic: "com.example.shop".to_owned() });
-//! let mut spec = MessageSpec {
-//!     app: app.id.clone(),
-//!     target: Target::User { user_id: UserId::parse("alice")? },
-//!     content: Content {
-//!         heading: Some("Shipped".to_owned()),
-//!         body: "Order 42 is on its way.".to_owned(),
-//!         url: None,
-//!         extra_data: json!({"order_id": 42}).as_object().cloned(),
-//!     },
-//!     template_slug: None,
-//!     tag: None,
-//!     priority: Priority::High,
-//!     options: PushOptions {
-//!         collapse_key: Some("order-42".to_owned()),
-//!         time_to_live: Some(3600),
-//!         ..PushOptions::default()
-//!     },
-//!     related_objects: Vec::new(),
-//!     retry_sending: true,
+//! let target = Target::User { user_id: UserId::parse("alice")? };
+//! let content = Content {
+//!     heading: Some("Shipped".to_owned()),
+//!     body: "Order 42 is on its way.".to_owned(),
+//!     url: None,
+//!     extra_data: json!({"order_id": 42}).as_object().cloned(),
 //! };
-//! // The builders trust the options and the content: check them first.
-//! spec.options.validate()?;
+//! let options = PushOptions {
+//!     collapse_key: Some("order-42".to_owned()),
+//!     time_to_live: Some(3600),
+//!     ..PushOptions::default()
+//! };
+//! let mut spec = MessageSpec::new(app.id.clone(), target, content).with_options(options);
+//! // The builders check the options themselves; check the content first.
 //! spec.content.validate(&spec.options)?;
 //! let too_long = PushOptions { time_to_live: Some(u32::MAX), ..PushOptions::default() };
 //! assert!(matches!(too_long.validate(), Err(OptionError::TimeToLive(_))));
@@ -202,24 +194,16 @@
 //! use clarion_domain::app::SenderKind;
 //! use clarion_domain::ids::{AppId, DeliveryId, DeviceId, MessageId};
 //! use clarion_domain::message::{
-//!     Channel, Content, Delivery, Message, MessageSpec, MessageState, Priority,
-//!     PushOptions, SendOutcome, Target,
+//!     Channel, Content, Delivery, Message, MessageSpec, MessageState, SendOutcome, Target,
 //! };
 //! use clarion_domain::retry::RetryPolicy;
 //! use clarion_domain::time::macros::datetime;
 //!
 //! let now = datetime!(2026-03-01 10:00 UTC);
-//! let spec = MessageSpec {
-//!     app: AppId::parse("shop")?,
-//!     target: Target::Devices { device_ids: vec![DeviceId(7)] },
-//!     content: Content { body: "Hello".to_owned(), ..Content::default() },
-//!     template_slug: None,
-//!     tag: None,
-//!     priority: Priority::High,
-//!     options: PushOptions::default(),
-//!     related_objects: Vec::new(),
-//!     retry_sending: true,
-//! };
+//! let target = Target::Devices { device_ids: vec![DeviceId(7)] };
+//! let content = Content { body: "Hello".to_owned(), ..Content::default() };
+//! // The defaults: high priority, no options, retries on.
+//! let spec = MessageSpec::new(AppId::parse("shop")?, target, content);
 //! let id = MessageId(1);
 //! let progress = Message::initial_progress(now);
 //! // A store rebuilds a message through this checked constructor; it refuses a progress the

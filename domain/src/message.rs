@@ -400,6 +400,87 @@ pub struct MessageSpec {
     pub retry_sending: bool,
 }
 
+impl MessageSpec {
+    /// A message for `app` to `target` saying `content`, with the defaults the API uses: no
+    /// template, tag or related objects, high priority, no platform options, and retries on.
+    /// The `with_` methods set the rest.
+    ///
+    /// ```
+    /// use clarion_domain::ids::{AppId, Tag, UserId};
+    /// use clarion_domain::message::{Content, MessageSpec, Priority, Target};
+    ///
+    /// let target = Target::User { user_id: UserId::parse("alice")? };
+    /// let content = Content { body: "Your order shipped".to_owned(), ..Content::default() };
+    /// let spec = MessageSpec::new(AppId::parse("shop")?, target, content)
+    ///     .with_tag(Tag::parse("orders")?)
+    ///     .with_priority(Priority::Normal);
+    /// assert!(spec.retry_sending && spec.options.validate().is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn new(app: AppId, target: Target, content: Content) -> Self {
+        Self {
+            app,
+            target,
+            content,
+            template_slug: None,
+            tag: None,
+            priority: Priority::default(),
+            options: PushOptions::default(),
+            related_objects: Vec::new(),
+            retry_sending: true,
+        }
+    }
+
+    /// The same message, rendered from the template `slug`.
+    #[must_use]
+    pub fn with_template_slug(self, slug: Slug) -> Self {
+        Self {
+            template_slug: Some(slug),
+            ..self
+        }
+    }
+
+    /// The same message, labelled with `tag`.
+    #[must_use]
+    pub fn with_tag(self, tag: Tag) -> Self {
+        Self {
+            tag: Some(tag),
+            ..self
+        }
+    }
+
+    /// The same message, delivered with `priority`.
+    #[must_use]
+    pub fn with_priority(self, priority: Priority) -> Self {
+        Self { priority, ..self }
+    }
+
+    /// The same message, with these platform options.
+    #[must_use]
+    pub fn with_options(self, options: PushOptions) -> Self {
+        Self { options, ..self }
+    }
+
+    /// The same message, about these objects of the caller.
+    #[must_use]
+    pub fn with_related_objects(self, related_objects: Vec<RelatedObject>) -> Self {
+        Self {
+            related_objects,
+            ..self
+        }
+    }
+
+    /// The same message, with transient failures retried or not.
+    #[must_use]
+    pub fn with_retry_sending(self, retry_sending: bool) -> Self {
+        Self {
+            retry_sending,
+            ..self
+        }
+    }
+}
+
 /// Where one delivery goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

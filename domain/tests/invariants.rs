@@ -12,7 +12,7 @@ use clarion_domain::app::{Application, SenderKind};
 use clarion_domain::ids::{AppId, DeliveryId, DeviceId, MessageId, UserId};
 use clarion_domain::message::{
     Channel, Content, Delivery, DeliveryProgress, DeliveryState, ImpossibleRecord, Message,
-    MessageSpec, MessageState, OptionError, Priority, Progress, PushOptions, SendOutcome, Target,
+    MessageSpec, MessageState, OptionError, Progress, PushOptions, SendOutcome, Target,
 };
 use clarion_domain::payload::{self, PayloadError, PayloadTarget};
 use clarion_domain::serde_json;
@@ -112,22 +112,14 @@ fn a_serialized_token_reads_back_as_the_same_token() {
 }
 
 fn spec() -> MessageSpec {
-    MessageSpec {
-        app: AppId::parse("shop").expect("an app id"),
-        target: Target::User {
-            user_id: UserId::parse("u1").expect("a user id"),
-        },
-        content: Content {
-            body: "Hello".to_owned(),
-            ..Content::default()
-        },
-        template_slug: None,
-        tag: None,
-        priority: Priority::High,
-        options: PushOptions::default(),
-        related_objects: Vec::new(),
-        retry_sending: true,
-    }
+    let target = Target::User {
+        user_id: UserId::parse("u1").expect("a user id"),
+    };
+    let content = Content {
+        body: "Hello".to_owned(),
+        ..Content::default()
+    };
+    MessageSpec::new(AppId::parse("shop").expect("an app id"), target, content)
 }
 
 const NOW: OffsetDateTime = datetime!(2026-03-01 10:00 UTC);
@@ -360,10 +352,7 @@ fn every_payload_builder_refuses_the_options_the_service_refuses() {
         (long_key, OptionError::CollapseKeyTooLong(100)),
         (endless, OptionError::TimeToLive(u32::MAX)),
     ] {
-        let spec = MessageSpec {
-            options: options.clone(),
-            ..spec()
-        };
+        let spec = spec().with_options(options.clone());
         // The service refuses them with this error.
         assert_eq!(options.validate(), Err(refused.clone()));
         for target in targets {
