@@ -61,9 +61,9 @@ fn count_message(message: &Message) {
 fn count_deliveries(deliveries: &[Delivery]) {
     let mut counts: BTreeMap<(&'static str, &'static str, &str), u64> = BTreeMap::new();
     for delivery in deliveries {
-        let reason = delivery.error_code.as_deref().unwrap_or("none");
+        let reason = delivery.error_code().unwrap_or("none");
         *counts
-            .entry((delivery.channel.as_str(), delivery.state.as_str(), reason))
+            .entry((delivery.channel.as_str(), delivery.state().as_str(), reason))
             .or_default() += 1;
     }
     for ((provider, outcome, reason), count) in counts {

@@ -13,8 +13,8 @@ use clarion_domain::ids::{
     AppId, DeliveryId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId,
 };
 use clarion_domain::message::{
-    Channel, Content, Delivery, DeliveryState, Message, MessageSpec, MessageState, Priority,
-    Progress, PushOptions, Target,
+    Channel, Content, Delivery, DeliveryProgress, DeliveryState, Message, MessageSpec,
+    MessageState, Priority, Progress, PushOptions, Target,
 };
 use clarion_domain::ports::{DueDelivery, NewDeliveries, NewMessage, StoreError};
 use clarion_domain::template::Template;
@@ -97,12 +97,13 @@ pub(crate) fn stored_time(at: OffsetDateTime) -> OffsetDateTime {
 }
 
 /// A message that was just inserted as `id`, with `deliveries`, as reading it back would
-/// give it: a send needs no read after its write.
+/// give it: a send needs no read after its write. A progress the state machine cannot reach
+/// is [`StoreError::Corrupt`], as reading the row back would be.
 pub(crate) fn inserted_message(
     message: &NewMessage,
     id: i64,
     deliveries: Vec<Delivery>,
-) -> Message {
+) -> Result<Message, StoreError> {
     let progress = &message.progress;
     let progress = Progress {
         state: progress.state,
@@ -113,6 +114,10 @@ pub(crate) fn inserted_message(
         queued_at: stored_time(progress.queued_at),
     };
     let now = stored_time(message.now);
+    let f = Field {
+        table: "messages",
+        id: &id,
+    };
     let mut stored = Message::from_storage(
         MessageId(id),
         message.spec.clone(),
@@ -120,9 +125,10 @@ pub(crate) fn inserted_message(
         progress,
         now,
         now,
-    );
+    )
+    .map_err(|e| f.err("state", e))?;
     stored.deliveries = deliveries;
-    stored
+    Ok(stored)
 }
 
 /// A listed delivery that was just inserted as `id`: pending, never attempted.
@@ -132,19 +138,13 @@ pub(crate) fn inserted_delivery(
     (channel, device): &(Channel, Option<DeviceId>),
     now: OffsetDateTime,
 ) -> Delivery {
-    Delivery {
-        id: DeliveryId(id),
-        message_id: MessageId(message),
-        device_id: *device,
-        channel: *channel,
-        state: DeliveryState::Pending,
-        attempts: 0,
-        provider_id: None,
-        error_code: None,
-        error_text: None,
-        details: None,
-        updated_at: stored_time(now),
-    }
+    Delivery::pending(
+        DeliveryId(id),
+        MessageId(message),
+        *device,
+        *channel,
+        stored_time(now),
+    )
 }
 
 /// JSON text of a value that serialises infallibly (maps and JSON values).
@@ -383,7 +383,8 @@ impl<T: StoredTime> MessageRow<T> {
             progress,
             f.time("created_at", self.created_at)?,
             f.time("changed_at", self.changed_at)?,
-        );
+        )
+        .map_err(|e| f.err("state", e))?;
         message.extra_sender_data =
             f.json("extra_sender_data", self.extra_sender_data.as_deref())?;
         Ok(message)
@@ -472,14 +473,7 @@ impl<T: StoredTime> DeliveryRow<T> {
             table: "deliveries",
             id: &self.id,
         };
-        Ok(Delivery {
-            id: DeliveryId(self.id),
-            message_id: MessageId(self.message_id),
-            device_id: self.device_id.map(DeviceId),
-            channel: self
-                .channel
-                .parse::<Channel>()
-                .map_err(|e| f.err("channel", e))?,
+        let progress = DeliveryProgress {
             state: self
                 .state
                 .parse::<DeliveryState>()
@@ -490,7 +484,19 @@ impl<T: StoredTime> DeliveryRow<T> {
             error_text: self.error_text,
             details: f.json("details", self.details.as_deref())?,
             updated_at: f.time("updated_at", self.updated_at)?,
-        })
+        };
+        let channel = self
+            .channel
+            .parse::<Channel>()
+            .map_err(|e| f.err("channel", e))?;
+        Delivery::from_storage(
+            DeliveryId(self.id),
+            MessageId(self.message_id),
+            self.device_id.map(DeviceId),
+            channel,
+            progress,
+        )
+        .map_err(|e| f.err("state", e))
     }
 }
 

@@ -133,7 +133,7 @@ async fn a_notification_is_accepted_and_its_apns_id_recorded() {
 
     assert_eq!(message.state(), MessageState::Sent, "{message:#?}");
     let delivery = only_delivery(&message);
-    assert_eq!(delivery.state, DeliveryState::Accepted);
+    assert_eq!(delivery.state(), DeliveryState::Accepted);
     let requests = setup.mock.requests();
     assert_eq!(requests.len(), 1);
     let seen = &requests[0];
@@ -142,12 +142,12 @@ async fn a_notification_is_accepted_and_its_apns_id_recorded() {
     assert_eq!(seen.method, "POST");
     assert_eq!(seen.path, format!("/3/device/{}", device.token.key()));
     assert_eq!(
-        delivery.provider_id.as_deref(),
+        delivery.provider_id(),
         Some(seen.view.response_apns_id.as_str())
     );
     let sent_id = seen.header("apns-id").expect("an apns-id header");
     assert_eq!(uuid::Uuid::parse_str(sent_id).unwrap().get_version_num(), 4);
-    assert_eq!(delivery.provider_id.as_deref(), Some(sent_id));
+    assert_eq!(delivery.provider_id(), Some(sent_id));
     let claims = seen.view.jwt_claims.as_ref().expect("a verified JWT");
     assert_eq!(claims["iss"], TEAM_ID);
     assert_eq!(seen.header("apns-topic"), Some(TOPIC));
@@ -174,8 +174,8 @@ async fn an_unregistered_token_deactivates_the_device_with_the_reason() {
 
     assert_eq!(message.state(), MessageState::Error, "{message:#?}");
     let delivery = only_delivery(&message);
-    assert_eq!(delivery.state, DeliveryState::DeadToken);
-    assert_eq!(delivery.error_code.as_deref(), Some("Unregistered"));
+    assert_eq!(delivery.state(), DeliveryState::DeadToken);
+    assert_eq!(delivery.error_code(), Some("Unregistered"));
     let device = setup.harness.device(APP, &device).await;
     assert!(!device.active);
     let reason = device.deactivation_reason.unwrap_or_default();
@@ -192,10 +192,10 @@ async fn a_permanent_error_fails_the_message_and_keeps_the_device() {
 
     assert_eq!(message.state(), MessageState::Error, "{message:#?}");
     let delivery = only_delivery(&message);
-    assert_eq!(delivery.state, DeliveryState::Failed);
-    assert_eq!(delivery.error_code.as_deref(), Some("BadCollapseId"));
+    assert_eq!(delivery.state(), DeliveryState::Failed);
+    assert_eq!(delivery.error_code(), Some("BadCollapseId"));
     assert_eq!(
-        delivery.details.as_ref().map(|d| d["reason"].clone()),
+        delivery.details().map(|d| d["reason"].clone()),
         Some(json!("BadCollapseId"))
     );
     assert!(setup.harness.device(APP, &device).await.active);
@@ -211,7 +211,7 @@ async fn a_transient_error_is_retried_by_the_batch_after_next_attempt_at() {
 
     assert_eq!(message.state(), MessageState::ErrorRetry, "{message:#?}");
     assert_eq!(
-        only_delivery(&message).error_code.as_deref(),
+        only_delivery(&message).error_code(),
         Some("ServiceUnavailable")
     );
     let next = message.next_attempt_at().expect("a next attempt");
@@ -223,7 +223,7 @@ async fn a_transient_error_is_retried_by_the_batch_after_next_attempt_at() {
     assert_eq!(report.sent, 1, "{report:?}");
     let message = setup.harness.message(APP, &message).await;
     assert_eq!(message.state(), MessageState::Sent, "{message:#?}");
-    assert_eq!(only_delivery(&message).state, DeliveryState::Accepted);
+    assert_eq!(only_delivery(&message).state(), DeliveryState::Accepted);
     let requests = setup.mock.requests();
     assert_eq!(requests.len(), 2);
     assert!(requests.iter().all(|r| r.problems.is_empty()));
@@ -258,8 +258,8 @@ async fn a_timeout_is_a_transient_failure() {
 
     assert_eq!(message.state(), MessageState::ErrorRetry, "{message:#?}");
     let delivery = only_delivery(&message);
-    assert_eq!(delivery.state, DeliveryState::Retrying);
-    assert_eq!(delivery.error_code.as_deref(), Some("timeout"));
+    assert_eq!(delivery.state(), DeliveryState::Retrying);
+    assert_eq!(delivery.error_code(), Some("timeout"));
 }
 
 #[tokio::test]
@@ -275,12 +275,9 @@ async fn a_refused_connection_is_a_transient_failure() {
 
     assert_eq!(message.state(), MessageState::ErrorRetry, "{message:#?}");
     let delivery = only_delivery(&message);
-    assert_eq!(delivery.error_code.as_deref(), Some("connection"));
+    assert_eq!(delivery.error_code(), Some("connection"));
     assert!(
-        delivery
-            .error_text
-            .as_deref()
-            .is_some_and(|t| t.contains("APNs")),
+        delivery.error_text().is_some_and(|t| t.contains("APNs")),
         "{delivery:?}"
     );
     assert_eq!(setup.mock.request_count(), 0);
@@ -327,7 +324,7 @@ async fn an_expired_provider_token_is_renewed_and_the_request_retried_once() {
     let message = setup.send().await;
 
     assert_eq!(message.state(), MessageState::Sent, "{message:#?}");
-    assert_eq!(only_delivery(&message).attempts, 1);
+    assert_eq!(only_delivery(&message).attempts(), 1);
     let requests = setup.mock.requests();
     assert_eq!(requests.len(), 2);
     assert_eq!(requests[0].status, 403);
@@ -350,12 +347,9 @@ async fn a_provider_token_expired_again_after_renewal_is_a_configuration_error()
 
     assert_eq!(message.state(), MessageState::Error, "{message:#?}");
     let delivery = only_delivery(&message);
-    assert_eq!(delivery.error_code.as_deref(), Some("ExpiredProviderToken"));
+    assert_eq!(delivery.error_code(), Some("ExpiredProviderToken"));
     assert!(
-        delivery
-            .error_text
-            .as_deref()
-            .is_some_and(|t| t.contains("clock")),
+        delivery.error_text().is_some_and(|t| t.contains("clock")),
         "{delivery:?}"
     );
     assert_eq!(setup.mock.request_count(), 2);
@@ -378,8 +372,8 @@ async fn a_key_apns_does_not_know_is_a_configuration_error_naming_the_settings()
 
     assert_eq!(message.state(), MessageState::Error, "{message:#?}");
     let delivery = only_delivery(&message);
-    assert_eq!(delivery.error_code.as_deref(), Some("InvalidProviderToken"));
-    let text = delivery.error_text.as_deref().unwrap_or_default();
+    assert_eq!(delivery.error_code(), Some("InvalidProviderToken"));
+    let text = delivery.error_text().unwrap_or_default();
     assert!(
         text.contains("apns.key_id") && text.contains("apns.key"),
         "{text}"
@@ -439,7 +433,7 @@ async fn certificate_authentication_presents_the_client_certificate_and_sends_no
 
     assert_eq!(message.state(), MessageState::Sent, "{message:#?}");
     let delivery = only_delivery(&message);
-    assert_eq!(delivery.state, DeliveryState::Accepted);
+    assert_eq!(delivery.state(), DeliveryState::Accepted);
     let requests = setup.mock.requests();
     assert_eq!(requests.len(), 1);
     let seen = &requests[0];
@@ -453,7 +447,7 @@ async fn certificate_authentication_presents_the_client_certificate_and_sends_no
     assert_eq!(seen.view.jwt, None);
     assert_eq!(seen.header("apns-topic"), Some(TOPIC));
     assert_eq!(
-        delivery.provider_id.as_deref(),
+        delivery.provider_id(),
         Some(seen.view.response_apns_id.as_str())
     );
 }
@@ -471,22 +465,18 @@ async fn a_client_certificate_apns_does_not_trust_fails_the_delivery_before_any_
 
     assert_ne!(message.state(), MessageState::Sent, "{message:#?}");
     let delivery = only_delivery(&message);
-    assert_ne!(delivery.state, DeliveryState::Accepted, "{delivery:?}");
+    assert_ne!(delivery.state(), DeliveryState::Accepted, "{delivery:?}");
     // TLS 1.3 clients finish the handshake before the server checks their certificate, so
     // Clarion learns of the refusal from the server's alert, as a transient network failure.
     assert_eq!(message.state(), MessageState::ErrorRetry, "{message:#?}");
-    assert_eq!(delivery.state, DeliveryState::Retrying);
+    assert_eq!(delivery.state(), DeliveryState::Retrying);
     assert!(
-        matches!(
-            delivery.error_code.as_deref(),
-            Some("transport" | "connection")
-        ),
+        matches!(delivery.error_code(), Some("transport" | "connection")),
         "{delivery:?}"
     );
     assert!(
         delivery
-            .error_text
-            .as_deref()
+            .error_text()
             .is_some_and(|t| t.contains("APNs") && t.contains("alert")),
         "{delivery:?}"
     );
@@ -554,7 +544,7 @@ async fn many_devices_are_sent_at_once_over_one_connection_at_most_the_configure
         message
             .deliveries
             .iter()
-            .all(|d| d.state == DeliveryState::Accepted)
+            .all(|d| d.state() == DeliveryState::Accepted)
     );
     let requests = mock.requests();
     assert_eq!(requests.len(), 20);

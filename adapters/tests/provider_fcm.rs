@@ -130,11 +130,8 @@ async fn a_message_to_an_fcm_device_is_accepted_and_its_message_name_recorded() 
         "{name}"
     );
     let stored = harness.message(APP, &message).await;
-    assert_eq!(stored.deliveries[0].state, DeliveryState::Accepted);
-    assert_eq!(
-        stored.deliveries[0].provider_id.as_deref(),
-        Some(name.as_str())
-    );
+    assert_eq!(stored.deliveries[0].state(), DeliveryState::Accepted);
+    assert_eq!(stored.deliveries[0].provider_id(), Some(name.as_str()));
     let tokens = mock.token_requests();
     assert_eq!(tokens.len(), 1);
     assert!(
@@ -236,8 +233,8 @@ async fn a_second_401_is_a_configuration_error_and_not_a_loop() {
 
     assert_eq!(message.state(), MessageState::Error);
     let delivery = &harness.message(APP, &message).await.deliveries[0];
-    assert_eq!(delivery.state, DeliveryState::Failed);
-    assert_eq!(delivery.error_code.as_deref(), Some("UNAUTHENTICATED"));
+    assert_eq!(delivery.state(), DeliveryState::Failed);
+    assert_eq!(delivery.error_code(), Some("UNAUTHENTICATED"));
     assert_eq!(mock.request_count(), 2);
     assert_eq!(mock.token_request_count(), 2);
     assert!(harness.device(APP, &device).await.active);
@@ -255,8 +252,8 @@ async fn an_unregistered_token_deactivates_the_device_with_its_reason() {
 
     assert_eq!(message.state(), MessageState::Error);
     let delivery = &harness.message(APP, &message).await.deliveries[0];
-    assert_eq!(delivery.state, DeliveryState::DeadToken);
-    assert_eq!(delivery.error_code.as_deref(), Some("UNREGISTERED"));
+    assert_eq!(delivery.state(), DeliveryState::DeadToken);
+    assert_eq!(delivery.error_code(), Some("UNREGISTERED"));
     let device = harness.device(APP, &device).await;
     assert!(!device.active);
     let reason = device.deactivation_reason.unwrap_or_default();
@@ -276,16 +273,16 @@ async fn invalid_argument_fails_the_message_and_keeps_the_device_active() {
 
     assert_eq!(message.state(), MessageState::Error);
     let delivery = &harness.message(APP, &message).await.deliveries[0];
-    assert_eq!(delivery.state, DeliveryState::Failed);
-    assert_eq!(delivery.error_code.as_deref(), Some("INVALID_ARGUMENT"));
-    let text = delivery.error_text.clone().unwrap_or_default();
+    assert_eq!(delivery.state(), DeliveryState::Failed);
+    assert_eq!(delivery.error_code(), Some("INVALID_ARGUMENT"));
+    let text = delivery.error_text().map(str::to_owned).unwrap_or_default();
     assert!(
         text.contains("not a valid FCM registration token"),
         "{text}"
     );
     assert_eq!(
         delivery
-            .details
+            .details()
             .as_ref()
             .and_then(|d| d.pointer("/error/status")),
         Some(&json!("INVALID_ARGUMENT"))
@@ -305,10 +302,7 @@ async fn an_unavailable_fcm_is_retried_and_the_batch_sends_once_due() {
     let message = harness.send(APP, to_user(USER, "Hello", "World")).await;
 
     assert_eq!(message.state(), MessageState::ErrorRetry);
-    assert_eq!(
-        message.deliveries[0].error_code.as_deref(),
-        Some("UNAVAILABLE")
-    );
+    assert_eq!(message.deliveries[0].error_code(), Some("UNAVAILABLE"));
     let due = message.next_attempt_at().expect("a next attempt");
     harness
         .clock
@@ -317,7 +311,7 @@ async fn an_unavailable_fcm_is_retried_and_the_batch_sends_once_due() {
     assert_eq!(report.sent, 1);
     let message = harness.message(APP, &message).await;
     assert_eq!(message.state(), MessageState::Sent);
-    assert_eq!(message.deliveries[0].state, DeliveryState::Accepted);
+    assert_eq!(message.deliveries[0].state(), DeliveryState::Accepted);
     assert_eq!(mock.request_count(), 2);
     assert_no_problems(&mock);
 }
@@ -333,10 +327,7 @@ async fn an_internal_error_is_transient() {
     let message = harness.send(APP, to_user(USER, "Hello", "World")).await;
 
     assert_eq!(message.state(), MessageState::ErrorRetry);
-    assert_eq!(
-        message.deliveries[0].error_code.as_deref(),
-        Some("INTERNAL")
-    );
+    assert_eq!(message.deliveries[0].error_code(), Some("INTERNAL"));
 }
 
 #[tokio::test]
@@ -350,10 +341,7 @@ async fn quota_exceeded_waits_at_least_the_retry_after() {
     let message = harness.send(APP, to_user(USER, "Hello", "World")).await;
 
     assert_eq!(message.state(), MessageState::ErrorRetry);
-    assert_eq!(
-        message.deliveries[0].error_code.as_deref(),
-        Some("QUOTA_EXCEEDED")
-    );
+    assert_eq!(message.deliveries[0].error_code(), Some("QUOTA_EXCEEDED"));
     let due = message.next_attempt_at().expect("a next attempt");
     assert!(
         due >= harness.clock.now() + Duration::from_secs(120),
@@ -376,7 +364,7 @@ async fn a_send_slower_than_the_timeout_is_retried_later() {
     let message = harness.send(APP, to_user(USER, "Hello", "World")).await;
 
     assert_eq!(message.state(), MessageState::ErrorRetry);
-    assert_eq!(message.deliveries[0].error_code.as_deref(), Some("timeout"));
+    assert_eq!(message.deliveries[0].error_code(), Some("timeout"));
 }
 
 #[tokio::test]
@@ -393,10 +381,7 @@ async fn a_refused_connection_is_retried_later() {
     let message = harness.send(APP, to_user(USER, "Hello", "World")).await;
 
     assert_eq!(message.state(), MessageState::ErrorRetry);
-    assert_eq!(
-        message.deliveries[0].error_code.as_deref(),
-        Some("connection")
-    );
+    assert_eq!(message.deliveries[0].error_code(), Some("connection"));
     assert_eq!(mock.request_count(), 0);
 }
 
@@ -415,10 +400,7 @@ async fn an_unreachable_token_endpoint_is_retried_later() {
     let message = harness.send(APP, to_user(USER, "Hello", "World")).await;
 
     assert_eq!(message.state(), MessageState::ErrorRetry);
-    assert_eq!(
-        message.deliveries[0].error_code.as_deref(),
-        Some("connection")
-    );
+    assert_eq!(message.deliveries[0].error_code(), Some("connection"));
     assert_eq!(mock.request_count(), 0);
 }
 
@@ -437,8 +419,8 @@ async fn a_refused_service_account_is_a_configuration_error_that_shows_no_secret
 
     assert_eq!(message.state(), MessageState::Error);
     let delivery = &harness.message(APP, &message).await.deliveries[0];
-    assert_eq!(delivery.error_code.as_deref(), Some("oauth_invalid_grant"));
-    let text = delivery.error_text.clone().unwrap_or_default();
+    assert_eq!(delivery.error_code(), Some("oauth_invalid_grant"));
+    let text = delivery.error_text().map(str::to_owned).unwrap_or_default();
     assert!(text.contains("Invalid JWT Signature."), "{text}");
     assert!(
         text.contains(&mock.service_account().client_email),

@@ -119,12 +119,9 @@ timeout_secs = 10
     }
     let mut failures: HashMap<String, usize> = HashMap::new();
     for delivery in &stored.deliveries {
-        if let Some(code) = &delivery.error_code {
+        if let Some(code) = &delivery.error_code() {
             *failures
-                .entry(format!(
-                    "{code}: {}",
-                    delivery.error_text.as_deref().unwrap_or("")
-                ))
+                .entry(format!("{code}: {}", delivery.error_text().unwrap_or("")))
                 .or_default() += 1;
         }
     }

@@ -209,25 +209,25 @@ async fn a_user_with_devices_on_three_platforms_gets_one_delivery_per_device_eac
     assert_eq!(message.deliveries.len(), 3, "{message:#?}");
     let apns = delivery_to(&message, &iphone);
     assert_eq!(apns.channel, Channel::Apns);
-    assert_eq!(apns.state, DeliveryState::Accepted);
+    assert_eq!(apns.state(), DeliveryState::Accepted);
     let apns_requests = mocks.apns.requests();
     assert_eq!(apns_requests.len(), 1);
     assert_eq!(
-        apns.provider_id.as_deref(),
+        apns.provider_id(),
         Some(apns_requests[0].view.response_apns_id.as_str())
     );
     let fcm = delivery_to(&message, &android);
     assert_eq!(fcm.channel, Channel::Fcm);
-    assert_eq!(fcm.state, DeliveryState::DeadToken);
-    assert_eq!(fcm.error_code.as_deref(), Some("UNREGISTERED"));
+    assert_eq!(fcm.state(), DeliveryState::DeadToken);
+    assert_eq!(fcm.error_code(), Some("UNREGISTERED"));
     let deactivated = harness.device(APP, &android).await;
     assert!(!deactivated.active);
     let reason = deactivated.deactivation_reason.unwrap_or_default();
     assert!(reason.contains("UNREGISTERED"), "{reason}");
     let webpush = delivery_to(&message, &browser);
     assert_eq!(webpush.channel, Channel::Webpush);
-    assert_eq!(webpush.state, DeliveryState::Retrying);
-    assert_eq!(webpush.error_code.as_deref(), Some("server_error"));
+    assert_eq!(webpush.state(), DeliveryState::Retrying);
+    assert_eq!(webpush.error_code(), Some("server_error"));
     assert!(harness.device(APP, &iphone).await.active);
     assert!(harness.device(APP, &browser).await.active);
 
@@ -239,18 +239,20 @@ async fn a_user_with_devices_on_three_platforms_gets_one_delivery_per_device_eac
     let message = harness.message(APP, &message).await;
     assert_eq!(message.state(), MessageState::Sent, "{message:#?}");
     let apns = delivery_to(&message, &iphone);
-    assert_eq!((apns.state, apns.attempts), (DeliveryState::Accepted, 1));
+    assert_eq!(
+        (apns.state(), apns.attempts()),
+        (DeliveryState::Accepted, 1)
+    );
     let fcm = delivery_to(&message, &android);
-    assert_eq!((fcm.state, fcm.attempts), (DeliveryState::DeadToken, 1));
+    assert_eq!((fcm.state(), fcm.attempts()), (DeliveryState::DeadToken, 1));
     let webpush = delivery_to(&message, &browser);
     assert_eq!(
-        (webpush.state, webpush.attempts),
+        (webpush.state(), webpush.attempts()),
         (DeliveryState::Accepted, 2)
     );
     assert!(
         webpush
-            .provider_id
-            .as_deref()
+            .provider_id()
             .is_some_and(|id| id.starts_with(&mocks.webpush.origin())),
         "{webpush:?}"
     );
@@ -324,7 +326,8 @@ async fn a_onesignal_application_and_a_direct_application_in_one_configuration_e
         Some(("token".to_owned(), FCM_TOKEN.to_owned()))
     );
     assert_eq!(
-        shop_delivery.provider_id, fcm_requests[0].view.name,
+        shop_delivery.provider_id(),
+        fcm_requests[0].view.name.as_deref(),
         "the FCM message name"
     );
     assert_eq!(
@@ -344,7 +347,10 @@ async fn a_onesignal_application_and_a_direct_application_in_one_configuration_e
         seen.view.body.as_ref().map(|b| b["headings"]["en"].clone()),
         Some(serde_json::json!("Headlines"))
     );
-    assert_eq!(news_delivery.provider_id, seen.view.notification_id);
+    assert_eq!(
+        news_delivery.provider_id(),
+        seen.view.notification_id.as_deref()
+    );
     for problems in fcm_requests
         .iter()
         .map(|r| &r.problems)

@@ -60,9 +60,9 @@ fn only_delivery(message: &Message) -> (DeliveryState, Option<&str>, Option<&str
     assert_eq!(message.deliveries.len(), 1, "{message:?}");
     let delivery = &message.deliveries[0];
     (
-        delivery.state,
-        delivery.error_code.as_deref(),
-        delivery.error_text.as_deref(),
+        delivery.state(),
+        delivery.error_code(),
+        delivery.error_text(),
     )
 }
 
@@ -96,7 +96,7 @@ async fn a_message_to_a_user_is_created_on_onesignal_and_its_response_is_kept() 
     assert_eq!(body["data"], json!({"order": 42}));
     let id = seen.view.notification_id.clone().unwrap();
     let stored = harness.message(APP, &message).await;
-    assert_eq!(stored.deliveries[0].provider_id.as_deref(), Some(&*id));
+    assert_eq!(stored.deliveries[0].provider_id(), Some(&*id));
     assert_eq!(
         stored.extra_sender_data,
         Some(json!({"id": id, "external_id": null}))
@@ -118,7 +118,7 @@ async fn a_200_that_carries_errors_fails_the_message_and_records_them() {
     assert!(text.unwrap().contains("invalid_aliases"), "{text:?}");
     let stored = harness.message(APP, &message).await;
     assert_eq!(
-        stored.deliveries[0].details,
+        stored.deliveries[0].details().cloned(),
         Some(json!({"id": "", "errors": {"invalid_aliases": {"external_id": ["alice"]}}}))
     );
 }

@@ -105,9 +105,9 @@ fn only_delivery_error(message: &Message) -> (DeliveryState, Option<&str>, Optio
     assert_eq!(message.deliveries.len(), 1, "{message:?}");
     let delivery = &message.deliveries[0];
     (
-        delivery.state,
-        delivery.error_code.as_deref(),
-        delivery.error_text.as_deref(),
+        delivery.state(),
+        delivery.error_code(),
+        delivery.error_text(),
     )
 }
 
@@ -150,11 +150,10 @@ async fn a_message_reaches_the_push_service_encrypted_and_signed_for_its_origin(
     );
     let stored = harness.message(APP, &message).await;
     let delivery = &stored.deliveries[0];
-    assert_eq!(delivery.state, DeliveryState::Accepted);
+    assert_eq!(delivery.state(), DeliveryState::Accepted);
     assert!(
         delivery
-            .provider_id
-            .as_deref()
+            .provider_id()
             .is_some_and(|id| id.starts_with(&format!("{}/message/", mock.origin()))),
         "{delivery:?}"
     );
@@ -462,9 +461,9 @@ async fn endpoints_on_private_addresses_are_refused_at_send_time_without_the_set
     assert_eq!(message.deliveries.len(), 2);
     let mut hosts = Vec::new();
     for delivery in &message.deliveries {
-        assert_eq!(delivery.state, DeliveryState::Failed, "{delivery:?}");
-        assert_eq!(delivery.error_code.as_deref(), Some("endpoint_not_public"));
-        hosts.push(delivery.error_text.clone().unwrap());
+        assert_eq!(delivery.state(), DeliveryState::Failed, "{delivery:?}");
+        assert_eq!(delivery.error_code(), Some("endpoint_not_public"));
+        hosts.push(delivery.error_text().map(str::to_owned).unwrap());
     }
     assert!(
         hosts.iter().any(|text| text.contains("host 127.0.0.1")),

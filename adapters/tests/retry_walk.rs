@@ -126,7 +126,7 @@ async fn the_default_walk_is_error_retry_after_attempts_one_to_three_and_error_a
     assert_eq!(provider.sends.load(Ordering::SeqCst), 4);
     let (message, _) = service.get_message("shop", queued.id).await.unwrap();
     assert_eq!(
-        message.deliveries[0].error_code.as_deref(),
+        message.deliveries[0].error_code(),
         Some("retries_exhausted")
     );
 }

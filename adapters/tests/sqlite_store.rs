@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use clarion_adapters::sqlite::SqliteStore;
 use clarion_domain::device::{DeviceFilter, NewDevice};
-use clarion_domain::ids::AppId;
-use clarion_domain::ports::{DeviceStore, StoreError};
+use clarion_domain::ids::{AppId, MessageId};
+use clarion_domain::ports::{DeviceStore, MessageStore, StoreError};
 use clarion_domain::token::{DeviceToken, EndpointPolicy, Platform};
 use sqlx::Connection as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
@@ -113,6 +113,54 @@ async fn a_row_that_does_not_parse_is_reported_as_corrupt_naming_the_row_and_fie
             assert!(text.contains("devices row 12: platform"), "{text}");
         }
         other => panic!("expected a corrupt row, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_message_or_delivery_the_state_machine_cannot_reach_is_reported_as_corrupt() {
+    // Arrange: rows that parse field by field but contradict each other: a SENT message that
+    // made no attempt and has no `sent_at`, and an accepted delivery that was never tried.
+    let store = SqliteStore::connect("sqlite::memory:")
+        .await
+        .expect("connect");
+    let message = "INSERT INTO messages (id, app, target_kind, recipient, body, priority, \
+         options, retry_sending, sender, state, number_of_send_attempts, queued_at, \
+         created_at, changed_at) \
+         VALUES (?, 'shop', 'user', 'u1', 'hi', 'high', '{}', 1, 'direct', ?, 0, 0, 0, 0)";
+    for (id, state) in [(31, "SENT"), (32, "WAITING")] {
+        sqlx::query(message)
+            .bind(id)
+            .bind(state)
+            .execute(store.pool())
+            .await
+            .expect("insert message");
+    }
+    sqlx::query(
+        "INSERT INTO deliveries (id, message_id, channel, state, attempts, updated_at) \
+         VALUES (41, 32, 'apns', 'accepted', 0, 0)",
+    )
+    .execute(store.pool())
+    .await
+    .expect("insert delivery");
+    let shop = AppId::parse("shop").expect("app");
+
+    // Act.
+    let sent = store.get_message(&shop, MessageId(31)).await;
+    let accepted = store.get_message(&shop, MessageId(32)).await;
+
+    // Assert.
+    match sent {
+        Err(StoreError::Corrupt(text)) => {
+            assert!(text.contains("messages row 31: state"), "{text}");
+            assert!(text.contains("SENT message must have sent_at"), "{text}");
+        }
+        other => panic!("expected a corrupt message, got {other:?}"),
+    }
+    match accepted {
+        Err(StoreError::Corrupt(text)) => {
+            assert!(text.contains("deliveries row 41: state"), "{text}");
+        }
+        other => panic!("expected a corrupt delivery, got {other:?}"),
     }
 }
 

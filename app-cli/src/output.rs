@@ -238,9 +238,9 @@ fn deliveries(deliveries: &[Delivery]) {
         "error",
     ]);
     for d in deliveries {
-        let error = match (&d.error_code, &d.error_text) {
+        let error = match (d.error_code(), d.error_text()) {
             (Some(code), Some(text)) => format!("{code}: {text}"),
-            (Some(one), None) | (None, Some(one)) => one.clone(),
+            (Some(one), None) | (None, Some(one)) => one.to_owned(),
             (None, None) => "-".to_owned(),
         };
         t.add_row(vec![
@@ -248,9 +248,9 @@ fn deliveries(deliveries: &[Delivery]) {
             d.device_id
                 .map_or_else(|| "-".to_owned(), |id| id.to_string()),
             d.channel.as_str().to_owned(),
-            d.state.as_str().to_owned(),
-            d.attempts.to_string(),
-            opt(d.provider_id.as_deref()),
+            d.state().as_str().to_owned(),
+            d.attempts().to_string(),
+            opt(d.provider_id()),
             error,
         ]);
     }

@@ -40,7 +40,11 @@
 //! **Deliveries.** A message has one [`Delivery`](message::Delivery) per targeted device (or
 //! OneSignal user). A provider's [`SendOutcome`](message::SendOutcome) moves a delivery to
 //! accepted, failed, dead token (the device is deactivated) or retrying; an accepted delivery
-//! is never sent again. When an attempt's outcomes are in,
+//! is never sent again. A delivery's state and a message's progress are private: they change
+//! only through these methods, and a store rebuilds them through
+//! [`Message::from_storage`](message::Message::from_storage) and
+//! [`Delivery::from_storage`](message::Delivery::from_storage), which refuse what the state
+//! machine cannot reach. When an attempt's outcomes are in,
 //! [`Message::finish_attempt`](message::Message::finish_attempt) decides the message's state
 //! from them.
 //!
@@ -54,8 +58,9 @@
 //! provider's limit before anything is sent: APNs 4096 bytes, FCM 4096 bytes, Web Push 3993
 //! bytes of plaintext (what fits one 4096-byte encrypted record), OneSignal 4096 bytes. An
 //! oversized message fails with [`PayloadError::TooLarge`](payload::PayloadError::TooLarge),
-//! naming the provider, the limit and the size. The builders trust the options: check them with
-//! [`PushOptions::validate`](message::PushOptions::validate) and the content with
+//! naming the provider, the limit and the size. The builders check the options themselves
+//! ([`PayloadError::Invalid`](payload::PayloadError::Invalid), with the error of
+//! [`PushOptions::validate`](message::PushOptions::validate)); check the content with
 //! [`Content::validate`](message::Content::validate) first, as the services do.
 //!
 //! **Ports and `PushService`** ([`ports`], [`service`]). The domain declares what it needs from
@@ -114,7 +119,7 @@
 //! ```
 //! use clarion_domain::app::{ApnsSettings, Application, SenderKind};
 //! use clarion_domain::ids::{AppId, UserId};
-//! use clarion_domain::message::{Content, MessageSpec, OptionError, Priority, PushOptions, Target};
+//! use clarion_domain::message::{Content, MessageSpec, OptionError, PushOptions, Target};
 //! use clarion_domain::payload::{self, Payload, PayloadError, PayloadTarget};
 //! use clarion_domain::serde_json::{self, json};
 //! use clarion_domain::time::macros::datetime;
@@ -122,28 +127,20 @@
 //!
 //! let mut app = Application::new(AppId::parse("shop")?, SenderKind::Direct);
 //! app.apns = Some(ApnsSettings { topic: "com.example.shop".to_owned() });
-//! let mut spec = MessageSpec {
-//!     app: app.id.clone(),
-//!     target: Target::User { user_id: UserId::parse("alice")? },
-//!     content: Content {
-//!         heading: Some("Shipped".to_owned()),
-//!         body: "Order 42 is on its way.".to_owned(),
-//!         url: None,
-//!         extra_data: json!({"order_id": 42}).as_object().cloned(),
-//!     },
-//!     template_slug: None,
-//!     tag: None,
-//!     priority: Priority::High,
-//!     options: PushOptions {
-//!         collapse_key: Some("order-42".to_owned()),
-//!         time_to_live: Some(3600),
-//!         ..PushOptions::default()
-//!     },
-//!     related_objects: Vec::new(),
-//!     retry_sending: true,
+//! let target = Target::User { user_id: UserId::parse("alice")? };
+//! let content = Content {
+//!     heading: Some("Shipped".to_owned()),
+//!     body: "Order 42 is on its way.".to_owned(),
+//!     url: None,
+//!     extra_data: json!({"order_id": 42}).as_object().cloned(),
 //! };
-//! // The builders trust the options and the content: check them first.
-//! spec.options.validate()?;
+//! let options = PushOptions {
+//!     collapse_key: Some("order-42".to_owned()),
+//!     time_to_live: Some(3600),
+//!     ..PushOptions::default()
+//! };
+//! let mut spec = MessageSpec::new(app.id.clone(), target, content).with_options(options);
+//! // The builders check the options themselves; check the content first.
 //! spec.content.validate(&spec.options)?;
 //! let too_long = PushOptions { time_to_live: Some(u32::MAX), ..PushOptions::default() };
 //! assert!(matches!(too_long.validate(), Err(OptionError::TimeToLive(_))));
@@ -197,40 +194,23 @@
 //! use clarion_domain::app::SenderKind;
 //! use clarion_domain::ids::{AppId, DeliveryId, DeviceId, MessageId};
 //! use clarion_domain::message::{
-//!     Channel, Content, Delivery, DeliveryState, Message, MessageSpec, MessageState, Priority,
-//!     PushOptions, SendOutcome, Target,
+//!     Channel, Content, Delivery, Message, MessageSpec, MessageState, SendOutcome, Target,
 //! };
 //! use clarion_domain::retry::RetryPolicy;
 //! use clarion_domain::time::macros::datetime;
 //!
 //! let now = datetime!(2026-03-01 10:00 UTC);
-//! let spec = MessageSpec {
-//!     app: AppId::parse("shop")?,
-//!     target: Target::Devices { device_ids: vec![DeviceId(7)] },
-//!     content: Content { body: "Hello".to_owned(), ..Content::default() },
-//!     template_slug: None,
-//!     tag: None,
-//!     priority: Priority::High,
-//!     options: PushOptions::default(),
-//!     related_objects: Vec::new(),
-//!     retry_sending: true,
-//! };
+//! let target = Target::Devices { device_ids: vec![DeviceId(7)] };
+//! let content = Content { body: "Hello".to_owned(), ..Content::default() };
+//! // The defaults: high priority, no options, retries on.
+//! let spec = MessageSpec::new(AppId::parse("shop")?, target, content);
 //! let id = MessageId(1);
 //! let progress = Message::initial_progress(now);
-//! let mut message = Message::from_storage(id, spec, SenderKind::Direct, progress, now, now);
-//! message.deliveries.push(Delivery {
-//!     id: DeliveryId(1),
-//!     message_id: id,
-//!     device_id: Some(DeviceId(7)),
-//!     channel: Channel::Apns,
-//!     state: DeliveryState::Pending,
-//!     attempts: 0,
-//!     provider_id: None,
-//!     error_code: None,
-//!     error_text: None,
-//!     details: None,
-//!     updated_at: now,
-//! });
+//! // A store rebuilds a message through this checked constructor; it refuses a progress the
+//! // state machine cannot reach, such as a SENT message without `sent_at`.
+//! let mut message = Message::from_storage(id, spec, SenderKind::Direct, progress, now, now)?;
+//! let device = Some(DeviceId(7));
+//! message.deliveries.push(Delivery::pending(DeliveryId(1), id, device, Channel::Apns, now));
 //! let policy = RetryPolicy::default();
 //!
 //! // The first attempt meets a busy provider.

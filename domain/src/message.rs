@@ -104,6 +104,31 @@ pub struct IllegalTransition {
     pub to: MessageState,
 }
 
+/// A stored message or delivery whose fields contradict each other: no run of the state
+/// machine leaves one so, so it was written by something else (or the row was damaged). The
+/// stores report it as [`StoreError::Corrupt`](crate::ports::StoreError::Corrupt), naming the
+/// row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImpossibleRecord {
+    /// The message's [`Progress`] is not one the state machine reaches.
+    #[error("a {state} message {problem}")]
+    Message {
+        /// The state it claims.
+        state: MessageState,
+        /// What contradicts the state, in words.
+        problem: &'static str,
+    },
+    /// The delivery's fields are not ones [`Delivery::record`] and the message's methods reach.
+    #[error("a {state} delivery {problem}")]
+    Delivery {
+        /// The state it claims.
+        state: DeliveryState,
+        /// What contradicts the state, in words.
+        problem: &'static str,
+    },
+}
+
 /// Who a message is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -375,6 +400,87 @@ pub struct MessageSpec {
     pub retry_sending: bool,
 }
 
+impl MessageSpec {
+    /// A message for `app` to `target` saying `content`, with the defaults the API uses: no
+    /// template, tag or related objects, high priority, no platform options, and retries on.
+    /// The `with_` methods set the rest.
+    ///
+    /// ```
+    /// use clarion_domain::ids::{AppId, Tag, UserId};
+    /// use clarion_domain::message::{Content, MessageSpec, Priority, Target};
+    ///
+    /// let target = Target::User { user_id: UserId::parse("alice")? };
+    /// let content = Content { body: "Your order shipped".to_owned(), ..Content::default() };
+    /// let spec = MessageSpec::new(AppId::parse("shop")?, target, content)
+    ///     .with_tag(Tag::parse("orders")?)
+    ///     .with_priority(Priority::Normal);
+    /// assert!(spec.retry_sending && spec.options.validate().is_ok());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[must_use]
+    pub fn new(app: AppId, target: Target, content: Content) -> Self {
+        Self {
+            app,
+            target,
+            content,
+            template_slug: None,
+            tag: None,
+            priority: Priority::default(),
+            options: PushOptions::default(),
+            related_objects: Vec::new(),
+            retry_sending: true,
+        }
+    }
+
+    /// The same message, rendered from the template `slug`.
+    #[must_use]
+    pub fn with_template_slug(self, slug: Slug) -> Self {
+        Self {
+            template_slug: Some(slug),
+            ..self
+        }
+    }
+
+    /// The same message, labelled with `tag`.
+    #[must_use]
+    pub fn with_tag(self, tag: Tag) -> Self {
+        Self {
+            tag: Some(tag),
+            ..self
+        }
+    }
+
+    /// The same message, delivered with `priority`.
+    #[must_use]
+    pub fn with_priority(self, priority: Priority) -> Self {
+        Self { priority, ..self }
+    }
+
+    /// The same message, with these platform options.
+    #[must_use]
+    pub fn with_options(self, options: PushOptions) -> Self {
+        Self { options, ..self }
+    }
+
+    /// The same message, about these objects of the caller.
+    #[must_use]
+    pub fn with_related_objects(self, related_objects: Vec<RelatedObject>) -> Self {
+        Self {
+            related_objects,
+            ..self
+        }
+    }
+
+    /// The same message, with transient failures retried or not.
+    #[must_use]
+    pub fn with_retry_sending(self, retry_sending: bool) -> Self {
+        Self {
+            retry_sending,
+            ..self
+        }
+    }
+}
+
 /// Where one delivery goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -468,6 +574,12 @@ impl DeliveryState {
     }
 }
 
+impl fmt::Display for DeliveryState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl FromStr for DeliveryState {
     type Err = UnknownState;
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
@@ -556,7 +668,20 @@ mod opt_seconds {
 }
 
 /// One targeted device (or OneSignal user) of one message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Where it stands ([`Delivery::progress`]) is private: it changes only through
+/// [`Delivery::record`] and the message's methods, so that an accepted delivery is never sent
+/// again. A store rebuilds one with [`Delivery::from_storage`], which checks it. It serializes
+/// (for logs and reports) but does not deserialize.
+///
+/// ```compile_fail
+/// // An accepted delivery cannot be set back to pending, which would send it again.
+/// use clarion_domain::message::{Delivery, DeliveryState};
+/// fn resend(delivery: &mut Delivery) {
+///     delivery.state = DeliveryState::Pending;
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Delivery {
     /// The store's id of the delivery.
     pub id: DeliveryId,
@@ -566,6 +691,14 @@ pub struct Delivery {
     pub device_id: Option<DeviceId>,
     /// Where it goes.
     pub channel: Channel,
+    #[serde(flatten)]
+    progress: DeliveryProgress,
+}
+
+/// The parts of a delivery that [`Delivery::record`] and the message's methods change, as a
+/// store writes them and reads them back for [`Delivery::from_storage`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeliveryProgress {
     /// Where it stands: [`Delivery::record`] moves it on, and an accepted or debug delivery never
     /// changes again.
     pub state: DeliveryState,
@@ -586,15 +719,147 @@ pub struct Delivery {
     pub updated_at: OffsetDateTime,
 }
 
+impl DeliveryProgress {
+    /// Checks that recording outcomes can reach this progress: an accepted, debug, dead-token
+    /// or retrying delivery has had an attempt; an accepted or debug one has no error code; a
+    /// dead-token, retrying or failed one has one (a failed delivery may have had no attempt
+    /// when it was given up, and a pending one is anything an operator's retry left).
+    ///
+    /// # Errors
+    /// [`ImpossibleRecord::Delivery`] naming what contradicts the state.
+    pub fn check(&self) -> Result<(), ImpossibleRecord> {
+        let state = self.state;
+        let impossible = |problem| Err(ImpossibleRecord::Delivery { state, problem });
+        let attempted = matches!(
+            state,
+            DeliveryState::Accepted
+                | DeliveryState::Debug
+                | DeliveryState::DeadToken
+                | DeliveryState::Retrying
+        );
+        if attempted && self.attempts == 0 {
+            return impossible("must have had an attempt");
+        }
+        let delivered = matches!(state, DeliveryState::Accepted | DeliveryState::Debug);
+        if delivered && self.error_code.is_some() {
+            return impossible("cannot have an error code");
+        }
+        let failed = matches!(
+            state,
+            DeliveryState::DeadToken | DeliveryState::Retrying | DeliveryState::Failed
+        );
+        if failed && self.error_code.is_none() {
+            return impossible("must have an error code");
+        }
+        Ok(())
+    }
+}
+
 impl Delivery {
+    /// A delivery that was just created: pending, never attempted.
+    #[must_use]
+    pub fn pending(
+        id: DeliveryId,
+        message_id: MessageId,
+        device_id: Option<DeviceId>,
+        channel: Channel,
+        now: OffsetDateTime,
+    ) -> Self {
+        Self {
+            id,
+            message_id,
+            device_id,
+            channel,
+            progress: DeliveryProgress {
+                state: DeliveryState::Pending,
+                attempts: 0,
+                provider_id: None,
+                error_code: None,
+                error_text: None,
+                details: None,
+                updated_at: now,
+            },
+        }
+    }
+
+    /// A delivery as the store keeps it.
+    ///
+    /// # Errors
+    /// [`ImpossibleRecord::Delivery`] when its progress is not one recording outcomes reaches
+    /// (see [`DeliveryProgress::check`]).
+    pub fn from_storage(
+        id: DeliveryId,
+        message_id: MessageId,
+        device_id: Option<DeviceId>,
+        channel: Channel,
+        progress: DeliveryProgress,
+    ) -> Result<Self, ImpossibleRecord> {
+        progress.check()?;
+        Ok(Self {
+            id,
+            message_id,
+            device_id,
+            channel,
+            progress,
+        })
+    }
+
+    /// Where it stands, as a store writes it.
+    #[must_use]
+    pub fn progress(&self) -> &DeliveryProgress {
+        &self.progress
+    }
+
+    /// Where it stands: pending, accepted, retrying, failed, dead token or debug.
+    #[must_use]
+    pub fn state(&self) -> DeliveryState {
+        self.progress.state
+    }
+
+    /// How many outcomes were recorded for it: one per send.
+    #[must_use]
+    pub fn attempts(&self) -> u32 {
+        self.progress.attempts
+    }
+
+    /// The provider's id of the accepted notification.
+    #[must_use]
+    pub fn provider_id(&self) -> Option<&str> {
+        self.progress.provider_id.as_deref()
+    }
+
+    /// The error code of its last failure; `None` once accepted.
+    #[must_use]
+    pub fn error_code(&self) -> Option<&str> {
+        self.progress.error_code.as_deref()
+    }
+
+    /// The text of that error.
+    #[must_use]
+    pub fn error_text(&self) -> Option<&str> {
+        self.progress.error_text.as_deref()
+    }
+
+    /// Parts of the provider's answer worth keeping (JSON).
+    #[must_use]
+    pub fn details(&self) -> Option<&Value> {
+        self.progress.details.as_ref()
+    }
+
+    /// When it last changed.
+    #[must_use]
+    pub fn updated_at(&self) -> OffsetDateTime {
+        self.progress.updated_at
+    }
+
     /// Records one attempt's outcome. An accepted delivery stays accepted whatever is
     /// reported later, so that it is never sent again.
     pub fn record(&mut self, outcome: &SendOutcome, now: OffsetDateTime) {
-        if !self.state.is_due() {
+        if !self.progress.state.is_due() {
             return;
         }
-        self.attempts = self.attempts.saturating_add(1);
-        self.updated_at = now;
+        self.progress.attempts = self.progress.attempts.saturating_add(1);
+        self.progress.updated_at = now;
         let (state, provider_id, code, text, details) = match outcome {
             SendOutcome::Accepted {
                 provider_id,
@@ -640,27 +905,36 @@ impl Delivery {
                 None,
             ),
         };
-        self.state = state;
+        self.progress.state = state;
         if provider_id.is_some() {
-            self.provider_id = provider_id;
+            self.progress.provider_id = provider_id;
         }
-        self.error_code = code;
-        self.error_text = text;
+        self.progress.error_code = code;
+        self.progress.error_text = text;
         if details.is_some() {
-            self.details = details;
+            self.progress.details = details;
+        }
+    }
+
+    /// An operator's retry: a failed delivery is pending again, with its attempts and last
+    /// error kept.
+    fn retry(&mut self, now: OffsetDateTime) {
+        if self.progress.state == DeliveryState::Failed {
+            self.progress.state = DeliveryState::Pending;
+            self.progress.updated_at = now;
         }
     }
 
     fn give_up(&mut self, code: &str, reason: &str, now: OffsetDateTime) {
-        if self.state.is_due() {
-            self.state = DeliveryState::Failed;
-            self.error_code = Some(code.to_owned());
+        if self.progress.state.is_due() {
+            self.progress.state = DeliveryState::Failed;
+            self.progress.error_code = Some(code.to_owned());
             let give_up = GiveUp {
                 code: code.to_owned(),
                 reason: reason.to_owned(),
             };
-            self.error_text = Some(give_up.text(self.error_text.as_deref()));
-            self.updated_at = now;
+            self.progress.error_text = Some(give_up.text(self.progress.error_text.as_deref()));
+            self.progress.updated_at = now;
         }
     }
 }
@@ -696,7 +970,7 @@ impl DeliveryTally {
         let mut sorted: Vec<&Delivery> = deliveries.iter().collect();
         sorted.sort_by_key(|d| d.id);
         for d in sorted {
-            tally.count(d.state, d.error_code.as_deref(), d.error_text.as_deref(), 1);
+            tally.count(d.state(), d.error_code(), d.error_text(), 1);
         }
         tally
     }
@@ -794,7 +1068,17 @@ pub struct Progress {
 }
 
 /// A stored message with its deliveries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// It serializes (for logs and reports) but does not deserialize: a message is rebuilt only
+/// through [`Message::from_storage`], which refuses a progress the state machine cannot reach,
+/// and its state changes only through [`Message::transition`] and the methods built on it.
+///
+/// ```compile_fail
+/// // A message cannot be read from JSON, which could force any state on it.
+/// use clarion_domain::message::Message;
+/// let forced = clarion_domain::serde_json::from_str::<Message>(r#"{"state":"SENT"}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Message {
     /// The store's id of the message.
     pub id: MessageId,
@@ -830,10 +1114,46 @@ pub struct AttemptSummary {
     pub dead_tokens: usize,
 }
 
+impl Progress {
+    /// Checks that the state machine can reach this progress: `sent_at` is set exactly when
+    /// the message is SENT or DEBUG, `next_attempt_at` only when it is ERROR_RETRY, and a
+    /// message that is ERROR_RETRY or DEBUG has made an attempt.
+    ///
+    /// A SENT message may have made no attempt: [`Message::expire`] concludes a WAITING
+    /// message whose first attempt was interrupted after a delivery was accepted, without
+    /// counting that attempt. An ERROR_RETRY message without `next_attempt_at` is due at once
+    /// (see [`Message::is_due`]), and a WAITING one may count attempts when it was moved back
+    /// with [`Message::transition`] rather than [`Message::requeue`].
+    ///
+    /// # Errors
+    /// [`ImpossibleRecord::Message`] naming what contradicts the state.
+    pub fn check(&self) -> Result<(), ImpossibleRecord> {
+        let state = self.state;
+        let impossible = |problem| Err(ImpossibleRecord::Message { state, problem });
+        let sent = matches!(state, MessageState::Sent | MessageState::Debug);
+        if sent && self.sent_at.is_none() {
+            return impossible("must have sent_at");
+        }
+        if !sent && self.sent_at.is_some() {
+            return impossible("cannot have sent_at");
+        }
+        if state != MessageState::ErrorRetry && self.next_attempt_at.is_some() {
+            return impossible("cannot have next_attempt_at");
+        }
+        let attempted = matches!(state, MessageState::ErrorRetry | MessageState::Debug);
+        if attempted && self.number_of_send_attempts == 0 {
+            return impossible("must have made a send attempt");
+        }
+        Ok(())
+    }
+}
+
 impl Message {
-    /// A message as the store keeps it. Its progress was reached through the state machine
-    /// before it was stored.
-    #[must_use]
+    /// A message as the store keeps it, without its deliveries.
+    ///
+    /// # Errors
+    /// [`ImpossibleRecord::Message`] when the progress is not one the state machine reaches
+    /// (see [`Progress::check`]).
     pub fn from_storage(
         id: MessageId,
         spec: MessageSpec,
@@ -841,8 +1161,9 @@ impl Message {
         progress: Progress,
         created_at: OffsetDateTime,
         changed_at: OffsetDateTime,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, ImpossibleRecord> {
+        progress.check()?;
+        Ok(Self {
             id,
             spec,
             sender,
@@ -851,7 +1172,7 @@ impl Message {
             created_at,
             changed_at,
             deliveries: Vec::new(),
-        }
+        })
     }
 
     /// The progress of a message that was just created: WAITING, no attempt made.
@@ -941,7 +1262,7 @@ impl Message {
 
     /// The deliveries an attempt must send: pending ones and those waiting for a retry.
     pub fn due_deliveries(&self) -> impl Iterator<Item = &Delivery> {
-        self.deliveries.iter().filter(|d| d.state.is_due())
+        self.deliveries.iter().filter(|d| d.state().is_due())
     }
 
     /// Records one delivery's outcome. Unknown ids and deliveries that are no longer due are
@@ -1019,10 +1340,7 @@ impl Message {
         self.progress.number_of_send_attempts = 0;
         self.progress.queued_at = now;
         for d in &mut self.deliveries {
-            if d.state == DeliveryState::Failed {
-                d.state = DeliveryState::Pending;
-                d.updated_at = now;
-            }
+            d.retry(now);
         }
         Ok(())
     }

@@ -422,6 +422,9 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
 }
 
 /// A device's token on its platform.
+///
+/// Read through serde, each variant's token is checked by its parser, a subscription with
+/// private endpoints allowed (see [`WebPushSubscription`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "platform", rename_all = "lowercase")]
 pub enum DeviceToken {

@@ -15,8 +15,8 @@ use clarion_adapters::config::Config;
 use clarion_domain::app::SenderKind;
 use clarion_domain::ids::{AppId, DeliveryId, DeviceId, MessageId, UserId};
 use clarion_domain::message::{
-    Channel, Content, Delivery, DeliveryState, Message, MessageSpec, MessageState, Priority,
-    PushOptions, SendOutcome, Target,
+    Channel, Content, Delivery, Message, MessageSpec, MessageState, Priority, PushOptions,
+    SendOutcome, Target,
 };
 use clarion_domain::retry::RetryPolicy;
 use libfuzzer_sys::fuzz_target;
@@ -72,27 +72,23 @@ fn retry_walk(policy: &RetryPolicy) {
         retry_sending: true,
     };
     let mut now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
-    let mut message = Message::from_storage(
+    let Ok(mut message) = Message::from_storage(
         MessageId(1),
         spec,
         SenderKind::Direct,
         Message::initial_progress(now),
         now,
         now,
-    );
-    message.deliveries = vec![Delivery {
-        id: DeliveryId(1),
-        message_id: MessageId(1),
-        device_id: Some(DeviceId(1)),
-        channel: Channel::Fcm,
-        state: DeliveryState::Pending,
-        attempts: 0,
-        provider_id: None,
-        error_code: None,
-        error_text: None,
-        details: None,
-        updated_at: now,
-    }];
+    ) else {
+        panic!("a new message's progress was refused");
+    };
+    message.deliveries = vec![Delivery::pending(
+        DeliveryId(1),
+        MessageId(1),
+        Some(DeviceId(1)),
+        Channel::Fcm,
+        now,
+    )];
     let failure = SendOutcome::Transient {
         code: "503".to_owned(),
         reason: "Unavailable".to_owned(),

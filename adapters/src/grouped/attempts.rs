@@ -125,7 +125,7 @@ impl<'a> AttemptRun<'a> {
                         entry.insert(delivery);
                     }
                     Entry::Occupied(mut entry) => {
-                        if !is_final(entry.get().state) {
+                        if !is_final(entry.get().state()) {
                             entry.insert(delivery);
                         }
                     }

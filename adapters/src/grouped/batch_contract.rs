@@ -14,8 +14,8 @@ use clarion_domain::app::SenderKind;
 use clarion_domain::device::NewDevice;
 use clarion_domain::ids::{AppId, DeviceId, RelatedObject};
 use clarion_domain::message::{
-    Channel, Content, Delivery, DeliveryState, Message, MessageSpec, MessageState, Priority,
-    Progress, PushOptions, Target,
+    Channel, Content, Delivery, DeliveryProgress, DeliveryState, Message, MessageSpec,
+    MessageState, Priority, Progress, PushOptions, Target,
 };
 use clarion_domain::ports::{DeviceStore, Lease, MessageStore, NewDeliveries, NewMessage};
 use clarion_domain::token::{DeviceToken, EndpointPolicy, Platform};
@@ -125,14 +125,30 @@ pub(crate) fn new_message(
     }
 }
 
-/// `delivery` after an attempt that left it in `state`, written by the write named `label`.
+/// `delivery` after an attempt that left it in `state`, written by the write named `label`:
+/// the label is its error text, and its error code when the state needs one.
 pub(crate) fn outcome(delivery: &Delivery, state: DeliveryState, label: &str) -> Delivery {
-    let mut written = delivery.clone();
-    written.state = state;
-    written.attempts += 1;
-    written.error_text = Some(label.to_owned());
-    written.updated_at = at(12);
-    written
+    let failed = matches!(
+        state,
+        DeliveryState::Retrying | DeliveryState::Failed | DeliveryState::DeadToken
+    );
+    let progress = DeliveryProgress {
+        state,
+        attempts: delivery.attempts() + 1,
+        provider_id: delivery.provider_id().map(str::to_owned),
+        error_code: failed.then(|| label.to_owned()),
+        error_text: Some(label.to_owned()),
+        details: delivery.details().cloned(),
+        updated_at: at(12),
+    };
+    Delivery::from_storage(
+        delivery.id,
+        delivery.message_id,
+        delivery.device_id,
+        delivery.channel,
+        progress,
+    )
+    .expect("an outcome recording reaches")
 }
 
 /// `message` as a save named `label` writes it: in `state`, with `deliveries` loaded.
@@ -142,12 +158,13 @@ pub(crate) fn saved_as(
     label: &str,
     deliveries: Vec<Delivery>,
 ) -> Message {
+    let sent = matches!(state, MessageState::Sent | MessageState::Debug);
     let progress = Progress {
         state,
         error: Some(label.to_owned()),
         number_of_send_attempts: 1,
         next_attempt_at: None,
-        sent_at: Some(at(12)),
+        sent_at: sent.then_some(at(12)),
         queued_at: message.progress().queued_at,
     };
     let mut saved = Message::from_storage(
@@ -157,7 +174,8 @@ pub(crate) fn saved_as(
         progress,
         message.created_at,
         at(12),
-    );
+    )
+    .expect("a progress the state machine reaches");
     saved.extra_sender_data = Some(json!({"saved by": label}));
     saved.deliveries = deliveries;
     saved

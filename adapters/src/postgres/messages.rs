@@ -284,13 +284,14 @@ impl DeliveryColumns {
         let mut c = DeliveryColumns::with_capacity(n);
         for (delivery, owner) in deliveries {
             c.ids.push(delivery.id.0);
-            c.states.push(delivery.state.as_str());
-            c.attempts.push(i64::from(delivery.attempts));
-            c.provider_ids.push(delivery.provider_id.clone());
-            c.error_codes.push(delivery.error_code.clone());
-            c.error_texts.push(delivery.error_text.clone());
-            c.details.push(opt_json_text(delivery.details.as_ref())?);
-            c.updated.push(ms(delivery.updated_at));
+            c.states.push(delivery.state().as_str());
+            c.attempts.push(i64::from(delivery.attempts()));
+            c.provider_ids
+                .push(delivery.provider_id().map(str::to_owned));
+            c.error_codes.push(delivery.error_code().map(str::to_owned));
+            c.error_texts.push(delivery.error_text().map(str::to_owned));
+            c.details.push(opt_json_text(delivery.details())?);
+            c.updated.push(ms(delivery.updated_at()));
             c.owners.push(owner.map(|id| id.0));
         }
         Ok(c)
@@ -340,7 +341,7 @@ impl PgMessages {
                 };
                 inserted_message(message, id, listed)
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         Ok((stored, broadcast))
     }
 }
@@ -557,7 +558,7 @@ async fn insert_listed_messages(
     }
     delivery_ids.sort_unstable();
     let mut delivery_ids = delivery_ids.into_iter();
-    Ok(messages
+    messages
         .iter()
         .zip(ids)
         .map(|(message, id)| {
@@ -573,7 +574,7 @@ async fn insert_listed_messages(
             };
             inserted_message(message, id, deliveries)
         })
-        .collect())
+        .collect()
 }
 
 /// Inserts the rows of `messages` in one statement and returns their ids, in order.

@@ -225,7 +225,7 @@ async fn write_deliveries(
     }
     let mut rows = Vec::with_capacity(deliveries.len());
     for delivery in deliveries {
-        rows.push((*delivery, opt_json_text(delivery.details.as_ref())?));
+        rows.push((*delivery, opt_json_text(delivery.details())?));
     }
     WRITE_DELIVERIES
         .update(
@@ -234,13 +234,13 @@ async fn write_deliveries(
             |query, (delivery, details)| {
                 query
                     .bind(delivery.id.0)
-                    .bind(delivery.state.as_str())
-                    .bind(delivery.attempts)
-                    .bind(delivery.provider_id.as_deref())
-                    .bind(delivery.error_code.as_deref())
-                    .bind(delivery.error_text.as_deref())
+                    .bind(delivery.state().as_str())
+                    .bind(delivery.attempts())
+                    .bind(delivery.provider_id())
+                    .bind(delivery.error_code())
+                    .bind(delivery.error_text())
                     .bind(details.as_deref())
-                    .bind(millis(delivery.updated_at))
+                    .bind(millis(delivery.updated_at()))
             },
             "failed to record deliveries",
         )
@@ -292,7 +292,7 @@ impl SqliteMessages {
             .await
             .map_err(db_error("failed to commit messages"))?;
         conn.done();
-        Ok(messages
+        messages
             .iter()
             .zip(ids)
             .map(|(message, id)| {
@@ -302,7 +302,7 @@ impl SqliteMessages {
                 };
                 inserted_message(message, id, listed)
             })
-            .collect())
+            .collect()
     }
 }
 

@@ -23,8 +23,8 @@ use clarion_domain::device::{
 };
 use clarion_domain::ids::{AppId, DeviceId, MessageId, RelatedObject, Slug, Tag, UserId};
 use clarion_domain::message::{
-    Channel, Content, DeliveryState, GiveUp, Message, MessageSpec, MessageState, Priority,
-    Progress, PushOptions, SendOutcome, Target,
+    Channel, Content, Delivery, DeliveryProgress, DeliveryState, GiveUp, Message, MessageSpec,
+    MessageState, Priority, Progress, PushOptions, SendOutcome, Target,
 };
 use clarion_domain::ports::{
     ApiKeyStore, DeviceCount, DeviceStore, ErrorSource, Lease, MessageFilter, MessageStore,
@@ -261,10 +261,41 @@ fn in_state(
         error: None,
         number_of_send_attempts: u32::from(state != MessageState::Waiting),
         next_attempt_at,
-        sent_at: None,
+        // SENT and DEBUG are the states that have `sent_at`, as `Progress::check` requires.
+        sent_at: matches!(state, MessageState::Sent | MessageState::Debug).then_some(now),
         queued_at: now,
     };
     message
+}
+
+/// `delivery` after outcomes left it in `state` with `attempts`, an error `code` and `text`,
+/// at `updated_at`: what a worker hands the store to record (the provider id is dropped, as
+/// recording a failure after an acceptance would write it).
+fn after(
+    delivery: &Delivery,
+    state: DeliveryState,
+    attempts: u32,
+    code: Option<String>,
+    text: Option<String>,
+    updated_at: OffsetDateTime,
+) -> Delivery {
+    let progress = DeliveryProgress {
+        state,
+        attempts,
+        provider_id: None,
+        error_code: code,
+        error_text: text,
+        details: delivery.details().cloned(),
+        updated_at,
+    };
+    Delivery::from_storage(
+        delivery.id,
+        delivery.message_id,
+        delivery.device_id,
+        delivery.channel,
+        progress,
+    )
+    .expect("a delivery that recording outcomes reaches")
 }
 
 async fn insert<S: Stores>(store: &S, message: &NewMessage) -> Message {
@@ -896,10 +927,8 @@ pub async fn dead_devices_are_those_whose_latest_delivery_hit_a_dead_token<S: St
             ),
         )
         .await;
-        let mut delivery = message.deliveries[0].clone();
-        delivery.state = state;
-        delivery.attempts = 1;
-        delivery.updated_at = at(t);
+        let code = (state == DeliveryState::DeadToken).then(|| "Unregistered".to_owned());
+        let delivery = after(&message.deliveries[0], state, 1, code, None, at(t));
         store
             .record_deliveries(std::slice::from_ref(&delivery))
             .await
@@ -1049,13 +1078,13 @@ pub async fn a_message_to_a_user_round_trips_every_field<S: Stores>(store: &S) {
         assert_eq!(delivery.message_id, inserted.id);
         assert_eq!(delivery.channel, *channel);
         assert_eq!(delivery.device_id, *device);
-        assert_eq!(delivery.state, DeliveryState::Pending);
-        assert_eq!(delivery.attempts, 0);
-        assert_eq!(delivery.provider_id, None);
-        assert_eq!(delivery.error_code, None);
-        assert_eq!(delivery.error_text, None);
-        assert_eq!(delivery.details, None);
-        assert_eq!(delivery.updated_at, at(5));
+        assert_eq!(delivery.state(), DeliveryState::Pending);
+        assert_eq!(delivery.attempts(), 0);
+        assert_eq!(delivery.provider_id(), None);
+        assert_eq!(delivery.error_code(), None);
+        assert_eq!(delivery.error_text(), None);
+        assert_eq!(delivery.details(), None);
+        assert_eq!(delivery.updated_at(), at(5));
     }
     assert_ne!(inserted.deliveries[0].id, inserted.deliveries[1].id);
     let fetched = store
@@ -1362,7 +1391,7 @@ pub async fn a_claim_brings_the_first_deliveries_of_each_message_in_every_state<
     // Assert: at most two deliveries each, in id order, the accepted one among them.
     assert_eq!(ids(&claimed), vec![three.id, one.id]);
     assert_eq!(claimed[0].deliveries, three.deliveries[..2].to_vec());
-    assert_eq!(claimed[0].deliveries[0].state, DeliveryState::Accepted);
+    assert_eq!(claimed[0].deliveries[0].state(), DeliveryState::Accepted);
     assert_eq!(claimed[1].deliveries, one.deliveries);
 }
 
@@ -1500,13 +1529,14 @@ pub async fn recording_a_delivery_never_changes_an_accepted_delivery<S: Stores>(
         .await
         .expect("record the same again");
 
-    let mut late_failure = delivery.clone();
-    late_failure.state = DeliveryState::Failed;
-    late_failure.attempts = 2;
-    late_failure.provider_id = None;
-    late_failure.error_code = Some("timeout".to_owned());
-    late_failure.error_text = Some("late report".to_owned());
-    late_failure.updated_at = at(2);
+    let late_failure = after(
+        &delivery,
+        DeliveryState::Failed,
+        2,
+        Some("timeout".to_owned()),
+        Some("late report".to_owned()),
+        at(2),
+    );
     store
         .record_deliveries(std::slice::from_ref(&late_failure))
         .await
@@ -1597,8 +1627,8 @@ pub async fn recording_a_batch_writes_every_delivery_but_the_final_ones<S: Store
         .expect("get")
         .expect("exists");
     assert_eq!(stored.deliveries, vec![first, retrying, failed]);
-    assert_eq!(stored.deliveries[1].state, DeliveryState::Retrying);
-    assert_eq!(stored.deliveries[2].state, DeliveryState::Failed);
+    assert_eq!(stored.deliveries[1].state(), DeliveryState::Retrying);
+    assert_eq!(stored.deliveries[2].state(), DeliveryState::Failed);
 }
 
 pub async fn the_head_of_a_message_holds_its_first_deliveries<S: Stores>(store: &S) {
@@ -1710,8 +1740,8 @@ pub async fn saving_progress_persists_the_state_machine_result_and_releases_the_
     assert_eq!(stored.extra_sender_data, Some(json!({"batch": "b-1"})));
     assert_eq!(stored.changed_at, at(2));
     assert_eq!(stored.deliveries, message.deliveries);
-    assert_eq!(stored.deliveries[0].state, DeliveryState::Accepted);
-    assert_eq!(stored.deliveries[1].state, DeliveryState::Retrying);
+    assert_eq!(stored.deliveries[0].state(), DeliveryState::Accepted);
+    assert_eq!(stored.deliveries[1].state(), DeliveryState::Retrying);
 
     // The lease (until 3 601 s) was released: the retry is claimed as soon as it is due.
     let not_yet = store
@@ -2005,7 +2035,7 @@ pub async fn timestamps_round_trip_to_the_millisecond<S: Stores>(store: &S) {
     .await;
     assert_eq!((message.created_at, message.changed_at), (precise, precise));
     assert_eq!(message.progress().queued_at, precise);
-    assert_eq!(message.deliveries[0].updated_at, precise);
+    assert_eq!(message.deliveries[0].updated_at(), precise);
     let (stored_template, _) = store
         .put_template(&template("shop", "t", "x"), precise)
         .await
@@ -2263,7 +2293,7 @@ pub async fn a_worker_saves_only_while_it_holds_the_lease<S: Stores>(store: &S) 
     assert!(!saved, "a lost lease must refuse the save");
     let stored = stored_message(store, inserted.id).await;
     assert_eq!(stored.state(), MessageState::Waiting);
-    assert_eq!(stored.deliveries[0].state, DeliveryState::Pending);
+    assert_eq!(stored.deliveries[0].state(), DeliveryState::Pending);
     // The new owner still holds it: nobody else can claim it, and its own save goes through.
     let none = store
         .claim_due(at(20), 10, &lease("worker-3", at(80)))
@@ -2468,7 +2498,7 @@ pub async fn a_lost_lease_refuses_only_its_own_save_among_saves_made_at_once<S: 
     );
     let kept = stored_message(store, taken[0].id).await;
     assert_eq!(kept.state(), MessageState::Waiting);
-    assert_eq!(kept.deliveries[0].state, DeliveryState::Pending);
+    assert_eq!(kept.deliveries[0].state(), DeliveryState::Pending);
 }
 
 pub async fn renewing_extends_only_the_leases_still_held<S: Stores>(store: &S) {
@@ -2557,7 +2587,7 @@ pub async fn an_operator_save_is_refused_while_a_worker_holds_a_running_lease<S:
     assert!(!refused);
     let stored = stored_message(store, inserted.id).await;
     assert_eq!(stored.state(), MessageState::Waiting);
-    assert_eq!(stored.deliveries[0].state, DeliveryState::Pending);
+    assert_eq!(stored.deliveries[0].state(), DeliveryState::Pending);
     // Once the worker's lease has run out, the operator wins.
     let mut late = stored;
     late.cancel(at(100)).expect("cancel");
@@ -2615,7 +2645,7 @@ pub async fn due_deliveries_come_in_id_order_pages_without_finished_ones<S: Stor
     };
     assert_eq!(page_ids(&first), vec![all[0], all[2]]);
     assert_eq!(page_ids(&second), vec![all[3], all[4]]);
-    assert_eq!(second[0].state, DeliveryState::Retrying);
+    assert_eq!(second[0].state(), DeliveryState::Retrying);
     assert!(third.is_empty());
 }
 
@@ -2819,7 +2849,7 @@ pub async fn a_broadcast_creates_one_delivery_per_active_device_without_loading_
     assert_eq!((tally.total, tally.due), (5, 5));
     let all_deliveries = stored_message(store, all_message.id).await.deliveries;
     assert!(all_deliveries.iter().all(|d| d.channel == Channel::Debug
-        && d.state == DeliveryState::Pending
+        && d.state() == DeliveryState::Pending
         && d.device_id != Some(gone)));
 }
 
@@ -2897,18 +2927,15 @@ pub async fn the_tally_counts_deliveries_and_giving_up_needs_the_lease<S: Stores
     );
     let stored = stored_message(store, message.id).await;
     assert_eq!(
-        stored.deliveries[1].error_text.as_deref(),
+        stored.deliveries[1].error_text(),
         Some("gave up after 4 attempts (last error: later)")
     );
     assert_eq!(
-        stored.deliveries[2].error_text.as_deref(),
+        stored.deliveries[2].error_text(),
         Some("gave up after 4 attempts")
     );
-    assert_eq!(
-        stored.deliveries[2].error_code.as_deref(),
-        Some("retries_exhausted")
-    );
-    assert_eq!(stored.deliveries[0].state, DeliveryState::Accepted);
+    assert_eq!(stored.deliveries[2].error_code(), Some("retries_exhausted"));
+    assert_eq!(stored.deliveries[0].state(), DeliveryState::Accepted);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -3044,12 +3071,14 @@ pub async fn reports_group_recent_errors_by_reason_latest_first<S: Stores>(store
             ),
         )
         .await;
-        let mut delivery = message.deliveries[0].clone();
-        delivery.state = DeliveryState::Failed;
-        delivery.attempts = 1;
-        delivery.error_code = Some(code.to_owned());
-        delivery.error_text = Some(text.to_owned());
-        delivery.updated_at = at(t);
+        let delivery = after(
+            &message.deliveries[0],
+            DeliveryState::Failed,
+            1,
+            Some(code.to_owned()),
+            Some(text.to_owned()),
+            at(t),
+        );
         store
             .record_deliveries(std::slice::from_ref(&delivery))
             .await
@@ -3116,10 +3145,14 @@ pub async fn prune_counts_match_what_a_prune_then_does<S: Stores>(store: &S) {
         ),
     )
     .await;
-    let mut delivery = message.deliveries[0].clone();
-    delivery.state = DeliveryState::DeadToken;
-    delivery.attempts = 1;
-    delivery.updated_at = at(10);
+    let delivery = after(
+        &message.deliveries[0],
+        DeliveryState::DeadToken,
+        1,
+        Some("Unregistered".to_owned()),
+        None,
+        at(10),
+    );
     store
         .record_deliveries(std::slice::from_ref(&delivery))
         .await

@@ -385,7 +385,7 @@ impl From<&Delivery> for DeliveryResponse {
                 Channel::Onesignal => ChannelDto::Onesignal,
                 Channel::Debug => ChannelDto::Debug,
             },
-            state: match d.state {
+            state: match d.state() {
                 DeliveryState::Pending => DeliveryStateDto::Pending,
                 DeliveryState::Accepted => DeliveryStateDto::Accepted,
                 DeliveryState::Retrying => DeliveryStateDto::Retrying,
@@ -393,12 +393,12 @@ impl From<&Delivery> for DeliveryResponse {
                 DeliveryState::DeadToken => DeliveryStateDto::DeadToken,
                 DeliveryState::Debug => DeliveryStateDto::Debug,
             },
-            attempts: d.attempts,
-            provider_id: d.provider_id.clone(),
-            error_code: d.error_code.clone(),
-            error_text: d.error_text.clone(),
-            details: d.details.clone(),
-            updated_at: d.updated_at,
+            attempts: d.attempts(),
+            provider_id: d.provider_id().map(str::to_owned),
+            error_code: d.error_code().map(str::to_owned),
+            error_text: d.error_text().map(str::to_owned),
+            details: d.details().cloned(),
+            updated_at: d.updated_at(),
         }
     }
 }

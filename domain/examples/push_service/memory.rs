@@ -72,7 +72,7 @@ fn not_kept(what: &str) -> StoreError {
 fn merge(stored: &mut [Delivery], written: &[Delivery]) {
     for new in written {
         if let Some(old) = stored.iter_mut().find(|d| d.id == new.id)
-            && !matches!(old.state, DeliveryState::Accepted | DeliveryState::Debug)
+            && !matches!(old.state(), DeliveryState::Accepted | DeliveryState::Debug)
         {
             *old = new.clone();
         }
@@ -251,12 +251,12 @@ impl DeviceStore for MemoryStore {
             let latest = messages
                 .values()
                 .flat_map(|s| &s.message.deliveries)
-                .filter(|d| d.device_id == Some(device.id) && d.updated_at >= device.updated_at)
-                .max_by_key(|d| (d.updated_at, d.id));
-            if let Some(dead) = latest.filter(|d| d.state == DeliveryState::DeadToken) {
+                .filter(|d| d.device_id == Some(device.id) && d.updated_at() >= device.updated_at)
+                .max_by_key(|d| (d.updated_at(), d.id));
+            if let Some(dead) = latest.filter(|d| d.state() == DeliveryState::DeadToken) {
                 device.active = false;
                 device.deactivated_at = Some(now);
-                device.deactivation_reason.clone_from(&dead.error_code);
+                device.deactivation_reason = dead.error_code().map(str::to_owned);
                 deactivated += 1;
             }
         }
@@ -299,21 +299,12 @@ impl MessageStore for MemoryStore {
             new.progress.clone(),
             new.now,
             new.now,
-        );
+        )
+        .map_err(|e| StoreError::Corrupt(format!("message {id}: {e}")))?;
         for (channel, device_id) in targets {
-            message.deliveries.push(Delivery {
-                id: DeliveryId(state.next_id()),
-                message_id: id,
-                device_id,
-                channel,
-                state: DeliveryState::Pending,
-                attempts: 0,
-                provider_id: None,
-                error_code: None,
-                error_text: None,
-                details: None,
-                updated_at: new.now,
-            });
+            let delivery_id = DeliveryId(state.next_id());
+            let delivery = Delivery::pending(delivery_id, id, device_id, channel, new.now);
+            message.deliveries.push(delivery);
         }
         // A broadcast comes back without its deliveries, however many there are, as the
         // port says.
@@ -690,9 +681,9 @@ pub fn describe(message: &Message) -> String {
     let deliveries: Vec<String> = message
         .deliveries
         .iter()
-        .map(|d| match &d.error_code {
-            Some(code) => format!("{} {} ({code})", d.channel.as_str(), d.state.as_str()),
-            None => format!("{} {}", d.channel.as_str(), d.state.as_str()),
+        .map(|d| match &d.error_code() {
+            Some(code) => format!("{} {} ({code})", d.channel.as_str(), d.state().as_str()),
+            None => format!("{} {}", d.channel.as_str(), d.state().as_str()),
         })
         .collect();
     let retry = match (message.state(), message.next_attempt_at()) {

@@ -79,13 +79,15 @@ pub struct ApnsRequest {
 /// which Apple requires for background pushes. Every other message is an `alert` push.
 ///
 /// # Errors
-/// [`PayloadError::TooLarge`] over the limit.
+/// [`PayloadError::Invalid`] when an option is refused, [`PayloadError::TooLarge`] over the
+/// limit.
 pub fn build(
     app: &Application,
     spec: &MessageSpec,
     token: &ApnsToken,
     now: OffsetDateTime,
 ) -> Result<ApnsRequest, PayloadError> {
+    spec.options.validate()?;
     let topic = app
         .apns
         .as_ref()

@@ -47,6 +47,7 @@ pub struct FcmRequest {
 /// to APNs unchanged.
 ///
 /// # Errors
+/// [`PayloadError::Invalid`] when an option is refused,
 /// [`PayloadError::ReservedKey`] when `extra_data` uses a key FCM reserves (`from`,
 /// `notification`, `message_type`, or one starting with `google.` or `gcm.`),
 /// [`PayloadError::TooLarge`] over the limit.
@@ -55,6 +56,7 @@ pub fn build(
     token: &FcmToken,
     now: OffsetDateTime,
 ) -> Result<FcmRequest, PayloadError> {
+    spec.options.validate()?;
     let content = &spec.content;
     let options = &spec.options;
     let heading = content.heading.as_deref().filter(|h| !h.is_empty());

@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 
 use crate::app::Application;
 use crate::ids::UserId;
-use crate::message::MessageSpec;
+use crate::message::{MessageSpec, OptionError};
 use crate::token::DeviceToken;
 
 pub use apns::{ApnsHeaders, ApnsPushType, ApnsRequest};
@@ -87,6 +87,13 @@ pub enum PayloadError {
         /// The key of the message's `extra_data` that the provider reserves.
         key: String,
     },
+    /// An option of the message is refused, with the error
+    /// [`PushOptions::validate`](crate::message::PushOptions::validate) gives (and
+    /// the service returns as [`SendError::Invalid`](crate::service::SendError::Invalid)):
+    /// every builder checks the options itself, so that a payload built outside the service
+    /// keeps the providers' limits too.
+    #[error(transparent)]
+    Invalid(#[from] OptionError),
     /// The application lacks a setting the provider needs.
     #[error("application {app} has no {setting} setting, which {provider} needs")]
     MissingSetting {
@@ -102,7 +109,7 @@ pub enum PayloadError {
 /// Builds the payload for one target of a message.
 ///
 /// # Errors
-/// [`PayloadError::TooLarge`] when the payload is over the provider's limit, or
+/// [`PayloadError::Invalid`] when an option is refused, [`PayloadError::TooLarge`] when the payload is over the provider's limit, or
 /// [`PayloadError::MissingSetting`] when the application lacks the provider's settings, or
 /// [`PayloadError::ReservedKey`] when the custom data uses a key the provider reserves.
 pub fn build(

@@ -32,13 +32,14 @@ pub struct OneSignalRequest {
 /// OneSignal allows only for `content_available` pushes.
 ///
 /// # Errors
-/// [`PayloadError::MissingSetting`] without OneSignal settings, [`PayloadError::TooLarge`] over
+/// [`PayloadError::Invalid`] when an option is refused, [`PayloadError::MissingSetting`] without OneSignal settings, [`PayloadError::TooLarge`] over
 /// the limit.
 pub fn build(
     app: &Application,
     spec: &MessageSpec,
     user: &UserId,
 ) -> Result<OneSignalRequest, PayloadError> {
+    spec.options.validate()?;
     let Some(settings) = app.onesignal.as_ref().filter(|s| !s.app_id.is_empty()) else {
         return Err(PayloadError::MissingSetting {
             app: app.id.to_string(),

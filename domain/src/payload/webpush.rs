@@ -74,11 +74,13 @@ pub struct WebPushRequest {
 /// is the collapse key.
 ///
 /// # Errors
-/// [`PayloadError::TooLarge`] when the plaintext is over [`LIMIT`].
+/// [`PayloadError::Invalid`] when an option is refused, [`PayloadError::TooLarge`] when the
+/// plaintext is over [`LIMIT`].
 pub fn build(
     spec: &MessageSpec,
     subscription: &WebPushSubscription,
 ) -> Result<WebPushRequest, PayloadError> {
+    spec.options.validate()?;
     let content = &spec.content;
     let options = &spec.options;
 

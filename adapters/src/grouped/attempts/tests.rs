@@ -32,7 +32,8 @@ fn progress(id: i64, deliveries: Vec<Delivery>) -> AttemptWrite {
         Message::initial_progress(at(0)),
         at(0),
         at(0),
-    );
+    )
+    .expect("a new message's progress");
     let saved = saved_as(
         &message,
         clarion_domain::message::MessageState::Sent,

@@ -65,7 +65,7 @@ fn target_text(target: &Target) -> String {
 fn delivery_summary(deliveries: &[Delivery]) -> String {
     let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
     for d in deliveries {
-        *by_state.entry(d.state.as_str()).or_default() += 1;
+        *by_state.entry(d.state().as_str()).or_default() += 1;
     }
     if by_state.is_empty() {
         return "none".to_owned();
@@ -197,13 +197,13 @@ fn message_view(message: &Message) -> Value {
             "id": d.id.0,
             "device": d.device_id.map(|id| id.0),
             "channel": d.channel.as_str(),
-            "state": d.state.as_str(),
-            "ok": matches!(d.state, DeliveryState::Accepted | DeliveryState::Debug),
-            "attempts": d.attempts,
-            "provider_id": d.provider_id,
-            "error_code": d.error_code,
-            "error_text": d.error_text,
-            "updated": when(d.updated_at),
+            "state": d.state().as_str(),
+            "ok": matches!(d.state(), DeliveryState::Accepted | DeliveryState::Debug),
+            "attempts": d.attempts(),
+            "provider_id": d.provider_id(),
+            "error_code": d.error_code(),
+            "error_text": d.error_text(),
+            "updated": when(d.updated_at()),
         })).collect::<Vec<_>>(),
         "can_retry": message.state() == MessageState::Error,
     })

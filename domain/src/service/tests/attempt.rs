@@ -77,7 +77,7 @@ async fn a_fan_out_over_several_pages_records_every_outcome_once_in_batches() {
             .lock()
             .unwrap()
             .iter()
-            .all(|d| d.state == DeliveryState::Accepted)
+            .all(|d| d.state() == DeliveryState::Accepted)
     );
 }
 
@@ -115,8 +115,8 @@ async fn outcomes_held_for_the_save_are_recorded_when_another_worker_took_the_me
     // Assert: the provider's answer is kept although the message is another worker's now.
     assert_eq!(report.lost, 1);
     let deliveries = deliveries.lock().unwrap();
-    assert_eq!(deliveries[0].state, DeliveryState::Accepted);
-    assert_eq!(deliveries[0].provider_id.as_deref(), Some("apns-1"));
+    assert_eq!(deliveries[0].state(), DeliveryState::Accepted);
+    assert_eq!(deliveries[0].provider_id(), Some("apns-1"));
 }
 
 #[tokio::test]
@@ -145,7 +145,7 @@ async fn a_missing_provider_fails_the_delivery_with_a_clear_reason() {
 
     assert_eq!(message.state(), MessageState::Error);
     assert_eq!(
-        message.deliveries[0].error_text.as_deref(),
+        message.deliveries[0].error_text(),
         Some("no fcm provider is configured for application shop")
     );
 }

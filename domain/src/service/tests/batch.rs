@@ -97,11 +97,8 @@ async fn a_batch_gives_up_an_expired_message_without_sending() {
     let saved = saved.lock().unwrap();
     assert_eq!(saved[0].state(), MessageState::Error);
     assert_eq!(saved[0].error(), Some("message is older than max_age"));
-    assert_eq!(saved[0].deliveries[0].state, DeliveryState::Failed);
-    assert_eq!(
-        saved[0].deliveries[0].error_code.as_deref(),
-        Some("expired")
-    );
+    assert_eq!(saved[0].deliveries[0].state(), DeliveryState::Failed);
+    assert_eq!(saved[0].deliveries[0].error_code(), Some("expired"));
 }
 
 #[tokio::test]
@@ -160,7 +157,7 @@ async fn a_claim_of_one_device_messages_costs_a_few_reads_and_one_write_per_mess
     let saves = saves.lock().unwrap();
     assert!(saves.iter().all(|(state, held)| {
         *state == MessageState::Sent
-            && matches!(held.as_slice(), [d] if d.state == DeliveryState::Accepted)
+            && matches!(held.as_slice(), [d] if d.state() == DeliveryState::Accepted)
     }));
 }
 

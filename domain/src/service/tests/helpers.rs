@@ -10,8 +10,8 @@ use crate::app::{ApnsSettings, Application, Applications, OneSignalSettings, Sen
 use crate::device::Device;
 use crate::ids::{AppId, DeliveryId, DeviceId, MessageId, UserId};
 use crate::message::{
-    Channel, Content, Delivery, DeliveryState, Message, MessageSpec, Priority, Progress,
-    PushOptions, SendOutcome, Target,
+    Channel, Content, Delivery, Message, MessageSpec, Priority, Progress, PushOptions, SendOutcome,
+    Target,
 };
 use crate::ports::{
     MockApiKeyStore, MockClock, MockDeviceStore, MockMessageStore, MockPushProvider,
@@ -137,25 +137,22 @@ fn stored(new: &NewMessage) -> Message {
         new.progress.clone(),
         new.now,
         new.now,
-    );
+    )
+    .expect("a new message's progress");
     let NewDeliveries::Listed(listed) = &new.deliveries else {
         return m;
     };
     m.deliveries = listed
         .iter()
         .enumerate()
-        .map(|(i, (channel, device))| Delivery {
-            id: DeliveryId(i as i64 + 1),
-            message_id: MessageId(1),
-            device_id: *device,
-            channel: *channel,
-            state: DeliveryState::Pending,
-            attempts: 0,
-            provider_id: None,
-            error_code: None,
-            error_text: None,
-            details: None,
-            updated_at: new.now,
+        .map(|(i, (channel, device))| {
+            Delivery::pending(
+                DeliveryId(i as i64 + 1),
+                MessageId(1),
+                *device,
+                *channel,
+                new.now,
+            )
         })
         .collect();
     m
@@ -180,7 +177,7 @@ pub(super) fn recording(shared: &Shared) -> impl Fn(&[Delivery]) -> Result<(), S
         let mut all = shared.lock().unwrap();
         for delivery in deliveries {
             if let Some(d) = all.iter_mut().find(|d| d.id == delivery.id)
-                && d.state.is_due()
+                && d.state().is_due()
             {
                 *d = delivery.clone();
             }
@@ -201,7 +198,7 @@ fn serve_deliveries(messages: &mut MockMessageStore, shared: &Shared) {
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|d| d.message_id == id && d.state.is_due())
+                .filter(|d| d.message_id == id && d.state().is_due())
                 .filter(|d| after.is_none_or(|a| d.id > a))
                 .take(limit as usize)
                 .cloned()
@@ -225,7 +222,8 @@ fn serve_deliveries(messages: &mut MockMessageStore, shared: &Shared) {
                 Message::initial_progress(now),
                 now,
                 now,
-            );
+            )
+            .expect("a new message's progress");
             m.deliveries = all.iter().filter(|d| d.message_id == id).cloned().collect();
             m.give_up_due(give_up, now);
             all.retain(|d| d.message_id != id);

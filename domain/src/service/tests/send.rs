@@ -85,12 +85,9 @@ async fn a_user_with_devices_on_two_platforms_gets_one_delivery_each_with_its_ow
         .unwrap();
 
     assert_eq!(message.state(), MessageState::Sent);
-    assert_eq!(message.deliveries[0].state, DeliveryState::Accepted);
-    assert_eq!(
-        message.deliveries[0].provider_id.as_deref(),
-        Some("apns-id-1")
-    );
-    assert_eq!(message.deliveries[1].state, DeliveryState::DeadToken);
+    assert_eq!(message.deliveries[0].state(), DeliveryState::Accepted);
+    assert_eq!(message.deliveries[0].provider_id(), Some("apns-id-1"));
+    assert_eq!(message.deliveries[1].state(), DeliveryState::DeadToken);
     assert_eq!(
         saved.lock().unwrap().last().map(Message::state),
         Some(MessageState::Sent)
@@ -151,7 +148,7 @@ async fn a_send_now_to_one_device_reads_no_delivery_device_or_tally_after_storin
     // Assert: three store calls in all (get_devices, insert_message, save_attempt): the
     // outcome is written with the progress, and the tally counted in memory concluded it.
     assert_eq!(message.state(), MessageState::Sent);
-    assert_eq!(message.deliveries[0].state, DeliveryState::Accepted);
+    assert_eq!(message.deliveries[0].state(), DeliveryState::Accepted);
     let outcomes = outcomes.lock().unwrap();
     let [(saved, held)] = outcomes.as_slice() else {
         panic!("one save, not {}", outcomes.len());
