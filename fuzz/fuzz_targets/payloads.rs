@@ -263,6 +263,14 @@ fn built(
             assert!(app.onesignal.as_ref().is_none_or(|s| s.app_id.is_empty()));
             None
         }
+        Err(PayloadError::Invalid(error)) => {
+            assert_eq!(
+                spec.options.validate().err(),
+                Some(error),
+                "a payload refused for options that validate"
+            );
+            None
+        }
     }
 }
 
