@@ -84,6 +84,19 @@ fn statement(
     (statements[slot].get_or_init(|| make(size)), size)
 }
 
+/// Runs `query` after binding NULL to its `missing` last parameters (the rows of the
+/// statement beyond the batch), and returns the ids it gives.
+async fn fetch_padded(
+    conn: &mut SqliteConnection,
+    mut query: Bound<'_>,
+    missing: usize,
+) -> Result<Vec<i64>, sqlx::Error> {
+    for _ in 0..missing {
+        query = query.bind(None::<i64>);
+    }
+    query.fetch_all(&mut *conn).await
+}
+
 impl ValuesInsert {
     pub(super) const fn new(head: &'static str, select: &'static str, width: usize) -> Self {
         ValuesInsert {
@@ -130,11 +143,9 @@ impl ValuesInsert {
             for (index, row) in chunk.iter().enumerate() {
                 query = bind(query.bind(i64::try_from(index).unwrap_or(i64::MAX)), row);
             }
-            for _ in 0..(size - chunk.len()) * (self.width + 1) {
-                query = query.bind(None::<i64>);
-            }
-            let mut inserted: Vec<i64> =
-                query.fetch_all(&mut *conn).await.map_err(db_error(doing))?;
+            let mut inserted = fetch_padded(conn, query, (size - chunk.len()) * (self.width + 1))
+                .await
+                .map_err(db_error(doing))?;
             if inserted.len() != chunk.len() {
                 return Err(StoreError::Unknown(anyhow::anyhow!(
                     "{} {what} were inserted for {} given",
@@ -202,10 +213,9 @@ impl ValuesUpdate {
             for row in chunk {
                 query = bind(query, row);
             }
-            for _ in 0..(size - chunk.len()) * self.width {
-                query = query.bind(None::<i64>);
-            }
-            let mut ids: Vec<i64> = query.fetch_all(&mut *conn).await.map_err(db_error(doing))?;
+            let mut ids = fetch_padded(conn, query, (size - chunk.len()) * self.width)
+                .await
+                .map_err(db_error(doing))?;
             changed.append(&mut ids);
         }
         Ok(changed)
